@@ -1,0 +1,70 @@
+//! The byte-level backend port: what a storage technology must offer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::error::BackendError;
+
+/// A backend shared by every typed cache, chosen at run time by configuration.
+pub type SharedBackend = Arc<dyn CacheBackend>;
+
+/// One entry of a multi-set: the full (namespaced) key, the encoded value and
+/// its time to live (`None` = never expires).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The full key, namespace included (see [`crate::full_key`]).
+    pub key: String,
+    /// The encoded value.
+    pub value: Bytes,
+    /// How long the entry lives; `None` means it never expires.
+    pub ttl: Option<Duration>,
+}
+
+/// A byte-level key-value store with expiry: the outbound port of every cache.
+///
+/// Boxed futures (`async_trait`) because the backend is chosen by
+/// configuration and decorators wrap one another behind `Arc<dyn CacheBackend>`.
+///
+/// # Contract (every implementation, checked by the contract suite in `tests`)
+/// - Keys are opaque strings; values are opaque bytes. A backend never
+///   interprets, trims or re-encodes either.
+/// - Every method may fail with a [`BackendError`]; none panics on any input.
+/// - An expired entry is indistinguishable from an absent one.
+/// - Methods are safe to call concurrently from many tasks.
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
+#[async_trait]
+pub trait CacheBackend: Send + Sync {
+    /// A short, stable name for logs and `/health` (`"redis"`, `"memory"`, `"noop"`).
+    fn name(&self) -> &'static str;
+
+    /// Returns the value stored at `key`, or `Ok(None)` when there is none.
+    async fn get(&self, key: &str) -> Result<Option<Bytes>, BackendError>;
+
+    /// Stores `value` at `key`, replacing any previous value and its expiry.
+    /// `ttl = None` stores the entry without expiry.
+    async fn set(&self, key: &str, value: Bytes, ttl: Option<Duration>)
+    -> Result<(), BackendError>;
+
+    /// Removes `key`. Returns whether an entry was removed.
+    async fn delete(&self, key: &str) -> Result<bool, BackendError>;
+
+    /// Removes `key` only if it still holds exactly `expected`, atomically.
+    /// Returns whether an entry was removed. Used to drop a corrupt entry
+    /// without deleting a valid value written meanwhile by someone else.
+    async fn compare_and_delete(&self, key: &str, expected: &[u8]) -> Result<bool, BackendError>;
+
+    /// Returns the values of `keys` in the same order, `None` where absent,
+    /// in ONE round trip. The result has exactly `keys.len()` elements.
+    async fn mget(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>, BackendError>;
+
+    /// Stores every entry, each with its own TTL, in ONE (pipelined) round
+    /// trip. Not atomic: on error, some entries may have been stored.
+    async fn mset(&self, entries: &[Entry]) -> Result<(), BackendError>;
+
+    /// Checks that the backend answers. Not bounded by the per-operation
+    /// timeout decorator: the caller (the health check) sets its own bound.
+    async fn ping(&self) -> Result<(), BackendError>;
+}

@@ -1,0 +1,67 @@
+//! Errors of the cache core: what a backend reports, what a codec reports,
+//! and the few errors a typed cache lets reach its caller.
+
+use std::time::Duration;
+
+use thiserror::Error;
+
+/// A failure of the storage behind a cache. Typed caches log these and turn
+/// them into misses and no-ops ("cache is a luxury"); decorators such as the
+/// timeout and, later, the circuit breaker count them.
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+pub enum BackendError {
+    /// The backend could not be reached (connection refused, dropped, DNS).
+    #[error("cache backend unavailable: {0}")]
+    Unavailable(String),
+    /// The backend refused our credentials. Never carries the secret.
+    #[error("cache backend refused authentication: {0}")]
+    Unauthorized(String),
+    /// The operation did not complete within its bound.
+    #[error("cache operation timed out after {0:?}")]
+    Timeout(Duration),
+    /// The backend answered, but with an error for this command
+    /// (for Redis: `WRONGTYPE`, `OOM`, a script error).
+    #[error("cache backend rejected the command: {0}")]
+    Rejected(String),
+    /// Anything else the driver reported.
+    #[error("cache backend error: {0}")]
+    Unknown(String),
+}
+
+/// A value that could not be turned into bytes, or bytes that could not be
+/// read back as a value.
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+pub enum CodecError {
+    /// The value could not be encoded.
+    #[error("cannot encode value: {0}")]
+    Encode(String),
+    /// The stored bytes are not a valid value of the expected type.
+    #[error("cannot decode stored value: {0}")]
+    Decode(String),
+}
+
+/// The errors a typed cache returns to its caller. Backend failures are never
+/// among them: those are logged and swallowed.
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+pub enum CacheError {
+    /// A batch operation was given more entries than allowed.
+    #[error(
+        "batch of {requested} entries exceeds the maximum of {max}; split it into batches of at most {max} entries"
+    )]
+    BatchTooLarge {
+        /// How many entries the caller passed.
+        requested: usize,
+        /// The most a single batch may hold.
+        max: usize,
+    },
+    /// A value could not be encoded for the cache `namespace`: a bug or bad
+    /// data on the caller's side, which the caller must handle.
+    #[error("cannot serialize a value for cache '{namespace}': {source}")]
+    Serialization {
+        /// The namespace of the cache that was written.
+        namespace: &'static str,
+        /// What the codec reported.
+        #[source]
+        source: CodecError,
+    },
+}

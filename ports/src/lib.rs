@@ -1,0 +1,32 @@
+//! # ports — the generic cache core
+//!
+//! This crate holds what every cache in the service shares and nothing that is
+//! specific to users, to a runtime or to a driver:
+//!
+//! - [`CacheBackend`]: the byte-level port every storage adapter implements
+//!   (Redis, in-memory, no-op) and every decorator wraps (timeouts today; a
+//!   circuit breaker, metrics and a near cache tomorrow).
+//! - [`CacheDefinition`]: binds a key type, a value type, a namespace, a default
+//!   TTL and a codec at compile time, so two caches can never be confused.
+//! - [`TypedCache`]: the Rust form of the seed's `AsyncCacheBase[K, V]`, with
+//!   its "cache is a luxury" semantics: backend failures are logged and become
+//!   misses, corrupt entries are removed, only encoding errors reach the caller.
+//! - [`WriteBatch`]: writes to several typed caches in one round trip.
+
+mod backend;
+mod batch;
+mod codec;
+mod error;
+mod key;
+mod ttl;
+mod typed;
+
+#[cfg(any(test, feature = "mocks"))]
+pub use backend::MockCacheBackend;
+pub use backend::{CacheBackend, Entry, SharedBackend};
+pub use batch::WriteBatch;
+pub use codec::{Codec, JsonCodec, TextCodec};
+pub use error::{BackendError, CacheError, CodecError};
+pub use key::{CacheKey, full_key};
+pub use ttl::{Ttl, TtlPolicy};
+pub use typed::{CacheDefinition, MAX_BATCH, TypedCache};

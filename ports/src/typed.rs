@@ -1,0 +1,603 @@
+//! The typed cache: the seed's `AsyncCacheBase[K, V]`, bound at compile time.
+
+use std::fmt;
+use std::marker::PhantomData;
+
+use bytes::Bytes;
+
+use crate::backend::{Entry, SharedBackend};
+use crate::codec::Codec;
+use crate::error::CacheError;
+use crate::key::{CacheKey, full_key};
+use crate::ttl::Ttl;
+
+/// The most entries one `mget` or `mset` may carry (the seed's limit): it makes
+/// callers think about batch sizes and keeps one request from flooding Redis.
+pub const MAX_BATCH: usize = 100;
+
+/// Everything that defines one cache, fixed at compile time.
+///
+/// A new cache is a zero-sized type and one impl:
+///
+/// ```
+/// use ports::{CacheDefinition, TextCodec, Ttl};
+///
+/// /// Maps a session token to the id of its account.
+/// pub struct SessionToAccount;
+///
+/// impl CacheDefinition for SessionToAccount {
+///     type Key = String;
+///     type Value = u64;
+///     type Codec = TextCodec;
+///     const NAMESPACE: &'static str = "session:to-account";
+///     const DEFAULT_TTL: Ttl = Ttl::from_secs(300);
+/// }
+/// ```
+///
+/// `TypedCache<SessionToAccount>` then only accepts `String` keys and `u64`
+/// values, and can never be mixed up with another cache.
+pub trait CacheDefinition: Send + Sync + 'static {
+    /// The key type; its segment follows `{NAMESPACE}:` in the full key.
+    type Key: CacheKey + Send + Sync;
+    /// The value type.
+    type Value: Send + Sync;
+    /// How values are stored.
+    type Codec: Codec<Self::Value>;
+    /// The namespace: the prefix of every key of this cache. Must be unique.
+    const NAMESPACE: &'static str;
+    /// The TTL used unless configuration overrides it (see [`crate::TtlPolicy`]).
+    const DEFAULT_TTL: Ttl = Ttl::DEFAULT;
+}
+
+/// A cache of `D::Key -> D::Value` over a shared byte-level backend.
+///
+/// "Cache is a luxury": backend failures are logged and become misses or
+/// no-ops; the only errors a caller sees are its own (a batch too large, a
+/// value that cannot be encoded). Cheap to clone.
+pub struct TypedCache<D: CacheDefinition> {
+    backend: SharedBackend,
+    ttl: Ttl,
+    _definition: PhantomData<fn() -> D>,
+}
+
+impl<D: CacheDefinition> Clone for TypedCache<D> {
+    fn clone(&self) -> Self {
+        Self {
+            backend: self.backend.clone(),
+            ttl: self.ttl,
+            _definition: PhantomData,
+        }
+    }
+}
+
+impl<D: CacheDefinition> fmt::Debug for TypedCache<D> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TypedCache")
+            .field("namespace", &D::NAMESPACE)
+            .field("backend", &self.backend.name())
+            .field("ttl", &self.ttl)
+            .finish()
+    }
+}
+
+impl<D: CacheDefinition> TypedCache<D> {
+    /// A cache over `backend` with the definition's default TTL.
+    pub fn new(backend: SharedBackend) -> Self {
+        Self {
+            backend,
+            ttl: D::DEFAULT_TTL,
+            _definition: PhantomData,
+        }
+    }
+
+    /// The same cache with another default TTL (0 = no expiry).
+    pub fn with_ttl(mut self, ttl: Ttl) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// The TTL that `set` and `mset` use.
+    pub fn ttl(&self) -> Ttl {
+        self.ttl
+    }
+
+    /// This cache's namespace.
+    pub fn namespace(&self) -> &'static str {
+        D::NAMESPACE
+    }
+
+    /// The full backend key of `key`: `{namespace}:{key}`.
+    pub fn key(&self, key: &D::Key) -> String {
+        full_key(D::NAMESPACE, key)
+    }
+
+    /// Encodes one entry with this cache's TTL, for a cross-cache
+    /// [`crate::WriteBatch`].
+    ///
+    /// # Errors
+    /// [`CacheError::Serialization`] when the value cannot be encoded.
+    pub fn entry(&self, key: &D::Key, value: &D::Value) -> Result<Entry, CacheError> {
+        Ok(Entry {
+            key: self.key(key),
+            value: encode::<D>(value)?,
+            ttl: self.ttl.expiry(),
+        })
+    }
+
+    /// Returns the value at `key`, or `None` on a miss.
+    ///
+    /// A backend error is logged and is a miss. A stored value that does not
+    /// decode is removed (only if it is still the same bytes), logged, and is a miss.
+    pub async fn get(&self, key: &D::Key) -> Option<D::Value> {
+        let key = self.key(key);
+        match self.backend.get(&key).await {
+            Ok(Some(raw)) => self.decode_or_invalidate(&key, raw).await,
+            Ok(None) => None,
+            Err(error) => {
+                tracing::error!(namespace = D::NAMESPACE, %key, %error, "cache get failed; treated as a miss");
+                None
+            }
+        }
+    }
+
+    /// Stores `value` at `key` with this cache's TTL.
+    ///
+    /// # Errors
+    /// Only [`CacheError::Serialization`]; backend errors are logged and swallowed.
+    pub async fn set(&self, key: &D::Key, value: &D::Value) -> Result<(), CacheError> {
+        self.set_with_ttl(key, value, self.ttl).await
+    }
+
+    /// Stores `value` at `key` with an explicit TTL (0 = no expiry).
+    ///
+    /// # Errors
+    /// Only [`CacheError::Serialization`]; backend errors are logged and swallowed.
+    pub async fn set_with_ttl(
+        &self,
+        key: &D::Key,
+        value: &D::Value,
+        ttl: Ttl,
+    ) -> Result<(), CacheError> {
+        let bytes = encode::<D>(value)?;
+        let key = self.key(key);
+        if let Err(error) = self.backend.set(&key, bytes, ttl.expiry()).await {
+            tracing::error!(namespace = D::NAMESPACE, %key, %error, "cache set failed; value not cached");
+        }
+        Ok(())
+    }
+
+    /// Removes `key`. Never fails its caller: a backend error is logged.
+    pub async fn invalidate(&self, key: &D::Key) {
+        let key = self.key(key);
+        if let Err(error) = self.backend.delete(&key).await {
+            tracing::error!(namespace = D::NAMESPACE, %key, %error, "cache invalidate failed");
+        }
+    }
+
+    /// Returns the values of `keys`, in order, `None` for each miss, in one
+    /// backend round trip. Empty input returns at once without a round trip.
+    ///
+    /// A failing backend makes every key a miss; only the entries that do not
+    /// decode are invalidated.
+    ///
+    /// # Errors
+    /// [`CacheError::BatchTooLarge`] for more than [`MAX_BATCH`] keys.
+    pub async fn mget(&self, keys: &[D::Key]) -> Result<Vec<Option<D::Value>>, CacheError> {
+        check_batch(keys.len())?;
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let full_keys: Vec<String> = keys.iter().map(|k| self.key(k)).collect();
+        let raw = match self.backend.mget(&full_keys).await {
+            Ok(raw) if raw.len() == full_keys.len() => raw,
+            Ok(raw) => {
+                tracing::error!(
+                    namespace = D::NAMESPACE,
+                    asked = full_keys.len(),
+                    got = raw.len(),
+                    "cache mget answered the wrong number of values; treated as misses"
+                );
+                return Ok(misses(keys.len()));
+            }
+            Err(error) => {
+                tracing::error!(namespace = D::NAMESPACE, keys = keys.len(), %error, "cache mget failed; treated as misses");
+                return Ok(misses(keys.len()));
+            }
+        };
+        let mut values = Vec::with_capacity(raw.len());
+        for (key, stored) in full_keys.iter().zip(raw) {
+            values.push(match stored {
+                Some(bytes) => self.decode_or_invalidate(key, bytes).await,
+                None => None,
+            });
+        }
+        Ok(values)
+    }
+
+    /// Stores every `(key, value)` pair with this cache's TTL in one pipelined
+    /// round trip. Every value is encoded before anything is written, so an
+    /// encoding error writes nothing. Empty input returns at once.
+    ///
+    /// # Errors
+    /// [`CacheError::BatchTooLarge`] for more than [`MAX_BATCH`] entries;
+    /// [`CacheError::Serialization`] when a value cannot be encoded.
+    /// Backend errors are logged and swallowed.
+    pub async fn mset(&self, entries: &[(D::Key, D::Value)]) -> Result<(), CacheError> {
+        check_batch(entries.len())?;
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let encoded = entries
+            .iter()
+            .map(|(key, value)| self.entry(key, value))
+            .collect::<Result<Vec<_>, _>>()?;
+        if let Err(error) = self.backend.mset(&encoded).await {
+            tracing::error!(namespace = D::NAMESPACE, entries = encoded.len(), %error, "cache mset failed; values not cached");
+        }
+        Ok(())
+    }
+
+    async fn decode_or_invalidate(&self, key: &str, raw: Bytes) -> Option<D::Value> {
+        match D::Codec::decode(&raw) {
+            Ok(value) => Some(value),
+            Err(error) => {
+                tracing::warn!(namespace = D::NAMESPACE, %key, %error, len = raw.len(), "corrupt cache entry; invalidating");
+                // Compare-and-delete: a valid value written meanwhile survives.
+                if let Err(error) = self.backend.compare_and_delete(key, &raw).await {
+                    tracing::error!(namespace = D::NAMESPACE, %key, %error, "could not invalidate corrupt cache entry");
+                }
+                None
+            }
+        }
+    }
+}
+
+fn encode<D: CacheDefinition>(value: &D::Value) -> Result<Bytes, CacheError> {
+    D::Codec::encode(value).map_err(|source| CacheError::Serialization {
+        namespace: D::NAMESPACE,
+        source,
+    })
+}
+
+fn check_batch(requested: usize) -> Result<(), CacheError> {
+    if requested > MAX_BATCH {
+        return Err(CacheError::BatchTooLarge {
+            requested,
+            max: MAX_BATCH,
+        });
+    }
+    Ok(())
+}
+
+fn misses<V>(n: usize) -> Vec<Option<V>> {
+    std::iter::repeat_with(|| None).take(n).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use mockall::predicate::{always, eq};
+    use serde::{Serialize, Serializer};
+
+    use super::*;
+    use crate::backend::MockCacheBackend;
+    use crate::codec::{JsonCodec, TextCodec};
+    use crate::error::{BackendError, CodecError};
+
+    struct IdCache;
+    impl CacheDefinition for IdCache {
+        type Key = i64;
+        type Value = i64;
+        type Codec = TextCodec;
+        const NAMESPACE: &'static str = "test:ids";
+    }
+
+    /// A value whose serialization always fails, for the error paths.
+    #[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+    struct Unencodable;
+    impl Serialize for Unencodable {
+        fn serialize<S: Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+            Err(serde::ser::Error::custom("refuses to serialize"))
+        }
+    }
+
+    struct BadCache;
+    impl CacheDefinition for BadCache {
+        type Key = i64;
+        type Value = Unencodable;
+        type Codec = JsonCodec;
+        const NAMESPACE: &'static str = "test:bad";
+    }
+
+    fn cache(mock: MockCacheBackend) -> TypedCache<IdCache> {
+        TypedCache::new(Arc::new(mock))
+    }
+
+    fn down() -> BackendError {
+        BackendError::Unavailable("connection refused".into())
+    }
+
+    fn some(s: &'static str) -> Option<Bytes> {
+        Some(Bytes::from_static(s.as_bytes()))
+    }
+
+    // --- get -----------------------------------------------------------------
+
+    #[tokio::test]
+    async fn get_hit_decodes_the_stored_value() {
+        let mut mock = MockCacheBackend::new();
+        mock.expect_get()
+            .with(eq("test:ids:1"))
+            .times(1)
+            .returning(|_| Ok(some("42")));
+        assert_eq!(cache(mock).get(&1).await, Some(42));
+    }
+
+    #[tokio::test]
+    async fn get_miss_returns_none() {
+        let mut mock = MockCacheBackend::new();
+        mock.expect_get().times(1).returning(|_| Ok(None));
+        assert_eq!(cache(mock).get(&1).await, None);
+    }
+
+    #[tokio::test]
+    async fn get_with_backend_error_is_a_miss() {
+        let mut mock = MockCacheBackend::new();
+        mock.expect_get().times(1).returning(|_| Err(down()));
+        mock.expect_compare_and_delete().never();
+        assert_eq!(cache(mock).get(&1).await, None);
+    }
+
+    #[tokio::test]
+    async fn get_corrupt_value_is_a_miss_and_is_removed_only_if_unchanged() {
+        let mut mock = MockCacheBackend::new();
+        mock.expect_get().returning(|_| Ok(some("not-a-number")));
+        mock.expect_compare_and_delete()
+            .withf(|key, expected| key == "test:ids:1" && expected == b"not-a-number")
+            .times(1)
+            .returning(|_, _| Ok(true));
+        assert_eq!(cache(mock).get(&1).await, None);
+    }
+
+    #[tokio::test]
+    async fn get_corrupt_value_whose_removal_fails_is_still_a_miss() {
+        let mut mock = MockCacheBackend::new();
+        mock.expect_get().returning(|_| Ok(some("\u{fffd}")));
+        mock.expect_compare_and_delete()
+            .times(1)
+            .returning(|_, _| Err(down()));
+        assert_eq!(cache(mock).get(&1).await, None);
+    }
+
+    // --- set -----------------------------------------------------------------
+
+    #[tokio::test]
+    async fn set_uses_the_default_ttl_of_600_seconds() {
+        let mut mock = MockCacheBackend::new();
+        mock.expect_set()
+            .withf(|key, value, ttl| {
+                key == "test:ids:7" && &value[..] == b"99" && *ttl == Some(Duration::from_secs(600))
+            })
+            .times(1)
+            .returning(|_, _, _| Ok(()));
+        assert_eq!(cache(mock).set(&7, &99).await, Ok(()));
+    }
+
+    #[tokio::test]
+    async fn set_with_explicit_ttl_passes_it_through() {
+        let mut mock = MockCacheBackend::new();
+        mock.expect_set()
+            .withf(|_, _, ttl| *ttl == Some(Duration::from_secs(30)))
+            .times(1)
+            .returning(|_, _, _| Ok(()));
+        let result = cache(mock).set_with_ttl(&7, &99, Ttl::from_secs(30)).await;
+        assert_eq!(result, Ok(()));
+    }
+
+    #[tokio::test]
+    async fn set_with_zero_ttl_stores_without_expiry() {
+        let mut mock = MockCacheBackend::new();
+        mock.expect_set()
+            .withf(|_, _, ttl| ttl.is_none())
+            .times(1)
+            .returning(|_, _, _| Ok(()));
+        let typed = cache(mock).with_ttl(Ttl::NEVER);
+        assert_eq!(typed.set(&7, &99).await, Ok(()));
+    }
+
+    #[tokio::test]
+    async fn set_serialization_error_reaches_the_caller_and_writes_nothing() {
+        let mut mock = MockCacheBackend::new();
+        mock.expect_set().never();
+        let typed: TypedCache<BadCache> = TypedCache::new(Arc::new(mock));
+        let result = typed.set(&1, &Unencodable).await;
+        assert!(matches!(
+            result,
+            Err(CacheError::Serialization {
+                namespace: "test:bad",
+                source: CodecError::Encode(_)
+            })
+        ));
+    }
+
+    #[tokio::test]
+    async fn set_with_backend_error_is_swallowed() {
+        let mut mock = MockCacheBackend::new();
+        mock.expect_set().times(1).returning(|_, _, _| Err(down()));
+        assert_eq!(cache(mock).set(&1, &2).await, Ok(()));
+    }
+
+    // --- invalidate ----------------------------------------------------------
+
+    #[tokio::test]
+    async fn invalidate_deletes_the_namespaced_key() {
+        let mut mock = MockCacheBackend::new();
+        mock.expect_delete()
+            .with(eq("test:ids:5"))
+            .times(1)
+            .returning(|_| Ok(true));
+        cache(mock).invalidate(&5).await;
+    }
+
+    #[tokio::test]
+    async fn invalidate_with_backend_error_does_not_fail() {
+        let mut mock = MockCacheBackend::new();
+        mock.expect_delete().times(1).returning(|_| Err(down()));
+        // Returns (), and does not panic: the error was logged.
+        cache(mock).invalidate(&5).await;
+    }
+
+    // --- mget ----------------------------------------------------------------
+
+    #[tokio::test]
+    async fn mget_returns_values_in_order_in_one_round_trip() {
+        let mut mock = MockCacheBackend::new();
+        mock.expect_mget()
+            .withf(|keys| keys == ["test:ids:1", "test:ids:2", "test:ids:3"])
+            .times(1)
+            .returning(|_| Ok(vec![some("10"), None, some("30")]));
+        let values = cache(mock).mget(&[1, 2, 3]).await.unwrap();
+        assert_eq!(values, vec![Some(10), None, Some(30)]);
+    }
+
+    #[tokio::test]
+    async fn mget_with_all_keys_missing_returns_all_none() {
+        let mut mock = MockCacheBackend::new();
+        mock.expect_mget()
+            .times(1)
+            .returning(|keys| Ok(vec![None; keys.len()]));
+        assert_eq!(cache(mock).mget(&[1, 2]).await.unwrap(), vec![None, None]);
+    }
+
+    #[tokio::test]
+    async fn mget_of_101_keys_is_refused_with_the_count_and_the_limit() {
+        let mut mock = MockCacheBackend::new();
+        mock.expect_mget().never();
+        let keys: Vec<i64> = (0..101).collect();
+        let error = cache(mock).mget(&keys).await.unwrap_err();
+        assert_eq!(
+            error,
+            CacheError::BatchTooLarge {
+                requested: 101,
+                max: 100
+            }
+        );
+        assert!(error.to_string().contains("split"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn mget_of_exactly_100_keys_is_allowed() {
+        let mut mock = MockCacheBackend::new();
+        mock.expect_mget()
+            .times(1)
+            .returning(|keys| Ok(vec![None; keys.len()]));
+        let keys: Vec<i64> = (0..100).collect();
+        assert_eq!(cache(mock).mget(&keys).await.unwrap().len(), 100);
+    }
+
+    #[tokio::test]
+    async fn mget_of_nothing_returns_at_once_without_the_backend() {
+        let mut mock = MockCacheBackend::new();
+        mock.expect_mget().never();
+        assert!(cache(mock).mget(&[]).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn mget_with_backend_error_makes_every_key_a_miss() {
+        let mut mock = MockCacheBackend::new();
+        mock.expect_mget().times(1).returning(|_| Err(down()));
+        assert_eq!(cache(mock).mget(&[1, 2]).await.unwrap(), vec![None, None]);
+    }
+
+    #[tokio::test]
+    async fn mget_with_a_short_answer_makes_every_key_a_miss() {
+        let mut mock = MockCacheBackend::new();
+        mock.expect_mget()
+            .times(1)
+            .returning(|_| Ok(vec![some("1")]));
+        assert_eq!(cache(mock).mget(&[1, 2]).await.unwrap(), vec![None, None]);
+    }
+
+    #[tokio::test]
+    async fn mget_invalidates_only_the_corrupt_entries() {
+        let mut mock = MockCacheBackend::new();
+        mock.expect_mget()
+            .returning(|_| Ok(vec![some("10"), some("garbage"), some("30")]));
+        mock.expect_compare_and_delete()
+            .withf(|key, expected| key == "test:ids:2" && expected == b"garbage")
+            .times(1)
+            .returning(|_, _| Ok(true));
+        let values = cache(mock).mget(&[1, 2, 3]).await.unwrap();
+        assert_eq!(values, vec![Some(10), None, Some(30)]);
+    }
+
+    // --- mset ----------------------------------------------------------------
+
+    #[tokio::test]
+    async fn mset_writes_every_entry_with_the_ttl_in_one_call() {
+        let mut mock = MockCacheBackend::new();
+        mock.expect_mset()
+            .withf(|entries| {
+                entries.len() == 2
+                    && entries[0].key == "test:ids:1"
+                    && &entries[0].value[..] == b"10"
+                    && entries[1].key == "test:ids:2"
+                    && entries
+                        .iter()
+                        .all(|e| e.ttl == Some(Duration::from_secs(600)))
+            })
+            .times(1)
+            .returning(|_| Ok(()));
+        assert_eq!(cache(mock).mset(&[(1, 10), (2, 20)]).await, Ok(()));
+    }
+
+    #[tokio::test]
+    async fn mset_of_101_entries_is_refused() {
+        let mut mock = MockCacheBackend::new();
+        mock.expect_mset().never();
+        let entries: Vec<(i64, i64)> = (0..101).map(|i| (i, i)).collect();
+        assert_eq!(
+            cache(mock).mset(&entries).await,
+            Err(CacheError::BatchTooLarge {
+                requested: 101,
+                max: 100
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn mset_of_nothing_returns_at_once_without_the_backend() {
+        let mut mock = MockCacheBackend::new();
+        mock.expect_mset().never();
+        assert_eq!(cache(mock).mset(&[]).await, Ok(()));
+    }
+
+    #[tokio::test]
+    async fn mset_serialization_error_writes_nothing() {
+        let mut mock = MockCacheBackend::new();
+        mock.expect_mset().never();
+        let typed: TypedCache<BadCache> = TypedCache::new(Arc::new(mock));
+        let result = typed.mset(&[(1, Unencodable)]).await;
+        assert!(matches!(result, Err(CacheError::Serialization { .. })));
+    }
+
+    #[tokio::test]
+    async fn mset_with_backend_error_is_swallowed() {
+        let mut mock = MockCacheBackend::new();
+        mock.expect_mset()
+            .with(always())
+            .times(1)
+            .returning(|_| Err(down()));
+        assert_eq!(cache(mock).mset(&[(1, 10)]).await, Ok(()));
+    }
+
+    #[test]
+    fn debug_shows_namespace_backend_and_ttl() {
+        let mut mock = MockCacheBackend::new();
+        mock.expect_name().return_const("mock");
+        let text = format!("{:?}", cache(mock));
+        assert!(text.contains("test:ids") && text.contains("mock"), "{text}");
+    }
+}
