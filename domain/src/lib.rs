@@ -1,1 +1,25 @@
-//! placeholder
+//! # domain — users and their cache-aside flows
+//!
+//! - [`User`] and its validated parts ([`UserId`], [`UserUuid`], [`Name`], [`Email`]).
+//! - The user ports: [`UserRepository`] (outbound: where users live) and
+//!   [`UserQueries`] (inbound: what the HTTP adapter may ask).
+//! - The seed's two caches ([`UuidToId`], [`IdToUuid`]), byte-compatible with
+//!   the Python original's Redis keys and values.
+//! - [`CacheManager`]: built once at start-up, holds the backend and the caches.
+//! - [`UserService`]: the cache-aside flows, generic over the repository.
+
+mod caches;
+mod error;
+mod manager;
+mod ports;
+mod service;
+mod user;
+
+pub use caches::{IdToUuid, IdToUuidCache, UuidToId, UuidToIdCache};
+pub use error::{RepositoryError, UserError, ValidationError};
+pub use manager::CacheManager;
+#[cfg(any(test, feature = "mocks"))]
+pub use ports::{MockUserQueries, MockUserRepository};
+pub use ports::{UserQueries, UserRepository};
+pub use service::{Lookup, MAX_LOOKUP, UserService};
+pub use user::{Email, Name, Page, User, UserId, UserUuid};

@@ -1,0 +1,336 @@
+//! The user model: newtypes with validating constructors.
+
+use std::fmt;
+use std::str::FromStr;
+
+use ports::CacheKey;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::error::ValidationError;
+
+/// The numeric id of a user: a positive integer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct UserId(i64);
+
+impl UserId {
+    /// A user id.
+    ///
+    /// # Errors
+    /// [`ValidationError::NonPositiveId`] for zero or a negative number.
+    pub fn new(id: i64) -> Result<Self, ValidationError> {
+        if id > 0 {
+            Ok(Self(id))
+        } else {
+            Err(ValidationError::NonPositiveId(id))
+        }
+    }
+
+    /// The number.
+    pub fn get(self) -> i64 {
+        self.0
+    }
+}
+
+impl fmt::Display for UserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl FromStr for UserId {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let n: i64 = s
+            .parse()
+            .map_err(|e| format!("'{s}' is not an integer: {e}"))?;
+        Self::new(n).map_err(|e| e.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for UserId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Self::new(i64::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+impl CacheKey for UserId {
+    fn write_segment(&self, out: &mut String) {
+        self.0.write_segment(out);
+    }
+}
+
+/// The public identifier of a user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct UserUuid(Uuid);
+
+impl UserUuid {
+    /// Wraps a UUID.
+    pub fn new(uuid: Uuid) -> Self {
+        Self(uuid)
+    }
+
+    /// Parses any form the `uuid` crate accepts (hyphenated, simple, braced, URN).
+    ///
+    /// # Errors
+    /// [`ValidationError::MalformedUuid`], quoting at most 64 characters of the input.
+    pub fn parse(text: &str) -> Result<Self, ValidationError> {
+        Uuid::parse_str(text)
+            .map(Self)
+            .map_err(|_| ValidationError::MalformedUuid(text.chars().take(64).collect()))
+    }
+
+    /// The UUID.
+    pub fn get(self) -> Uuid {
+        self.0
+    }
+}
+
+impl fmt::Display for UserUuid {
+    /// Hyphenated lowercase: the seed's cache format (Python's `str(uuid)`).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.hyphenated().fmt(f)
+    }
+}
+
+impl FromStr for UserUuid {
+    type Err = ValidationError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+impl CacheKey for UserUuid {
+    fn write_segment(&self, out: &mut String) {
+        let mut buf = Uuid::encode_buffer();
+        out.push_str(self.0.hyphenated().encode_lower(&mut buf));
+    }
+}
+
+/// A first or last name: trimmed, 1 to 100 characters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct Name(String);
+
+impl Name {
+    const MAX: usize = 100;
+
+    /// A name; `field` names it in the error.
+    ///
+    /// # Errors
+    /// [`ValidationError::BadName`] for a blank or over-long name.
+    pub fn new(field: &'static str, text: &str) -> Result<Self, ValidationError> {
+        let text = text.trim();
+        if text.is_empty() || text.chars().count() > Self::MAX {
+            return Err(ValidationError::BadName { field });
+        }
+        Ok(Self(text.to_owned()))
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// An e-mail address: `local@domain`, at most 254 characters, no spaces.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct Email(String);
+
+impl Email {
+    const MAX: usize = 254;
+
+    /// An e-mail address.
+    ///
+    /// # Errors
+    /// [`ValidationError::BadEmail`] unless it has one `@` with text on both
+    /// sides, a dot in the domain, no white space, and at most 254 characters.
+    pub fn new(text: &str) -> Result<Self, ValidationError> {
+        let bad = || ValidationError::BadEmail(text.chars().take(64).collect());
+        if text.len() > Self::MAX || text.chars().any(char::is_whitespace) {
+            return Err(bad());
+        }
+        match text.split_once('@') {
+            Some((local, domain))
+                if !local.is_empty()
+                    && domain.contains('.')
+                    && !domain.starts_with('.')
+                    && !domain.ends_with('.')
+                    && !domain.contains('@') =>
+            {
+                Ok(Self(text.to_owned()))
+            }
+            _ => Err(bad()),
+        }
+    }
+
+    /// The address.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A user of the reference API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct User {
+    id: UserId,
+    uuid: UserUuid,
+    first_name: Name,
+    last_name: Name,
+    email: Email,
+}
+
+impl User {
+    /// A user from already validated parts.
+    pub fn new(
+        id: UserId,
+        uuid: UserUuid,
+        first_name: Name,
+        last_name: Name,
+        email: Email,
+    ) -> Self {
+        Self {
+            id,
+            uuid,
+            first_name,
+            last_name,
+            email,
+        }
+    }
+
+    /// The numeric id.
+    pub fn id(&self) -> UserId {
+        self.id
+    }
+    /// The public UUID.
+    pub fn uuid(&self) -> UserUuid {
+        self.uuid
+    }
+    /// The first name.
+    pub fn first_name(&self) -> &Name {
+        &self.first_name
+    }
+    /// The last name.
+    pub fn last_name(&self) -> &Name {
+        &self.last_name
+    }
+    /// The e-mail address.
+    pub fn email(&self) -> &Email {
+        &self.email
+    }
+}
+
+/// A window of a list: `limit` items from `offset`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Page {
+    limit: u32,
+    offset: u32,
+}
+
+impl Page {
+    /// The largest page.
+    pub const MAX_LIMIT: u32 = 1000;
+    /// The page size when none is asked for.
+    pub const DEFAULT_LIMIT: u32 = 100;
+
+    /// A page.
+    ///
+    /// # Errors
+    /// [`ValidationError::BadLimit`] unless `1 <= limit <= MAX_LIMIT`.
+    pub fn new(limit: u32, offset: u32) -> Result<Self, ValidationError> {
+        if limit == 0 || limit > Self::MAX_LIMIT {
+            return Err(ValidationError::BadLimit {
+                got: limit,
+                max: Self::MAX_LIMIT,
+            });
+        }
+        Ok(Self { limit, offset })
+    }
+
+    /// How many items at most.
+    pub fn limit(self) -> u32 {
+        self.limit
+    }
+    /// How many items to skip.
+    pub fn offset(self) -> u32 {
+        self.offset
+    }
+}
+
+impl Default for Page {
+    fn default() -> Self {
+        Self {
+            limit: Self::DEFAULT_LIMIT,
+            offset: 0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_id_must_be_positive() {
+        assert!(UserId::new(1).is_ok());
+        assert_eq!(UserId::new(0), Err(ValidationError::NonPositiveId(0)));
+        assert!("-3".parse::<UserId>().is_err());
+        assert!("abc".parse::<UserId>().is_err());
+        assert_eq!("42".parse::<UserId>().map(UserId::get), Ok(42));
+    }
+
+    #[test]
+    fn uuid_displays_hyphenated_lowercase_like_python() {
+        let uuid = UserUuid::parse("550E8400E29B41D4A716446655440001").unwrap();
+        assert_eq!(uuid.to_string(), "550e8400-e29b-41d4-a716-446655440001");
+        let mut key = String::new();
+        uuid.write_segment(&mut key);
+        assert_eq!(key, "550e8400-e29b-41d4-a716-446655440001");
+    }
+
+    #[test]
+    fn malformed_uuid_is_rejected_and_quoted_briefly() {
+        let long = "x".repeat(10_000);
+        match UserUuid::parse(&long) {
+            Err(ValidationError::MalformedUuid(quoted)) => assert_eq!(quoted.len(), 64),
+            other => panic!("expected MalformedUuid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn names_are_trimmed_and_must_not_be_blank() {
+        assert_eq!(Name::new("first_name", "  Ada ").unwrap().as_str(), "Ada");
+        assert!(Name::new("first_name", "   ").is_err());
+        assert!(Name::new("first_name", &"a".repeat(101)).is_err());
+    }
+
+    #[test]
+    fn emails_need_a_local_part_and_a_dotted_domain() {
+        assert!(Email::new("john.doe@example.com").is_ok());
+        for bad in [
+            "",
+            "john",
+            "@example.com",
+            "john@",
+            "john@example",
+            "a b@c.d",
+            "a@b@c.d",
+            "a@.com",
+        ] {
+            assert!(Email::new(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn page_limit_is_bounded() {
+        assert!(Page::new(0, 0).is_err());
+        assert!(Page::new(1001, 0).is_err());
+        assert_eq!(
+            Page::new(10, 5).map(|p| (p.limit(), p.offset())),
+            Ok((10, 5))
+        );
+    }
+}
