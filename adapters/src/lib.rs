@@ -1,1 +1,15 @@
-//! placeholder
+//! # adapters — the technologies behind the ports
+//!
+//! - [`backend`]: cache backends ([`backend::RedisBackend`],
+//!   [`backend::MemoryBackend`], [`backend::NoopBackend`]) and the decorators
+//!   that wrap any of them ([`backend::TimeoutBackend`]).
+//! - [`users`]: the users store ([`users::InMemoryUserRepository`]).
+//! - [`http`]: the poem-openapi HTTP API (inbound adapter).
+//! - [`Secret`]: a string that never shows itself in logs or `Debug`.
+
+pub mod backend;
+pub mod http;
+mod secret;
+pub mod users;
+
+pub use secret::Secret;

@@ -1,0 +1,11 @@
+//! Cache backends (implementations of [`ports::CacheBackend`]) and decorators.
+
+mod memory;
+mod noop;
+mod redis;
+mod timeout;
+
+pub use memory::{MemoryBackend, MemoryConfig};
+pub use noop::NoopBackend;
+pub use redis::{RedisBackend, RedisConfig, RedisSetupError};
+pub use timeout::TimeoutBackend;
