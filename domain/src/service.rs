@@ -65,7 +65,7 @@ impl<R: UserRepository> UserService<R> {
 
 #[async_trait]
 impl<R: UserRepository> UserQueries for UserService<R> {
-    #[tracing::instrument(skip(self), fields(%uuid))]
+    #[tracing::instrument(level = "debug", skip(self), fields(%uuid))]
     async fn user_by_uuid(&self, uuid: UserUuid) -> Result<User, UserError> {
         if let Some(id) = self.caches.uuid_to_id().get(&uuid).await {
             match self.repository.by_id(id).await? {
@@ -85,7 +85,7 @@ impl<R: UserRepository> UserQueries for UserService<R> {
         Ok(user)
     }
 
-    #[tracing::instrument(skip(self), fields(%id))]
+    #[tracing::instrument(level = "debug", skip(self), fields(%id))]
     async fn user_by_id(&self, id: UserId) -> Result<User, UserError> {
         if let Some(uuid) = self.caches.id_to_uuid().get(&id).await {
             match self.repository.by_uuid(uuid).await? {
@@ -105,7 +105,7 @@ impl<R: UserRepository> UserQueries for UserService<R> {
         Ok(user)
     }
 
-    #[tracing::instrument(skip(self))]
+    #[tracing::instrument(level = "debug", skip(self))]
     async fn list_users(&self, page: Page) -> Result<Vec<User>, UserError> {
         Ok(self.repository.list(page).await?)
     }

@@ -1,1 +1,79 @@
-//! x
+//! The HTTP adapter (inbound): the REST API, its OpenAPI spec and Swagger UI,
+//! with poem and poem-openapi.
+//!
+//! Request and response types live here only and convert at the edge; every
+//! error body is `{"error": code, "message": text}` and is in the spec.
+
+mod errors;
+mod health;
+mod root;
+mod users;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use domain::UserQueries;
+use poem::{Endpoint, EndpointExt, Route};
+use poem_openapi::OpenApiService;
+use ports::SharedBackend;
+
+pub use errors::ErrorBody;
+pub use health::HealthApi;
+pub use root::RootApi;
+pub use users::UsersApi;
+
+/// Settings of the HTTP API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpConfig {
+    /// How long `/health` waits for the cache backend's ping (the seed's 2 s).
+    pub health_timeout: Duration,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            health_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// The OpenAPI service: every operation, for the routes and for the spec.
+pub fn api<S: UserQueries>(
+    service: Arc<S>,
+    backend: SharedBackend,
+    config: HttpConfig,
+) -> OpenApiService<(RootApi, UsersApi<S>, HealthApi), ()> {
+    OpenApiService::new(
+        (
+            RootApi,
+            UsersApi::new(service),
+            HealthApi::new(backend, config.health_timeout),
+        ),
+        "CacheManager User API",
+        env!("CARGO_PKG_VERSION"),
+    )
+    .description(
+        "A reference User API over CacheManager, a type-safe async cache layer. \
+         Lookups are cache-aside: the cache speeds them up, and never makes them fail.",
+    )
+}
+
+/// Every route: the API at `/`, Swagger UI at `/docs`, the spec at
+/// `/openapi.json`, and JSON errors for unknown paths and methods.
+pub fn routes<S: UserQueries>(
+    service: Arc<S>,
+    backend: SharedBackend,
+    config: HttpConfig,
+) -> impl Endpoint + 'static {
+    let api = api(service, backend, config);
+    let docs = api.swagger_ui();
+    let spec = api.spec_endpoint();
+    Route::new()
+        .at("/openapi.json", spec)
+        .nest("/docs", docs)
+        .nest("/", api)
+        .catch_all_error(errors::json_error)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,267 @@
+//! `/users`: list, get by UUID, and batch lookup.
+
+use std::sync::Arc;
+
+use domain::{MAX_LOOKUP, Page, User, UserError, UserQueries, UserUuid};
+use poem_openapi::param::{Path, Query};
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, Object, OpenApi, Tags};
+
+use super::errors::{ErrorBody, WithBadRequest, bad_request};
+
+#[derive(Tags)]
+enum Tag {
+    /// Users, served cache-aside.
+    Users,
+}
+
+/// A user.
+#[derive(Debug, Clone, PartialEq, Eq, Object)]
+pub struct UserDto {
+    /// Numeric id.
+    pub id: i64,
+    /// Public identifier (hyphenated lowercase UUID).
+    pub uuid: String,
+    /// First name.
+    pub first_name: String,
+    /// Last name.
+    pub last_name: String,
+    /// E-mail address.
+    pub email: String,
+}
+
+impl From<&User> for UserDto {
+    fn from(user: &User) -> Self {
+        Self {
+            id: user.id().get(),
+            uuid: user.uuid().to_string(),
+            first_name: user.first_name().as_str().to_owned(),
+            last_name: user.last_name().as_str().to_owned(),
+            email: user.email().as_str().to_owned(),
+        }
+    }
+}
+
+/// A page of users.
+#[derive(Debug, Object)]
+pub struct UserList {
+    /// The users, ordered by id.
+    pub users: Vec<UserDto>,
+    /// The limit applied.
+    pub limit: u32,
+    /// The offset applied.
+    pub offset: u32,
+}
+
+/// A batch lookup: up to 100 UUIDs.
+#[derive(Debug, Object)]
+pub struct LookupRequest {
+    /// The UUIDs to look up; duplicates are answered once.
+    pub uuids: Vec<String>,
+}
+
+/// The answer to a batch lookup.
+#[derive(Debug, Object)]
+pub struct LookupResponseBody {
+    /// The users found, in the order asked.
+    pub users: Vec<UserDto>,
+    /// The UUIDs with no user, in the order asked.
+    pub missing: Vec<String>,
+}
+
+#[derive(ApiResponse)]
+#[oai(bad_request_handler = "bad_request")]
+enum ListResponse {
+    /// A page of users.
+    #[oai(status = 200)]
+    Ok(Json<UserList>),
+    /// A bad `limit` or `offset`.
+    #[oai(status = 400)]
+    BadRequest(Json<ErrorBody>),
+    /// The user store failed.
+    #[oai(status = 500)]
+    Internal(Json<ErrorBody>),
+}
+
+#[derive(ApiResponse)]
+#[oai(bad_request_handler = "bad_request")]
+enum GetResponse {
+    /// The user.
+    #[oai(status = 200)]
+    Ok(Json<UserDto>),
+    /// Not a UUID (`invalid_uuid`).
+    #[oai(status = 400)]
+    BadRequest(Json<ErrorBody>),
+    /// No user has this UUID (`not_found`).
+    #[oai(status = 404)]
+    NotFound(Json<ErrorBody>),
+    /// The user store failed.
+    #[oai(status = 500)]
+    Internal(Json<ErrorBody>),
+}
+
+#[derive(ApiResponse)]
+#[oai(bad_request_handler = "bad_request")]
+enum LookupResponse {
+    /// Users found and UUIDs missing.
+    #[oai(status = 200)]
+    Ok(Json<LookupResponseBody>),
+    /// More than 100 UUIDs (`too_many_uuids`), a malformed UUID
+    /// (`invalid_uuid`), or a body that is not the documented JSON.
+    #[oai(status = 400)]
+    BadRequest(Json<ErrorBody>),
+    /// The user store failed.
+    #[oai(status = 500)]
+    Internal(Json<ErrorBody>),
+}
+
+macro_rules! with_bad_request {
+    ($($t:ty),*) => {$(
+        impl WithBadRequest for $t {
+            fn bad_request(body: Json<ErrorBody>) -> Self {
+                Self::BadRequest(body)
+            }
+        }
+    )*};
+}
+with_bad_request!(ListResponse, GetResponse, LookupResponse);
+
+/// Which response a domain error becomes.
+enum Failure {
+    BadRequest(ErrorBody),
+    NotFound(ErrorBody),
+    Internal,
+}
+
+impl From<UserError> for Failure {
+    fn from(error: UserError) -> Self {
+        match error {
+            UserError::NotFoundByUuid(_) | UserError::NotFoundById(_) => {
+                Failure::NotFound(ErrorBody::new("not_found", error.to_string()))
+            }
+            UserError::TooManyUuids { .. } => {
+                Failure::BadRequest(ErrorBody::new("too_many_uuids", error.to_string()))
+            }
+            UserError::Invalid(ref invalid) => {
+                let code = match invalid {
+                    domain::ValidationError::MalformedUuid(_) => "invalid_uuid",
+                    _ => "bad_request",
+                };
+                Failure::BadRequest(ErrorBody::new(code, error.to_string()))
+            }
+            UserError::Repository(cause) => {
+                tracing::error!(error = %cause, "user store failed");
+                Failure::Internal
+            }
+        }
+    }
+}
+
+/// The users operations, generic over the domain's inbound port.
+pub struct UsersApi<S> {
+    service: Arc<S>,
+}
+
+impl<S> UsersApi<S> {
+    /// The API over `service`.
+    pub fn new(service: Arc<S>) -> Self {
+        Self { service }
+    }
+}
+
+#[OpenApi]
+impl<S: UserQueries> UsersApi<S> {
+    /// List users, ordered by id (`limit` 1 to 1000, default 100; `offset` default 0).
+    #[oai(path = "/users", method = "get", tag = "Tag::Users")]
+    async fn list(&self, limit: Query<Option<u32>>, offset: Query<Option<u32>>) -> ListResponse {
+        let page = match Page::new(
+            limit.0.unwrap_or(Page::DEFAULT_LIMIT),
+            offset.0.unwrap_or(0),
+        ) {
+            Ok(page) => page,
+            Err(invalid) => {
+                return ListResponse::BadRequest(Json(ErrorBody::new(
+                    "bad_request",
+                    invalid.to_string(),
+                )));
+            }
+        };
+        match self.service.list_users(page).await {
+            Ok(users) => ListResponse::Ok(Json(UserList {
+                users: users.iter().map(UserDto::from).collect(),
+                limit: page.limit(),
+                offset: page.offset(),
+            })),
+            Err(error) => match Failure::from(error) {
+                Failure::BadRequest(body) => ListResponse::BadRequest(Json(body)),
+                Failure::NotFound(_) | Failure::Internal => {
+                    ListResponse::Internal(Json(ErrorBody::internal()))
+                }
+            },
+        }
+    }
+
+    /// Get one user by UUID. Cache-aside: a cached UUID-to-id mapping lets
+    /// the store be read by id; a miss reads it by UUID and fills both caches.
+    #[oai(path = "/users/:uuid", method = "get", tag = "Tag::Users")]
+    async fn get(&self, uuid: Path<String>) -> GetResponse {
+        let uuid = match UserUuid::parse(&uuid.0) {
+            Ok(uuid) => uuid,
+            Err(invalid) => {
+                return GetResponse::BadRequest(Json(ErrorBody::new(
+                    "invalid_uuid",
+                    invalid.to_string(),
+                )));
+            }
+        };
+        match self.service.user_by_uuid(uuid).await {
+            Ok(user) => GetResponse::Ok(Json(UserDto::from(&user))),
+            Err(error) => match Failure::from(error) {
+                Failure::BadRequest(body) => GetResponse::BadRequest(Json(body)),
+                Failure::NotFound(body) => GetResponse::NotFound(Json(body)),
+                Failure::Internal => GetResponse::Internal(Json(ErrorBody::internal())),
+            },
+        }
+    }
+
+    /// Look up to 100 users by UUID in one request: one cache MGET, one store
+    /// call for the misses, one cache write for what was found.
+    #[oai(path = "/users/lookup", method = "post", tag = "Tag::Users")]
+    async fn lookup(&self, body: Json<LookupRequest>) -> LookupResponse {
+        let asked = &body.0.uuids;
+        if asked.len() > MAX_LOOKUP {
+            let error = UserError::TooManyUuids {
+                requested: asked.len(),
+                max: MAX_LOOKUP,
+            };
+            return LookupResponse::BadRequest(Json(ErrorBody::new(
+                "too_many_uuids",
+                error.to_string(),
+            )));
+        }
+        let mut uuids = Vec::with_capacity(asked.len());
+        for text in asked {
+            match UserUuid::parse(text) {
+                Ok(uuid) => uuids.push(uuid),
+                Err(invalid) => {
+                    return LookupResponse::BadRequest(Json(ErrorBody::new(
+                        "invalid_uuid",
+                        invalid.to_string(),
+                    )));
+                }
+            }
+        }
+        match self.service.lookup(&uuids).await {
+            Ok(found) => LookupResponse::Ok(Json(LookupResponseBody {
+                users: found.users.iter().map(UserDto::from).collect(),
+                missing: found.missing.iter().map(ToString::to_string).collect(),
+            })),
+            Err(error) => match Failure::from(error) {
+                Failure::BadRequest(body) => LookupResponse::BadRequest(Json(body)),
+                Failure::NotFound(_) | Failure::Internal => {
+                    LookupResponse::Internal(Json(ErrorBody::internal()))
+                }
+            },
+        }
+    }
+}
