@@ -1,1 +1,15 @@
-//! placeholder
+//! # app — the composition root
+//!
+//! Reads the [`Settings`], builds the chosen cache backend and every adapter,
+//! injects them into the domain, and serves HTTP until told to stop.
+//! Nothing else in the workspace knows which backend runs.
+
+mod settings;
+mod startup;
+pub mod telemetry;
+
+pub use settings::{
+    BackendKind, CacheSettings, HealthSettings, LogFormat, LogSettings, MemorySettings,
+    RedisSettings, ServerSettings, Settings, SettingsError, UsersSettings,
+};
+pub use startup::{Application, StartupError, build_backend, shutdown_signal};

@@ -7,5 +7,5 @@ mod timeout;
 
 pub use memory::{MemoryBackend, MemoryConfig};
 pub use noop::NoopBackend;
-pub use redis::{RedisBackend, RedisConfig, RedisSetupError};
+pub use redis::{RedisBackend, RedisConfig, RedisSetupError, check_redis_url};
 pub use timeout::TimeoutBackend;

@@ -178,6 +178,21 @@ impl RedisBackend {
     }
 }
 
+/// Checks that `url` is a Redis URL (`redis://`, `rediss://`, `unix://`),
+/// without any I/O. The message never quotes a password held in the URL.
+///
+/// # Errors
+/// Why the URL does not parse.
+pub fn check_redis_url(url: &str) -> Result<(), String> {
+    url.into_connection_info().map(drop).map_err(|e| {
+        let config = RedisConfig {
+            url: url.to_owned(),
+            ..RedisConfig::default()
+        };
+        redact(&e.to_string(), &config)
+    })
+}
+
 /// Maps a driver error to the port's error kinds.
 fn classify(error: &RedisError, response_timeout: Duration) -> BackendError {
     let text = error.to_string();

@@ -21,8 +21,10 @@ pub struct CacheHealth {
     /// `up` or `down`.
     pub status: String,
     /// How long the ping took, in milliseconds (absent when it got no answer).
+    #[oai(skip_serializing_if_is_none)]
     pub latency_ms: Option<f64>,
     /// Why the backend is down (never contains a secret).
+    #[oai(skip_serializing_if_is_none)]
     pub error: Option<String>,
 }
 

@@ -64,7 +64,7 @@ pub fn routes<S: UserQueries>(
     service: Arc<S>,
     backend: SharedBackend,
     config: HttpConfig,
-) -> impl Endpoint + 'static {
+) -> impl Endpoint<Output = poem::Response> + 'static {
     let api = api(service, backend, config);
     let docs = api.swagger_ui();
     let spec = api.spec_endpoint();
@@ -73,6 +73,7 @@ pub fn routes<S: UserQueries>(
         .nest("/docs", docs)
         .nest("/", api)
         .catch_all_error(errors::json_error)
+        .map_to_response()
 }
 
 #[cfg(test)]
