@@ -1,1 +1,301 @@
-//! placeholder
+//! The integration harness: a real Redis in a container, and the whole
+//! service started on port 0.
+//!
+//! - [`TestRedis`]: a password-protected Redis container, removed on drop.
+//!   The image is the official `redis:7-alpine` when present, else
+//!   `cachemanager/redis:local` (`cargo xtask redis-image`). Without Docker or
+//!   an image the suite fails with one line that says how to fix it.
+//! - [`spawn_app`]: the service on a free port, over the backend asked for.
+//!
+//! Each test starts its own container: tests share no connection and no keys.
+
+use std::collections::HashMap;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use adapters::Secret;
+use adapters::backend::{RedisBackend, RedisConfig, TimeoutBackend};
+use app::{Application, Settings};
+use ports::SharedBackend;
+use testcontainers::core::{ContainerPort, WaitFor};
+use testcontainers::runners::AsyncRunner;
+use testcontainers::{ContainerAsync, GenericImage, ImageExt};
+
+/// The official image, used when present.
+pub const OFFICIAL_IMAGE: (&str, &str) = ("redis", "7-alpine");
+/// The image `cargo xtask redis-image` builds from Debian's redis-server.
+pub const LOCAL_IMAGE: (&str, &str) = ("cachemanager/redis", "local");
+/// Overrides the choice: `name:tag`.
+pub const IMAGE_VARIABLE: &str = "CACHEMANAGER_TEST_REDIS_IMAGE";
+
+fn image_exists(image: &str) -> bool {
+    Command::new("docker")
+        .args(["image", "inspect", image])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The Redis image to run, chosen once per test binary.
+///
+/// # Panics
+/// With one line saying how to fix it, when Docker is unreachable or no image
+/// exists: the suite is never skipped silently.
+pub fn redis_image() -> (String, String) {
+    static CHOICE: OnceLock<Result<(String, String), String>> = OnceLock::new();
+    let choice = CHOICE.get_or_init(|| {
+        let docker_up = Command::new("docker")
+            .args(["version", "--format", "{{.Server.Version}}"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !docker_up {
+            return Err("Docker is not reachable: the integration suite needs a running Docker daemon \
+                        (start it, or run `cargo test --workspace --exclude tests` for unit tests only)"
+                .into());
+        }
+        if let Ok(image) = std::env::var(IMAGE_VARIABLE) {
+            let (name, tag) = image.rsplit_once(':').unwrap_or((image.as_str(), "latest"));
+            return Ok((name.to_owned(), tag.to_owned()));
+        }
+        for (name, tag) in [OFFICIAL_IMAGE, LOCAL_IMAGE] {
+            if image_exists(&format!("{name}:{tag}")) {
+                return Ok((name.to_owned(), tag.to_owned()));
+            }
+        }
+        Err("no Redis image: run `cargo xtask redis-image` (pulls redis:7-alpine, or builds \
+             cachemanager/redis:local from Debian's redis-server) and run the suite again"
+            .into())
+    });
+    match choice {
+        Ok(image) => image.clone(),
+        Err(message) => panic!("{message}"),
+    }
+}
+
+/// A password unique to one container.
+fn fresh_password() -> String {
+    format!("test-pw-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// A free TCP port on the host (for a container that must keep its address
+/// across a restart).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+/// A password-protected Redis in a container, removed when dropped.
+pub struct TestRedis {
+    /// The container, to stop, start, pause or inspect it.
+    pub container: ContainerAsync<GenericImage>,
+    /// The host port mapped to 6379.
+    pub port: u16,
+    /// The `requirepass` password.
+    pub password: String,
+}
+
+impl TestRedis {
+    /// A Redis with a fresh password on a random host port.
+    pub async fn start() -> Self {
+        Self::start_with(None, &[]).await
+    }
+
+    /// A Redis with a fresh password; `host_port` fixes the host port (so a
+    /// stopped and restarted container keeps its address); `extra` are more
+    /// `redis-server` arguments.
+    pub async fn start_with(host_port: Option<u16>, extra: &[&str]) -> Self {
+        let (name, tag) = redis_image();
+        let password = fresh_password();
+        let mut cmd: Vec<String> = [
+            "redis-server",
+            "--requirepass",
+            &password,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ]
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+        cmd.extend(extra.iter().map(ToString::to_string));
+        let image = GenericImage::new(name, tag)
+            .with_exposed_port(ContainerPort::Tcp(6379))
+            .with_wait_for(WaitFor::message_on_stdout("Ready to accept connections"));
+        let mut request = image
+            .with_cmd(cmd)
+            .with_startup_timeout(Duration::from_secs(60));
+        if let Some(port) = host_port {
+            request = request.with_mapped_port(port, ContainerPort::Tcp(6379));
+        }
+        let container = match request.start().await {
+            Ok(container) => container,
+            Err(error) => panic!("cannot start the Redis container: {error}"),
+        };
+        let port = match container.get_host_port_ipv4(6379).await {
+            Ok(port) => port,
+            Err(error) => panic!("the Redis container has no mapped port: {error}"),
+        };
+        Self {
+            container,
+            port,
+            password,
+        }
+    }
+
+    /// `redis://127.0.0.1:{port}`, without the password.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Backend settings with the right password.
+    pub fn config(&self) -> RedisConfig {
+        RedisConfig {
+            url: self.url(),
+            password: Some(Secret::new(self.password.clone())),
+            connect_timeout: Duration::from_secs(2),
+            response_timeout: Duration::from_secs(2),
+            ..RedisConfig::default()
+        }
+    }
+
+    /// A connected Redis backend.
+    pub async fn backend(&self) -> RedisBackend {
+        match RedisBackend::connect(&self.config()).await {
+            Ok(backend) => backend,
+            Err(error) => panic!("cannot connect to the test Redis: {error}"),
+        }
+    }
+
+    /// The backend as the service builds it: behind the timeout decorator.
+    pub async fn shared_backend(&self, op_timeout: Duration) -> SharedBackend {
+        Arc::new(TimeoutBackend::new(
+            Arc::new(self.backend().await),
+            op_timeout,
+        ))
+    }
+
+    /// A raw connection with the redis crate, to read what the service wrote.
+    pub async fn raw(&self) -> redis::aio::MultiplexedConnection {
+        let url = format!("redis://:{}@127.0.0.1:{}", self.password, self.port);
+        let client = redis::Client::open(url).expect("a valid test URL");
+        client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("a raw connection to the test Redis")
+    }
+}
+
+/// Installs a subscriber when `TEST_LOG` is set; silent otherwise.
+pub fn init_test_logging() {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        if std::env::var_os("TEST_LOG").is_some() {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+                .with_test_writer()
+                .try_init();
+        }
+    });
+}
+
+/// The running service.
+pub struct TestApp {
+    /// `http://127.0.0.1:{port}`.
+    pub address: String,
+    /// A client for it.
+    pub client: reqwest::Client,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl TestApp {
+    /// `GET {path}`.
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(format!("{}{path}", self.address))
+            .send()
+            .await
+            .expect("the service answers")
+    }
+
+    /// `POST {path}` with a JSON body.
+    pub async fn post_json(&self, path: &str, body: &serde_json::Value) -> reqwest::Response {
+        self.client
+            .post(format!("{}{path}", self.address))
+            .json(body)
+            .send()
+            .await
+            .expect("the service answers")
+    }
+
+    /// Stops the server gracefully and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            let _ = server.await;
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Starts the service on a free port with these settings variables (on top of
+/// `CACHEMANAGER__SERVER__PORT=0`), e.g. `[("CACHEMANAGER__CACHE__BACKEND", "redis")]`.
+pub async fn spawn_app(vars: &[(&str, &str)]) -> TestApp {
+    init_test_logging();
+    let mut env: HashMap<String, String> = vars
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    env.entry("CACHEMANAGER__SERVER__PORT".into())
+        .or_insert_with(|| "0".into());
+    let settings = match Settings::load(None, &env) {
+        Ok(settings) => settings,
+        Err(error) => panic!("test settings rejected: {error}"),
+    };
+    let application = match Application::build(settings).await {
+        Ok(application) => application,
+        Err(error) => panic!("the service did not start: {error}"),
+    };
+    let address = format!("http://{}", application.address());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(application.run_until_stopped(async move {
+        let _ = stopped.await;
+    }));
+    TestApp {
+        address,
+        client: reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .expect("a client"),
+        stop: Some(stop),
+        server: Some(server),
+    }
+}
+
+/// [`spawn_app`] over the Redis of `redis`.
+pub async fn spawn_app_on_redis(redis: &TestRedis, extra: &[(&str, &str)]) -> TestApp {
+    let url = redis.url();
+    let mut vars = vec![
+        ("CACHEMANAGER__CACHE__BACKEND", "redis"),
+        ("REDIS_URL", url.as_str()),
+        ("REDIS_PASSWORD", redis.password.as_str()),
+    ];
+    vars.extend_from_slice(extra);
+    spawn_app(&vars).await
+}

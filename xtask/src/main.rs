@@ -1,1 +1,152 @@
-fn main() {}
+//! Project automation, reached as `cargo xtask <command>`.
+//!
+//! - `ci`: exactly what CI runs: fmt, clippy, unit tests, the integration
+//!   suite against a real Redis container, docs. One summary line per step.
+//! - `redis-image`: makes sure a Redis image exists for the integration suite:
+//!   the official `redis:7-alpine` if present or pullable, otherwise
+//!   `cachemanager/redis:local` built from the host's Debian `redis-server`.
+
+// xtask talks to a person at a terminal: printing is its job.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+mod redis_image;
+
+use std::process::{Command, ExitCode};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+
+const HELP: &str = "\
+cargo xtask <command>
+
+commands:
+  ci                    fmt, clippy, unit tests, integration tests (real Redis), docs
+  redis-image [--force] make sure a Redis image exists for the integration suite
+                        (official redis:7-alpine, else build cachemanager/redis:local)
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("ci") => ci(),
+        Some("redis-image") => {
+            redis_image::ensure(args.iter().any(|a| a == "--force")).map(|image| {
+                println!("redis image for the integration suite: {image}");
+            })
+        }
+        Some("help" | "--help" | "-h") | None => {
+            print!("{HELP}");
+            Ok(())
+        }
+        Some(other) => {
+            eprint!("unknown command '{other}'\n\n{HELP}");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("xtask: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs `program args...` from the workspace root with `envs`, streaming its output.
+pub(crate) fn run(program: &str, args: &[&str], envs: &[(&str, &str)]) -> Result<()> {
+    let status = Command::new(program)
+        .args(args)
+        .envs(envs.iter().copied())
+        .current_dir(workspace_root())
+        .status()
+        .with_context(|| format!("cannot run {program}"))?;
+    if !status.success() {
+        bail!("`{program} {}` failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+fn workspace_root() -> std::path::PathBuf {
+    // xtask/ sits one level below the root.
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_else(|| ".".into())
+}
+
+struct Step {
+    name: &'static str,
+    action: Box<dyn Fn() -> Result<()>>,
+}
+
+fn step(name: &'static str, action: impl Fn() -> Result<()> + 'static) -> Step {
+    Step {
+        name,
+        action: Box::new(action),
+    }
+}
+
+fn cargo(args: &'static [&'static str]) -> impl Fn() -> Result<()> {
+    move || run("cargo", args, &[])
+}
+
+fn ci() -> Result<()> {
+    let steps = [
+        step("fmt", cargo(&["fmt", "--all", "--", "--check"])),
+        step(
+            "clippy",
+            cargo(&[
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--locked",
+                "--",
+                "-D",
+                "warnings",
+            ]),
+        ),
+        step(
+            "unit tests",
+            cargo(&["test", "--workspace", "--exclude", "tests", "--locked"]),
+        ),
+        step("redis image", || redis_image::ensure(false).map(drop)),
+        step(
+            "integration tests",
+            cargo(&["test", "-p", "tests", "--locked"]),
+        ),
+        step("docs", || {
+            run(
+                "cargo",
+                &["doc", "--workspace", "--no-deps", "--locked"],
+                &[("RUSTDOCFLAGS", "-D warnings")],
+            )
+        }),
+    ];
+    let mut summary = Vec::new();
+    let mut failed = 0;
+    for step in &steps {
+        println!("\n==> xtask ci: {}", step.name);
+        let started = Instant::now();
+        let outcome = (step.action)();
+        let seconds = started.elapsed().as_secs_f64();
+        match outcome {
+            Ok(()) => summary.push(format!("  ok    {:<18} {seconds:>7.1} s", step.name)),
+            Err(error) => {
+                failed += 1;
+                summary.push(format!(
+                    "  FAIL  {:<18} {seconds:>7.1} s  {error:#}",
+                    step.name
+                ));
+            }
+        }
+    }
+    println!("\nxtask ci summary:");
+    for line in &summary {
+        println!("{line}");
+    }
+    if failed > 0 {
+        bail!("{failed} of {} steps failed", steps.len());
+    }
+    println!("all {} steps passed", steps.len());
+    Ok(())
+}

@@ -1,1 +1,9 @@
+//! The integration suite: one binary, real Redis in containers.
+//!
+//! Needs Docker and a Redis image (`cargo xtask redis-image`); fails with one
+//! line saying so otherwise. `TEST_LOG=1` shows the service's logs.
 
+mod auth;
+mod contract;
+mod http_e2e;
+mod typed_cache;

@@ -1,0 +1,237 @@
+//! The backend contract, written once and run against every backend:
+//! memory and Redis share every observable behaviour; no-op where it applies.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use adapters::backend::{MemoryBackend, NoopBackend};
+use bytes::Bytes;
+use ports::{Entry, SharedBackend};
+use tests::TestRedis;
+
+/// The bodies: each takes a fresh, empty backend.
+mod bodies {
+    use super::*;
+
+    pub async fn set_then_get_returns_the_bytes(b: SharedBackend) {
+        b.set("c:k", Bytes::from_static(b"v1"), None).await.unwrap();
+        assert_eq!(b.get("c:k").await.unwrap(), Some(Bytes::from_static(b"v1")));
+    }
+
+    pub async fn a_missing_key_is_none(b: SharedBackend) {
+        assert_eq!(b.get("c:absent").await.unwrap(), None);
+    }
+
+    pub async fn binary_and_empty_values_round_trip(b: SharedBackend) {
+        let binary = Bytes::from_static(b"\x00\xff\xfe\n\r:*");
+        b.set("c:bin", binary.clone(), None).await.unwrap();
+        b.set("c:empty", Bytes::new(), None).await.unwrap();
+        assert_eq!(b.get("c:bin").await.unwrap(), Some(binary));
+        assert_eq!(
+            b.get("c:empty").await.unwrap(),
+            Some(Bytes::new()),
+            "empty is not absent"
+        );
+    }
+
+    pub async fn set_overwrites_the_value(b: SharedBackend) {
+        b.set("c:k", Bytes::from_static(b"old"), None)
+            .await
+            .unwrap();
+        b.set("c:k", Bytes::from_static(b"new"), None)
+            .await
+            .unwrap();
+        assert_eq!(
+            b.get("c:k").await.unwrap(),
+            Some(Bytes::from_static(b"new"))
+        );
+    }
+
+    pub async fn an_entry_expires_after_its_ttl(b: SharedBackend) {
+        b.set(
+            "c:short",
+            Bytes::from_static(b"v"),
+            Some(Duration::from_millis(200)),
+        )
+        .await
+        .unwrap();
+        b.set(
+            "c:long",
+            Bytes::from_static(b"v"),
+            Some(Duration::from_secs(60)),
+        )
+        .await
+        .unwrap();
+        assert!(b.get("c:short").await.unwrap().is_some());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(b.get("c:short").await.unwrap(), None);
+        assert!(b.get("c:long").await.unwrap().is_some());
+    }
+
+    pub async fn overwriting_without_ttl_removes_the_expiry(b: SharedBackend) {
+        b.set(
+            "c:k",
+            Bytes::from_static(b"v"),
+            Some(Duration::from_millis(200)),
+        )
+        .await
+        .unwrap();
+        b.set("c:k", Bytes::from_static(b"v2"), None).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(b.get("c:k").await.unwrap(), Some(Bytes::from_static(b"v2")));
+    }
+
+    pub async fn delete_reports_whether_it_removed(b: SharedBackend) {
+        b.set("c:k", Bytes::from_static(b"v"), None).await.unwrap();
+        assert!(b.delete("c:k").await.unwrap());
+        assert!(!b.delete("c:k").await.unwrap());
+        assert_eq!(b.get("c:k").await.unwrap(), None);
+    }
+
+    pub async fn compare_and_delete_removes_only_the_expected_value(b: SharedBackend) {
+        b.set("c:k", Bytes::from_static(b"current"), None)
+            .await
+            .unwrap();
+        assert!(!b.compare_and_delete("c:k", b"stale").await.unwrap());
+        assert_eq!(
+            b.get("c:k").await.unwrap(),
+            Some(Bytes::from_static(b"current"))
+        );
+        assert!(b.compare_and_delete("c:k", b"current").await.unwrap());
+        assert_eq!(b.get("c:k").await.unwrap(), None);
+        assert!(!b.compare_and_delete("c:absent", b"x").await.unwrap());
+    }
+
+    pub async fn mget_answers_in_order_with_none_for_misses(b: SharedBackend) {
+        b.set("c:1", Bytes::from_static(b"one"), None)
+            .await
+            .unwrap();
+        b.set("c:3", Bytes::from_static(b"three"), None)
+            .await
+            .unwrap();
+        let keys: Vec<String> = ["c:1", "c:2", "c:3", "c:1"]
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        let values = b.mget(&keys).await.unwrap();
+        assert_eq!(
+            values,
+            vec![
+                Some(Bytes::from_static(b"one")),
+                None,
+                Some(Bytes::from_static(b"three")),
+                Some(Bytes::from_static(b"one"))
+            ]
+        );
+        assert_eq!(b.mget(&[]).await.unwrap(), Vec::<Option<Bytes>>::new());
+    }
+
+    pub async fn mset_stores_every_entry_with_its_own_ttl(b: SharedBackend) {
+        let entries = vec![
+            Entry {
+                key: "c:a".into(),
+                value: Bytes::from_static(b"a"),
+                ttl: Some(Duration::from_millis(200)),
+            },
+            Entry {
+                key: "c:b".into(),
+                value: Bytes::from_static(b"b"),
+                ttl: None,
+            },
+            Entry {
+                key: "c:c".into(),
+                value: Bytes::from_static(b"c"),
+                ttl: Some(Duration::from_secs(60)),
+            },
+        ];
+        b.mset(&entries).await.unwrap();
+        let keys: Vec<String> = entries.iter().map(|e| e.key.clone()).collect();
+        assert!(b.mget(&keys).await.unwrap().iter().all(Option::is_some));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let values = b.mget(&keys).await.unwrap();
+        assert_eq!(values[0], None, "the 200 ms entry expired");
+        assert!(values[1].is_some() && values[2].is_some());
+        b.mset(&[]).await.unwrap();
+    }
+
+    pub async fn many_concurrent_writers_and_readers_agree(b: SharedBackend) {
+        let mut tasks = Vec::new();
+        for n in 0..50_u32 {
+            let b = b.clone();
+            tasks.push(tokio::spawn(async move {
+                let key = format!("c:n{n}");
+                b.set(&key, Bytes::from(n.to_string()), None).await.unwrap();
+                b.get(&key).await.unwrap()
+            }));
+        }
+        for (n, task) in tasks.into_iter().enumerate() {
+            assert_eq!(task.await.unwrap(), Some(Bytes::from(n.to_string())));
+        }
+    }
+
+    pub async fn ping_answers(b: SharedBackend) {
+        b.ping().await.unwrap();
+    }
+}
+
+/// Runs every body against the backend that `$make` (an async expression
+/// giving `(SharedBackend, guard)`) builds, one fresh backend per test.
+macro_rules! contract_suite {
+    ($name:ident, $make:expr) => {
+        mod $name {
+            use super::*;
+            contract_suite!(@tests $make;
+                set_then_get_returns_the_bytes, a_missing_key_is_none, binary_and_empty_values_round_trip,
+                set_overwrites_the_value, an_entry_expires_after_its_ttl, overwriting_without_ttl_removes_the_expiry,
+                delete_reports_whether_it_removed, compare_and_delete_removes_only_the_expected_value,
+                mget_answers_in_order_with_none_for_misses, mset_stores_every_entry_with_its_own_ttl,
+                many_concurrent_writers_and_readers_agree, ping_answers);
+        }
+    };
+    (@tests $make:expr; $($body:ident),*) => {$(
+        #[tokio::test]
+        async fn $body() {
+            #[allow(clippy::redundant_closure_call)]
+            let (backend, _guard) = ($make)().await;
+            bodies::$body(backend).await;
+        }
+    )*};
+}
+
+contract_suite!(memory, || async {
+    (Arc::new(MemoryBackend::default()) as SharedBackend, ())
+});
+contract_suite!(redis, || async {
+    let redis = TestRedis::start().await;
+    (Arc::new(redis.backend().await) as SharedBackend, redis)
+});
+
+/// The no-op backend: the parts of the contract that apply to a backend that
+/// stores nothing.
+mod noop {
+    use super::*;
+
+    #[tokio::test]
+    async fn every_read_misses_and_every_write_succeeds() {
+        let b: SharedBackend = Arc::new(NoopBackend);
+        b.set("c:k", Bytes::from_static(b"v"), None).await.unwrap();
+        assert_eq!(b.get("c:k").await.unwrap(), None);
+        assert!(!b.delete("c:k").await.unwrap());
+        assert!(!b.compare_and_delete("c:k", b"v").await.unwrap());
+        b.mset(&[Entry {
+            key: "c:k".into(),
+            value: Bytes::new(),
+            ttl: None,
+        }])
+        .await
+        .unwrap();
+        let keys = vec!["c:a".to_owned(), "c:b".to_owned()];
+        assert_eq!(
+            b.mget(&keys).await.unwrap(),
+            vec![None, None],
+            "one answer per key"
+        );
+        bodies::a_missing_key_is_none(b.clone()).await;
+        bodies::ping_answers(b).await;
+    }
+}

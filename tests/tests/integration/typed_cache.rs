@@ -1,0 +1,311 @@
+//! The seed's integration cases: typed caches over a real, password-protected Redis.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use domain::{CacheManager, IdToUuid, UserId, UserUuid, UuidToId};
+use ports::{CacheBackend, CacheError, SharedBackend, Ttl, TtlPolicy, TypedCache};
+use redis::AsyncCommands;
+use tests::TestRedis;
+
+const OP_TIMEOUT: Duration = Duration::from_millis(500);
+
+fn uuid(n: u32) -> UserUuid {
+    UserUuid::parse(&format!("550e8400-e29b-41d4-a716-4466554400{n:02}")).unwrap()
+}
+
+fn id(n: i64) -> UserId {
+    UserId::new(n).unwrap()
+}
+
+async fn caches(redis: &TestRedis) -> (SharedBackend, TypedCache<UuidToId>, TypedCache<IdToUuid>) {
+    let backend = redis.shared_backend(OP_TIMEOUT).await;
+    (
+        backend.clone(),
+        TypedCache::new(backend.clone()),
+        TypedCache::new(backend),
+    )
+}
+
+#[tokio::test]
+async fn set_then_get_round_trips() {
+    let redis = TestRedis::start().await;
+    let (_, uuid_to_id, _) = caches(&redis).await;
+    uuid_to_id.set(&uuid(1), &id(1)).await.unwrap();
+    assert_eq!(uuid_to_id.get(&uuid(1)).await, Some(id(1)));
+}
+
+#[tokio::test]
+async fn get_of_a_missing_key_is_none() {
+    let redis = TestRedis::start().await;
+    let (_, uuid_to_id, _) = caches(&redis).await;
+    assert_eq!(uuid_to_id.get(&uuid(42)).await, None);
+}
+
+#[tokio::test]
+async fn entries_expire_after_their_ttl() {
+    let redis = TestRedis::start().await;
+    let (_, uuid_to_id, _) = caches(&redis).await;
+    uuid_to_id
+        .set_with_ttl(&uuid(1), &id(1), Ttl::new(Duration::from_millis(300)))
+        .await
+        .unwrap();
+    assert_eq!(uuid_to_id.get(&uuid(1)).await, Some(id(1)));
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(uuid_to_id.get(&uuid(1)).await, None);
+}
+
+#[tokio::test]
+async fn zero_ttl_stores_without_expiry() {
+    let redis = TestRedis::start().await;
+    let (_, uuid_to_id, _) = caches(&redis).await;
+    uuid_to_id
+        .set_with_ttl(&uuid(1), &id(1), Ttl::NEVER)
+        .await
+        .unwrap();
+    let mut raw = redis.raw().await;
+    let ttl: i64 = raw
+        .ttl("user:uuid-to-id:550e8400-e29b-41d4-a716-446655440001")
+        .await
+        .unwrap();
+    assert_eq!(ttl, -1, "-1 means the key has no expiry");
+}
+
+#[tokio::test]
+async fn invalidate_removes_the_entry() {
+    let redis = TestRedis::start().await;
+    let (_, uuid_to_id, _) = caches(&redis).await;
+    uuid_to_id.set(&uuid(1), &id(1)).await.unwrap();
+    uuid_to_id.invalidate(&uuid(1)).await;
+    assert_eq!(uuid_to_id.get(&uuid(1)).await, None);
+}
+
+#[tokio::test]
+async fn keys_and_values_are_in_the_seeds_format_with_a_600_second_ttl() {
+    let redis = TestRedis::start().await;
+    let (_, uuid_to_id, id_to_uuid) = caches(&redis).await;
+    uuid_to_id.set(&uuid(1), &id(42)).await.unwrap();
+    id_to_uuid.set(&id(42), &uuid(1)).await.unwrap();
+
+    let mut raw = redis.raw().await;
+    let value: String = raw
+        .get("user:uuid-to-id:550e8400-e29b-41d4-a716-446655440001")
+        .await
+        .unwrap();
+    assert_eq!(value, "42");
+    let value: String = raw.get("user:id-to-uuid:42").await.unwrap();
+    assert_eq!(value, "550e8400-e29b-41d4-a716-446655440001");
+    let ttl: i64 = raw.ttl("user:id-to-uuid:42").await.unwrap();
+    assert!((595..=600).contains(&ttl), "ttl {ttl}");
+}
+
+#[tokio::test]
+async fn values_written_by_the_python_seed_are_read() {
+    let redis = TestRedis::start().await;
+    let (_, uuid_to_id, id_to_uuid) = caches(&redis).await;
+    let mut raw = redis.raw().await;
+    // What redis.asyncio's setex(key, 600, str(value)) leaves behind.
+    let _: () = raw
+        .set_ex(
+            "user:uuid-to-id:550e8400-e29b-41d4-a716-446655440007",
+            "7",
+            600,
+        )
+        .await
+        .unwrap();
+    let _: () = raw
+        .set_ex(
+            "user:id-to-uuid:7",
+            "550e8400-e29b-41d4-a716-446655440007",
+            600,
+        )
+        .await
+        .unwrap();
+    assert_eq!(uuid_to_id.get(&uuid(7)).await, Some(id(7)));
+    assert_eq!(id_to_uuid.get(&id(7)).await, Some(uuid(7)));
+}
+
+#[tokio::test]
+async fn mget_returns_values_in_order_with_misses() {
+    let redis = TestRedis::start().await;
+    let (_, uuid_to_id, _) = caches(&redis).await;
+    uuid_to_id.set(&uuid(1), &id(1)).await.unwrap();
+    uuid_to_id.set(&uuid(3), &id(3)).await.unwrap();
+    let values = uuid_to_id.mget(&[uuid(1), uuid(2), uuid(3)]).await.unwrap();
+    assert_eq!(values, vec![Some(id(1)), None, Some(id(3))]);
+}
+
+#[tokio::test]
+async fn mset_stores_every_entry_with_the_ttl() {
+    let redis = TestRedis::start().await;
+    let (_, uuid_to_id, _) = caches(&redis).await;
+    let entries: Vec<(UserUuid, UserId)> = (1..=10).map(|n| (uuid(n), id(i64::from(n)))).collect();
+    uuid_to_id.mset(&entries).await.unwrap();
+    let keys: Vec<UserUuid> = (1..=10).map(uuid).collect();
+    let values = uuid_to_id.mget(&keys).await.unwrap();
+    assert!(
+        values.iter().zip(1..).all(|(v, n)| *v == Some(id(n))),
+        "{values:?}"
+    );
+    let mut raw = redis.raw().await;
+    let ttl: i64 = raw
+        .ttl("user:uuid-to-id:550e8400-e29b-41d4-a716-446655440010")
+        .await
+        .unwrap();
+    assert!((595..=600).contains(&ttl), "ttl {ttl}");
+}
+
+#[tokio::test]
+async fn batches_over_100_are_refused_and_write_nothing() {
+    let redis = TestRedis::start().await;
+    let (_, uuid_to_id, _) = caches(&redis).await;
+    let keys: Vec<UserUuid> = (0..101)
+        .map(|_| UserUuid::new(uuid::Uuid::new_v4()))
+        .collect();
+    let error = uuid_to_id.mget(&keys).await.unwrap_err();
+    assert_eq!(
+        error,
+        CacheError::BatchTooLarge {
+            requested: 101,
+            max: 100
+        }
+    );
+    let entries: Vec<(UserUuid, UserId)> = keys.iter().map(|k| (*k, id(1))).collect();
+    let error = uuid_to_id.mset(&entries).await.unwrap_err();
+    assert_eq!(
+        error,
+        CacheError::BatchTooLarge {
+            requested: 101,
+            max: 100
+        }
+    );
+    let mut raw = redis.raw().await;
+    let size: i64 = redis::cmd("DBSIZE").query_async(&mut raw).await.unwrap();
+    assert_eq!(size, 0);
+}
+
+#[tokio::test]
+async fn id_and_uuid_map_both_ways_through_the_manager() {
+    let redis = TestRedis::start().await;
+    let backend = redis.shared_backend(OP_TIMEOUT).await;
+    let manager = CacheManager::new(backend, &TtlPolicy::new());
+    let mut batch = manager.batch();
+    batch.put(manager.uuid_to_id(), &uuid(5), &id(5)).unwrap();
+    batch.put(manager.id_to_uuid(), &id(5), &uuid(5)).unwrap();
+    batch.commit().await;
+    assert_eq!(manager.uuid_to_id().get(&uuid(5)).await, Some(id(5)));
+    assert_eq!(manager.id_to_uuid().get(&id(5)).await, Some(uuid(5)));
+}
+
+#[tokio::test]
+async fn corrupt_data_is_a_miss_and_is_removed() {
+    let redis = TestRedis::start().await;
+    let (_, uuid_to_id, id_to_uuid) = caches(&redis).await;
+    let mut raw = redis.raw().await;
+    let _: () = raw
+        .set(
+            "user:uuid-to-id:550e8400-e29b-41d4-a716-446655440001",
+            "not-a-number",
+        )
+        .await
+        .unwrap();
+    let _: () = raw.set("user:id-to-uuid:9", "not-a-uuid").await.unwrap();
+    assert_eq!(uuid_to_id.get(&uuid(1)).await, None);
+    assert_eq!(id_to_uuid.mget(&[id(9)]).await.unwrap(), vec![None]);
+    let left: Option<String> = raw
+        .get("user:uuid-to-id:550e8400-e29b-41d4-a716-446655440001")
+        .await
+        .unwrap();
+    assert_eq!(left, None);
+    let left: Option<String> = raw.get("user:id-to-uuid:9").await.unwrap();
+    assert_eq!(left, None);
+}
+
+#[tokio::test]
+async fn mget_invalidates_only_the_corrupt_entries() {
+    let redis = TestRedis::start().await;
+    let (_, uuid_to_id, _) = caches(&redis).await;
+    uuid_to_id.set(&uuid(1), &id(1)).await.unwrap();
+    let mut raw = redis.raw().await;
+    let _: () = raw
+        .set(
+            "user:uuid-to-id:550e8400-e29b-41d4-a716-446655440002",
+            "garbage",
+        )
+        .await
+        .unwrap();
+    let values = uuid_to_id.mget(&[uuid(1), uuid(2)]).await.unwrap();
+    assert_eq!(values, vec![Some(id(1)), None]);
+    let exists: i64 = raw
+        .exists("user:uuid-to-id:550e8400-e29b-41d4-a716-446655440001")
+        .await
+        .unwrap();
+    assert_eq!(exists, 1, "the valid entry survives");
+}
+
+#[tokio::test]
+async fn a_value_rewritten_meanwhile_survives_the_corrupt_entry_cleanup() {
+    let redis = TestRedis::start().await;
+    let backend = redis.backend().await;
+    let mut raw = redis.raw().await;
+    let _: () = raw
+        .set("user:id-to-uuid:3", "550e8400-e29b-41d4-a716-446655440003")
+        .await
+        .unwrap();
+    // Someone read "garbage" earlier; the key now holds a valid value.
+    let removed = backend
+        .compare_and_delete("user:id-to-uuid:3", b"garbage")
+        .await
+        .unwrap();
+    assert!(!removed);
+    let value: String = raw.get("user:id-to-uuid:3").await.unwrap();
+    assert_eq!(value, "550e8400-e29b-41d4-a716-446655440003");
+}
+
+#[tokio::test]
+async fn the_manager_connects_serves_misses_while_redis_is_down_and_reconnects() {
+    let port = tests::free_port();
+    let redis = TestRedis::start_with(Some(port), &[]).await;
+    let backend = redis.shared_backend(Duration::from_millis(200)).await;
+    let manager = CacheManager::new(backend, &TtlPolicy::new());
+    manager.ping().await.unwrap();
+    manager.uuid_to_id().set(&uuid(1), &id(1)).await.unwrap();
+
+    redis.container.stop().await.unwrap();
+    let started = std::time::Instant::now();
+    assert_eq!(
+        manager.uuid_to_id().get(&uuid(1)).await,
+        None,
+        "a dead Redis is a miss"
+    );
+    manager.uuid_to_id().set(&uuid(2), &id(2)).await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "bounded by the op timeout: {:?}",
+        started.elapsed()
+    );
+
+    redis.container.start().await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        manager.uuid_to_id().set(&uuid(3), &id(3)).await.unwrap();
+        if manager.uuid_to_id().get(&uuid(3)).await == Some(id(3)) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no reconnection within 15 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The restarted Redis is empty: the entry from before is gone, not stale.
+    assert_eq!(manager.uuid_to_id().get(&uuid(1)).await, None);
+}
+
+#[tokio::test]
+async fn the_backend_is_usable_through_an_arc_dyn() {
+    let redis = TestRedis::start().await;
+    let backend: Arc<dyn CacheBackend> = Arc::new(redis.backend().await);
+    assert_eq!(backend.name(), "redis");
+    backend.ping().await.unwrap();
+}
