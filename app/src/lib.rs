@@ -9,7 +9,7 @@ mod startup;
 pub mod telemetry;
 
 pub use settings::{
-    BackendKind, CacheSettings, HealthSettings, LogFormat, LogSettings, MemorySettings,
-    RedisSettings, ServerSettings, Settings, SettingsError, UsersSettings,
+    BackendKind, CacheSettings, DEFAULT_FILE, HealthSettings, LogFormat, LogSettings,
+    MemorySettings, RedisSettings, ServerSettings, Settings, SettingsError, UsersSettings,
 };
 pub use startup::{Application, StartupError, build_backend, shutdown_signal};

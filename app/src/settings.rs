@@ -391,13 +391,13 @@ impl RawSettings {
 
         adapters::backend::check_redis_url(&self.redis.url)
             .map_err(|e| invalid("redis.url", format!("{e} (accepted: redis://[user[:password]@]host[:port][/db], rediss://..., unix://...)")))?;
-        if let Some(db) = self.redis.db {
-            if db < 0 {
-                return Err(invalid(
-                    "redis.db",
-                    format!("{db} is not accepted (a database index >= 0)"),
-                ));
-            }
+        if let Some(db) = self.redis.db
+            && db < 0
+        {
+            return Err(invalid(
+                "redis.db",
+                format!("{db} is not accepted (a database index >= 0)"),
+            ));
         }
         let max_bytes = u64::try_from(self.memory.max_bytes)
             .ok()

@@ -1,6 +1,9 @@
 //! The `cachemanager` binary as a user runs it: bad settings, a clean start,
 //! a graceful stop.
 
+// A failed unwrap in a test helper is a failed test, with its cause.
+#![allow(clippy::unwrap_used)]
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};

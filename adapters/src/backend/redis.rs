@@ -216,19 +216,17 @@ fn classify(error: &RedisError, response_timeout: Duration) -> BackendError {
 /// Removes every trace of the configured secrets from a message.
 fn redact(message: &str, config: &RedisConfig) -> String {
     let mut text = message.to_owned();
-    if let Some(password) = &config.password {
-        if !password.expose().is_empty() {
-            text = text.replace(password.expose(), "***");
-        }
+    if let Some(password) = &config.password
+        && !password.expose().is_empty()
+    {
+        text = text.replace(password.expose(), "***");
     }
     // A password inside the URL: everything between "://" and "@".
-    if let (Some(start), Some(at)) = (config.url.find("://"), config.url.rfind('@')) {
-        if at > start + 3 {
-            let userinfo = &config.url[start + 3..at];
-            if !userinfo.is_empty() {
-                text = text.replace(userinfo, "***");
-            }
-        }
+    if let (Some(start), Some(at)) = (config.url.find("://"), config.url.rfind('@'))
+        && at > start + 3
+    {
+        // Non-empty: the slice runs from after "://" to before '@'.
+        text = text.replace(&config.url[start + 3..at], "***");
     }
     text
 }

@@ -3,6 +3,9 @@
 //! Needs Docker and a Redis image (`cargo xtask redis-image`); fails with one
 //! line saying so otherwise. `TEST_LOG=1` shows the service's logs.
 
+// A failed unwrap in a test helper is a failed test, with its cause.
+#![allow(clippy::unwrap_used)]
+
 mod auth;
 mod contract;
 mod http_e2e;
