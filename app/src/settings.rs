@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use adapters::Secret;
 use config::{Config, Environment, File, FileFormat};
-use ports::{Ttl, TtlPolicy};
+use ports::{CachePolicy, Ttl};
 use serde::Deserialize;
 use thiserror::Error;
 
@@ -75,8 +75,8 @@ pub struct ServerSettings {
 pub struct CacheSettings {
     /// The backend.
     pub backend: BackendKind,
-    /// TTLs: a global default and per-namespace overrides.
-    pub ttls: TtlPolicy,
+    /// TTLs (a global default and per-namespace overrides) and the value limit.
+    pub policy: CachePolicy,
     /// The bound on every cache operation.
     pub operation_timeout: Duration,
 }
@@ -174,6 +174,7 @@ struct RawCache {
     default_ttl_secs: Option<i64>,
     ttl_secs: BTreeMap<String, i64>,
     operation_timeout_ms: i64,
+    max_value_bytes: i64,
 }
 
 impl Default for RawCache {
@@ -183,6 +184,7 @@ impl Default for RawCache {
             default_ttl_secs: None,
             ttl_secs: BTreeMap::new(),
             operation_timeout_ms: 250,
+            max_value_bytes: 1024 * 1024,
         }
     }
 }
@@ -381,12 +383,24 @@ impl RawSettings {
                 ));
             }
         };
-        let mut ttls = TtlPolicy::new();
+        let max_value_bytes = usize::try_from(self.cache.max_value_bytes)
+            .ok()
+            .filter(|b| *b > 0)
+            .ok_or_else(|| {
+                invalid(
+                    "cache.max_value_bytes",
+                    format!(
+                        "{} is not accepted (a positive number of bytes)",
+                        self.cache.max_value_bytes
+                    ),
+                )
+            })?;
+        let mut policy = CachePolicy::new().with_max_value_bytes(max_value_bytes);
         if let Some(secs) = self.cache.default_ttl_secs {
-            ttls = ttls.with_default(ttl("cache.default_ttl_secs", secs)?);
+            policy = policy.with_default_ttl(ttl("cache.default_ttl_secs", secs)?);
         }
         for (namespace, secs) in self.cache.ttl_secs {
-            ttls = ttls.with_override(namespace, ttl("cache.ttl_secs", secs)?);
+            policy = policy.with_ttl_override(namespace, ttl("cache.ttl_secs", secs)?);
         }
 
         adapters::backend::check_redis_url(&self.redis.url)
@@ -430,7 +444,7 @@ impl RawSettings {
             },
             cache: CacheSettings {
                 backend,
-                ttls,
+                policy,
                 operation_timeout: millis(
                     "cache.operation_timeout_ms",
                     self.cache.operation_timeout_ms,
@@ -495,7 +509,7 @@ mod tests {
         assert_eq!(settings.server.host, IpAddr::from([127, 0, 0, 1]));
         assert_eq!(settings.server.port, 8000);
         assert_eq!(settings.cache.backend, BackendKind::Memory);
-        assert_eq!(settings.cache.ttls, TtlPolicy::new());
+        assert_eq!(settings.cache.policy, CachePolicy::new());
         assert_eq!(settings.redis.connect_timeout, Duration::from_secs(2));
         assert_eq!(settings.redis.response_timeout, Duration::from_secs(5));
         assert_eq!(settings.health.timeout, Duration::from_secs(2));
@@ -531,7 +545,7 @@ mod tests {
             Some("dev_redis_password_2024")
         );
         assert_eq!(
-            settings.cache.ttls.resolve("any", Ttl::DEFAULT),
+            settings.cache.policy.resolve_ttl("any", Ttl::DEFAULT),
             Ttl::from_secs(300)
         );
 
@@ -557,11 +571,17 @@ mod tests {
         assert_eq!(settings.server.port, 7001);
         assert_eq!(settings.cache.backend, BackendKind::Noop);
         assert_eq!(
-            settings.cache.ttls.resolve("user:uuid-to-id", Ttl::DEFAULT),
+            settings
+                .cache
+                .policy
+                .resolve_ttl("user:uuid-to-id", Ttl::DEFAULT),
             Ttl::from_secs(60)
         );
         assert_eq!(
-            settings.cache.ttls.resolve("user:id-to-uuid", Ttl::DEFAULT),
+            settings
+                .cache
+                .policy
+                .resolve_ttl("user:id-to-uuid", Ttl::DEFAULT),
             Ttl::DEFAULT
         );
         std::fs::remove_file(path).unwrap();

@@ -102,7 +102,7 @@ impl Application {
             Some(path) => InMemoryUserRepository::from_json_file(path)?,
             None => InMemoryUserRepository::sample(),
         };
-        let caches = CacheManager::new(backend.clone(), &settings.cache.ttls);
+        let caches = CacheManager::new(backend.clone(), &settings.cache.policy);
         let service = Arc::new(UserService::new(users, caches));
         let endpoint = routes(
             service,

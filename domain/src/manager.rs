@@ -1,14 +1,14 @@
 //! The cache manager: the Rust form of the seed's `CacheManager` singleton.
 //! Built once at start-up and handed to its users by dependency injection.
 
-use ports::{BackendError, SharedBackend, TtlPolicy, TypedCache, WriteBatch};
+use ports::{BackendError, CachePolicy, SharedBackend, TypedCache, WriteBatch};
 
 use crate::caches::{IdToUuid, IdToUuidCache, UuidToId, UuidToIdCache};
 
 /// Holds the backend and every typed cache built on it.
 ///
 /// A new cache is one field here, built in [`CacheManager::new`] with
-/// `typed(&backend, &ttls)` (see docs/DEVELOPER-GUIDE.md).
+/// `typed(&backend, policy)` (see docs/DEVELOPER-GUIDE.md).
 #[derive(Clone)]
 pub struct CacheManager {
     backend: SharedBackend,
@@ -27,16 +27,19 @@ impl std::fmt::Debug for CacheManager {
 }
 
 /// A typed cache over `backend` with the TTL the policy gives it.
-fn typed<D: ports::CacheDefinition>(backend: &SharedBackend, ttls: &TtlPolicy) -> TypedCache<D> {
-    TypedCache::<D>::new(backend.clone()).with_ttl(ttls.resolve(D::NAMESPACE, D::DEFAULT_TTL))
+fn typed<D: ports::CacheDefinition>(
+    backend: &SharedBackend,
+    policy: &CachePolicy,
+) -> TypedCache<D> {
+    TypedCache::with_policy(backend.clone(), policy)
 }
 
 impl CacheManager {
-    /// Builds every cache over `backend`, with TTLs from `ttls`.
-    pub fn new(backend: SharedBackend, ttls: &TtlPolicy) -> Self {
+    /// Builds every cache over `backend`, with TTLs and limits from `policy`.
+    pub fn new(backend: SharedBackend, policy: &CachePolicy) -> Self {
         Self {
-            uuid_to_id: typed::<UuidToId>(&backend, ttls),
-            id_to_uuid: typed::<IdToUuid>(&backend, ttls),
+            uuid_to_id: typed::<UuidToId>(&backend, policy),
+            id_to_uuid: typed::<IdToUuid>(&backend, policy),
             backend,
         }
     }

@@ -191,7 +191,7 @@ mod tests {
 
     use bytes::Bytes;
     use mockall::predicate::eq;
-    use ports::{BackendError, MockCacheBackend, TtlPolicy};
+    use ports::{BackendError, CachePolicy, MockCacheBackend};
 
     use super::*;
     use crate::error::RepositoryError;
@@ -216,7 +216,10 @@ mod tests {
         repo: MockUserRepository,
         cache: MockCacheBackend,
     ) -> UserService<MockUserRepository> {
-        UserService::new(repo, CacheManager::new(Arc::new(cache), &TtlPolicy::new()))
+        UserService::new(
+            repo,
+            CacheManager::new(Arc::new(cache), &CachePolicy::new()),
+        )
     }
 
     fn text(s: String) -> Option<Bytes> {

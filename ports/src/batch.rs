@@ -69,7 +69,7 @@ mod tests {
     use crate::backend::MockCacheBackend;
     use crate::codec::TextCodec;
     use crate::error::BackendError;
-    use crate::ttl::Ttl;
+    use crate::policy::Ttl;
 
     struct A;
     impl CacheDefinition for A {

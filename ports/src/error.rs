@@ -19,8 +19,16 @@ pub enum BackendError {
     /// The operation did not complete within its bound.
     #[error("cache operation timed out after {0:?}")]
     Timeout(Duration),
+    /// The key holds a value of another kind than the backend's plain
+    /// values (for Redis: a list or a hash where a string belongs, `WRONGTYPE`).
+    #[error("cache key holds the wrong kind of value: {0}")]
+    WrongType(String),
+    /// A circuit breaker is open: the backend has been failing, so it was not
+    /// tried. Returned at once; the breaker logs its transitions, not each call.
+    #[error("cache backend not tried: circuit open")]
+    CircuitOpen,
     /// The backend answered, but with an error for this command
-    /// (for Redis: `WRONGTYPE`, `OOM`, a script error).
+    /// (for Redis: `OOM`, a script error).
     #[error("cache backend rejected the command: {0}")]
     Rejected(String),
     /// Anything else the driver reported.
@@ -54,6 +62,18 @@ pub enum CacheError {
         /// The most a single batch may hold.
         max: usize,
     },
+    /// An encoded value is larger than the cache accepts; it is not stored.
+    #[error(
+        "value of {size} bytes for cache '{namespace}' exceeds the limit of {max} bytes; it was not stored"
+    )]
+    ValueTooLarge {
+        /// The namespace of the cache that was written.
+        namespace: &'static str,
+        /// The encoded size.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
     /// A value could not be encoded for the cache `namespace`: a bug or bad
     /// data on the caller's side, which the caller must handle.
     #[error("cannot serialize a value for cache '{namespace}': {source}")]
@@ -64,4 +84,16 @@ pub enum CacheError {
         #[source]
         source: CodecError,
     },
+}
+
+impl BackendError {
+    /// Whether this error says the backend itself is unwell (unreachable,
+    /// slow, refusing us), as opposed to one command or one key being wrong.
+    /// Circuit breakers count only these.
+    pub fn is_backend_failure(&self) -> bool {
+        matches!(
+            self,
+            Self::Unavailable(_) | Self::Unauthorized(_) | Self::Timeout(_) | Self::Unknown(_)
+        )
+    }
 }

@@ -18,7 +18,7 @@ mod batch;
 mod codec;
 mod error;
 mod key;
-mod ttl;
+mod policy;
 mod typed;
 
 #[cfg(any(test, feature = "mocks"))]
@@ -28,5 +28,5 @@ pub use batch::WriteBatch;
 pub use codec::{Codec, JsonCodec, TextCodec};
 pub use error::{BackendError, CacheError, CodecError};
 pub use key::{CacheKey, full_key};
-pub use ttl::{Ttl, TtlPolicy};
+pub use policy::{CachePolicy, DEFAULT_MAX_VALUE_BYTES, Ttl};
 pub use typed::{CacheDefinition, MAX_BATCH, TypedCache};

@@ -7,9 +7,10 @@ use bytes::Bytes;
 
 use crate::backend::{Entry, SharedBackend};
 use crate::codec::Codec;
+use crate::error::BackendError;
 use crate::error::CacheError;
 use crate::key::{CacheKey, full_key};
-use crate::ttl::Ttl;
+use crate::policy::{CachePolicy, DEFAULT_MAX_VALUE_BYTES, Ttl};
 
 /// The most entries one `mget` or `mset` may carry (the seed's limit): it makes
 /// callers think about batch sizes and keeps one request from flooding Redis.
@@ -45,7 +46,7 @@ pub trait CacheDefinition: Send + Sync + 'static {
     type Codec: Codec<Self::Value>;
     /// The namespace: the prefix of every key of this cache. Must be unique.
     const NAMESPACE: &'static str;
-    /// The TTL used unless configuration overrides it (see [`crate::TtlPolicy`]).
+    /// The TTL used unless configuration overrides it (see [`crate::CachePolicy`]).
     const DEFAULT_TTL: Ttl = Ttl::DEFAULT;
 }
 
@@ -57,6 +58,7 @@ pub trait CacheDefinition: Send + Sync + 'static {
 pub struct TypedCache<D: CacheDefinition> {
     backend: SharedBackend,
     ttl: Ttl,
+    max_value_bytes: usize,
     _definition: PhantomData<fn() -> D>,
 }
 
@@ -65,6 +67,7 @@ impl<D: CacheDefinition> Clone for TypedCache<D> {
         Self {
             backend: self.backend.clone(),
             ttl: self.ttl,
+            max_value_bytes: self.max_value_bytes,
             _definition: PhantomData,
         }
     }
@@ -81,13 +84,28 @@ impl<D: CacheDefinition> fmt::Debug for TypedCache<D> {
 }
 
 impl<D: CacheDefinition> TypedCache<D> {
-    /// A cache over `backend` with the definition's default TTL.
+    /// A cache over `backend` with the definition's default TTL and the
+    /// default value limit (1 MiB).
     pub fn new(backend: SharedBackend) -> Self {
         Self {
             backend,
             ttl: D::DEFAULT_TTL,
+            max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
             _definition: PhantomData,
         }
+    }
+
+    /// A cache over `backend` with the TTL and value limit `policy` gives it.
+    pub fn with_policy(backend: SharedBackend, policy: &CachePolicy) -> Self {
+        Self::new(backend)
+            .with_ttl(policy.resolve_ttl(D::NAMESPACE, D::DEFAULT_TTL))
+            .with_max_value_bytes(policy.max_value_bytes())
+    }
+
+    /// The same cache refusing encoded values larger than `bytes`.
+    pub fn with_max_value_bytes(mut self, bytes: usize) -> Self {
+        self.max_value_bytes = bytes;
+        self
     }
 
     /// The same cache with another default TTL (0 = no expiry).
@@ -115,26 +133,52 @@ impl<D: CacheDefinition> TypedCache<D> {
     /// [`crate::WriteBatch`].
     ///
     /// # Errors
-    /// [`CacheError::Serialization`] when the value cannot be encoded.
+    /// [`CacheError::Serialization`] when the value cannot be encoded;
+    /// [`CacheError::ValueTooLarge`] when it is over the limit.
     pub fn entry(&self, key: &D::Key, value: &D::Value) -> Result<Entry, CacheError> {
         Ok(Entry {
             key: self.key(key),
-            value: encode::<D>(value)?,
+            value: self.encode(value)?,
             ttl: self.ttl.expiry(),
         })
+    }
+
+    fn encode(&self, value: &D::Value) -> Result<Bytes, CacheError> {
+        let bytes = D::Codec::encode(value).map_err(|source| CacheError::Serialization {
+            namespace: D::NAMESPACE,
+            source,
+        })?;
+        if bytes.len() > self.max_value_bytes {
+            return Err(CacheError::ValueTooLarge {
+                namespace: D::NAMESPACE,
+                size: bytes.len(),
+                max: self.max_value_bytes,
+            });
+        }
+        Ok(bytes)
     }
 
     /// Returns the value at `key`, or `None` on a miss.
     ///
     /// A backend error is logged and is a miss. A stored value that does not
-    /// decode is removed (only if it is still the same bytes), logged, and is a miss.
+    /// decode is removed (only if it is still the same bytes), logged, and is a
+    /// miss; so is a key holding another kind of value (Redis `WRONGTYPE`).
     pub async fn get(&self, key: &D::Key) -> Option<D::Value> {
         let key = self.key(key);
         match self.backend.get(&key).await {
             Ok(Some(raw)) => self.decode_or_invalidate(&key, raw).await,
             Ok(None) => None,
+            Err(BackendError::WrongType(reason)) => {
+                tracing::warn!(namespace = D::NAMESPACE, %key, %reason, "cache key holds the wrong kind of value; invalidating");
+                // A plain delete: such a value cannot be compared. Should a
+                // valid value land in between, it costs one later miss.
+                if let Err(error) = self.backend.delete(&key).await {
+                    log_backend_error::<D>("invalidate", &key, &error);
+                }
+                None
+            }
             Err(error) => {
-                tracing::error!(namespace = D::NAMESPACE, %key, %error, "cache get failed; treated as a miss");
+                log_backend_error::<D>("get", &key, &error);
                 None
             }
         }
@@ -158,10 +202,10 @@ impl<D: CacheDefinition> TypedCache<D> {
         value: &D::Value,
         ttl: Ttl,
     ) -> Result<(), CacheError> {
-        let bytes = encode::<D>(value)?;
+        let bytes = self.encode(value)?;
         let key = self.key(key);
         if let Err(error) = self.backend.set(&key, bytes, ttl.expiry()).await {
-            tracing::error!(namespace = D::NAMESPACE, %key, %error, "cache set failed; value not cached");
+            log_backend_error::<D>("set", &key, &error);
         }
         Ok(())
     }
@@ -170,7 +214,7 @@ impl<D: CacheDefinition> TypedCache<D> {
     pub async fn invalidate(&self, key: &D::Key) {
         let key = self.key(key);
         if let Err(error) = self.backend.delete(&key).await {
-            tracing::error!(namespace = D::NAMESPACE, %key, %error, "cache invalidate failed");
+            log_backend_error::<D>("invalidate", &key, &error);
         }
     }
 
@@ -200,7 +244,7 @@ impl<D: CacheDefinition> TypedCache<D> {
                 return Ok(misses(keys.len()));
             }
             Err(error) => {
-                tracing::error!(namespace = D::NAMESPACE, keys = keys.len(), %error, "cache mget failed; treated as misses");
+                log_backend_error::<D>("mget", &full_keys[0], &error);
                 return Ok(misses(keys.len()));
             }
         };
@@ -232,7 +276,7 @@ impl<D: CacheDefinition> TypedCache<D> {
             .map(|(key, value)| self.entry(key, value))
             .collect::<Result<Vec<_>, _>>()?;
         if let Err(error) = self.backend.mset(&encoded).await {
-            tracing::error!(namespace = D::NAMESPACE, entries = encoded.len(), %error, "cache mset failed; values not cached");
+            log_backend_error::<D>("mset", &encoded[0].key, &error);
         }
         Ok(())
     }
@@ -244,7 +288,7 @@ impl<D: CacheDefinition> TypedCache<D> {
                 tracing::warn!(namespace = D::NAMESPACE, %key, %error, len = raw.len(), "corrupt cache entry; invalidating");
                 // Compare-and-delete: a valid value written meanwhile survives.
                 if let Err(error) = self.backend.compare_and_delete(key, &raw).await {
-                    tracing::error!(namespace = D::NAMESPACE, %key, %error, "could not invalidate corrupt cache entry");
+                    log_backend_error::<D>("invalidate", key, &error);
                 }
                 None
             }
@@ -252,11 +296,14 @@ impl<D: CacheDefinition> TypedCache<D> {
     }
 }
 
-fn encode<D: CacheDefinition>(value: &D::Value) -> Result<Bytes, CacheError> {
-    D::Codec::encode(value).map_err(|source| CacheError::Serialization {
-        namespace: D::NAMESPACE,
-        source,
-    })
+/// Logs a swallowed backend error. An open circuit is logged at debug: the
+/// breaker reports its own transitions once, not once per request.
+fn log_backend_error<D: CacheDefinition>(operation: &'static str, key: &str, error: &BackendError) {
+    if matches!(error, BackendError::CircuitOpen) {
+        tracing::debug!(namespace = D::NAMESPACE, operation, %key, "cache skipped: circuit open");
+    } else {
+        tracing::error!(namespace = D::NAMESPACE, operation, %key, %error, "cache operation failed; served without the cache");
+    }
 }
 
 fn check_batch(requested: usize) -> Result<(), CacheError> {
@@ -591,6 +638,69 @@ mod tests {
             .times(1)
             .returning(|_| Err(down()));
         assert_eq!(cache(mock).mset(&[(1, 10)]).await, Ok(()));
+    }
+
+    #[tokio::test]
+    async fn a_value_over_the_limit_is_refused_and_not_stored() {
+        let mut mock = MockCacheBackend::new();
+        // Only the 2-byte value is written.
+        mock.expect_set()
+            .withf(|_, value, _| value.len() == 2)
+            .times(1)
+            .returning(|_, _, _| Ok(()));
+        mock.expect_mset().never();
+        let typed = cache(mock).with_max_value_bytes(3);
+        assert_eq!(typed.set(&1, &12).await, Ok(()), "2 bytes fit");
+        let error = typed.set(&1, &12345).await.unwrap_err();
+        assert_eq!(
+            error,
+            CacheError::ValueTooLarge {
+                namespace: "test:ids",
+                size: 5,
+                max: 3
+            }
+        );
+        assert!(error.to_string().contains("not stored"), "{error}");
+        assert!(matches!(
+            typed.mset(&[(1, 1), (2, 12345)]).await,
+            Err(CacheError::ValueTooLarge { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_key_of_the_wrong_kind_is_a_miss_and_is_deleted() {
+        let mut mock = MockCacheBackend::new();
+        mock.expect_get()
+            .returning(|_| Err(BackendError::WrongType("WRONGTYPE list".into())));
+        mock.expect_delete()
+            .with(eq("test:ids:1"))
+            .times(1)
+            .returning(|_| Ok(true));
+        assert_eq!(cache(mock).get(&1).await, None);
+    }
+
+    #[tokio::test]
+    async fn an_open_circuit_is_a_miss_and_a_no_op() {
+        let mut mock = MockCacheBackend::new();
+        mock.expect_get()
+            .returning(|_| Err(BackendError::CircuitOpen));
+        mock.expect_set()
+            .returning(|_, _, _| Err(BackendError::CircuitOpen));
+        mock.expect_delete().never();
+        let typed = cache(mock);
+        assert_eq!(typed.get(&1).await, None);
+        assert_eq!(typed.set(&1, &1).await, Ok(()));
+    }
+
+    #[test]
+    fn the_policy_sets_ttl_and_value_limit() {
+        let policy = CachePolicy::new()
+            .with_ttl_override("test:ids", Ttl::from_secs(9))
+            .with_max_value_bytes(10);
+        let typed: TypedCache<IdCache> =
+            TypedCache::with_policy(Arc::new(MockCacheBackend::new()), &policy);
+        assert_eq!(typed.ttl(), Ttl::from_secs(9));
+        assert_eq!(typed.max_value_bytes, 10);
     }
 
     #[test]

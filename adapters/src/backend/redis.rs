@@ -207,6 +207,9 @@ fn classify(error: &RedisError, response_timeout: Duration) -> BackendError {
     if error.is_io_error() || error.is_connection_refusal() || error.is_connection_dropped() {
         return BackendError::Unavailable(text);
     }
+    if error.code() == Some("WRONGTYPE") {
+        return BackendError::WrongType(text);
+    }
     if error.code().is_some() {
         return BackendError::Rejected(text);
     }

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use domain::{CacheManager, IdToUuid, UserId, UserUuid, UuidToId};
-use ports::{CacheBackend, CacheError, SharedBackend, Ttl, TtlPolicy, TypedCache};
+use ports::{CacheBackend, CacheError, CachePolicy, SharedBackend, Ttl, TypedCache};
 use redis::AsyncCommands;
 use tests::TestRedis;
 
@@ -188,7 +188,7 @@ async fn batches_over_100_are_refused_and_write_nothing() {
 async fn id_and_uuid_map_both_ways_through_the_manager() {
     let redis = TestRedis::start().await;
     let backend = redis.shared_backend(OP_TIMEOUT).await;
-    let manager = CacheManager::new(backend, &TtlPolicy::new());
+    let manager = CacheManager::new(backend, &CachePolicy::new());
     let mut batch = manager.batch();
     batch.put(manager.uuid_to_id(), &uuid(5), &id(5)).unwrap();
     batch.put(manager.id_to_uuid(), &id(5), &uuid(5)).unwrap();
@@ -267,7 +267,7 @@ async fn the_manager_connects_serves_misses_while_redis_is_down_and_reconnects()
     let port = tests::free_port();
     let redis = TestRedis::start_with(Some(port), &[]).await;
     let backend = redis.shared_backend(Duration::from_millis(200)).await;
-    let manager = CacheManager::new(backend, &TtlPolicy::new());
+    let manager = CacheManager::new(backend, &CachePolicy::new());
     manager.ping().await.unwrap();
     manager.uuid_to_id().set(&uuid(1), &id(1)).await.unwrap();
 

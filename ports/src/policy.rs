@@ -1,5 +1,5 @@
-//! Time to live: per-cache defaults, and the policy that lets configuration
-//! override them.
+//! Time to live and value limits: per-cache defaults, and the policy that
+//! lets configuration override them.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -30,34 +30,60 @@ impl Ttl {
     }
 }
 
-/// Which TTL each cache gets: a per-namespace override beats a global
-/// default, which beats the cache definition's own default.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TtlPolicy {
+/// The largest encoded value a cache stores by default: 1 MiB.
+pub const DEFAULT_MAX_VALUE_BYTES: usize = 1024 * 1024;
+
+/// What configuration decides for every cache: which TTL each gets (a
+/// per-namespace override beats a global default, which beats the cache
+/// definition's own), and the largest value a cache accepts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CachePolicy {
     default: Option<Ttl>,
     per_namespace: BTreeMap<String, Ttl>,
+    max_value_bytes: usize,
 }
 
-impl TtlPolicy {
-    /// A policy that overrides nothing: every cache uses its definition's TTL.
+impl Default for CachePolicy {
+    fn default() -> Self {
+        Self {
+            default: None,
+            per_namespace: BTreeMap::new(),
+            max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+        }
+    }
+}
+
+impl CachePolicy {
+    /// A policy that overrides no TTL and allows values up to 1 MiB.
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// Refuses to store encoded values larger than `bytes`.
+    pub fn with_max_value_bytes(mut self, bytes: usize) -> Self {
+        self.max_value_bytes = bytes;
+        self
+    }
+
+    /// The largest encoded value a cache stores.
+    pub fn max_value_bytes(&self) -> usize {
+        self.max_value_bytes
+    }
+
     /// Sets a TTL for every cache that has no override of its own.
-    pub fn with_default(mut self, ttl: Ttl) -> Self {
+    pub fn with_default_ttl(mut self, ttl: Ttl) -> Self {
         self.default = Some(ttl);
         self
     }
 
     /// Sets the TTL of the cache whose namespace is `namespace`.
-    pub fn with_override(mut self, namespace: impl Into<String>, ttl: Ttl) -> Self {
+    pub fn with_ttl_override(mut self, namespace: impl Into<String>, ttl: Ttl) -> Self {
         self.per_namespace.insert(namespace.into(), ttl);
         self
     }
 
     /// The TTL for the cache `namespace`, whose definition asks for `declared`.
-    pub fn resolve(&self, namespace: &str, declared: Ttl) -> Ttl {
+    pub fn resolve_ttl(&self, namespace: &str, declared: Ttl) -> Ttl {
         self.per_namespace
             .get(namespace)
             .copied()
@@ -79,12 +105,12 @@ mod tests {
     #[test]
     fn namespace_override_beats_default_which_beats_declared() {
         let declared = Ttl::from_secs(600);
-        let policy = TtlPolicy::new();
-        assert_eq!(policy.resolve("a", declared), declared);
-        let policy = policy.with_default(Ttl::from_secs(60));
-        assert_eq!(policy.resolve("a", declared), Ttl::from_secs(60));
-        let policy = policy.with_override("a", Ttl::from_secs(5));
-        assert_eq!(policy.resolve("a", declared), Ttl::from_secs(5));
-        assert_eq!(policy.resolve("b", declared), Ttl::from_secs(60));
+        let policy = CachePolicy::new();
+        assert_eq!(policy.resolve_ttl("a", declared), declared);
+        let policy = policy.with_default_ttl(Ttl::from_secs(60));
+        assert_eq!(policy.resolve_ttl("a", declared), Ttl::from_secs(60));
+        let policy = policy.with_ttl_override("a", Ttl::from_secs(5));
+        assert_eq!(policy.resolve_ttl("a", declared), Ttl::from_secs(5));
+        assert_eq!(policy.resolve_ttl("b", declared), Ttl::from_secs(60));
     }
 }
