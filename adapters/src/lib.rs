@@ -3,11 +3,13 @@
 //! - [`backend`]: cache backends ([`backend::RedisBackend`],
 //!   [`backend::MemoryBackend`], [`backend::NoopBackend`]) and the decorators
 //!   that wrap any of them ([`backend::TimeoutBackend`]).
+//! - [`health`]: the health monitor that feeds `/health`.
 //! - [`users`]: the users store ([`users::InMemoryUserRepository`]).
 //! - [`http`]: the poem-openapi HTTP API (inbound adapter).
 //! - [`Secret`]: a string that never shows itself in logs or `Debug`.
 
 pub mod backend;
+pub mod health;
 pub mod http;
 mod secret;
 pub mod users;

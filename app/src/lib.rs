@@ -12,4 +12,4 @@ pub use settings::{
     BackendKind, CacheSettings, DEFAULT_FILE, HealthSettings, LogFormat, LogSettings,
     MemorySettings, RedisSettings, ServerSettings, Settings, SettingsError, UsersSettings,
 };
-pub use startup::{Application, StartupError, build_backend, shutdown_signal};
+pub use startup::{Application, BuiltBackend, StartupError, build_backend, shutdown_signal};

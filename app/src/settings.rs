@@ -68,6 +68,10 @@ pub struct ServerSettings {
     pub port: u16,
     /// How long in-flight requests may take to finish on shutdown.
     pub shutdown_grace: Duration,
+    /// The longest one request may take (503 after).
+    pub request_timeout: Duration,
+    /// The largest request body (413 above).
+    pub max_body_bytes: usize,
 }
 
 /// The cache layer.
@@ -79,6 +83,10 @@ pub struct CacheSettings {
     pub policy: CachePolicy,
     /// The bound on every cache operation.
     pub operation_timeout: Duration,
+    /// Consecutive backend failures that open the circuit.
+    pub breaker_failure_threshold: u32,
+    /// While the circuit is open, how often the backend is probed.
+    pub breaker_probe_interval: Duration,
 }
 
 /// How to reach Redis.
@@ -112,11 +120,17 @@ pub struct UsersSettings {
     pub file: Option<PathBuf>,
 }
 
-/// The health check.
+/// The health monitor behind `/health`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HealthSettings {
-    /// How long `/health` waits for the backend's ping.
+    /// How long a ping may take before the backend counts as down.
     pub timeout: Duration,
+    /// Between pings while healthy.
+    pub interval: Duration,
+    /// Between pings while degraded or down.
+    pub down_interval: Duration,
+    /// A ping slower than this makes the backend degraded.
+    pub slow: Duration,
 }
 
 /// Logging.
@@ -155,6 +169,8 @@ struct RawServer {
     host: String,
     port: i64,
     shutdown_grace_ms: i64,
+    request_timeout_ms: i64,
+    max_body_bytes: i64,
 }
 
 impl Default for RawServer {
@@ -163,6 +179,24 @@ impl Default for RawServer {
             host: "127.0.0.1".into(),
             port: 8000,
             shutdown_grace_ms: 10_000,
+            request_timeout_ms: 10_000,
+            max_body_bytes: 64 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default)]
+struct RawBreaker {
+    failure_threshold: i64,
+    probe_interval_ms: i64,
+}
+
+impl Default for RawBreaker {
+    fn default() -> Self {
+        Self {
+            failure_threshold: 3,
+            probe_interval_ms: 500,
         }
     }
 }
@@ -175,6 +209,7 @@ struct RawCache {
     ttl_secs: BTreeMap<String, i64>,
     operation_timeout_ms: i64,
     max_value_bytes: i64,
+    breaker: RawBreaker,
 }
 
 impl Default for RawCache {
@@ -183,8 +218,9 @@ impl Default for RawCache {
             backend: "memory".into(),
             default_ttl_secs: None,
             ttl_secs: BTreeMap::new(),
-            operation_timeout_ms: 250,
+            operation_timeout_ms: 100,
             max_value_bytes: 1024 * 1024,
+            breaker: RawBreaker::default(),
         }
     }
 }
@@ -237,11 +273,19 @@ struct RawUsers {
 #[serde(default)]
 struct RawHealth {
     timeout_ms: i64,
+    interval_ms: i64,
+    down_interval_ms: i64,
+    slow_ms: i64,
 }
 
 impl Default for RawHealth {
     fn default() -> Self {
-        Self { timeout_ms: 2_000 }
+        Self {
+            timeout_ms: 2_000,
+            interval_ms: 10_000,
+            down_interval_ms: 1_000,
+            slow_ms: 200,
+        }
     }
 }
 
@@ -425,6 +469,30 @@ impl RawSettings {
                     ),
                 )
             })?;
+        let failure_threshold = u32::try_from(self.cache.breaker.failure_threshold)
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| {
+                invalid(
+                    "cache.breaker.failure_threshold",
+                    format!(
+                        "{} is not accepted (a positive count)",
+                        self.cache.breaker.failure_threshold
+                    ),
+                )
+            })?;
+        let max_body_bytes = usize::try_from(self.server.max_body_bytes)
+            .ok()
+            .filter(|b| *b > 0)
+            .ok_or_else(|| {
+                invalid(
+                    "server.max_body_bytes",
+                    format!(
+                        "{} is not accepted (a positive number of bytes)",
+                        self.server.max_body_bytes
+                    ),
+                )
+            })?;
         let format = match self.log.format.to_ascii_lowercase().as_str() {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
@@ -441,6 +509,11 @@ impl RawSettings {
                 host,
                 port,
                 shutdown_grace: millis("server.shutdown_grace_ms", self.server.shutdown_grace_ms)?,
+                request_timeout: millis(
+                    "server.request_timeout_ms",
+                    self.server.request_timeout_ms,
+                )?,
+                max_body_bytes,
             },
             cache: CacheSettings {
                 backend,
@@ -448,6 +521,11 @@ impl RawSettings {
                 operation_timeout: millis(
                     "cache.operation_timeout_ms",
                     self.cache.operation_timeout_ms,
+                )?,
+                breaker_failure_threshold: failure_threshold,
+                breaker_probe_interval: millis(
+                    "cache.breaker.probe_interval_ms",
+                    self.cache.breaker.probe_interval_ms,
                 )?,
             },
             redis: RedisSettings {
@@ -467,6 +545,9 @@ impl RawSettings {
             },
             health: HealthSettings {
                 timeout: millis("health.timeout_ms", self.health.timeout_ms)?,
+                interval: millis("health.interval_ms", self.health.interval_ms)?,
+                down_interval: millis("health.down_interval_ms", self.health.down_interval_ms)?,
+                slow: millis("health.slow_ms", self.health.slow_ms)?,
             },
             log: LogSettings {
                 format,
@@ -513,6 +594,11 @@ mod tests {
         assert_eq!(settings.redis.connect_timeout, Duration::from_secs(2));
         assert_eq!(settings.redis.response_timeout, Duration::from_secs(5));
         assert_eq!(settings.health.timeout, Duration::from_secs(2));
+        assert_eq!(settings.health.interval, Duration::from_secs(10));
+        assert_eq!(settings.cache.operation_timeout, Duration::from_millis(100));
+        assert_eq!(settings.cache.breaker_failure_threshold, 3);
+        assert_eq!(settings.cache.policy.max_value_bytes(), 1024 * 1024);
+        assert_eq!(settings.server.max_body_bytes, 64 * 1024);
         assert!(settings.redis.password.is_none());
     }
 
@@ -523,8 +609,13 @@ mod tests {
             ("CACHEMANAGER__SERVER__PORT", "9000"),
             ("CACHEMANAGER__REDIS__URL", "redis://cache:6380/2"),
             ("CACHEMANAGER__CACHE__OPERATION_TIMEOUT_MS", "40"),
+            ("CACHEMANAGER__CACHE__BREAKER__PROBE_INTERVAL_MS", "250"),
         ])
         .unwrap();
+        assert_eq!(
+            settings.cache.breaker_probe_interval,
+            Duration::from_millis(250)
+        );
         assert_eq!(settings.cache.backend, BackendKind::Redis);
         assert_eq!(settings.server.port, 9000);
         assert_eq!(settings.redis.url, "redis://cache:6380/2");
@@ -595,7 +686,7 @@ mod tests {
 
     #[test]
     fn bad_values_name_their_key_and_what_is_accepted() {
-        let cases: [(&str, &str, &str); 8] = [
+        let cases: [(&str, &str, &str); 11] = [
             ("CACHEMANAGER__CACHE__BACKEND", "memcached", "cache.backend"),
             ("CACHEMANAGER__SERVER__PORT", "70000", "server.port"),
             ("CACHEMANAGER__SERVER__PORT", "-1", "server.port"),
@@ -608,6 +699,21 @@ mod tests {
                 "cache.operation_timeout_ms",
             ),
             ("CACHEMANAGER__LOG__FORMAT", "xml", "log.format"),
+            (
+                "CACHEMANAGER__CACHE__BREAKER__FAILURE_THRESHOLD",
+                "0",
+                "cache.breaker.failure_threshold",
+            ),
+            (
+                "CACHEMANAGER__SERVER__MAX_BODY_BYTES",
+                "-1",
+                "server.max_body_bytes",
+            ),
+            (
+                "CACHEMANAGER__CACHE__MAX_VALUE_BYTES",
+                "0",
+                "cache.max_value_bytes",
+            ),
         ];
         for (var, value, key) in cases {
             let error = load(&[(var, value)]).unwrap_err();

@@ -5,9 +5,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use adapters::backend::{
-    MemoryBackend, MemoryConfig, NoopBackend, RedisBackend, RedisConfig, RedisSetupError,
-    TimeoutBackend,
+    BreakerConfig, CircuitBreaker, MemoryBackend, MemoryConfig, NoopBackend, RedisBackend,
+    RedisConfig, RedisSetupError, TimeoutBackend,
 };
+use adapters::health::{HealthMonitor, MonitorConfig};
 use adapters::http::{HttpConfig, routes};
 use adapters::users::{InMemoryUserRepository, UserStoreError};
 use domain::{CacheManager, UserService};
@@ -39,17 +40,38 @@ pub enum StartupError {
     },
 }
 
-/// Builds the configured backend, bounded by the per-operation timeout.
+/// The cache backend as requests see it, and what watches over it.
+pub struct BuiltBackend {
+    /// The outermost decorator: what typed caches and the health monitor use.
+    pub backend: SharedBackend,
+    /// The circuit breaker's transitions, when the backend has one.
+    pub breaker: Option<tokio::sync::watch::Receiver<adapters::backend::BreakerState>>,
+}
+
+/// Builds the configured backend with its decorators:
+/// `CircuitBreaker(TimeoutBackend(RedisBackend))` for Redis, so a hung Redis
+/// costs at most the operation timeout, and a dead one nothing once the
+/// circuit opens; `TimeoutBackend(MemoryBackend)`; the bare `NoopBackend`.
 /// The Redis backend connects lazily: the service starts while Redis is down.
 ///
 /// # Errors
 /// [`StartupError::Redis`] when the Redis settings cannot be used.
-pub fn build_backend(settings: &Settings) -> Result<SharedBackend, StartupError> {
-    let backend: SharedBackend = match settings.cache.backend {
-        BackendKind::Memory => Arc::new(MemoryBackend::new(MemoryConfig {
-            max_bytes: settings.memory.max_bytes,
-        })),
-        BackendKind::Noop => Arc::new(NoopBackend),
+pub fn build_backend(settings: &Settings) -> Result<BuiltBackend, StartupError> {
+    let timeout = settings.cache.operation_timeout;
+    Ok(match settings.cache.backend {
+        BackendKind::Noop => BuiltBackend {
+            backend: Arc::new(NoopBackend),
+            breaker: None,
+        },
+        BackendKind::Memory => {
+            let memory = MemoryBackend::new(MemoryConfig {
+                max_bytes: settings.memory.max_bytes,
+            });
+            BuiltBackend {
+                backend: Arc::new(TimeoutBackend::new(Arc::new(memory), timeout)),
+                breaker: None,
+            }
+        }
         BackendKind::Redis => {
             let redis = &settings.redis;
             let backend = RedisBackend::new(&RedisConfig {
@@ -71,15 +93,21 @@ pub fn build_backend(settings: &Settings) -> Result<SharedBackend, StartupError>
                     }
                 }
             });
-            Arc::new(backend)
+            let bounded: SharedBackend = Arc::new(TimeoutBackend::new(Arc::new(backend), timeout));
+            let breaker = CircuitBreaker::new(
+                bounded,
+                BreakerConfig {
+                    failure_threshold: settings.cache.breaker_failure_threshold,
+                    probe_interval: settings.cache.breaker_probe_interval,
+                    probe_timeout: timeout.max(std::time::Duration::from_millis(250)),
+                },
+            );
+            let transitions = breaker.subscribe();
+            BuiltBackend {
+                backend: Arc::new(breaker),
+                breaker: Some(transitions),
+            }
         }
-    };
-    Ok(match settings.cache.backend {
-        BackendKind::Noop => backend,
-        _ => Arc::new(TimeoutBackend::new(
-            backend,
-            settings.cache.operation_timeout,
-        )),
     })
 }
 
@@ -97,21 +125,29 @@ impl Application {
     /// # Errors
     /// [`StartupError`]: unusable Redis settings, a bad users file, a port in use.
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
-        let backend = build_backend(&settings)?;
+        let BuiltBackend { backend, breaker } = build_backend(&settings)?;
         let users = match &settings.users.file {
             Some(path) => InMemoryUserRepository::from_json_file(path)?,
             None => InMemoryUserRepository::sample(),
         };
-        let caches = CacheManager::new(backend.clone(), &settings.cache.policy);
-        let service = Arc::new(UserService::new(users, caches));
-        let endpoint = routes(
-            service,
-            backend,
-            HttpConfig {
-                health_timeout: settings.health.timeout,
+        let health = &settings.health;
+        let monitor = HealthMonitor::spawn(
+            backend.clone(),
+            breaker,
+            MonitorConfig {
+                interval: health.interval,
+                down_interval: health.down_interval,
+                ping_timeout: health.timeout,
+                slow_ping: health.slow,
             },
-        )
-        .boxed();
+        );
+        let caches = CacheManager::new(backend, &settings.cache.policy);
+        let service = Arc::new(UserService::new(users, caches));
+        let http = HttpConfig {
+            max_body_bytes: settings.server.max_body_bytes,
+            request_timeout: settings.server.request_timeout,
+        };
+        let endpoint = routes(service, monitor, http).boxed();
 
         let address = SocketAddr::new(settings.server.host, settings.server.port);
         let acceptor = TcpListener::bind(address)

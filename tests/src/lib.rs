@@ -235,6 +235,28 @@ impl TestApp {
             .expect("the service answers")
     }
 
+    /// Polls `/health` until it answers `status` (within 15 s), sending a user
+    /// lookup between polls so the cache sees traffic. Returns how long it took.
+    ///
+    /// # Panics
+    /// When `/health` does not reach `status` in time.
+    pub async fn wait_for_health(&self, status: u16) -> Duration {
+        let started = std::time::Instant::now();
+        loop {
+            let _ = self
+                .get("/users/550e8400-e29b-41d4-a716-446655440001")
+                .await;
+            if self.get("/health").await.status().as_u16() == status {
+                return started.elapsed();
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(15),
+                "/health did not answer {status} within 15 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Stops the server gracefully and waits for it.
     pub async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {

@@ -11,7 +11,8 @@ use serde::Serialize;
 #[derive(Debug, Clone, PartialEq, Eq, Object, Serialize)]
 pub struct ErrorBody {
     /// A stable code: `bad_request`, `invalid_uuid`, `too_many_uuids`,
-    /// `not_found`, `method_not_allowed`, `internal`.
+    /// `duplicate_uuids`, `not_found`, `method_not_allowed`,
+    /// `payload_too_large`, `timeout`, `internal`.
     pub error: String,
     /// What went wrong, for a person.
     pub message: String,
@@ -45,6 +46,67 @@ pub trait WithBadRequest {
 /// poem-openapi's parse errors (query, path, JSON body, content type) as a JSON 400.
 pub fn bad_request<T: WithBadRequest>(error: poem::Error) -> T {
     T::bad_request(Json(ErrorBody::new("bad_request", error.to_string())))
+}
+
+/// Guards every request: a body over `max_body_bytes` is refused with 413
+/// before any handler reads it (by its declared length, or while reading a
+/// chunked body), and a request slower than `limit` is answered 503 `timeout`.
+pub async fn guard<E: poem::Endpoint>(
+    endpoint: std::sync::Arc<E>,
+    mut request: poem::Request,
+    max_body_bytes: usize,
+    limit: std::time::Duration,
+) -> poem::Result<Response> {
+    let too_large = || {
+        let body = ErrorBody::new(
+            "payload_too_large",
+            format!("the request body exceeds {max_body_bytes} bytes"),
+        );
+        Json(body)
+            .with_status(StatusCode::PAYLOAD_TOO_LARGE)
+            .into_response()
+    };
+    let declared = request
+        .headers()
+        .get(poem::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(length) if length > max_body_bytes as u64 => return Ok(too_large()),
+        Some(_) => {}
+        // No declared length: a chunked body, or one from a client that sent
+        // none. Read it with a cap (GET and HEAD carry none: skip the read).
+        None if !matches!(
+            *request.method(),
+            poem::http::Method::GET | poem::http::Method::HEAD
+        ) =>
+        {
+            match request.take_body().into_bytes_limit(max_body_bytes).await {
+                Ok(bytes) => request.set_body(bytes),
+                Err(poem::error::ReadBodyError::PayloadTooLarge) => return Ok(too_large()),
+                Err(error) => {
+                    let body = ErrorBody::new(
+                        "bad_request",
+                        format!("cannot read the request body: {error}"),
+                    );
+                    return Ok(Json(body)
+                        .with_status(StatusCode::BAD_REQUEST)
+                        .into_response());
+                }
+            }
+        }
+        None => {}
+    }
+    match tokio::time::timeout(limit, endpoint.call(request)).await {
+        Ok(result) => result.map(IntoResponse::into_response),
+        Err(_) => {
+            tracing::warn!(?limit, "request timed out");
+            let body = ErrorBody::new("timeout", format!("the request took longer than {limit:?}"));
+            Ok(Json(body)
+                .with_status(StatusCode::SERVICE_UNAVAILABLE)
+                .into_response())
+        }
+    }
 }
 
 /// Errors raised outside any operation (unknown path, wrong method) as JSON.

@@ -1,11 +1,10 @@
 //! `/health` (is the cache backend answering?) and `/health/live` (is the
 //! process serving?).
 
-use std::time::{Duration, Instant};
-
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi, Tags};
-use ports::SharedBackend;
+
+use crate::health::{HealthMonitor, HealthStatus};
 
 #[derive(Tags)]
 enum Tag {
@@ -18,9 +17,11 @@ enum Tag {
 pub struct CacheHealth {
     /// Which backend is configured: `redis`, `memory` or `noop`.
     pub backend: String,
-    /// `up` or `down`.
+    /// `up`, `slow` (answers, slowly) or `down`.
     pub status: String,
-    /// How long the ping took, in milliseconds (absent when it got no answer).
+    /// Seconds since the status last changed.
+    pub since_secs: f64,
+    /// How long the last ping took, in milliseconds (absent when it got no answer).
     #[oai(skip_serializing_if_is_none)]
     pub latency_ms: Option<f64>,
     /// Why the backend is down (never contains a secret).
@@ -31,7 +32,7 @@ pub struct CacheHealth {
 /// The service's health.
 #[derive(Debug, Clone, Object)]
 pub struct HealthBody {
-    /// `healthy` or `unhealthy`.
+    /// `healthy`, `degraded` (the cache answers slowly) or `unhealthy`.
     pub status: String,
     /// The cache backend.
     pub cache: CacheHealth,
@@ -46,7 +47,7 @@ pub struct LiveBody {
 
 #[derive(ApiResponse)]
 enum HealthResponse {
-    /// The cache backend answered a ping in time.
+    /// The cache backend answered its last ping in time (perhaps slowly).
     #[oai(status = 200)]
     Healthy(Json<HealthBody>),
     /// The cache backend did not answer a ping in time. Requests are still
@@ -57,54 +58,44 @@ enum HealthResponse {
 
 /// The health probes.
 pub struct HealthApi {
-    backend: SharedBackend,
-    timeout: Duration,
+    monitor: HealthMonitor,
 }
 
 impl HealthApi {
-    /// Probes `backend`, waiting at most `timeout` for its ping.
-    pub fn new(backend: SharedBackend, timeout: Duration) -> Self {
-        Self { backend, timeout }
+    /// Reports what `monitor` finds.
+    pub fn new(monitor: HealthMonitor) -> Self {
+        Self { monitor }
     }
 }
 
 #[OpenApi]
 impl HealthApi {
-    /// Readiness: 200 when the cache backend answers a ping within the bound
-    /// (2 s by default), 503 otherwise.
+    /// Readiness: 200 when the cache backend answered its last ping within
+    /// the bound (2 s by default), 503 when it did not or its circuit is open.
+    /// Answers from the health monitor's last check: it never touches the
+    /// backend, so any number of probes costs Redis nothing.
     #[oai(path = "/health", method = "get", tag = "Tag::Health")]
     async fn health(&self) -> HealthResponse {
-        let started = Instant::now();
-        let outcome = tokio::time::timeout(self.timeout, self.backend.ping()).await;
-        let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-        let backend = self.backend.name().to_owned();
-        let error = match outcome {
-            Ok(Ok(())) => None,
-            Ok(Err(error)) => Some(error.to_string()),
-            Err(_) => Some(format!("no answer to ping within {:?}", self.timeout)),
+        let snapshot = self.monitor.snapshot();
+        let (status, cache_status) = match snapshot.status {
+            HealthStatus::Healthy => ("healthy", "up"),
+            HealthStatus::Degraded => ("degraded", "slow"),
+            HealthStatus::Down => ("unhealthy", "down"),
         };
-        match error {
-            None => HealthResponse::Healthy(Json(HealthBody {
-                status: "healthy".into(),
-                cache: CacheHealth {
-                    backend,
-                    status: "up".into(),
-                    latency_ms: Some(latency_ms),
-                    error: None,
-                },
-            })),
-            Some(error) => {
-                tracing::warn!(%backend, %error, "health check: cache backend down");
-                HealthResponse::Unhealthy(Json(HealthBody {
-                    status: "unhealthy".into(),
-                    cache: CacheHealth {
-                        backend,
-                        status: "down".into(),
-                        latency_ms: None,
-                        error: Some(error),
-                    },
-                }))
-            }
+        let body = HealthBody {
+            status: status.into(),
+            cache: CacheHealth {
+                backend: snapshot.backend.into(),
+                status: cache_status.into(),
+                since_secs: snapshot.since.elapsed().as_secs_f64(),
+                latency_ms: snapshot.latency.map(|l| l.as_secs_f64() * 1000.0),
+                error: snapshot.error,
+            },
+        };
+        if snapshot.status == HealthStatus::Down {
+            HealthResponse::Unhealthy(Json(body))
+        } else {
+            HealthResponse::Healthy(Json(body))
         }
     }
 

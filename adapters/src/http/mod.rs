@@ -15,7 +15,8 @@ use std::time::Duration;
 use domain::UserQueries;
 use poem::{Endpoint, EndpointExt, Route};
 use poem_openapi::OpenApiService;
-use ports::SharedBackend;
+
+use crate::health::HealthMonitor;
 
 pub use errors::ErrorBody;
 pub use health::HealthApi;
@@ -25,14 +26,17 @@ pub use users::UsersApi;
 /// Settings of the HTTP API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HttpConfig {
-    /// How long `/health` waits for the cache backend's ping (the seed's 2 s).
-    pub health_timeout: Duration,
+    /// The largest request body accepted; larger is a 413.
+    pub max_body_bytes: usize,
+    /// The longest a request may take; longer is a 503.
+    pub request_timeout: Duration,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         Self {
-            health_timeout: Duration::from_secs(2),
+            max_body_bytes: 64 * 1024,
+            request_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -40,15 +44,10 @@ impl Default for HttpConfig {
 /// The OpenAPI service: every operation, for the routes and for the spec.
 pub fn api<S: UserQueries>(
     service: Arc<S>,
-    backend: SharedBackend,
-    config: HttpConfig,
+    monitor: HealthMonitor,
 ) -> OpenApiService<(RootApi, UsersApi<S>, HealthApi), ()> {
     OpenApiService::new(
-        (
-            RootApi,
-            UsersApi::new(service),
-            HealthApi::new(backend, config.health_timeout),
-        ),
+        (RootApi, UsersApi::new(service), HealthApi::new(monitor)),
         "CacheManager User API",
         env!("CARGO_PKG_VERSION"),
     )
@@ -59,19 +58,28 @@ pub fn api<S: UserQueries>(
 }
 
 /// Every route: the API at `/`, Swagger UI at `/docs`, the spec at
-/// `/openapi.json`, and JSON errors for unknown paths and methods.
+/// `/openapi.json`; bodies over `max_body_bytes` are refused (413), requests
+/// are cut at `request_timeout` (503), and every error is JSON.
 pub fn routes<S: UserQueries>(
     service: Arc<S>,
-    backend: SharedBackend,
+    monitor: HealthMonitor,
     config: HttpConfig,
 ) -> impl Endpoint<Output = poem::Response> + 'static {
-    let api = api(service, backend, config);
+    let api = api(service, monitor);
     let docs = api.swagger_ui();
     let spec = api.spec_endpoint();
     Route::new()
         .at("/openapi.json", spec)
         .nest("/docs", docs)
         .nest("/", api)
+        .around(move |endpoint, request| {
+            errors::guard(
+                endpoint,
+                request,
+                config.max_body_bytes,
+                config.request_timeout,
+            )
+        })
         .catch_all_error(errors::json_error)
         .map_to_response()
 }

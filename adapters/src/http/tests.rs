@@ -10,6 +10,8 @@ use domain::{
 use poem::http::StatusCode;
 use poem::test::TestClient;
 use ports::{BackendError, MockCacheBackend, SharedBackend};
+
+use crate::health::{HealthMonitor, MonitorConfig};
 use serde_json::{Value, json};
 
 use super::{HttpConfig, routes};
@@ -35,15 +37,28 @@ fn healthy_backend() -> SharedBackend {
     Arc::new(backend)
 }
 
-fn client(queries: MockUserQueries, backend: SharedBackend) -> TestClient<impl poem::Endpoint> {
+async fn client(
+    queries: MockUserQueries,
+    backend: SharedBackend,
+) -> TestClient<impl poem::Endpoint> {
+    let monitor = HealthMonitor::spawn(
+        backend,
+        None,
+        MonitorConfig {
+            ping_timeout: Duration::from_millis(200),
+            ..MonitorConfig::default()
+        },
+    );
+    monitor.wait_for(|s| s.checked).await;
     let config = HttpConfig {
-        health_timeout: Duration::from_millis(200),
+        max_body_bytes: 16 * 1024,
+        request_timeout: Duration::from_secs(5),
     };
-    TestClient::new(routes(Arc::new(queries), backend, config))
+    TestClient::new(routes(Arc::new(queries), monitor, config))
 }
 
-fn client_with(queries: MockUserQueries) -> TestClient<impl poem::Endpoint> {
-    client(queries, healthy_backend())
+async fn client_with(queries: MockUserQueries) -> TestClient<impl poem::Endpoint> {
+    client(queries, healthy_backend()).await
 }
 
 async fn json_of(response: poem::test::TestResponse) -> Value {
@@ -64,7 +79,11 @@ async fn assert_error(response: poem::test::TestResponse, status: StatusCode, co
 
 #[tokio::test]
 async fn root_names_the_service_and_links_the_docs() {
-    let response = client_with(MockUserQueries::new()).get("/").send().await;
+    let response = client_with(MockUserQueries::new())
+        .await
+        .get("/")
+        .send()
+        .await;
     response.assert_status_is_ok();
     let body = json_of(response).await;
     assert_eq!(body["docs"], "/docs");
@@ -79,6 +98,7 @@ async fn get_user_answers_200_with_the_user() {
         .withf(|u| *u == uuid(1))
         .returning(|_| Ok(user(1)));
     let response = client_with(queries)
+        .await
         .get("/users/550e8400-e29b-41d4-a716-446655440001")
         .send()
         .await;
@@ -98,6 +118,7 @@ async fn get_unknown_user_answers_404_naming_the_uuid() {
         .expect_user_by_uuid()
         .returning(|u| Err(UserError::NotFoundByUuid(u)));
     let response = client_with(queries)
+        .await
         .get("/users/550e8400-e29b-41d4-a716-446655440099")
         .send()
         .await;
@@ -114,7 +135,11 @@ async fn get_unknown_user_answers_404_naming_the_uuid() {
 async fn get_malformed_uuid_answers_400_without_asking_the_domain() {
     let mut queries = MockUserQueries::new();
     queries.expect_user_by_uuid().never();
-    let response = client_with(queries).get("/users/not-a-uuid").send().await;
+    let response = client_with(queries)
+        .await
+        .get("/users/not-a-uuid")
+        .send()
+        .await;
     assert_error(response, StatusCode::BAD_REQUEST, "invalid_uuid").await;
 }
 
@@ -127,6 +152,7 @@ async fn a_store_failure_answers_500_without_its_cause() {
         )))
     });
     let response = client_with(queries)
+        .await
         .get("/users/550e8400-e29b-41d4-a716-446655440001")
         .send()
         .await;
@@ -142,6 +168,7 @@ async fn list_users_applies_limit_and_offset() {
         .withf(|page| page.limit() == 2 && page.offset() == 1)
         .returning(|_| Ok(vec![user(2), user(3)]));
     let response = client_with(queries)
+        .await
         .get("/users")
         .query("limit", &2)
         .query("offset", &1)
@@ -155,7 +182,7 @@ async fn list_users_applies_limit_and_offset() {
 
 #[tokio::test]
 async fn list_users_with_a_bad_limit_answers_400_json() {
-    let client = client_with(MockUserQueries::new());
+    let client = client_with(MockUserQueries::new()).await;
     assert_error(
         client.get("/users").query("limit", &0).send().await,
         StatusCode::BAD_REQUEST,
@@ -183,6 +210,7 @@ async fn lookup_answers_users_and_missing() {
             })
         });
     let response = client_with(queries)
+        .await
         .post("/users/lookup")
         .body_json(&json!({"uuids": ["550e8400-e29b-41d4-a716-446655440001", "550e8400-e29b-41d4-a716-446655440099"]}))
         .send()
@@ -202,6 +230,7 @@ async fn lookup_of_101_uuids_answers_400_naming_the_limit() {
     queries.expect_lookup().never();
     let uuids: Vec<String> = (0..101).map(|_| uuid(1).to_string()).collect();
     let response = client_with(queries)
+        .await
         .post("/users/lookup")
         .body_json(&json!({ "uuids": uuids }))
         .send()
@@ -212,7 +241,7 @@ async fn lookup_of_101_uuids_answers_400_naming_the_limit() {
 
 #[tokio::test]
 async fn lookup_with_a_malformed_uuid_or_body_answers_400_json() {
-    let client = client_with(MockUserQueries::new());
+    let client = client_with(MockUserQueries::new()).await;
     let response = client
         .post("/users/lookup")
         .body_json(&json!({"uuids": ["nope"]}))
@@ -237,6 +266,7 @@ async fn lookup_with_a_malformed_uuid_or_body_answers_400_json() {
 #[tokio::test]
 async fn health_is_200_when_the_backend_answers() {
     let response = client_with(MockUserQueries::new())
+        .await
         .get("/health")
         .send()
         .await;
@@ -256,6 +286,7 @@ async fn health_is_503_with_a_json_body_when_the_backend_fails() {
         .returning(|| Err(BackendError::Unavailable("connection refused".into())));
     backend.expect_name().return_const("redis");
     let response = client(MockUserQueries::new(), Arc::new(backend))
+        .await
         .get("/health")
         .send()
         .await;
@@ -300,79 +331,139 @@ impl ports::CacheBackend for Silent {
 async fn health_is_503_when_the_ping_does_not_answer_in_time() {
     let started = std::time::Instant::now();
     let response = client(MockUserQueries::new(), Arc::new(Silent))
+        .await
         .get("/health")
         .send()
         .await;
     response.assert_status(StatusCode::SERVICE_UNAVAILABLE);
+    let body = json_of(response).await;
+    assert!(
+        body["cache"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("no answer"),
+        "{body}"
+    );
     // Bounded by the configured 200 ms, not hung.
     assert!(started.elapsed() < Duration::from_secs(2));
 }
 
 #[tokio::test]
-async fn liveness_is_200_whatever_the_backend() {
-    let response = client(MockUserQueries::new(), Arc::new(Silent))
-        .get("/health/live")
-        .send()
-        .await;
-    response.assert_status_is_ok();
-    assert_eq!(json_of(response).await["status"], "alive");
-}
-
-#[tokio::test]
-async fn the_spec_parses_and_lists_every_path() {
-    let response = client_with(MockUserQueries::new())
-        .get("/openapi.json")
-        .send()
-        .await;
-    response.assert_status_is_ok();
-    let spec = json_of(response).await;
-    let paths = spec["paths"].as_object().unwrap();
-    for path in [
-        "/",
-        "/users",
-        "/users/{uuid}",
-        "/users/lookup",
-        "/health",
-        "/health/live",
-    ] {
-        assert!(
-            paths.contains_key(path),
-            "{path} missing from {:?}",
-            paths.keys()
-        );
-    }
-    // Error bodies are documented.
-    assert!(spec["components"]["schemas"]["ErrorBody"].is_object());
-    let get_user = &spec["paths"]["/users/{uuid}"]["get"]["responses"];
-    for status in ["200", "400", "404", "500"] {
-        assert!(get_user[status].is_object(), "status {status} undocumented");
+async fn health_checks_never_touch_the_backend() {
+    let mut backend = MockCacheBackend::new();
+    backend.expect_name().return_const("mock");
+    // One ping: the monitor's first check. A hundred probes add none.
+    backend.expect_ping().times(1).returning(|| Ok(()));
+    let client = client(MockUserQueries::new(), Arc::new(backend)).await;
+    for _ in 0..100 {
+        client.get("/health").send().await.assert_status_is_ok();
     }
 }
 
 #[tokio::test]
-async fn swagger_ui_is_served_at_docs() {
-    let response = client_with(MockUserQueries::new())
-        .get("/docs")
+async fn lookup_with_a_duplicate_uuid_answers_400_naming_it() {
+    let mut queries = MockUserQueries::new();
+    queries.expect_lookup().never();
+    let one = uuid(1).to_string();
+    let response = client_with(queries)
+        .await
+        .post("/users/lookup")
+        .body_json(&json!({"uuids": [one, one]}))
         .send()
         .await;
-    response.assert_status_is_ok();
-    let html = response.0.into_body().into_string().await.unwrap();
-    assert!(html.contains("swagger"), "not the Swagger UI");
+    let body = assert_error(response, StatusCode::BAD_REQUEST, "duplicate_uuids").await;
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains(&uuid(1).to_string())
+    );
 }
 
 #[tokio::test]
-async fn unknown_paths_and_methods_answer_json_errors() {
-    let client = client_with(MockUserQueries::new());
-    assert_error(
-        client.get("/nope").send().await,
-        StatusCode::NOT_FOUND,
-        "not_found",
-    )
-    .await;
-    assert_error(
-        client.delete("/users").send().await,
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-    )
-    .await;
+async fn a_body_over_the_limit_answers_413_json() {
+    let client = client_with(MockUserQueries::new()).await;
+    let huge = format!("{{\"uuids\": [\"{}\"]}}", "x".repeat(20 * 1024));
+    let response = client
+        .post("/users/lookup")
+        .content_type("application/json")
+        .body(huge)
+        .send()
+        .await;
+    assert_error(response, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large").await;
+}
+
+#[tokio::test]
+async fn a_chunked_body_over_the_limit_answers_413_json() {
+    let client = client_with(MockUserQueries::new()).await;
+    let huge = format!("{{\"uuids\": [\"{}\"]}}", "x".repeat(20 * 1024));
+    let response = client
+        .post("/users/lookup")
+        .content_type("application/json")
+        .header("transfer-encoding", "chunked")
+        .body(poem::Body::from_bytes_stream(futures::stream::once(
+            async move { Ok::<_, std::io::Error>(bytes::Bytes::from(huge)) },
+        )))
+        .send()
+        .await;
+    assert_error(response, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large").await;
+}
+
+#[tokio::test]
+async fn a_wrong_content_type_answers_400_json() {
+    let client = client_with(MockUserQueries::new()).await;
+    let response = client
+        .post("/users/lookup")
+        .content_type("text/plain")
+        .body("uuids=1")
+        .send()
+        .await;
+    assert_error(response, StatusCode::BAD_REQUEST, "bad_request").await;
+}
+
+#[tokio::test]
+async fn a_very_long_path_answers_a_json_4xx() {
+    let client = client_with(MockUserQueries::new()).await;
+    let response = client
+        .get(format!("/users/{}", "a".repeat(8 * 1024)))
+        .send()
+        .await;
+    assert_error(response, StatusCode::BAD_REQUEST, "invalid_uuid").await;
+}
+
+/// A domain that takes 5 s to list users.
+struct SlowQueries;
+#[async_trait::async_trait]
+impl domain::UserQueries for SlowQueries {
+    async fn user_by_uuid(&self, uuid: UserUuid) -> Result<User, UserError> {
+        Err(UserError::NotFoundByUuid(uuid))
+    }
+    async fn user_by_id(&self, id: UserId) -> Result<User, UserError> {
+        Err(UserError::NotFoundById(id))
+    }
+    async fn list_users(&self, _: domain::Page) -> Result<Vec<User>, UserError> {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        Ok(vec![])
+    }
+    async fn lookup(&self, _: &[UserUuid]) -> Result<Lookup, UserError> {
+        Ok(Lookup::default())
+    }
+}
+
+#[tokio::test]
+async fn a_request_slower_than_the_timeout_answers_503_json() {
+    let monitor = HealthMonitor::spawn(healthy_backend(), None, MonitorConfig::default());
+    let config = HttpConfig {
+        max_body_bytes: 1024,
+        request_timeout: Duration::from_millis(100),
+    };
+    let client = TestClient::new(routes(Arc::new(SlowQueries), monitor, config));
+    let started = std::time::Instant::now();
+    let response = client.get("/users").send().await;
+    assert_error(response, StatusCode::SERVICE_UNAVAILABLE, "timeout").await;
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
 }

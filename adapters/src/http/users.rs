@@ -56,7 +56,7 @@ pub struct UserList {
 /// A batch lookup: up to 100 UUIDs.
 #[derive(Debug, Object)]
 pub struct LookupRequest {
-    /// The UUIDs to look up; duplicates are answered once.
+    /// The UUIDs to look up: at most 100, each once.
     pub uuids: Vec<String>,
 }
 
@@ -107,7 +107,8 @@ enum LookupResponse {
     #[oai(status = 200)]
     Ok(Json<LookupResponseBody>),
     /// More than 100 UUIDs (`too_many_uuids`), a malformed UUID
-    /// (`invalid_uuid`), or a body that is not the documented JSON.
+    /// (`invalid_uuid`), a UUID given twice (`duplicate_uuids`), or a body
+    /// that is not the documented JSON (`bad_request`).
     #[oai(status = 400)]
     BadRequest(Json<ErrorBody>),
     /// The user store failed.
@@ -240,8 +241,18 @@ impl<S: UserQueries> UsersApi<S> {
             )));
         }
         let mut uuids = Vec::with_capacity(asked.len());
+        let mut seen = std::collections::HashSet::with_capacity(asked.len());
         for text in asked {
             match UserUuid::parse(text) {
+                Ok(uuid) if !seen.insert(uuid) => {
+                    // A duplicate is almost always a client bug: say so rather than guess.
+                    let message =
+                        format!("uuid {uuid} appears more than once; send each uuid once");
+                    return LookupResponse::BadRequest(Json(ErrorBody::new(
+                        "duplicate_uuids",
+                        message,
+                    )));
+                }
                 Ok(uuid) => uuids.push(uuid),
                 Err(invalid) => {
                     return LookupResponse::BadRequest(Json(ErrorBody::new(

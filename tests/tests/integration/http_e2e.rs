@@ -1,5 +1,7 @@
 //! The HTTP service end to end over each backend.
 
+use std::time::Duration;
+
 use redis::AsyncCommands;
 use serde_json::{Value, json};
 use tests::{TestRedis, spawn_app, spawn_app_on_redis};
@@ -75,6 +77,7 @@ async fn batch_lookup_over_redis_answers_users_and_missing_and_caches_them() {
 async fn health_names_the_redis_backend() {
     let redis = TestRedis::start().await;
     let app = spawn_app_on_redis(&redis, &[]).await;
+    app.wait_for_health(200).await;
     let response = app.get("/health").await;
     assert_eq!(response.status(), 200);
     let body: Value = response.json().await.unwrap();
@@ -87,9 +90,11 @@ async fn health_names_the_redis_backend() {
 async fn health_turns_503_when_redis_stops_while_users_are_still_served() {
     let redis = TestRedis::start().await;
     let app = spawn_app_on_redis(&redis, &[]).await;
-    assert_eq!(app.get("/health").await.status(), 200);
+    app.wait_for_health(200).await;
     redis.container.stop().await.unwrap();
-    assert_eq!(app.get("/health").await.status(), 503);
+    // The circuit opens after a few failed lookups, and the monitor follows at once.
+    let noticed = app.wait_for_health(503).await;
+    assert!(noticed < Duration::from_secs(5), "took {noticed:?}");
     let response = app.get(&format!("/users/{JOHN}")).await;
     assert_eq!(response.status(), 200);
     app.stop().await;

@@ -1,0 +1,362 @@
+//! The health monitor: a background task that pings the cache backend, keeps
+//! its state, feeds `/health`, and logs each transition once.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ports::{BackendError, SharedBackend};
+use tokio::sync::{Notify, watch};
+
+use crate::backend::BreakerState;
+
+/// The cache backend's state, as `/health` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HealthStatus {
+    /// It answered the last ping quickly.
+    Healthy,
+    /// It answered the last ping, but slower than `slow_ping`.
+    Degraded,
+    /// It did not answer the last ping in time, or the circuit is open.
+    /// Requests are still served, without the cache.
+    Down,
+}
+
+/// What the last check found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthSnapshot {
+    /// The backend's name.
+    pub backend: &'static str,
+    /// Its state.
+    pub status: HealthStatus,
+    /// How long the last answered ping took.
+    pub latency: Option<Duration>,
+    /// Why it is down (never a secret: backend errors carry none).
+    pub error: Option<String>,
+    /// When the state last changed.
+    pub since: Instant,
+    /// Whether at least one check has run.
+    pub checked: bool,
+}
+
+/// Settings of [`HealthMonitor`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MonitorConfig {
+    /// Between pings while healthy.
+    pub interval: Duration,
+    /// Between pings while degraded or down: recovery is noticed sooner.
+    pub down_interval: Duration,
+    /// How long a ping may take before the backend counts as down (the seed's 2 s).
+    pub ping_timeout: Duration,
+    /// A ping slower than this makes the backend degraded.
+    pub slow_ping: Duration,
+}
+
+impl Default for MonitorConfig {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(10),
+            down_interval: Duration::from_secs(1),
+            ping_timeout: Duration::from_secs(2),
+            slow_ping: Duration::from_millis(200),
+        }
+    }
+}
+
+/// A handle on the monitor task. Cheap to clone; the task stops when the last
+/// handle is dropped.
+#[derive(Clone)]
+pub struct HealthMonitor {
+    snapshot: watch::Receiver<HealthSnapshot>,
+    wake: Arc<Notify>,
+}
+
+impl HealthMonitor {
+    /// Starts monitoring `backend` (the outermost decorator, so that pings see
+    /// what requests see). `breaker`, when given, makes the monitor react at
+    /// once to the circuit opening or closing instead of waiting for its next ping.
+    pub fn spawn(
+        backend: SharedBackend,
+        breaker: Option<watch::Receiver<BreakerState>>,
+        config: MonitorConfig,
+    ) -> Self {
+        let (sender, snapshot) = watch::channel(HealthSnapshot {
+            backend: backend.name(),
+            status: HealthStatus::Down,
+            latency: None,
+            error: Some("not checked yet".into()),
+            since: Instant::now(),
+            checked: false,
+        });
+        let wake = Arc::new(Notify::new());
+        tokio::spawn(run(backend, breaker, config, sender, wake.clone()));
+        Self { snapshot, wake }
+    }
+
+    /// What the last check found. Never waits and never touches the backend,
+    /// so a flood of health checks cannot load it.
+    pub fn snapshot(&self) -> HealthSnapshot {
+        self.snapshot.borrow().clone()
+    }
+
+    /// Asks for a check now, and waits for the next snapshot.
+    pub async fn check_now(&self) -> HealthSnapshot {
+        let mut receiver = self.snapshot.clone();
+        receiver.mark_unchanged();
+        self.wake.notify_one();
+        // The sender lives as long as the task, which lives as long as a handle.
+        let _ = receiver.changed().await;
+        receiver.borrow().clone()
+    }
+
+    /// Waits until a snapshot satisfies `condition` (for tests and start-up).
+    pub async fn wait_for(&self, condition: impl FnMut(&HealthSnapshot) -> bool) -> HealthSnapshot {
+        let mut receiver = self.snapshot.clone();
+        match receiver.wait_for(condition).await {
+            Ok(snapshot) => snapshot.clone(),
+            Err(_) => self.snapshot(),
+        }
+    }
+}
+
+async fn check(
+    backend: &SharedBackend,
+    timeout: Duration,
+    slow: Duration,
+) -> (HealthStatus, Option<Duration>, Option<String>) {
+    let started = Instant::now();
+    match tokio::time::timeout(timeout, backend.ping()).await {
+        Ok(Ok(())) => {
+            let latency = started.elapsed();
+            let status = if latency > slow {
+                HealthStatus::Degraded
+            } else {
+                HealthStatus::Healthy
+            };
+            (status, Some(latency), None)
+        }
+        Ok(Err(BackendError::CircuitOpen)) => (
+            HealthStatus::Down,
+            None,
+            Some("circuit open: the backend kept failing".into()),
+        ),
+        Ok(Err(error)) => (HealthStatus::Down, None, Some(error.to_string())),
+        Err(_) => (
+            HealthStatus::Down,
+            None,
+            Some(format!("no answer to ping within {timeout:?}")),
+        ),
+    }
+}
+
+async fn run(
+    backend: SharedBackend,
+    mut breaker: Option<watch::Receiver<BreakerState>>,
+    config: MonitorConfig,
+    sender: watch::Sender<HealthSnapshot>,
+    wake: Arc<Notify>,
+) {
+    loop {
+        let (status, latency, error) = check(&backend, config.ping_timeout, config.slow_ping).await;
+        let previous = sender.borrow().clone();
+        if previous.status != status || !previous.checked {
+            match status {
+                HealthStatus::Healthy => {
+                    tracing::info!(backend = backend.name(), "cache backend healthy")
+                }
+                HealthStatus::Degraded => tracing::warn!(
+                    backend = backend.name(),
+                    latency_ms = latency.map(|l| l.as_millis() as u64),
+                    "cache backend degraded: slow answers"
+                ),
+                HealthStatus::Down => tracing::error!(
+                    backend = backend.name(),
+                    error = error.as_deref().unwrap_or(""),
+                    "cache backend down: serving without the cache"
+                ),
+            }
+        }
+        let since = if previous.status == status && previous.checked {
+            previous.since
+        } else {
+            Instant::now()
+        };
+        let snapshot = HealthSnapshot {
+            backend: backend.name(),
+            status,
+            latency,
+            error,
+            since,
+            checked: true,
+        };
+        sender.send_replace(snapshot);
+
+        let pause = if status == HealthStatus::Healthy {
+            config.interval
+        } else {
+            config.down_interval
+        };
+        let breaker_changed = async {
+            match breaker.as_mut() {
+                Some(receiver) => {
+                    if receiver.changed().await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            () = wake.notified() => {}
+            () = breaker_changed => {}
+            // Every handle is gone: stop.
+            () = sender.closed() => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use bytes::Bytes;
+    use ports::{CacheBackend, Entry, MockCacheBackend};
+
+    use super::*;
+
+    fn quick() -> MonitorConfig {
+        MonitorConfig {
+            interval: Duration::from_secs(60),
+            down_interval: Duration::from_millis(20),
+            ping_timeout: Duration::from_millis(100),
+            slow_ping: Duration::from_millis(50),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_backend_that_answers_is_healthy() {
+        let mut mock = MockCacheBackend::new();
+        mock.expect_name().return_const("mock");
+        mock.expect_ping().returning(|| Ok(()));
+        let monitor = HealthMonitor::spawn(Arc::new(mock), None, quick());
+        let snapshot = monitor.wait_for(|s| s.checked).await;
+        assert_eq!(snapshot.status, HealthStatus::Healthy);
+        assert!(snapshot.latency.is_some());
+    }
+
+    #[tokio::test]
+    async fn a_backend_that_fails_is_down_with_the_reason() {
+        let mut mock = MockCacheBackend::new();
+        mock.expect_name().return_const("mock");
+        mock.expect_ping()
+            .returning(|| Err(BackendError::Unavailable("refused".into())));
+        let monitor = HealthMonitor::spawn(Arc::new(mock), None, quick());
+        let snapshot = monitor.wait_for(|s| s.checked).await;
+        assert_eq!(snapshot.status, HealthStatus::Down);
+        assert!(snapshot.error.unwrap().contains("refused"));
+    }
+
+    /// Pings after a delay, or fail, as told.
+    struct Tunable {
+        up: Arc<AtomicBool>,
+        delay: Duration,
+    }
+    #[async_trait::async_trait]
+    impl CacheBackend for Tunable {
+        fn name(&self) -> &'static str {
+            "tunable"
+        }
+        async fn get(&self, _: &str) -> Result<Option<Bytes>, BackendError> {
+            Ok(None)
+        }
+        async fn set(&self, _: &str, _: Bytes, _: Option<Duration>) -> Result<(), BackendError> {
+            Ok(())
+        }
+        async fn delete(&self, _: &str) -> Result<bool, BackendError> {
+            Ok(false)
+        }
+        async fn compare_and_delete(&self, _: &str, _: &[u8]) -> Result<bool, BackendError> {
+            Ok(false)
+        }
+        async fn mget(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>, BackendError> {
+            Ok(vec![None; keys.len()])
+        }
+        async fn mset(&self, _: &[Entry]) -> Result<(), BackendError> {
+            Ok(())
+        }
+        async fn ping(&self) -> Result<(), BackendError> {
+            tokio::time::sleep(self.delay).await;
+            if self.up.load(Ordering::SeqCst) {
+                Ok(())
+            } else {
+                Err(BackendError::Unavailable("down".into()))
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_slow_answer_is_degraded_and_no_answer_is_down() {
+        let up = Arc::new(AtomicBool::new(true));
+        let slow = Tunable {
+            up: up.clone(),
+            delay: Duration::from_millis(70),
+        };
+        let monitor = HealthMonitor::spawn(Arc::new(slow), None, quick());
+        assert_eq!(
+            monitor.wait_for(|s| s.checked).await.status,
+            HealthStatus::Degraded
+        );
+        let hung = Tunable {
+            up,
+            delay: Duration::from_secs(60),
+        };
+        let monitor = HealthMonitor::spawn(Arc::new(hung), None, quick());
+        let snapshot = monitor.wait_for(|s| s.checked).await;
+        assert_eq!(snapshot.status, HealthStatus::Down);
+        assert!(snapshot.error.unwrap().contains("no answer"));
+    }
+
+    #[tokio::test]
+    async fn recovery_is_noticed_at_the_faster_down_interval() {
+        let up = Arc::new(AtomicBool::new(false));
+        let backend = Tunable {
+            up: up.clone(),
+            delay: Duration::ZERO,
+        };
+        let monitor = HealthMonitor::spawn(Arc::new(backend), None, quick());
+        assert_eq!(
+            monitor.wait_for(|s| s.checked).await.status,
+            HealthStatus::Down
+        );
+        up.store(true, Ordering::SeqCst);
+        let started = Instant::now();
+        monitor
+            .wait_for(|s| s.status == HealthStatus::Healthy)
+            .await;
+        // The healthy interval is 60 s: only the 20 ms down interval explains this.
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn a_breaker_transition_triggers_a_check_at_once() {
+        let up = Arc::new(AtomicBool::new(true));
+        let backend = Tunable {
+            up: up.clone(),
+            delay: Duration::ZERO,
+        };
+        let (breaker, receiver) = watch::channel(BreakerState::Closed);
+        let monitor = HealthMonitor::spawn(Arc::new(backend), Some(receiver), quick());
+        assert_eq!(
+            monitor.wait_for(|s| s.checked).await.status,
+            HealthStatus::Healthy
+        );
+        up.store(false, Ordering::SeqCst);
+        breaker.send_replace(BreakerState::Open);
+        let started = Instant::now();
+        monitor.wait_for(|s| s.status == HealthStatus::Down).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "not the 60 s healthy interval"
+        );
+    }
+}
