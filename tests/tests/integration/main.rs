@@ -5,8 +5,11 @@
 
 // A failed unwrap in a test helper is a failed test, with its cause.
 #![allow(clippy::unwrap_used)]
+// The outage tests print what they measured.
+#![allow(clippy::print_stdout)]
 
 mod auth;
 mod contract;
 mod http_e2e;
+mod outage;
 mod typed_cache;

@@ -1,0 +1,338 @@
+//! Redis fails under load, and nobody notices but the logs: the outage tests.
+//!
+//! 32 clients call `GET /users/{uuid}` and `POST /users/lookup` for 20 s over
+//! the Redis backend. After 6 s, Redis is stopped (or frozen: paused, so its
+//! connections hang instead of failing) for 6 s, then brought back, empty
+//! when restarted. Asserted: no request fails or answers wrong; p99 latency
+//! during the fault stays under 50 ms (no request waits on the dead Redis
+//! beyond the first few that meet the 100 ms operation timeout); cache hits
+//! resume within 3 s of Redis answering; `/health` says 503 during and 200
+//! after. Each run prints what it measured and writes it to
+//! `target/outage/<fault>.md`.
+//!
+//! These tests run alone (`cargo xtask ci` runs them after the rest, one at a
+//! time), so that their latencies are not another test's noise.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tests::{TestApp, TestRedis, spawn_app_on_redis};
+use tokio::sync::Mutex;
+
+const CLIENTS: usize = 32;
+const RUN: Duration = Duration::from_secs(20);
+const FAULT_AT: Duration = Duration::from_secs(6);
+const FAULT_FOR: Duration = Duration::from_secs(6);
+const THINK: Duration = Duration::from_millis(5);
+const P99_BOUND: Duration = Duration::from_millis(50);
+const RECOVERY_BOUND: Duration = Duration::from_secs(3);
+
+#[derive(Clone, Copy)]
+enum Fault {
+    /// `docker stop`, then `docker start`: connections fail, Redis comes back empty.
+    Stop,
+    /// `docker pause`, then `docker unpause`: connections hang, data survives.
+    Freeze,
+}
+
+impl Fault {
+    fn name(self) -> &'static str {
+        match self {
+            Fault::Stop => "stopped",
+            Fault::Freeze => "frozen",
+        }
+    }
+}
+
+struct Sample {
+    at: Duration,
+    latency: Duration,
+    ok: bool,
+}
+
+fn uuid(n: u32) -> String {
+    format!("550e8400-e29b-41d4-a716-4466554400{n:02}")
+}
+
+const FIRST_NAMES: [&str; 10] = [
+    "John", "Jane", "Bob", "Alice", "Charlie", "Diana", "Edward", "Fiona", "George", "Hannah",
+];
+
+/// One request, checked: status 200 and the body it must be.
+async fn one_request(app: &TestApp, n: u64) -> bool {
+    let user = u32::try_from(n % 10).unwrap_or(0) + 1;
+    if n.is_multiple_of(2) {
+        let Ok(response) = app
+            .client
+            .get(format!("{}/users/{}", app.address, uuid(user)))
+            .send()
+            .await
+        else {
+            return false;
+        };
+        if response.status() != 200 {
+            return false;
+        }
+        let Ok(body) = response.json::<Value>().await else {
+            return false;
+        };
+        body["uuid"] == uuid(user) && body["first_name"] == FIRST_NAMES[user as usize - 1]
+    } else {
+        let wanted: Vec<u32> = (0..3).map(|i| (user + i * 3 - 1) % 10 + 1).collect();
+        let request = json!({"uuids": wanted.iter().map(|n| uuid(*n)).collect::<Vec<_>>()});
+        let Ok(response) = app
+            .client
+            .post(format!("{}/users/lookup", app.address))
+            .json(&request)
+            .send()
+            .await
+        else {
+            return false;
+        };
+        if response.status() != 200 {
+            return false;
+        }
+        let Ok(body) = response.json::<Value>().await else {
+            return false;
+        };
+        let names: Vec<&str> = body["users"]
+            .as_array()
+            .map(|u| u.iter().filter_map(|u| u["first_name"].as_str()).collect())
+            .unwrap_or_default();
+        let expected: Vec<&str> = wanted
+            .iter()
+            .map(|n| FIRST_NAMES[*n as usize - 1])
+            .collect();
+        names == expected && body["missing"].as_array().is_some_and(Vec::is_empty)
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+struct Phase {
+    requests: usize,
+    errors: usize,
+    p50: Duration,
+    p99: Duration,
+    max: Duration,
+}
+
+fn phase(samples: &[Sample], from: Duration, to: Duration) -> Phase {
+    let mut latencies: Vec<Duration> = samples
+        .iter()
+        .filter(|s| s.at >= from && s.at < to)
+        .map(|s| s.latency)
+        .collect();
+    latencies.sort();
+    Phase {
+        requests: latencies.len(),
+        errors: samples
+            .iter()
+            .filter(|s| s.at >= from && s.at < to && !s.ok)
+            .count(),
+        p50: percentile(&latencies, 50.0),
+        p99: percentile(&latencies, 99.0),
+        max: latencies.last().copied().unwrap_or_default(),
+    }
+}
+
+async fn keyspace_hits(redis: &TestRedis) -> Option<u64> {
+    let client = redis::Client::open(format!(
+        "redis://:{}@127.0.0.1:{}",
+        redis.password, redis.port
+    ))
+    .ok()?;
+    let connect = client.get_multiplexed_async_connection();
+    let mut connection = tokio::time::timeout(Duration::from_millis(200), connect)
+        .await
+        .ok()?
+        .ok()?;
+    let info: String = tokio::time::timeout(
+        Duration::from_millis(200),
+        redis::cmd("INFO").arg("stats").query_async(&mut connection),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("keyspace_hits:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+async fn run(fault: Fault) {
+    let redis = TestRedis::start_with(Some(tests::free_port()), &[]).await;
+    let app = Arc::new(spawn_app_on_redis(&redis, &[]).await);
+    app.wait_for_health(200).await;
+    for n in 0..20 {
+        assert!(one_request(&app, n).await, "warm-up request {n} failed");
+    }
+
+    let started = Instant::now();
+    let samples = Arc::new(Mutex::new(Vec::<Sample>::with_capacity(200_000)));
+    let mut clients = Vec::new();
+    for client in 0..CLIENTS {
+        let (app, samples) = (app.clone(), samples.clone());
+        clients.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            let mut n = client as u64;
+            while started.elapsed() < RUN {
+                let at = started.elapsed();
+                let t = Instant::now();
+                let ok = one_request(&app, n).await;
+                mine.push(Sample {
+                    at,
+                    latency: t.elapsed(),
+                    ok,
+                });
+                n += CLIENTS as u64;
+                tokio::time::sleep(THINK).await;
+            }
+            samples.lock().await.extend(mine);
+        }));
+    }
+    let done = Arc::new(AtomicBool::new(false));
+    let health = {
+        let (app, done) = (app.clone(), done.clone());
+        tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while !done.load(Ordering::Relaxed) {
+                let status = app.get("/health").await.status().as_u16();
+                seen.push((started.elapsed(), status));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            seen
+        })
+    };
+
+    // The fault.
+    tokio::time::sleep(FAULT_AT.saturating_sub(started.elapsed())).await;
+    let fault_start = started.elapsed();
+    match fault {
+        Fault::Stop => redis.container.stop().await.unwrap(),
+        Fault::Freeze => redis.container.pause().await.unwrap(),
+    }
+    tokio::time::sleep((fault_start + FAULT_FOR).saturating_sub(started.elapsed())).await;
+    match fault {
+        Fault::Stop => redis.container.start().await.unwrap(),
+        Fault::Freeze => redis.container.unpause().await.unwrap(),
+    }
+    // Redis answers again, measured from outside the service. Hits are counted
+    // from that first answer on: commands queued in a frozen Redis are served
+    // the moment it resumes and must not pass for the service's recovery.
+    let mut redis_back = None;
+    let mut baseline = None;
+    let mut hits_back = None;
+    while started.elapsed() < RUN + Duration::from_secs(5) && hits_back.is_none() {
+        if let Some(hits) = keyspace_hits(&redis).await {
+            redis_back.get_or_insert(started.elapsed());
+            match baseline {
+                None => baseline = Some(hits),
+                Some(first) if hits > first => hits_back = Some(started.elapsed()),
+                Some(_) => {}
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    for client in clients {
+        client.await.unwrap();
+    }
+    let healthy_after = app.wait_for_health(200).await;
+    done.store(true, Ordering::Relaxed);
+    let health = health.await.unwrap();
+    let samples = samples.lock().await;
+
+    let redis_back = redis_back.expect("Redis never answered again");
+    let hits_back = hits_back.expect("cache hits never resumed");
+    let recovery = hits_back.saturating_sub(redis_back);
+    let before = phase(&samples, Duration::ZERO, fault_start);
+    let during = phase(&samples, fault_start, redis_back);
+    let after = phase(&samples, redis_back, RUN + Duration::from_secs(60));
+    let total = phase(&samples, Duration::ZERO, RUN + Duration::from_secs(60));
+    let unhealthy_during = health
+        .iter()
+        .filter(|(at, s)| *at >= fault_start && *at < redis_back && *s == 503)
+        .count();
+    let first_503 = health
+        .iter()
+        .find(|(at, s)| *at >= fault_start && *s == 503)
+        .map(|(at, _)| at.saturating_sub(fault_start));
+
+    let mut report = String::new();
+    let _ = writeln!(
+        report,
+        "Redis {} for {:.1} s under {CLIENTS} clients, {:.0} s run",
+        fault.name(),
+        (redis_back - fault_start).as_secs_f64(),
+        RUN.as_secs_f64()
+    );
+    let _ = writeln!(
+        report,
+        "| phase | requests | errors | p50 ms | p99 ms | max ms |"
+    );
+    let _ = writeln!(report, "| --- | ---: | ---: | ---: | ---: | ---: |");
+    for (name, p) in [
+        ("before", &before),
+        ("during", &during),
+        ("after", &after),
+        ("total", &total),
+    ] {
+        let _ = writeln!(
+            report,
+            "| {name} | {} | {} | {:.2} | {:.2} | {:.1} |",
+            p.requests,
+            p.errors,
+            p.p50.as_secs_f64() * 1e3,
+            p.p99.as_secs_f64() * 1e3,
+            p.max.as_secs_f64() * 1e3
+        );
+    }
+    let _ = writeln!(
+        report,
+        "cache hits resumed {:.2} s after Redis answered; /health: first 503 {} after the fault, {unhealthy_during} of its polls 503 during, 200 again {:.2} s after the run",
+        recovery.as_secs_f64(),
+        first_503.map_or("never".into(), |d| format!("{:.2} s", d.as_secs_f64())),
+        healthy_after.as_secs_f64(),
+    );
+    println!("\n{report}");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/outage");
+    let _ = std::fs::create_dir_all(&dir);
+    let _ = std::fs::write(dir.join(format!("{}.md", fault.name())), &report);
+
+    assert_eq!(total.errors, 0, "failed or wrong answers\n{report}");
+    assert!(
+        during.requests > 1000,
+        "too little load during the fault to judge\n{report}"
+    );
+    assert!(
+        during.p99 < P99_BOUND,
+        "p99 during the fault over {P99_BOUND:?}\n{report}"
+    );
+    assert!(
+        recovery < RECOVERY_BOUND,
+        "cache hits took {recovery:?} to resume\n{report}"
+    );
+    assert!(
+        unhealthy_during > 0,
+        "/health never said 503 during the fault\n{report}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_redis_under_load_fails_no_request() {
+    run(Fault::Stop).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_redis_under_load_fails_no_request() {
+    run(Fault::Freeze).await;
+}
