@@ -89,8 +89,8 @@ pub struct CacheSettings {
     pub breaker_probe_interval: Duration,
 }
 
-/// How to reach Redis.
-#[derive(Debug, Clone)]
+/// How to reach Redis. `Debug` hides the password and URL credentials.
+#[derive(Clone)]
 pub struct RedisSettings {
     /// `redis://host:port[/db]`.
     pub url: String,
@@ -104,6 +104,19 @@ pub struct RedisSettings {
     pub connect_timeout: Duration,
     /// Bound on one command's answer.
     pub response_timeout: Duration,
+}
+
+impl std::fmt::Debug for RedisSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisSettings")
+            .field("url", &adapters::backend::redact_url(&self.url))
+            .field("username", &self.username)
+            .field("password", &self.password)
+            .field("db", &self.db)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("response_timeout", &self.response_timeout)
+            .finish()
+    }
 }
 
 /// The in-memory backend.
@@ -728,6 +741,8 @@ mod tests {
     fn the_password_never_shows_in_debug_or_errors() {
         let settings = load(&[("REDIS_PASSWORD", "hunter2-secret")]).unwrap();
         assert!(!format!("{settings:?}").contains("hunter2-secret"));
+        let settings = load(&[("REDIS_URL", "redis://:in-url-secret@cache:6379")]).unwrap();
+        assert!(!format!("{settings:?}").contains("in-url-secret"));
         let error = load(&[
             ("REDIS_PASSWORD", "hunter2-secret"),
             ("CACHEMANAGER__SERVER__PORT", "hunter2-secret"),

@@ -9,5 +9,5 @@ mod timeout;
 pub use breaker::{BreakerConfig, BreakerState, CircuitBreaker};
 pub use memory::{MemoryBackend, MemoryConfig};
 pub use noop::NoopBackend;
-pub use redis::{RedisBackend, RedisConfig, RedisSetupError, check_redis_url};
+pub use redis::{RedisBackend, RedisConfig, RedisSetupError, check_redis_url, redact_url};
 pub use timeout::TimeoutBackend;

@@ -23,8 +23,9 @@ return 0
 ";
 
 /// How to reach Redis. The password is kept apart from the URL so that it can
-/// come from a secret store, and never shows in `Debug` or logs.
-#[derive(Debug, Clone)]
+/// come from a secret store, and never shows in `Debug` or logs (nor does a
+/// password written into the URL).
+#[derive(Clone)]
 pub struct RedisConfig {
     /// `redis://host:port[/db]`. A password in the URL works, but
     /// [`RedisConfig::password`] takes precedence and is the recommended way.
@@ -39,6 +40,29 @@ pub struct RedisConfig {
     pub connect_timeout: Duration,
     /// Bound on one command's answer (the seed's 5 s).
     pub response_timeout: Duration,
+}
+
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &redact_url(&self.url))
+            .field("username", &self.username)
+            .field("password", &self.password)
+            .field("db", &self.db)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("response_timeout", &self.response_timeout)
+            .finish()
+    }
+}
+
+/// `url` with any credentials in it replaced by `***`, for logs and `Debug`.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end + 3 => {
+            format!("{}***{}", &url[..scheme_end + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
 }
 
 impl Default for RedisConfig {
@@ -392,6 +416,21 @@ mod tests {
             "{setup:?}"
         );
         assert!(!format!("{setup} {setup:?} {backend:?} {config:?}").contains("pw-never-shown"));
+    }
+
+    #[test]
+    fn credentials_in_the_url_never_show_in_debug() {
+        let config = RedisConfig {
+            url: "redis://admin:url-secret@cache:6379/1".into(),
+            ..RedisConfig::default()
+        };
+        let text = format!("{config:?}");
+        assert!(
+            !text.contains("url-secret") && !text.contains("admin"),
+            "{text}"
+        );
+        assert!(text.contains("redis://***@cache:6379/1"), "{text}");
+        assert_eq!(redact_url("redis://cache:6379"), "redis://cache:6379");
     }
 
     #[test]

@@ -10,6 +10,8 @@
 
 mod auth;
 mod contract;
+mod hostile;
 mod http_e2e;
 mod outage;
+mod security;
 mod typed_cache;
