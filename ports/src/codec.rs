@@ -128,3 +128,40 @@ mod tests {
         ));
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn text_round_trips_every_integer(n in any::<i64>()) {
+            let bytes = <TextCodec as Codec<i64>>::encode(&n).unwrap();
+            prop_assert_eq!(<TextCodec as Codec<i64>>::decode(&bytes).unwrap(), n);
+        }
+
+        #[test]
+        fn text_round_trips_every_uuid(raw in any::<u128>()) {
+            let id = uuid::Uuid::from_u128(raw);
+            let bytes = <TextCodec as Codec<uuid::Uuid>>::encode(&id).unwrap();
+            prop_assert_eq!(<TextCodec as Codec<uuid::Uuid>>::decode(&bytes).unwrap(), id);
+        }
+
+        #[test]
+        fn json_round_trips_structured_values(v in proptest::collection::btree_map(any::<String>(), any::<(i32, bool, Option<String>)>(), 0..8)) {
+            let bytes = <JsonCodec as Codec<BTreeMap<String, (i32, bool, Option<String>)>>>::encode(&v).unwrap();
+            prop_assert_eq!(<JsonCodec as Codec<BTreeMap<String, (i32, bool, Option<String>)>>>::decode(&bytes).unwrap(), v);
+        }
+
+        #[test]
+        fn garbage_never_panics_a_decoder(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = <TextCodec as Codec<i64>>::decode(&bytes);
+            let _ = <TextCodec as Codec<uuid::Uuid>>::decode(&bytes);
+            let _ = <JsonCodec as Codec<BTreeMap<String, i32>>>::decode(&bytes);
+        }
+    }
+}

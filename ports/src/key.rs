@@ -103,3 +103,33 @@ mod tests {
         assert_eq!(full_key("ns", "café"), "ns:café");
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn any_string_key_stays_inside_its_namespace(key in any::<String>()) {
+            let full = full_key("ns", key.as_str());
+            prop_assert!(full.starts_with("ns:"));
+            let segment = &full["ns:".len()..];
+            prop_assert!(!segment.contains(':'));
+            let forbidden = |c: char| c.is_whitespace() || c.is_control() || ['*', '?', '[', ']', '{', '}', '\\'].contains(&c);
+            prop_assert!(!segment.chars().any(forbidden), "{}", segment);
+        }
+
+        #[test]
+        fn distinct_string_keys_never_collide(a in any::<String>(), b in any::<String>()) {
+            prop_assume!(a != b);
+            prop_assert_ne!(full_key("ns", a.as_str()), full_key("ns", b.as_str()));
+        }
+
+        #[test]
+        fn integer_keys_are_their_decimal_form(n in any::<i64>()) {
+            prop_assert_eq!(full_key("ns", &n), format!("ns:{n}"));
+        }
+    }
+}

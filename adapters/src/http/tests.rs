@@ -467,3 +467,48 @@ async fn a_request_slower_than_the_timeout_answers_503_json() {
         started.elapsed()
     );
 }
+
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn any_user_queries() -> MockUserQueries {
+        let mut queries = MockUserQueries::new();
+        queries
+            .expect_user_by_uuid()
+            .returning(|u| Err(UserError::NotFoundByUuid(u)));
+        queries.expect_lookup().returning(|u| {
+            Ok(Lookup {
+                users: vec![],
+                missing: u.to_vec(),
+            })
+        });
+        queries
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn no_path_segment_makes_the_service_fail(segment in "\\PC{0,300}") {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let status = runtime.block_on(async {
+                let client = client_with(any_user_queries()).await;
+                let encoded: String = segment.bytes().map(|b| format!("%{b:02X}")).collect();
+                client.get(format!("/users/{encoded}")).send().await.0.status()
+            });
+            prop_assert!(status.is_client_error(), "{status} for {segment:?}");
+        }
+
+        #[test]
+        fn no_lookup_body_makes_the_service_fail(body in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let status = runtime.block_on(async {
+                let client = client_with(any_user_queries()).await;
+                client.post("/users/lookup").content_type("application/json").body(body.clone()).send().await.0.status()
+            });
+            prop_assert!(status.is_client_error() || status.is_success(), "{status}");
+        }
+    }
+}
