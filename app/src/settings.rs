@@ -104,6 +104,8 @@ pub struct RedisSettings {
     pub connect_timeout: Duration,
     /// Bound on one command's answer.
     pub response_timeout: Duration,
+    /// For `rediss://`: the PEM file of the CA to trust (default: system roots).
+    pub ca_file: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for RedisSettings {
@@ -115,6 +117,7 @@ impl std::fmt::Debug for RedisSettings {
             .field("db", &self.db)
             .field("connect_timeout", &self.connect_timeout)
             .field("response_timeout", &self.response_timeout)
+            .field("ca_file", &self.ca_file)
             .finish()
     }
 }
@@ -247,6 +250,7 @@ struct RawRedis {
     db: Option<i64>,
     connect_timeout_ms: i64,
     response_timeout_ms: i64,
+    ca_file: Option<String>,
 }
 
 impl Default for RawRedis {
@@ -258,6 +262,7 @@ impl Default for RawRedis {
             db: None,
             connect_timeout_ms: 2_000,
             response_timeout_ms: 5_000,
+            ca_file: None,
         }
     }
 }
@@ -551,6 +556,7 @@ impl RawSettings {
                     "redis.response_timeout_ms",
                     self.redis.response_timeout_ms,
                 )?,
+                ca_file: non_empty(self.redis.ca_file).map(PathBuf::from),
             },
             memory: MemorySettings { max_bytes },
             users: UsersSettings {

@@ -81,6 +81,7 @@ pub fn build_backend(settings: &Settings) -> Result<BuiltBackend, StartupError> 
                 db: redis.db,
                 connect_timeout: redis.connect_timeout,
                 response_timeout: redis.response_timeout,
+                ca_file: redis.ca_file.clone(),
             })?;
             // Say early, once, whether Redis is usable (a wrong password, a
             // wrong host) without delaying start-up or failing it.

@@ -110,6 +110,16 @@ impl TestRedis {
     /// stopped and restarted container keeps its address); `extra` are more
     /// `redis-server` arguments.
     pub async fn start_with(host_port: Option<u16>, extra: &[&str]) -> Self {
+        Self::start_custom(host_port, extra, None).await
+    }
+
+    /// Like [`TestRedis::start_with`], with a host folder bind-mounted
+    /// read-only into the container (`(host, container)`), e.g. TLS files.
+    pub async fn start_custom(
+        host_port: Option<u16>,
+        extra: &[&str],
+        mount: Option<(&std::path::Path, &str)>,
+    ) -> Self {
         let (name, tag) = redis_image();
         let password = fresh_password();
         let mut cmd: Vec<String> = [
@@ -133,6 +143,11 @@ impl TestRedis {
             .with_startup_timeout(Duration::from_secs(60));
         if let Some(port) = host_port {
             request = request.with_mapped_port(port, ContainerPort::Tcp(6379));
+        }
+        if let Some((host, inside)) = mount {
+            let mount = testcontainers::core::Mount::bind_mount(host.display().to_string(), inside)
+                .with_access_mode(testcontainers::core::AccessMode::ReadOnly);
+            request = request.with_mount(mount);
         }
         let container = match request.start().await {
             Ok(container) => container,

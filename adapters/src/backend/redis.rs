@@ -40,6 +40,9 @@ pub struct RedisConfig {
     pub connect_timeout: Duration,
     /// Bound on one command's answer (the seed's 5 s).
     pub response_timeout: Duration,
+    /// For `rediss://` URLs: a PEM file of the certificate authority that
+    /// signed the server's certificate. `None` trusts the system's roots.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for RedisConfig {
@@ -51,6 +54,7 @@ impl std::fmt::Debug for RedisConfig {
             .field("db", &self.db)
             .field("connect_timeout", &self.connect_timeout)
             .field("response_timeout", &self.response_timeout)
+            .field("ca_file", &self.ca_file)
             .finish()
     }
 }
@@ -74,6 +78,7 @@ impl Default for RedisConfig {
             db: None,
             connect_timeout: Duration::from_secs(2),
             response_timeout: Duration::from_secs(5),
+            ca_file: None,
         }
     }
 }
@@ -92,6 +97,9 @@ pub enum RedisSetupError {
         /// Redis's reason (`WRONGPASS`, `NOAUTH`), without the secret.
         reason: String,
     },
+    /// The TLS settings cannot be used (an unreadable CA file).
+    #[error("Redis TLS: {0}")]
+    Tls(String),
     /// Redis did not answer.
     #[error("Redis at {target} is unreachable: {reason}")]
     Unreachable {
@@ -143,8 +151,21 @@ impl RedisBackend {
         }
         let target = format!("{}/{}", info.addr(), settings.db());
         let info = info.set_redis_settings(settings);
-        let client = redis::Client::open(info)
-            .map_err(|e| RedisSetupError::InvalidUrl(redact(&e.to_string(), config)))?;
+        let client = match &config.ca_file {
+            Some(path) => {
+                let root_cert = std::fs::read(path).map_err(|e| {
+                    RedisSetupError::Tls(format!("cannot read CA file {}: {e}", path.display()))
+                })?;
+                let certificates = redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(root_cert),
+                };
+                redis::Client::build_with_tls(info, certificates)
+                    .map_err(|e| RedisSetupError::Tls(redact(&e.to_string(), config)))?
+            }
+            None => redis::Client::open(info)
+                .map_err(|e| RedisSetupError::InvalidUrl(redact(&e.to_string(), config)))?,
+        };
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.connect_timeout))
             .set_response_timeout(Some(config.response_timeout))

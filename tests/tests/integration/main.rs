@@ -14,4 +14,5 @@ mod hostile;
 mod http_e2e;
 mod outage;
 mod security;
+mod tls;
 mod typed_cache;
