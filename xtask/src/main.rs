@@ -20,7 +20,8 @@ const HELP: &str = "\
 cargo xtask <command>
 
 commands:
-  ci                    fmt, clippy, unit tests, integration tests (real Redis), docs
+  ci                    fmt, clippy, unit tests, integration tests (real Redis),
+                        outage tests (alone), docs
   redis-image [--force] make sure a Redis image exists for the integration suite
                         (official redis:7-alpine, else build cachemanager/redis:local)
 ";
@@ -112,7 +113,23 @@ fn ci() -> Result<()> {
         step("redis image", || redis_image::ensure(false).map(drop)),
         step(
             "integration tests",
-            cargo(&["test", "-p", "tests", "--locked"]),
+            cargo(&[
+                "test", "-p", "tests", "--locked", "--", "--skip", "outage::",
+            ]),
+        ),
+        // Alone and one at a time: their latency bounds must not measure other tests.
+        step(
+            "outage tests",
+            cargo(&[
+                "test",
+                "-p",
+                "tests",
+                "--locked",
+                "outage::",
+                "--",
+                "--test-threads=1",
+                "--show-output",
+            ]),
         ),
         step("docs", || {
             run(
