@@ -55,7 +55,8 @@ impl WriteBatch {
             return;
         }
         if let Err(error) = self.backend.mset(&self.entries).await {
-            tracing::error!(entries = self.entries.len(), %error, "cache batch write failed; values not cached");
+            // Same rule as the typed caches: an open circuit is not news.
+            crate::typed::log_backend_error("batch", "mset", &self.entries[0].key, &error);
         }
     }
 }

@@ -173,12 +173,12 @@ impl<D: CacheDefinition> TypedCache<D> {
                 // A plain delete: such a value cannot be compared. Should a
                 // valid value land in between, it costs one later miss.
                 if let Err(error) = self.backend.delete(&key).await {
-                    log_backend_error::<D>("invalidate", &key, &error);
+                    log_backend_error(D::NAMESPACE, "invalidate", &key, &error);
                 }
                 None
             }
             Err(error) => {
-                log_backend_error::<D>("get", &key, &error);
+                log_backend_error(D::NAMESPACE, "get", &key, &error);
                 None
             }
         }
@@ -205,7 +205,7 @@ impl<D: CacheDefinition> TypedCache<D> {
         let bytes = self.encode(value)?;
         let key = self.key(key);
         if let Err(error) = self.backend.set(&key, bytes, ttl.expiry()).await {
-            log_backend_error::<D>("set", &key, &error);
+            log_backend_error(D::NAMESPACE, "set", &key, &error);
         }
         Ok(())
     }
@@ -214,7 +214,7 @@ impl<D: CacheDefinition> TypedCache<D> {
     pub async fn invalidate(&self, key: &D::Key) {
         let key = self.key(key);
         if let Err(error) = self.backend.delete(&key).await {
-            log_backend_error::<D>("invalidate", &key, &error);
+            log_backend_error(D::NAMESPACE, "invalidate", &key, &error);
         }
     }
 
@@ -244,7 +244,7 @@ impl<D: CacheDefinition> TypedCache<D> {
                 return Ok(misses(keys.len()));
             }
             Err(error) => {
-                log_backend_error::<D>("mget", &full_keys[0], &error);
+                log_backend_error(D::NAMESPACE, "mget", &full_keys[0], &error);
                 return Ok(misses(keys.len()));
             }
         };
@@ -276,7 +276,7 @@ impl<D: CacheDefinition> TypedCache<D> {
             .map(|(key, value)| self.entry(key, value))
             .collect::<Result<Vec<_>, _>>()?;
         if let Err(error) = self.backend.mset(&encoded).await {
-            log_backend_error::<D>("mset", &encoded[0].key, &error);
+            log_backend_error(D::NAMESPACE, "mset", &encoded[0].key, &error);
         }
         Ok(())
     }
@@ -288,7 +288,7 @@ impl<D: CacheDefinition> TypedCache<D> {
                 tracing::warn!(namespace = D::NAMESPACE, %key, %error, len = raw.len(), "corrupt cache entry; invalidating");
                 // Compare-and-delete: a valid value written meanwhile survives.
                 if let Err(error) = self.backend.compare_and_delete(key, &raw).await {
-                    log_backend_error::<D>("invalidate", key, &error);
+                    log_backend_error(D::NAMESPACE, "invalidate", key, &error);
                 }
                 None
             }
@@ -298,11 +298,16 @@ impl<D: CacheDefinition> TypedCache<D> {
 
 /// Logs a swallowed backend error. An open circuit is logged at debug: the
 /// breaker reports its own transitions once, not once per request.
-fn log_backend_error<D: CacheDefinition>(operation: &'static str, key: &str, error: &BackendError) {
+pub(crate) fn log_backend_error(
+    namespace: &str,
+    operation: &'static str,
+    key: &str,
+    error: &BackendError,
+) {
     if matches!(error, BackendError::CircuitOpen) {
-        tracing::debug!(namespace = D::NAMESPACE, operation, %key, "cache skipped: circuit open");
+        tracing::debug!(namespace, operation, %key, "cache skipped: circuit open");
     } else {
-        tracing::error!(namespace = D::NAMESPACE, operation, %key, %error, "cache operation failed; served without the cache");
+        tracing::error!(namespace, operation, %key, %error, "cache operation failed; served without the cache");
     }
 }
 

@@ -207,6 +207,47 @@ impl TestRedis {
     }
 }
 
+/// Every log line, at every level, captured in memory for assertions.
+///
+/// Use it with a current-thread runtime (`#[tokio::test(flavor =
+/// "current_thread")]`): the subscriber is the thread's, so every task of the
+/// service must run on that thread for its logs to be seen.
+#[derive(Clone, Default)]
+pub struct LogCapture(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogCapture {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut buffer) = self.0.lock() {
+            buffer.extend_from_slice(bytes);
+        }
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl LogCapture {
+    /// Starts capturing on this thread, at TRACE level, until the guard drops.
+    pub fn start(&self) -> tracing::subscriber::DefaultGuard {
+        let writer = self.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::set_default(subscriber)
+    }
+
+    /// Everything captured so far.
+    pub fn text(&self) -> String {
+        self.0
+            .lock()
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+}
+
 /// Installs a subscriber when `TEST_LOG` is set; silent otherwise.
 pub fn init_test_logging() {
     static ONCE: OnceLock<()> = OnceLock::new();

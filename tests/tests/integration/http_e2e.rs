@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use redis::AsyncCommands;
 use serde_json::{Value, json};
-use tests::{TestRedis, spawn_app, spawn_app_on_redis};
+use tests::{LogCapture, TestRedis, spawn_app, spawn_app_on_redis};
 
 const JOHN: &str = "550e8400-e29b-41d4-a716-446655440001";
 
@@ -124,4 +124,41 @@ async fn the_memory_and_noop_backends_serve_the_same_answers() {
         assert_eq!(health["cache"]["backend"], backend);
         app.stop().await;
     }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn an_outage_is_logged_once_not_once_per_request() {
+    let captured = LogCapture::default();
+    let _guard = captured.start();
+    let redis = TestRedis::start().await;
+    let app = spawn_app_on_redis(&redis, &[]).await;
+    app.wait_for_health(200).await;
+    redis.container.stop().await.unwrap();
+    for n in 0..300 {
+        let response = if n % 2 == 0 {
+            app.get(&format!("/users/{JOHN}")).await
+        } else {
+            app.post_json("/users/lookup", &json!({"uuids": [JOHN]}))
+                .await
+        };
+        assert_eq!(response.status(), 200);
+    }
+    app.stop().await;
+
+    let logs = captured.text();
+    let count = |needle: &str| logs.lines().filter(|l| l.contains(needle)).count();
+    assert_eq!(count("circuit opened"), 1, "{logs}");
+    assert_eq!(count("cache backend down"), 1, "{logs}");
+    // Above INFO: only the few failures that opened the circuit, the
+    // transitions, and the start-up probe's verdict. Nothing per request.
+    let loud: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains(" ERROR ") || l.contains(" WARN "))
+        .collect();
+    assert!(
+        loud.len() <= 12,
+        "{} error and warning lines for 300 requests:\n{}",
+        loud.len(),
+        loud.join("\n")
+    );
 }

@@ -1,12 +1,9 @@
 //! Redis AUTH with an ACL user, and secrets that never leak.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
 use adapters::Secret;
 use adapters::backend::{RedisBackend, RedisConfig, RedisSetupError};
 use serde_json::Value;
-use tests::{TestRedis, spawn_app};
+use tests::{LogCapture, TestRedis, spawn_app};
 
 const ACL_USER: &str = "cachemanager";
 const ACL_PASSWORD: &str = "acl-pw-5b7d1e";
@@ -83,40 +80,14 @@ async fn the_service_runs_as_an_acl_user() {
     app.stop().await;
 }
 
-/// Every log line, at every level, written into memory.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
 // Current-thread runtime: every task of the service runs on this thread, so
 // the thread's subscriber sees all of their logs.
 #[tokio::test(flavor = "current_thread")]
 async fn a_wrong_password_appears_in_no_log_error_health_body_or_debug_output() {
     let redis = TestRedis::start().await;
     let wrong = "leak-canary-7f3a9c";
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let captured = LogCapture::default();
+    let _guard = captured.start();
 
     // Through the whole service: settings, start-up probe, requests, health.
     let url = format!("redis://:{wrong}@127.0.0.1:{}", redis.port);
