@@ -217,12 +217,12 @@ async fn run(
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::Ordering;
 
-    use bytes::Bytes;
-    use ports::{CacheBackend, Entry, MockCacheBackend};
+    use ports::MockCacheBackend;
 
     use super::*;
+    use crate::backend::stub::{FOREVER, StubBackend};
 
     fn quick() -> MonitorConfig {
         MonitorConfig {
@@ -256,60 +256,15 @@ mod tests {
         assert!(snapshot.error.unwrap().contains("refused"));
     }
 
-    /// Pings after a delay, or fail, as told.
-    struct Tunable {
-        up: Arc<AtomicBool>,
-        delay: Duration,
-    }
-    #[async_trait::async_trait]
-    impl CacheBackend for Tunable {
-        fn name(&self) -> &'static str {
-            "tunable"
-        }
-        async fn get(&self, _: &str) -> Result<Option<Bytes>, BackendError> {
-            Ok(None)
-        }
-        async fn set(&self, _: &str, _: Bytes, _: Option<Duration>) -> Result<(), BackendError> {
-            Ok(())
-        }
-        async fn delete(&self, _: &str) -> Result<bool, BackendError> {
-            Ok(false)
-        }
-        async fn compare_and_delete(&self, _: &str, _: &[u8]) -> Result<bool, BackendError> {
-            Ok(false)
-        }
-        async fn mget(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>, BackendError> {
-            Ok(vec![None; keys.len()])
-        }
-        async fn mset(&self, _: &[Entry]) -> Result<(), BackendError> {
-            Ok(())
-        }
-        async fn ping(&self) -> Result<(), BackendError> {
-            tokio::time::sleep(self.delay).await;
-            if self.up.load(Ordering::SeqCst) {
-                Ok(())
-            } else {
-                Err(BackendError::Unavailable("down".into()))
-            }
-        }
-    }
-
     #[tokio::test]
     async fn a_slow_answer_is_degraded_and_no_answer_is_down() {
-        let up = Arc::new(AtomicBool::new(true));
-        let slow = Tunable {
-            up: up.clone(),
-            delay: Duration::from_millis(70),
-        };
+        let slow = StubBackend::new().ping_delay(Duration::from_millis(70));
         let monitor = HealthMonitor::spawn(Arc::new(slow), None, quick());
         assert_eq!(
             monitor.wait_for(|s| s.checked).await.status,
             HealthStatus::Degraded
         );
-        let hung = Tunable {
-            up,
-            delay: Duration::from_secs(60),
-        };
+        let hung = StubBackend::new().ping_delay(FOREVER);
         let monitor = HealthMonitor::spawn(Arc::new(hung), None, quick());
         let snapshot = monitor.wait_for(|s| s.checked).await;
         assert_eq!(snapshot.status, HealthStatus::Down);
@@ -318,11 +273,8 @@ mod tests {
 
     #[tokio::test]
     async fn recovery_is_noticed_at_the_faster_down_interval() {
-        let up = Arc::new(AtomicBool::new(false));
-        let backend = Tunable {
-            up: up.clone(),
-            delay: Duration::ZERO,
-        };
+        let backend = StubBackend::new().down();
+        let up = backend.switch();
         let monitor = HealthMonitor::spawn(Arc::new(backend), None, quick());
         assert_eq!(
             monitor.wait_for(|s| s.checked).await.status,
@@ -339,11 +291,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_breaker_transition_triggers_a_check_at_once() {
-        let up = Arc::new(AtomicBool::new(true));
-        let backend = Tunable {
-            up: up.clone(),
-            delay: Duration::ZERO,
-        };
+        let backend = StubBackend::new();
+        let up = backend.switch();
         let (breaker, receiver) = watch::channel(BreakerState::Closed);
         let monitor = HealthMonitor::spawn(Arc::new(backend), Some(receiver), quick());
         assert_eq!(

@@ -10,6 +10,6 @@ pub mod telemetry;
 
 pub use settings::{
     BackendKind, CacheSettings, DEFAULT_FILE, HealthSettings, LogFormat, LogSettings,
-    MemorySettings, RedisSettings, ServerSettings, Settings, SettingsError, UsersSettings,
+    MemorySettings, ServerSettings, Settings, SettingsError, UsersSettings,
 };
 pub use startup::{Application, BuiltBackend, StartupError, build_backend, shutdown_signal};

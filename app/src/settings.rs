@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use adapters::Secret;
+use adapters::backend::RedisConfig;
 use config::{Config, Environment, File, FileFormat};
 use ports::{CachePolicy, Ttl};
 use serde::Deserialize;
@@ -89,39 +90,6 @@ pub struct CacheSettings {
     pub breaker_probe_interval: Duration,
 }
 
-/// How to reach Redis. `Debug` hides the password and URL credentials.
-#[derive(Clone)]
-pub struct RedisSettings {
-    /// `redis://host:port[/db]`.
-    pub url: String,
-    /// ACL user name.
-    pub username: Option<String>,
-    /// Password; never shown.
-    pub password: Option<Secret>,
-    /// Database index.
-    pub db: Option<i64>,
-    /// Bound on connecting.
-    pub connect_timeout: Duration,
-    /// Bound on one command's answer.
-    pub response_timeout: Duration,
-    /// For `rediss://`: the PEM file of the CA to trust (default: system roots).
-    pub ca_file: Option<PathBuf>,
-}
-
-impl std::fmt::Debug for RedisSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisSettings")
-            .field("url", &adapters::backend::redact_url(&self.url))
-            .field("username", &self.username)
-            .field("password", &self.password)
-            .field("db", &self.db)
-            .field("connect_timeout", &self.connect_timeout)
-            .field("response_timeout", &self.response_timeout)
-            .field("ca_file", &self.ca_file)
-            .finish()
-    }
-}
-
 /// The in-memory backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MemorySettings {
@@ -165,8 +133,9 @@ pub struct Settings {
     pub server: ServerSettings,
     /// Cache layer.
     pub cache: CacheSettings,
-    /// Redis backend.
-    pub redis: RedisSettings,
+    /// Redis backend: the adapter's own configuration (its `Debug` hides
+    /// the password and any credentials in the URL).
+    pub redis: RedisConfig,
     /// Memory backend.
     pub memory: MemorySettings,
     /// Users store.
@@ -546,7 +515,7 @@ impl RawSettings {
                     self.cache.breaker.probe_interval_ms,
                 )?,
             },
-            redis: RedisSettings {
+            redis: RedisConfig {
                 url: self.redis.url,
                 username: non_empty(self.redis.username),
                 password: non_empty(self.redis.password).map(Secret::new),

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use adapters::backend::{
     BreakerConfig, CircuitBreaker, MemoryBackend, MemoryConfig, NoopBackend, RedisBackend,
-    RedisConfig, RedisSetupError, TimeoutBackend,
+    RedisSetupError, TimeoutBackend,
 };
 use adapters::health::{HealthMonitor, MonitorConfig};
 use adapters::http::{HttpConfig, routes};
@@ -73,16 +73,7 @@ pub fn build_backend(settings: &Settings) -> Result<BuiltBackend, StartupError> 
             }
         }
         BackendKind::Redis => {
-            let redis = &settings.redis;
-            let backend = RedisBackend::new(&RedisConfig {
-                url: redis.url.clone(),
-                username: redis.username.clone(),
-                password: redis.password.clone(),
-                db: redis.db,
-                connect_timeout: redis.connect_timeout,
-                response_timeout: redis.response_timeout,
-                ca_file: redis.ca_file.clone(),
-            })?;
+            let backend = RedisBackend::new(&settings.redis)?;
             // Say early, once, whether Redis is usable (a wrong password, a
             // wrong host) without delaying start-up or failing it.
             let probe = backend.clone();

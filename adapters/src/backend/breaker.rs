@@ -214,9 +214,9 @@ impl CacheBackend for CircuitBreaker {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::AtomicBool;
-
     use ports::MockCacheBackend;
+
+    use crate::backend::stub::StubBackend;
 
     use super::*;
 
@@ -281,55 +281,11 @@ mod tests {
         assert_eq!(breaker.state(), BreakerState::Closed);
     }
 
-    /// A backend that fails until `healthy` is set.
-    struct Flaky {
-        healthy: Arc<AtomicBool>,
-    }
-    #[async_trait]
-    impl CacheBackend for Flaky {
-        fn name(&self) -> &'static str {
-            "flaky"
-        }
-        async fn get(&self, _: &str) -> Result<Option<Bytes>, BackendError> {
-            if self.healthy.load(Ordering::SeqCst) {
-                Ok(None)
-            } else {
-                Err(down())
-            }
-        }
-        async fn set(&self, _: &str, _: Bytes, _: Option<Duration>) -> Result<(), BackendError> {
-            Ok(())
-        }
-        async fn delete(&self, _: &str) -> Result<bool, BackendError> {
-            Ok(false)
-        }
-        async fn compare_and_delete(&self, _: &str, _: &[u8]) -> Result<bool, BackendError> {
-            Ok(false)
-        }
-        async fn mget(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>, BackendError> {
-            Ok(vec![None; keys.len()])
-        }
-        async fn mset(&self, _: &[Entry]) -> Result<(), BackendError> {
-            Ok(())
-        }
-        async fn ping(&self) -> Result<(), BackendError> {
-            if self.healthy.load(Ordering::SeqCst) {
-                Ok(())
-            } else {
-                Err(down())
-            }
-        }
-    }
-
     #[tokio::test(start_paused = true)]
     async fn the_probe_closes_it_once_the_backend_answers() {
-        let healthy = Arc::new(AtomicBool::new(false));
-        let breaker = CircuitBreaker::new(
-            Arc::new(Flaky {
-                healthy: healthy.clone(),
-            }),
-            config(),
-        );
+        let flaky = StubBackend::new().down();
+        let healthy = flaky.switch();
+        let breaker = CircuitBreaker::new(Arc::new(flaky), config());
         let mut transitions = breaker.subscribe();
         for _ in 0..3 {
             let _ = breaker.get("k").await;

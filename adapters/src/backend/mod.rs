@@ -4,6 +4,8 @@ mod breaker;
 mod memory;
 mod noop;
 mod redis;
+#[cfg(test)]
+pub(crate) mod stub;
 mod timeout;
 
 pub use breaker::{BreakerConfig, BreakerState, CircuitBreaker};

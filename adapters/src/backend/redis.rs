@@ -59,13 +59,18 @@ impl std::fmt::Debug for RedisConfig {
     }
 }
 
+/// Where the credentials of `url` are: between `://` and the last `@`.
+fn credentials(url: &str) -> Option<std::ops::Range<usize>> {
+    let start = url.find("://")? + 3;
+    let at = url.rfind('@')?;
+    (at > start).then_some(start..at)
+}
+
 /// `url` with any credentials in it replaced by `***`, for logs and `Debug`.
 pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end + 3 => {
-            format!("{}***{}", &url[..scheme_end + 3], &url[at..])
-        }
-        _ => url.to_owned(),
+    match credentials(url) {
+        Some(range) => format!("{}***{}", &url[..range.start], &url[range.end..]),
+        None => url.to_owned(),
     }
 }
 
@@ -269,12 +274,9 @@ fn redact(message: &str, config: &RedisConfig) -> String {
     {
         text = text.replace(password.expose(), "***");
     }
-    // A password inside the URL: everything between "://" and "@".
-    if let (Some(start), Some(at)) = (config.url.find("://"), config.url.rfind('@'))
-        && at > start + 3
-    {
-        // Non-empty: the slice runs from after "://" to before '@'.
-        text = text.replace(&config.url[start + 3..at], "***");
+    // Credentials inside the URL.
+    if let Some(range) = credentials(&config.url) {
+        text = text.replace(&config.url[range], "***");
     }
     text
 }

@@ -73,42 +73,16 @@ mod tests {
 
     use ports::MockCacheBackend;
 
-    use super::*;
+    use crate::backend::stub::{FOREVER, StubBackend};
 
-    /// A backend whose reads never complete, like a frozen Redis.
-    struct Hung;
-    #[async_trait]
-    impl CacheBackend for Hung {
-        fn name(&self) -> &'static str {
-            "hung"
-        }
-        async fn get(&self, _: &str) -> Result<Option<Bytes>, BackendError> {
-            std::future::pending().await
-        }
-        async fn set(&self, _: &str, _: Bytes, _: Option<Duration>) -> Result<(), BackendError> {
-            std::future::pending().await
-        }
-        async fn delete(&self, _: &str) -> Result<bool, BackendError> {
-            std::future::pending().await
-        }
-        async fn compare_and_delete(&self, _: &str, _: &[u8]) -> Result<bool, BackendError> {
-            std::future::pending().await
-        }
-        async fn mget(&self, _: &[String]) -> Result<Vec<Option<Bytes>>, BackendError> {
-            std::future::pending().await
-        }
-        async fn mset(&self, _: &[Entry]) -> Result<(), BackendError> {
-            std::future::pending().await
-        }
-        async fn ping(&self) -> Result<(), BackendError> {
-            Ok(())
-        }
-    }
+    use super::*;
 
     #[tokio::test(start_paused = true)]
     async fn a_hung_backend_times_out_after_the_limit() {
         let limit = Duration::from_millis(50);
-        let backend = TimeoutBackend::new(Arc::new(Hung), limit);
+        // Operations that never complete, like a frozen Redis.
+        let hung = StubBackend::new().op_delay(FOREVER);
+        let backend = TimeoutBackend::new(Arc::new(hung), limit);
         let started = tokio::time::Instant::now();
         assert_eq!(backend.get("k").await, Err(BackendError::Timeout(limit)));
         assert_eq!(

@@ -11,6 +11,7 @@ use poem::http::StatusCode;
 use poem::test::TestClient;
 use ports::{BackendError, MockCacheBackend, SharedBackend};
 
+use crate::backend::stub::{FOREVER, StubBackend};
 use crate::health::{HealthMonitor, MonitorConfig};
 use serde_json::{Value, json};
 
@@ -297,44 +298,17 @@ async fn health_is_503_with_a_json_body_when_the_backend_fails() {
     assert!(body["cache"]["error"].as_str().unwrap().contains("refused"));
 }
 
-/// A backend whose ping never answers.
-struct Silent;
-#[async_trait::async_trait]
-impl ports::CacheBackend for Silent {
-    fn name(&self) -> &'static str {
-        "silent"
-    }
-    async fn get(&self, _: &str) -> Result<Option<bytes::Bytes>, BackendError> {
-        Ok(None)
-    }
-    async fn set(&self, _: &str, _: bytes::Bytes, _: Option<Duration>) -> Result<(), BackendError> {
-        Ok(())
-    }
-    async fn delete(&self, _: &str) -> Result<bool, BackendError> {
-        Ok(false)
-    }
-    async fn compare_and_delete(&self, _: &str, _: &[u8]) -> Result<bool, BackendError> {
-        Ok(false)
-    }
-    async fn mget(&self, keys: &[String]) -> Result<Vec<Option<bytes::Bytes>>, BackendError> {
-        Ok(vec![None; keys.len()])
-    }
-    async fn mset(&self, _: &[ports::Entry]) -> Result<(), BackendError> {
-        Ok(())
-    }
-    async fn ping(&self) -> Result<(), BackendError> {
-        std::future::pending().await
-    }
-}
-
 #[tokio::test]
 async fn health_is_503_when_the_ping_does_not_answer_in_time() {
     let started = std::time::Instant::now();
-    let response = client(MockUserQueries::new(), Arc::new(Silent))
-        .await
-        .get("/health")
-        .send()
-        .await;
+    let response = client(
+        MockUserQueries::new(),
+        Arc::new(StubBackend::new().ping_delay(FOREVER)),
+    )
+    .await
+    .get("/health")
+    .send()
+    .await;
     response.assert_status(StatusCode::SERVICE_UNAVAILABLE);
     let body = json_of(response).await;
     assert!(
