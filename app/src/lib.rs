@@ -4,10 +4,12 @@
 //! injects them into the domain, and serves HTTP until told to stop.
 //! Nothing else in the workspace knows which backend runs.
 
+mod probe;
 mod settings;
 mod startup;
 pub mod telemetry;
 
+pub use probe::probe_liveness;
 pub use settings::{
     BackendKind, CacheSettings, DEFAULT_FILE, HealthSettings, LogFormat, LogSettings,
     MemorySettings, ServerSettings, Settings, SettingsError, UsersSettings,

@@ -3,6 +3,10 @@
 //! `cachemanager [--config FILE]`: serves with the settings from the defaults,
 //! the file, and the environment (see README.md). A bad setting prints one
 //! line and exits with status 2.
+//!
+//! `cachemanager healthcheck [--config FILE]`: asks a running instance (same
+//! settings) for `/health/live`; exits 0 when it answers 200, 1 otherwise.
+//! For container healthchecks in images that have no curl.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -11,7 +15,7 @@ use std::process::ExitCode;
 
 use app::{Application, Settings, shutdown_signal, telemetry};
 
-const USAGE: &str = "usage: cachemanager [--config FILE]";
+const USAGE: &str = "usage: cachemanager [healthcheck] [--config FILE]";
 
 /// Writes one line to stderr. Logging is not set up yet (its format is itself
 /// a setting), and a person at a terminal must see why the service did not start.
@@ -20,7 +24,24 @@ fn fail(code: u8, message: &str) -> ExitCode {
     ExitCode::from(code)
 }
 
-fn parse_args(args: &[String]) -> Result<Option<PathBuf>, String> {
+/// What the command line asks for.
+struct Command {
+    healthcheck: bool,
+    config: Option<PathBuf>,
+}
+
+fn parse_args(args: &[String]) -> Result<Command, String> {
+    let (healthcheck, rest) = match args.split_first() {
+        Some((first, rest)) if first == "healthcheck" => (true, rest),
+        _ => (false, args),
+    };
+    parse_config(rest).map(|config| Command {
+        healthcheck,
+        config,
+    })
+}
+
+fn parse_config(args: &[String]) -> Result<Option<PathBuf>, String> {
     match args {
         [] => Ok(None),
         [flag, path] if flag == "--config" => Ok(Some(PathBuf::from(path))),
@@ -34,18 +55,24 @@ fn parse_args(args: &[String]) -> Result<Option<PathBuf>, String> {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let config = match parse_args(&args) {
-        Ok(config) => config,
+    let command = match parse_args(&args) {
+        Ok(command) => command,
         Err(message) => return fail(2, &message),
     };
     // Only variables that are valid Unicode; others cannot be settings.
     let env: HashMap<String, String> = std::env::vars_os()
         .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
         .collect();
-    let settings = match Settings::load(config.as_deref(), &env) {
+    let settings = match Settings::load(command.config.as_deref(), &env) {
         Ok(settings) => settings,
         Err(error) => return fail(2, &error.to_string()),
     };
+    if command.healthcheck {
+        return match app::probe_liveness(&settings, std::time::Duration::from_secs(2)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(reason) => fail(1, &format!("unhealthy: {reason}")),
+        };
+    }
     telemetry::init(&settings.log);
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()

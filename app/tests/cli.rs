@@ -115,3 +115,51 @@ fn serves_the_sample_users_with_no_redis_then_stops_on_sigterm() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn healthcheck_exits_1_when_nothing_listens() {
+    let port = free_port();
+    let output = Command::new(BIN)
+        .arg("healthcheck")
+        .env_clear()
+        .env("CACHEMANAGER__SERVER__PORT", port.to_string())
+        .current_dir(std::env::temp_dir())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("unhealthy"));
+}
+
+#[cfg(unix)]
+#[test]
+fn healthcheck_exits_0_against_a_live_instance() {
+    let port = free_port();
+    let mut child = Command::new(BIN)
+        .env_clear()
+        .env("CACHEMANAGER__SERVER__HOST", "0.0.0.0")
+        .env("CACHEMANAGER__SERVER__PORT", port.to_string())
+        .current_dir(std::env::temp_dir())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let live = loop {
+        let status = Command::new(BIN)
+            .arg("healthcheck")
+            .env_clear()
+            .env("CACHEMANAGER__SERVER__HOST", "0.0.0.0")
+            .env("CACHEMANAGER__SERVER__PORT", port.to_string())
+            .current_dir(std::env::temp_dir())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        if status.success() || Instant::now() > deadline {
+            break status.success();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(live, "healthcheck never succeeded against a live instance");
+}
