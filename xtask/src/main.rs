@@ -9,7 +9,8 @@
 // xtask talks to a person at a terminal: printing is its job.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
-mod redis_image;
+mod compose;
+mod images;
 
 use std::process::{Command, ExitCode};
 use std::time::Instant;
@@ -21,9 +22,13 @@ cargo xtask <command>
 
 commands:
   ci                    fmt, clippy, unit tests, integration tests (real Redis),
-                        outage tests (alone), docs
+                        outage tests (alone), compose smoke, docs
   redis-image [--force] make sure a Redis image exists for the integration suite
                         (official redis:7-alpine, else build cachemanager/redis:local)
+  images [--force]      the Redis image above, and cachemanager/app:local from a
+                        release build of the host's binary (no registry needed)
+  compose-smoke         bring docker-compose.yml up with those images and check it
+                        end to end (lookups, keys in Redis, Redis stop and start)
 ";
 
 fn main() -> ExitCode {
@@ -31,10 +36,18 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("ci") => ci(),
         Some("redis-image") => {
-            redis_image::ensure(args.iter().any(|a| a == "--force")).map(|image| {
+            images::ensure_redis(args.iter().any(|a| a == "--force")).map(|image| {
                 println!("redis image for the integration suite: {image}");
             })
         }
+        Some("images") => {
+            images::ensure_redis(args.iter().any(|a| a == "--force")).and_then(|redis| {
+                let app = images::build_app()?;
+                println!("images: {redis} and {app}");
+                Ok(())
+            })
+        }
+        Some("compose-smoke") => compose::smoke(),
         Some("help" | "--help" | "-h") | None => {
             print!("{HELP}");
             Ok(())
@@ -67,7 +80,7 @@ pub(crate) fn run(program: &str, args: &[&str], envs: &[(&str, &str)]) -> Result
     Ok(())
 }
 
-fn workspace_root() -> std::path::PathBuf {
+pub(crate) fn workspace_root() -> std::path::PathBuf {
     // xtask/ sits one level below the root.
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -110,7 +123,7 @@ fn ci() -> Result<()> {
             "unit tests",
             cargo(&["test", "--workspace", "--exclude", "tests", "--locked"]),
         ),
-        step("redis image", || redis_image::ensure(false).map(drop)),
+        step("redis image", || images::ensure_redis(false).map(drop)),
         step(
             "integration tests",
             cargo(&[
@@ -131,6 +144,7 @@ fn ci() -> Result<()> {
                 "--show-output",
             ]),
         ),
+        step("compose smoke", compose::smoke),
         step("docs", || {
             run(
                 "cargo",

@@ -1,0 +1,298 @@
+//! `cargo xtask compose-smoke`: brings `docker-compose.yml` up with images made
+//! on this machine (no registry), checks it end to end, and tears it down.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+
+use crate::images;
+
+const PROJECT: &str = "cachemanager-smoke";
+const JOHN: &str = "550e8400-e29b-41d4-a716-446655440001";
+
+/// `docker compose` (v2) or `docker-compose` (v1), whichever the machine has.
+struct Compose {
+    program: &'static str,
+    prefix: Vec<&'static str>,
+    env: Vec<(String, String)>,
+}
+
+impl Compose {
+    fn detect(env: Vec<(String, String)>) -> Result<Self> {
+        let works = |program: &str, args: &[&str]| {
+            Command::new(program)
+                .args(args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        if works("docker", &["compose", "version"]) {
+            return Ok(Self {
+                program: "docker",
+                prefix: vec!["compose"],
+                env,
+            });
+        }
+        if works("docker-compose", &["version"]) {
+            return Ok(Self {
+                program: "docker-compose",
+                prefix: vec![],
+                env,
+            });
+        }
+        bail!(
+            "neither `docker compose` nor `docker-compose` is installed (apt-get install -y docker-compose)"
+        )
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(self.program);
+        command
+            .args(&self.prefix)
+            .args(["-p", PROJECT, "-f", "docker-compose.yml"])
+            .args(args)
+            .current_dir(crate::workspace_root())
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        command
+    }
+
+    fn run(&self, args: &[&str]) -> Result<()> {
+        let status = self.command(args).status().context("cannot run compose")?;
+        if !status.success() {
+            bail!("compose {} failed ({status})", args.join(" "));
+        }
+        Ok(())
+    }
+
+    fn output(&self, args: &[&str]) -> Result<String> {
+        let output = self
+            .command(args)
+            .stderr(Stdio::inherit())
+            .output()
+            .context("cannot run compose")?;
+        if !output.status.success() {
+            bail!("compose {} failed ({})", args.join(" "), output.status);
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+    }
+
+    fn container(&self, service: &str) -> Result<String> {
+        let id = self.output(&["ps", "-q", service])?;
+        if id.is_empty() {
+            bail!("no container for service {service}");
+        }
+        Ok(id)
+    }
+}
+
+fn inspect(container: &str, format: &str) -> String {
+    Command::new("docker")
+        .args(["inspect", "--format", format, container])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// One HTTP/1.1 request on a fresh connection: (status, body).
+fn http(port: u16, method: &str, path: &str) -> Result<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+        .context("not an HTTP answer")?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+fn wait_until(what: &str, limit: Duration, mut check: impl FnMut() -> bool) -> Result<Duration> {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if check() {
+            return Ok(started.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    bail!("{what}: not within {limit:?}")
+}
+
+fn check(label: &str, ok: bool, detail: impl std::fmt::Display) -> Result<()> {
+    if !ok {
+        bail!("{label}: {detail}");
+    }
+    println!("  ok  {label}");
+    Ok(())
+}
+
+/// A lookup of John that must answer 200 whatever Redis is doing.
+fn john_answers(app_port: u16) -> Result<()> {
+    let (status, body) = http(app_port, "GET", &format!("/users/{JOHN}"))?;
+    if status != 200 || !body.contains("john.doe@example.com") {
+        bail!("GET /users/{JOHN} answered {status}: {body}");
+    }
+    Ok(())
+}
+
+fn health(app_port: u16) -> u16 {
+    http(app_port, "GET", "/health")
+        .map(|(status, _)| status)
+        .unwrap_or(0)
+}
+
+/// Brings the stack up, checks it, and always takes it down again.
+pub fn smoke() -> Result<()> {
+    let redis_image = images::ensure_redis(false)?;
+    let app_image = images::build_app()?;
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let password = format!("smoke-{}-{nanos}", std::process::id());
+    let (app_port, redis_port) = (free_port()?, free_port()?);
+    let env = vec![
+        ("REDIS_IMAGE".to_owned(), redis_image.to_owned()),
+        ("APP_IMAGE".to_owned(), app_image.to_owned()),
+        ("REDIS_PASSWORD".to_owned(), password.clone()),
+        ("APP_PORT".to_owned(), app_port.to_string()),
+        ("REDIS_PORT".to_owned(), redis_port.to_string()),
+    ];
+    let compose = Compose::detect(env)?;
+    println!("compose smoke: {redis_image} + {app_image}, API on :{app_port}");
+    let outcome = checks(&compose, &password, app_port, redis_port);
+    if outcome.is_err() {
+        let _ = compose.run(&["logs", "--tail", "50"]);
+    }
+    let down = compose.run(&["down", "-v", "--remove-orphans"]);
+    let label = format!("label=com.docker.compose.project={PROJECT}");
+    let mut leftovers = Vec::new();
+    for kind in ["container", "network", "volume"] {
+        let mut args = vec![kind, "ls", "-q", "--filter", label.as_str()];
+        if kind == "container" {
+            args.push("--all");
+        }
+        let found = Command::new("docker")
+            .args(&args)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+        if let Ok(found) = found.as_deref()
+            && !found.is_empty()
+        {
+            leftovers.push(format!("{kind}s: {}", found.replace('\n', " ")));
+        }
+    }
+    outcome?;
+    down?;
+    check(
+        "down -v leaves no container, network or volume",
+        leftovers.is_empty(),
+        leftovers.join("; "),
+    )?;
+    println!("compose smoke passed");
+    Ok(())
+}
+
+fn checks(compose: &Compose, password: &str, app_port: u16, redis_port: u16) -> Result<()> {
+    compose.run(&["up", "-d", "--no-build"])?;
+    let (redis, app) = (compose.container("redis")?, compose.container("app")?);
+    let took = wait_until(
+        "both healthchecks healthy",
+        Duration::from_secs(120),
+        || {
+            inspect(&redis, "{{.State.Health.Status}}") == "healthy"
+                && inspect(&app, "{{.State.Health.Status}}") == "healthy"
+        },
+    )?;
+    check("redis and app report healthy", true, format!("{took:?}"))?;
+
+    john_answers(app_port)?;
+    check("GET /users/{uuid} answers 200 over Redis", true, "")?;
+
+    let get = |key: &str| {
+        compose.output(&[
+            "exec",
+            "-T",
+            "redis",
+            "redis-cli",
+            "--no-auth-warning",
+            "-a",
+            password,
+            "GET",
+            key,
+        ])
+    };
+    let id = get(&format!("user:uuid-to-id:{JOHN}"))?;
+    check(
+        "user:uuid-to-id:<uuid> holds \"1\" (the seed's format)",
+        id == "1",
+        format!("found {id:?}"),
+    )?;
+    let uuid = get("user:id-to-uuid:1")?;
+    check(
+        "user:id-to-uuid:1 holds the uuid",
+        uuid == JOHN,
+        format!("found {uuid:?}"),
+    )?;
+
+    let mut raw = TcpStream::connect(("127.0.0.1", redis_port))?;
+    raw.set_read_timeout(Some(Duration::from_secs(5)))?;
+    raw.write_all(b"GET user:id-to-uuid:1\r\n")?;
+    let mut answer = [0u8; 64];
+    let n = raw.read(&mut answer)?;
+    let answer = String::from_utf8_lossy(&answer[..n]).into_owned();
+    check(
+        "Redis refuses a client without the password",
+        answer.starts_with("-NOAUTH"),
+        answer.trim(),
+    )?;
+
+    let started_at = inspect(&app, "{{.State.StartedAt}}");
+    compose.run(&["stop", "redis"])?;
+    let took = wait_until(
+        "/health 503 with Redis stopped",
+        Duration::from_secs(30),
+        || john_answers(app_port).is_ok() && health(app_port) == 503,
+    )?;
+    john_answers(app_port)?;
+    check(
+        "Redis stopped: /health 503, /users/{uuid} still 200",
+        true,
+        format!("{took:?}"),
+    )?;
+
+    compose.run(&["start", "redis"])?;
+    let took = wait_until(
+        "/health 200 with Redis back",
+        Duration::from_secs(60),
+        || {
+            let _ = john_answers(app_port);
+            health(app_port) == 200
+        },
+    )?;
+    let same_process = inspect(&app, "{{.State.StartedAt}}") == started_at
+        && inspect(&app, "{{.RestartCount}}") == "0";
+    check(
+        "Redis back: /health 200 again, app not restarted",
+        same_process,
+        format!("after {took:?}"),
+    )?;
+    Ok(())
+}
