@@ -139,10 +139,12 @@ impl<R: UserRepository> UserQueries for UserService<R> {
         let mut misses: Vec<UserUuid> = Vec::new();
         for (uuid, id) in unique.iter().zip(cached) {
             match id {
-                Some(id) => {
+                // Two uuids cached under one id: at most one is right, so the
+                // second is asked for by uuid rather than dropped.
+                Some(id) if !hits.contains_key(&id) => {
                     hits.insert(id, *uuid);
                 }
-                None => misses.push(*uuid),
+                _ => misses.push(*uuid),
             }
         }
 
@@ -421,6 +423,29 @@ mod tests {
             .unwrap();
         assert_eq!(lookup.users, vec![user(1), user(2)]);
         assert_eq!(lookup.missing, vec![uuid(3)]);
+    }
+
+    #[tokio::test]
+    async fn lookup_with_two_uuids_cached_under_one_id_still_finds_both() {
+        let mut cache = MockCacheBackend::new();
+        // A corrupt cache claims uuid 1 and uuid 2 are both id 1.
+        cache
+            .expect_mget()
+            .returning(|_| Ok(vec![text("1".into()), text("1".into())]));
+        cache.expect_mset().returning(|_| Ok(()));
+        let mut repo = MockUserRepository::new();
+        repo.expect_by_ids().returning(|_| Ok(vec![user(1)]));
+        repo.expect_by_uuids()
+            .withf(|uuids| uuids == [uuid(2)])
+            .times(1)
+            .returning(|_| Ok(vec![user(2)]));
+
+        let lookup = service(repo, cache)
+            .lookup(&[uuid(1), uuid(2)])
+            .await
+            .unwrap();
+        assert_eq!(lookup.users, vec![user(1), user(2)]);
+        assert!(lookup.missing.is_empty(), "{:?}", lookup.missing);
     }
 
     #[tokio::test]
