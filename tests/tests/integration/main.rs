@@ -13,6 +13,7 @@ mod contract;
 mod hostile;
 mod http_e2e;
 mod outage;
+mod round_trips;
 mod security;
 mod tls;
 mod typed_cache;
