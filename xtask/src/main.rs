@@ -9,6 +9,7 @@
 // xtask talks to a person at a terminal: printing is its job.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod bench;
 mod compose;
 mod images;
 
@@ -22,11 +23,14 @@ cargo xtask <command>
 
 commands:
   ci                    fmt, clippy, unit tests, integration tests (real Redis),
-                        outage tests (alone), compose smoke, docs
+                        outage tests (alone), compose smoke, bench --quick, docs
   redis-image [--force] make sure a Redis image exists for the integration suite
                         (official redis:7-alpine, else build cachemanager/redis:local)
   images [--force]      the Redis image above, and cachemanager/app:local from a
                         release build of the host's binary (no registry needed)
+  bench [--quick] [--redis-url URL]
+                        the service under wrk, each case beside the ceiling of the
+                        same binary; JSON in target/bench/, a markdown table printed
   compose-smoke         bring docker-compose.yml up with those images and check it
                         end to end (lookups, keys in Redis, Redis stop and start)
 ";
@@ -48,6 +52,7 @@ fn main() -> ExitCode {
             })
         }
         Some("compose-smoke") => compose::smoke(),
+        Some("bench") => bench::bench(&args[1..]),
         Some("help" | "--help" | "-h") | None => {
             print!("{HELP}");
             Ok(())
@@ -145,6 +150,8 @@ fn ci() -> Result<()> {
             ]),
         ),
         step("compose smoke", compose::smoke),
+        // Short runs, so the harness cannot rot; figures are reported, not enforced.
+        step("bench (quick)", || bench::bench(&["--quick".to_owned()])),
         step("docs", || {
             run(
                 "cargo",

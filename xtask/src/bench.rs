@@ -1,0 +1,576 @@
+//! `cargo xtask bench [--quick] [--redis-url URL]`: the service measured side by
+//! side with the ceiling of the same binary, with wrk.
+//!
+//! Cases, each at 8 and 64 connections, each run interleaved with the ceiling
+//! (`GET /health/live`: no I/O) so drift hits both, median of the runs:
+//! - `hit/<backend>`: `GET /users/{uuid}` over 10 warm users, for memory, redis, noop;
+//! - `miss/redis`: `GET /users/{uuid}` over 50,000 users, each asked once per run,
+//!   Redis flushed before each run: every request is a GET miss, a store read
+//!   and one pipelined write of both directions;
+//! - `lookup100/redis`: `POST /users/lookup` with 100 warm uuids.
+//!
+//! Writes `target/bench/results.json` and prints a markdown table.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::images;
+
+const MISS_USERS: u32 = 50_000;
+const CONNECTIONS: [u32; 2] = [8, 64];
+
+struct Options {
+    quick: bool,
+    redis_url: Option<String>,
+}
+
+fn options(args: &[String]) -> Result<Options> {
+    let mut options = Options {
+        quick: false,
+        redis_url: None,
+    };
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--quick" => options.quick = true,
+            "--redis-url" => {
+                options.redis_url = Some(args.next().context("--redis-url needs a URL")?.clone())
+            }
+            other => bail!("unknown bench option {other}"),
+        }
+    }
+    Ok(options)
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn ensure_wrk() -> Result<()> {
+    let present = |_: ()| {
+        Command::new("wrk")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok()
+    };
+    if present(()) {
+        return Ok(());
+    }
+    println!("wrk is missing; installing it from Debian's packages");
+    crate::run(
+        "apt-get",
+        &["install", "-y", "-qq", "wrk"],
+        &[("DEBIAN_FRONTEND", "noninteractive")],
+    )
+    .context("cannot install wrk: run `apt-get install -y wrk`")?;
+    Ok(())
+}
+
+/// A Redis for the bench: the given URL, or a container removed on drop.
+struct BenchRedis {
+    url: String,
+    password: Option<String>,
+    container: Option<String>,
+}
+
+impl BenchRedis {
+    fn start(url: Option<String>) -> Result<Self> {
+        if let Some(url) = url {
+            return Ok(Self {
+                url,
+                password: std::env::var("REDIS_PASSWORD").ok(),
+                container: None,
+            });
+        }
+        let image = images::ensure_redis(false)?;
+        let port = free_port()?;
+        let password = "bench-password".to_owned();
+        let output = Command::new("docker")
+            .args([
+                "run",
+                "-d",
+                "--rm",
+                "-p",
+                &format!("127.0.0.1:{port}:6379"),
+                image,
+            ])
+            .args([
+                "redis-server",
+                "--requirepass",
+                &password,
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .output()
+            .context("cannot run docker")?;
+        if !output.status.success() {
+            bail!(
+                "cannot start Redis: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        let id = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+        let redis = Self {
+            url: format!("redis://127.0.0.1:{port}"),
+            password: Some(password),
+            container: Some(id),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while redis
+            .command("PING")
+            .map_or(true, |a| !a.starts_with("+PONG"))
+        {
+            if Instant::now() > deadline {
+                bail!("the bench Redis did not answer");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(redis)
+    }
+
+    /// One inline command on a fresh connection; the first line of the answer.
+    fn command(&self, command: &str) -> Result<String> {
+        let address = self
+            .url
+            .trim_start_matches("redis://")
+            .split('/')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        let address = address.rsplit('@').next().unwrap_or_default().to_owned();
+        let mut stream = TcpStream::connect(&address)?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut payload = String::new();
+        if let Some(password) = &self.password {
+            let _ = write!(payload, "AUTH {password}\r\n");
+        }
+        let _ = write!(payload, "{command}\r\n");
+        stream.write_all(payload.as_bytes())?;
+        let mut answer = vec![0u8; 4096];
+        let mut text = String::new();
+        let expected = if self.password.is_some() { 2 } else { 1 };
+        while text.matches("\r\n").count() < expected {
+            let n = stream.read(&mut answer)?;
+            if n == 0 {
+                break;
+            }
+            text.push_str(&String::from_utf8_lossy(&answer[..n]));
+        }
+        Ok(text.lines().last().unwrap_or_default().to_owned())
+    }
+}
+
+impl Drop for BenchRedis {
+    fn drop(&mut self) {
+        if let Some(id) = &self.container {
+            let _ = Command::new("docker")
+                .args(["rm", "-f", id])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// A running service process, killed on drop.
+struct Service {
+    child: Child,
+    port: u16,
+}
+
+impl Service {
+    fn start(
+        binary: &Path,
+        backend: &str,
+        redis: &BenchRedis,
+        users_file: Option<&Path>,
+    ) -> Result<Self> {
+        let port = free_port()?;
+        let mut command = Command::new(binary);
+        command
+            .env_clear()
+            .env("CACHEMANAGER__SERVER__PORT", port.to_string())
+            .env("CACHEMANAGER__CACHE__BACKEND", backend)
+            .env("REDIS_URL", &redis.url)
+            .env("RUST_LOG", "warn")
+            .current_dir(std::env::temp_dir())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        if let Some(password) = &redis.password {
+            command.env("REDIS_PASSWORD", password);
+        }
+        if let Some(file) = users_file {
+            command.env("CACHEMANAGER__USERS__FILE", file);
+        }
+        let service = Self {
+            child: command.spawn().context("cannot start the service")?,
+            port,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while get(port, "/health/live").map_or(true, |s| s != 200) {
+            if Instant::now() > deadline {
+                bail!("the {backend} service did not start");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(service)
+    }
+
+    /// The peak resident set size so far (VmHWM), in MB.
+    fn peak_rss_mb(&self) -> f64 {
+        let status =
+            fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map_or(0.0, |kb| kb / 1024.0)
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn get(port: u16, path: &str) -> Result<u16> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    response
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+        .context("not an HTTP answer")
+}
+
+fn uuid(n: u32) -> String {
+    format!("550e8400-e29b-41d4-a716-4466554400{n:02}")
+}
+
+fn miss_uuid(n: u32) -> String {
+    format!("00000000-0000-4000-8000-{n:012}")
+}
+
+/// The Lua that wrk runs: requests, and one parseable summary line.
+fn script(dir: &Path, name: &str, request: &str) -> Result<PathBuf> {
+    let path = dir.join(format!("{name}.lua"));
+    let text = format!(
+        r#"-- generated by cargo xtask bench
+local threads = 0
+setup = function(thread)
+  thread:set("tid", threads)
+  threads = threads + 1
+end
+local i = 0
+{request}
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("CMBENCH requests=%d duration_us=%d errors=%d non2xx=%d p50_us=%d p99_us=%d p999_us=%d\n",
+    summary.requests, summary.duration, e.connect + e.read + e.write + e.timeout, e.status,
+    latency:percentile(50), latency:percentile(99), latency:percentile(99.9)))
+end
+"#
+    );
+    fs::write(&path, text)?;
+    Ok(path)
+}
+
+#[derive(Clone, Copy, Default)]
+struct Run {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    p999_ms: f64,
+    errors: u64,
+}
+
+fn wrk(port: u16, script: &Path, connections: u32, seconds: u32) -> Result<Run> {
+    let output = Command::new("wrk")
+        .args([
+            "-t2",
+            &format!("-c{connections}"),
+            &format!("-d{seconds}s"),
+            "--timeout",
+            "5s",
+            "-s",
+        ])
+        .arg(script)
+        .arg(format!("http://127.0.0.1:{port}"))
+        .output()
+        .context("cannot run wrk")?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("CMBENCH"))
+        .context("wrk printed no summary")?;
+    let field = |name: &str| -> f64 {
+        line.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let seconds = field("duration_us") / 1e6;
+    Ok(Run {
+        rps: if seconds > 0.0 {
+            field("requests") / seconds
+        } else {
+            0.0
+        },
+        p50_ms: field("p50_us") / 1e3,
+        p99_ms: field("p99_us") / 1e3,
+        p999_ms: field("p999_us") / 1e3,
+        errors: (field("errors") + field("non2xx")) as u64,
+    })
+}
+
+struct CaseResult {
+    name: String,
+    connections: u32,
+    runs: Vec<(Run, Run)>, // (case, ceiling right before it)
+    peak_rss_mb: f64,
+}
+
+fn median(mut values: Vec<f64>) -> (f64, f64, f64) {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    if n == 0 {
+        return (0.0, 0.0, 0.0);
+    }
+    (values[n / 2], values[0], values[n - 1])
+}
+
+/// Runs `cargo xtask bench`.
+pub fn bench(args: &[String]) -> Result<()> {
+    let options = options(args)?;
+    let (runs, seconds) = if options.quick { (1, 1) } else { (3, 8) };
+    ensure_wrk()?;
+    crate::run(
+        "cargo",
+        &["build", "--release", "--locked", "-p", "app"],
+        &[],
+    )?;
+    let root = crate::workspace_root();
+    let binary = root.join("target/release/cachemanager");
+    let dir = root.join("target/bench");
+    fs::create_dir_all(&dir)?;
+
+    // 50,000 users for the miss case: each run asks each at most once.
+    let users_file = dir.join("users-50k.json");
+    let mut users = String::from("[");
+    for n in 1..=MISS_USERS {
+        let _ = write!(
+            users,
+            r#"{}{{"id":{n},"uuid":"{}","first_name":"Load","last_name":"User","email":"load.user{n}@example.com"}}"#,
+            if n == 1 { "" } else { "," },
+            miss_uuid(n)
+        );
+    }
+    users.push(']');
+    fs::write(&users_file, users)?;
+
+    let hit_paths: Vec<String> = (1..=10)
+        .map(|n| format!("\"/users/{}\"", uuid(n)))
+        .collect();
+    let hit = script(
+        &dir,
+        "hit",
+        &format!(
+            "local paths = {{{}}}\nrequest = function()\n  i = i + 1\n  return wrk.format(nil, paths[(i % #paths) + 1])\nend",
+            hit_paths.join(",")
+        ),
+    )?;
+    let ceiling = script(
+        &dir,
+        "ceiling",
+        "request = function()\n  return wrk.format(nil, \"/health/live\")\nend",
+    )?;
+    let miss = script(
+        &dir,
+        "miss",
+        &format!(
+            "request = function()\n  i = i + 1\n  local n = (tid * {half} + i) % {total} + 1\n  return wrk.format(nil, string.format(\"/users/00000000-0000-4000-8000-%012d\", n))\nend",
+            half = MISS_USERS / 2,
+            total = MISS_USERS
+        ),
+    )?;
+    let body = format!(
+        r#"{{"uuids":[{}]}}"#,
+        (1..=100)
+            .map(|n| format!("\"{}\"", miss_uuid(n)))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let lookup = script(
+        &dir,
+        "lookup100",
+        &format!(
+            "wrk.method = \"POST\"\nwrk.headers[\"Content-Type\"] = \"application/json\"\nwrk.body = '{body}'\nrequest = function()\n  return wrk.format(nil, \"/users/lookup\")\nend"
+        ),
+    )?;
+
+    let redis = BenchRedis::start(options.redis_url.clone())?;
+    let mut results: Vec<CaseResult> = Vec::new();
+    let cases: [(&str, &str, &PathBuf, bool); 5] = [
+        ("hit/memory", "memory", &hit, false),
+        ("hit/redis", "redis", &hit, false),
+        ("hit/noop", "noop", &hit, false),
+        ("miss/redis", "redis", &miss, true),
+        ("lookup100/redis", "redis", &lookup, true),
+    ];
+    for (name, backend, case_script, big) in cases {
+        let service = Service::start(
+            &binary,
+            backend,
+            &redis,
+            big.then_some(users_file.as_path()),
+        )?;
+        // Warm the cache (and the connection) for the hit and lookup cases.
+        for n in 1..=10 {
+            let _ = get(service.port, &format!("/users/{}", uuid(n)));
+        }
+        if name.starts_with("lookup") {
+            for n in 1..=100 {
+                let _ = get(service.port, &format!("/users/{}", miss_uuid(n)));
+            }
+        }
+        for connections in CONNECTIONS {
+            let mut pairs = Vec::new();
+            for _ in 0..runs {
+                let base = wrk(service.port, &ceiling, connections, seconds)?;
+                if name.starts_with("miss") {
+                    let answer = redis.command("FLUSHDB")?;
+                    if !answer.starts_with("+OK") {
+                        bail!("FLUSHDB failed: {answer}");
+                    }
+                }
+                let run = wrk(service.port, case_script, connections, seconds)?;
+                pairs.push((run, base));
+            }
+            println!(
+                "  {name:<16} c={connections:<3} {:>9.0} req/s",
+                median(pairs.iter().map(|(r, _)| r.rps).collect()).0
+            );
+            results.push(CaseResult {
+                name: name.to_owned(),
+                connections,
+                runs: pairs,
+                peak_rss_mb: 0.0,
+            });
+        }
+        let rss = service.peak_rss_mb();
+        for result in results.iter_mut().filter(|r| r.name == name) {
+            result.peak_rss_mb = rss;
+        }
+    }
+    report(&results, &dir, runs, seconds, options.quick)
+}
+
+fn report(
+    results: &[CaseResult],
+    dir: &Path,
+    runs: usize,
+    seconds: u32,
+    quick: bool,
+) -> Result<()> {
+    let mut json = String::from("[\n");
+    let mut table = format!(
+        "{} run(s) of {seconds} s per case, each after a run of the ceiling (GET /health/live); median (min to max)\n\n",
+        runs
+    );
+    table.push_str("| case | conns | req/s | % of ceiling | p50 ms | p99 ms | p99.9 ms | errors | peak RSS MB |\n");
+    table.push_str("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+    for (index, result) in results.iter().enumerate() {
+        let rps = median(result.runs.iter().map(|(r, _)| r.rps).collect());
+        let ratio = median(
+            result
+                .runs
+                .iter()
+                .map(|(r, c)| {
+                    if c.rps > 0.0 {
+                        100.0 * r.rps / c.rps
+                    } else {
+                        0.0
+                    }
+                })
+                .collect(),
+        );
+        let ceiling = median(result.runs.iter().map(|(_, c)| c.rps).collect());
+        let p50 = median(result.runs.iter().map(|(r, _)| r.p50_ms).collect());
+        let p99 = median(result.runs.iter().map(|(r, _)| r.p99_ms).collect());
+        let p999 = median(result.runs.iter().map(|(r, _)| r.p999_ms).collect());
+        let errors: u64 = result.runs.iter().map(|(r, c)| r.errors + c.errors).sum();
+        let _ = writeln!(
+            table,
+            "| {} | {} | {:.0} ({:.0}–{:.0}) | {:.0} % ({:.0}–{:.0}) | {:.2} | {:.2} | {:.2} | {} | {:.1} |",
+            result.name,
+            result.connections,
+            rps.0,
+            rps.1,
+            rps.2,
+            ratio.0,
+            ratio.1,
+            ratio.2,
+            p50.0,
+            p99.0,
+            p999.0,
+            errors,
+            result.peak_rss_mb
+        );
+        let _ = writeln!(
+            json,
+            "  {{\"case\": \"{}\", \"connections\": {}, \"rps\": {:.1}, \"rps_min\": {:.1}, \"rps_max\": {:.1}, \"ceiling_rps\": {:.1}, \"ratio_to_ceiling\": {:.4}, \"p50_ms\": {:.3}, \"p99_ms\": {:.3}, \"p999_ms\": {:.3}, \"errors\": {}, \"peak_rss_mb\": {:.1}, \"runs\": {}, \"seconds\": {}, \"quick\": {}}}{}",
+            result.name,
+            result.connections,
+            rps.0,
+            rps.1,
+            rps.2,
+            ceiling.0,
+            ratio.0 / 100.0,
+            p50.0,
+            p99.0,
+            p999.0,
+            errors,
+            result.peak_rss_mb,
+            runs,
+            seconds,
+            quick,
+            if index + 1 == results.len() { "" } else { "," }
+        );
+    }
+    json.push(']');
+    fs::write(dir.join("results.json"), json)?;
+    fs::write(dir.join("results.md"), &table)?;
+    println!(
+        "\n{table}\nwritten to {}",
+        dir.join("results.json").display()
+    );
+    let failed: u64 = results
+        .iter()
+        .flat_map(|r| r.runs.iter())
+        .map(|(r, c)| r.errors + c.errors)
+        .sum();
+    if failed > 0 {
+        bail!("{failed} requests failed during the bench");
+    }
+    Ok(())
+}
