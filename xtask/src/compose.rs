@@ -211,6 +211,8 @@ pub fn smoke() -> Result<()> {
 }
 
 fn checks(compose: &Compose, password: &str, app_port: u16, redis_port: u16) -> Result<()> {
+    // A run killed half-way may have left the project behind: start clean.
+    compose.run(&["down", "-v", "--remove-orphans"])?;
     compose.run(&["up", "-d", "--no-build"])?;
     let (redis, app) = (compose.container("redis")?, compose.container("app")?);
     let took = wait_until(
