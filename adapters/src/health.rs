@@ -1,11 +1,10 @@
 //! The health monitor: a background task that pings the cache backend, keeps
 //! its state, feeds `/health`, and logs each transition once.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ports::{BackendError, SharedBackend};
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 
 use crate::backend::BreakerState;
 
@@ -67,7 +66,6 @@ impl Default for MonitorConfig {
 #[derive(Clone)]
 pub struct HealthMonitor {
     snapshot: watch::Receiver<HealthSnapshot>,
-    wake: Arc<Notify>,
 }
 
 impl HealthMonitor {
@@ -87,25 +85,14 @@ impl HealthMonitor {
             since: Instant::now(),
             checked: false,
         });
-        let wake = Arc::new(Notify::new());
-        tokio::spawn(run(backend, breaker, config, sender, wake.clone()));
-        Self { snapshot, wake }
+        tokio::spawn(run(backend, breaker, config, sender));
+        Self { snapshot }
     }
 
     /// What the last check found. Never waits and never touches the backend,
     /// so a flood of health checks cannot load it.
     pub fn snapshot(&self) -> HealthSnapshot {
         self.snapshot.borrow().clone()
-    }
-
-    /// Asks for a check now, and waits for the next snapshot.
-    pub async fn check_now(&self) -> HealthSnapshot {
-        let mut receiver = self.snapshot.clone();
-        receiver.mark_unchanged();
-        self.wake.notify_one();
-        // The sender lives as long as the task, which lives as long as a handle.
-        let _ = receiver.changed().await;
-        receiver.borrow().clone()
     }
 
     /// Waits until a snapshot satisfies `condition` (for tests and start-up).
@@ -153,7 +140,6 @@ async fn run(
     mut breaker: Option<watch::Receiver<BreakerState>>,
     config: MonitorConfig,
     sender: watch::Sender<HealthSnapshot>,
-    wake: Arc<Notify>,
 ) {
     loop {
         let (status, latency, error) = check(&backend, config.ping_timeout, config.slow_ping).await;
@@ -207,7 +193,6 @@ async fn run(
         };
         tokio::select! {
             () = tokio::time::sleep(pause) => {}
-            () = wake.notified() => {}
             () = breaker_changed => {}
             // Every handle is gone: stop.
             () = sender.closed() => return,
@@ -217,6 +202,7 @@ async fn run(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
     use std::sync::atomic::Ordering;
 
     use ports::MockCacheBackend;

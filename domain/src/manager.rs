@@ -59,21 +59,11 @@ impl CacheManager {
         WriteBatch::new(self.backend.clone())
     }
 
-    /// The backend's name (`"redis"`, `"memory"`, `"noop"`).
-    pub fn backend_name(&self) -> &'static str {
-        self.backend.name()
-    }
-
     /// Asks the backend whether it answers. Unbounded: the caller sets a timeout.
     ///
     /// # Errors
     /// What the backend reports.
     pub async fn ping(&self) -> Result<(), BackendError> {
         self.backend.ping().await
-    }
-
-    /// The backend itself, for the health check and for decorators.
-    pub fn backend(&self) -> &SharedBackend {
-        &self.backend
     }
 }

@@ -41,11 +41,6 @@ impl<R: UserRepository> UserService<R> {
         Self { repository, caches }
     }
 
-    /// The cache manager, for health checks.
-    pub fn caches(&self) -> &CacheManager {
-        &self.caches
-    }
-
     /// Writes both directions of every user's mapping in one round trip.
     async fn remember(&self, users: &[&User]) {
         let mut batch = self.caches.batch();
