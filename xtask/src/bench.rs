@@ -78,14 +78,14 @@ fn ensure_wrk() -> Result<()> {
 }
 
 /// A Redis for the bench: the given URL, or a container removed on drop.
-struct BenchRedis {
-    url: String,
-    password: Option<String>,
+pub(crate) struct BenchRedis {
+    pub(crate) url: String,
+    pub(crate) password: Option<String>,
     container: Option<String>,
 }
 
 impl BenchRedis {
-    fn start(url: Option<String>) -> Result<Self> {
+    pub(crate) fn start(url: Option<String>) -> Result<Self> {
         if let Some(url) = url {
             return Ok(Self {
                 url,

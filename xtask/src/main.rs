@@ -12,6 +12,7 @@
 mod bench;
 mod compose;
 mod images;
+mod microbench;
 
 use std::process::{Command, ExitCode};
 use std::time::Instant;
@@ -23,7 +24,8 @@ cargo xtask <command>
 
 commands:
   ci                    fmt, clippy, unit tests, integration tests (real Redis),
-                        outage tests (alone), compose smoke, bench --quick, docs
+                        outage tests (alone), compose smoke, bench --quick,
+                        microbench --quick, docs
   redis-image [--force] make sure a Redis image exists for the integration suite
                         (official redis:7-alpine, else build cachemanager/redis:local)
   images [--force]      the Redis image above, and cachemanager/app:local from a
@@ -31,6 +33,9 @@ commands:
   bench [--quick] [--redis-url URL]
                         the service under wrk, each case beside the ceiling of the
                         same binary; JSON in target/bench/, a markdown table printed
+  microbench [--quick] [--redis-url URL]
+                        criterion benchmarks of the cache core (codecs, keys, typed
+                        cache against raw moka and a raw Redis GET), with a table
   compose-smoke         bring docker-compose.yml up with those images and check it
                         end to end (lookups, keys in Redis, Redis stop and start)
 ";
@@ -53,6 +58,7 @@ fn main() -> ExitCode {
         }
         Some("compose-smoke") => compose::smoke(),
         Some("bench") => bench::bench(&args[1..]),
+        Some("microbench") => microbench::microbench(&args[1..]),
         Some("help" | "--help" | "-h") | None => {
             print!("{HELP}");
             Ok(())
@@ -152,6 +158,9 @@ fn ci() -> Result<()> {
         step("compose smoke", compose::smoke),
         // Short runs, so the harness cannot rot; figures are reported, not enforced.
         step("bench (quick)", || bench::bench(&["--quick".to_owned()])),
+        step("microbench (quick)", || {
+            microbench::microbench(&["--quick".to_owned()])
+        }),
         step("docs", || {
             run(
                 "cargo",
