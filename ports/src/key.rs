@@ -29,8 +29,9 @@ macro_rules! integer_keys {
     ($($t:ty),*) => {$(
         impl CacheKey for $t {
             fn write_segment(&self, out: &mut String) {
-                // Writing an integer into a String cannot fail.
-                let _ = write!(out, "{self}");
+                // itoa: the same decimal form as Display, without the
+                // formatting machinery (a third of the key's cost).
+                out.push_str(itoa::Buffer::new().format(*self));
             }
         }
     )*};

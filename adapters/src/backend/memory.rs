@@ -1,14 +1,17 @@
 //! The in-memory backend: moka's concurrent cache, with per-entry TTL and a
 //! capacity bounded in bytes.
 
+use std::hash::BuildHasher;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use foldhash::quality::RandomState;
 use moka::Expiry;
 use moka::future::Cache;
-use moka::ops::compute::Op;
 use ports::{BackendError, CacheBackend, Entry};
+use tokio::sync::Mutex;
 
 /// Settings of [`MemoryBackend`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,11 +52,42 @@ impl Expiry<String, Stored> for PerEntryTtl {
     }
 }
 
+/// How many locks the writes of all keys are spread over.
+const WRITE_LOCKS: usize = 64;
+
+/// Serialises the writes of each key (a key always maps to the same lock), so
+/// that `compare_and_delete`'s read and remove are atomic with respect to
+/// `set`: it can never remove a value written after it compared.
+///
+/// moka's own per-key `and_compute_with` gives the same guarantee but costs
+/// 2.7 times a plain insert (`cargo bench -p adapters -- memory/set`); an
+/// uncontended lock costs a few tens of nanoseconds. Reads take no lock.
+struct WriteLocks {
+    hasher: RandomState,
+    locks: [Mutex<()>; WRITE_LOCKS],
+}
+
+impl WriteLocks {
+    fn new() -> Self {
+        Self {
+            hasher: RandomState::default(),
+            locks: std::array::from_fn(|_| Mutex::new(())),
+        }
+    }
+
+    fn of(&self, key: &str) -> &Mutex<()> {
+        // The modulo keeps the index below WRITE_LOCKS, so indexing cannot fail.
+        let index = (self.hasher.hash_one(key) % WRITE_LOCKS as u64) as usize;
+        &self.locks[index]
+    }
+}
+
 /// An in-process cache with the same observable semantics as Redis for every
 /// operation of the port. Needs no server: the default backend.
 #[derive(Clone)]
 pub struct MemoryBackend {
-    cache: Cache<String, Stored>,
+    cache: Cache<String, Stored, RandomState>,
+    write_locks: Arc<WriteLocks>,
 }
 
 impl std::fmt::Debug for MemoryBackend {
@@ -75,8 +109,13 @@ impl MemoryBackend {
                 u32::try_from(key.len() + stored.value.len() + 64).unwrap_or(u32::MAX)
             })
             .expire_after(PerEntryTtl)
-            .build();
-        Self { cache }
+            // foldhash instead of SipHash: a quarter of the cost of hashing a
+            // key, still seeded per process so keys cannot be chosen to collide.
+            .build_with_hasher(RandomState::default());
+        Self {
+            cache,
+            write_locks: Arc::new(WriteLocks::new()),
+        }
     }
 
     /// Runs moka's pending maintenance (evictions, expirations) now.
@@ -91,11 +130,9 @@ impl MemoryBackend {
     }
 
     async fn put(&self, key: &str, value: Bytes, ttl: Option<Duration>) {
-        // Writes go through the same per-key serialisation as
-        // compare_and_delete, so that one can never remove a newer value.
+        let _write = self.write_locks.of(key).lock().await;
         self.cache
-            .entry_by_ref(key)
-            .and_compute_with(|_| async move { Op::Put(Stored { value, ttl }) })
+            .insert(key.to_owned(), Stored { value, ttl })
             .await;
     }
 }
@@ -131,17 +168,14 @@ impl CacheBackend for MemoryBackend {
     }
 
     async fn compare_and_delete(&self, key: &str, expected: &[u8]) -> Result<bool, BackendError> {
-        let result = self
-            .cache
-            .entry_by_ref(key)
-            .and_compute_with(|current| async move {
-                match current {
-                    Some(entry) if entry.value().value.as_ref() == expected => Op::Remove,
-                    _ => Op::Nop,
-                }
-            })
-            .await;
-        Ok(matches!(result, moka::ops::compute::CompResult::Removed(_)))
+        let _write = self.write_locks.of(key).lock().await;
+        match self.cache.get(key).await {
+            Some(current) if current.value.as_ref() == expected => {
+                self.cache.invalidate(key).await;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
     }
 
     async fn mget(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>, BackendError> {
