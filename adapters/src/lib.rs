@@ -9,6 +9,7 @@
 //! - [`Secret`]: a string that never shows itself in logs or `Debug`.
 
 pub mod backend;
+mod deadline;
 pub mod health;
 pub mod http;
 mod secret;

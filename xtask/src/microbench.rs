@@ -1,6 +1,7 @@
 //! `cargo xtask microbench [--quick] [--redis-url URL]`: the criterion
 //! benchmarks of `ports` (codecs, keys) and `adapters` (the typed cache against
-//! raw moka and a raw Redis GET), with a Redis started for the latter, then a
+//! raw moka and a raw Redis GET; a response body through poem-openapi's Json
+//! and through our JsonBody), with a Redis started for the typed cache, then a
 //! table of medians and of each typed operation's ratio to its raw baseline.
 //!
 //! Targets (reported, not enforced; timings are noisy here): typed over memory
@@ -66,6 +67,8 @@ pub fn microbench(args: &[String]) -> Result<()> {
         "codecs",
         "--bench",
         "typed_cache",
+        "--bench",
+        "json_body",
         "--",
     ];
     if quick {

@@ -27,7 +27,7 @@ impl TimeoutBackend {
         &self,
         op: impl Future<Output = Result<T, BackendError>>,
     ) -> Result<T, BackendError> {
-        tokio::time::timeout(self.limit, op)
+        crate::deadline::within(self.limit, op)
             .await
             .unwrap_or(Err(BackendError::Timeout(self.limit)))
     }

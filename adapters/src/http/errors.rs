@@ -97,9 +97,9 @@ pub async fn guard<E: poem::Endpoint>(
         }
         None => {}
     }
-    match tokio::time::timeout(limit, endpoint.call(request)).await {
-        Ok(result) => result.map(IntoResponse::into_response),
-        Err(_) => {
+    match crate::deadline::within(limit, endpoint.call(request)).await {
+        Some(result) => result.map(IntoResponse::into_response),
+        None => {
             tracing::warn!(?limit, "request timed out");
             let body = ErrorBody::new("timeout", format!("the request took longer than {limit:?}"));
             Ok(Json(body)

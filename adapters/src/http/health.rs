@@ -1,8 +1,10 @@
 //! `/health` (is the cache backend answering?) and `/health/live` (is the
 //! process serving?).
 
-use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi, Tags};
+use serde::Serialize;
+
+use super::json::JsonBody;
 
 use crate::health::{HealthMonitor, HealthStatus};
 
@@ -13,7 +15,7 @@ enum Tag {
 }
 
 /// The cache backend's state.
-#[derive(Debug, Clone, Object)]
+#[derive(Debug, Clone, Object, Serialize)]
 pub struct CacheHealth {
     /// Which backend is configured: `redis`, `memory` or `noop`.
     pub backend: String,
@@ -23,14 +25,16 @@ pub struct CacheHealth {
     pub since_secs: f64,
     /// How long the last ping took, in milliseconds (absent when it got no answer).
     #[oai(skip_serializing_if_is_none)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub latency_ms: Option<f64>,
     /// Why the backend is down (never contains a secret).
     #[oai(skip_serializing_if_is_none)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
 
 /// The service's health.
-#[derive(Debug, Clone, Object)]
+#[derive(Debug, Clone, Object, Serialize)]
 pub struct HealthBody {
     /// `healthy`, `degraded` (the cache answers slowly) or `unhealthy`.
     pub status: String,
@@ -39,7 +43,7 @@ pub struct HealthBody {
 }
 
 /// The process is serving.
-#[derive(Debug, Clone, Object)]
+#[derive(Debug, Clone, Object, Serialize)]
 pub struct LiveBody {
     /// Always `alive`.
     pub status: String,
@@ -49,11 +53,11 @@ pub struct LiveBody {
 enum HealthResponse {
     /// The cache backend answered its last ping in time (perhaps slowly).
     #[oai(status = 200)]
-    Healthy(Json<HealthBody>),
+    Healthy(JsonBody<HealthBody>),
     /// The cache backend did not answer a ping in time. Requests are still
     /// served (from the store), only slower.
     #[oai(status = 503)]
-    Unhealthy(Json<HealthBody>),
+    Unhealthy(JsonBody<HealthBody>),
 }
 
 /// The health probes.
@@ -93,16 +97,16 @@ impl HealthApi {
             },
         };
         if snapshot.status == HealthStatus::Down {
-            HealthResponse::Unhealthy(Json(body))
+            HealthResponse::Unhealthy(JsonBody(body))
         } else {
-            HealthResponse::Healthy(Json(body))
+            HealthResponse::Healthy(JsonBody(body))
         }
     }
 
     /// Liveness: 200 while the process serves requests. Touches nothing.
     #[oai(path = "/health/live", method = "get", tag = "Tag::Health")]
-    async fn live(&self) -> Json<LiveBody> {
-        Json(LiveBody {
+    async fn live(&self) -> JsonBody<LiveBody> {
+        JsonBody(LiveBody {
             status: "alive".into(),
         })
     }

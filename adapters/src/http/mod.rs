@@ -6,6 +6,7 @@
 
 mod errors;
 mod health;
+mod json;
 mod root;
 mod users;
 
@@ -20,6 +21,7 @@ use crate::health::HealthMonitor;
 
 pub use errors::ErrorBody;
 pub use health::HealthApi;
+pub use json::JsonBody;
 pub use root::RootApi;
 pub use users::UsersApi;
 

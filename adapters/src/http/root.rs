@@ -1,7 +1,9 @@
 //! `GET /`: what this service is and where its docs are.
 
-use poem_openapi::payload::Json;
 use poem_openapi::{Object, OpenApi, Tags};
+use serde::Serialize;
+
+use super::json::JsonBody;
 
 #[derive(Tags)]
 enum Tag {
@@ -10,7 +12,7 @@ enum Tag {
 }
 
 /// Name, version and links.
-#[derive(Debug, Object)]
+#[derive(Debug, Object, Serialize)]
 pub struct ServiceInfo {
     /// The service's name.
     pub name: String,
@@ -31,8 +33,8 @@ pub struct RootApi;
 impl RootApi {
     /// What this service is, and links to its docs.
     #[oai(path = "/", method = "get", tag = "Tag::Service")]
-    async fn index(&self) -> Json<ServiceInfo> {
-        Json(ServiceInfo {
+    async fn index(&self) -> JsonBody<ServiceInfo> {
+        JsonBody(ServiceInfo {
             name: "CacheManager User API".into(),
             version: env!("CARGO_PKG_VERSION").into(),
             docs: "/docs".into(),

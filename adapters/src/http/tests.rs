@@ -486,3 +486,61 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn every_body_is_sent_as_its_schema_documents_it() {
+    use super::health::{CacheHealth, HealthBody, LiveBody};
+    use super::json::agreement::assert_same_json;
+    use super::root::ServiceInfo;
+    use super::users::{LookupResponseBody, UserDto, UserList};
+
+    let dto = UserDto::from(&user(1));
+    assert_same_json(&dto);
+    assert_same_json(&UserList {
+        users: vec![dto.clone(), UserDto::from(&user(2))],
+        limit: 100,
+        offset: 0,
+    });
+    assert_same_json(&LookupResponseBody {
+        users: vec![dto],
+        missing: vec![uuid(3).to_string()],
+    });
+    for (latency_ms, error) in [(Some(0.4), None), (None, Some("refused".to_owned()))] {
+        assert_same_json(&HealthBody {
+            status: "healthy".into(),
+            cache: CacheHealth {
+                backend: "redis".into(),
+                status: "up".into(),
+                since_secs: 12.5,
+                latency_ms,
+                error,
+            },
+        });
+    }
+    assert_same_json(&LiveBody {
+        status: "alive".into(),
+    });
+    assert_same_json(&ServiceInfo {
+        name: "n".into(),
+        version: "v".into(),
+        docs: "/docs".into(),
+        openapi: "/openapi.json".into(),
+        health: "/health".into(),
+    });
+}
+
+#[tokio::test]
+async fn json_bodies_carry_the_json_content_type() {
+    let mut queries = MockUserQueries::new();
+    queries.expect_user_by_uuid().returning(|_| Ok(user(1)));
+    let client = client_with(queries).await;
+    for path in [
+        "/users/550e8400-e29b-41d4-a716-446655440001",
+        "/health/live",
+        "/",
+    ] {
+        let response = client.get(path).send().await;
+        response.assert_status_is_ok();
+        response.assert_header("content-type", "application/json; charset=utf-8");
+    }
+}

@@ -7,7 +7,10 @@ use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi, Tags};
 
+use serde::Serialize;
+
 use super::errors::{ErrorBody, WithBadRequest, bad_request};
+use super::json::JsonBody;
 
 #[derive(Tags)]
 enum Tag {
@@ -16,7 +19,7 @@ enum Tag {
 }
 
 /// A user.
-#[derive(Debug, Clone, PartialEq, Eq, Object)]
+#[derive(Debug, Clone, PartialEq, Eq, Object, Serialize)]
 pub struct UserDto {
     /// Numeric id.
     pub id: i64,
@@ -43,7 +46,7 @@ impl From<&User> for UserDto {
 }
 
 /// A page of users.
-#[derive(Debug, Object)]
+#[derive(Debug, Object, Serialize)]
 pub struct UserList {
     /// The users, ordered by id.
     pub users: Vec<UserDto>,
@@ -61,7 +64,7 @@ pub struct LookupRequest {
 }
 
 /// The answer to a batch lookup.
-#[derive(Debug, Object)]
+#[derive(Debug, Object, Serialize)]
 pub struct LookupResponseBody {
     /// The users found, in the order asked.
     pub users: Vec<UserDto>,
@@ -74,7 +77,7 @@ pub struct LookupResponseBody {
 enum ListResponse {
     /// A page of users.
     #[oai(status = 200)]
-    Ok(Json<UserList>),
+    Ok(JsonBody<UserList>),
     /// A bad `limit` or `offset`.
     #[oai(status = 400)]
     BadRequest(Json<ErrorBody>),
@@ -88,7 +91,7 @@ enum ListResponse {
 enum GetResponse {
     /// The user.
     #[oai(status = 200)]
-    Ok(Json<UserDto>),
+    Ok(JsonBody<UserDto>),
     /// Not a UUID (`invalid_uuid`).
     #[oai(status = 400)]
     BadRequest(Json<ErrorBody>),
@@ -105,7 +108,7 @@ enum GetResponse {
 enum LookupResponse {
     /// Users found and UUIDs missing.
     #[oai(status = 200)]
-    Ok(Json<LookupResponseBody>),
+    Ok(JsonBody<LookupResponseBody>),
     /// More than 100 UUIDs (`too_many_uuids`), a malformed UUID
     /// (`invalid_uuid`), a UUID given twice (`duplicate_uuids`), or a body
     /// that is not the documented JSON (`bad_request`).
@@ -188,7 +191,7 @@ impl<S: UserQueries> UsersApi<S> {
             }
         };
         match self.service.list_users(page).await {
-            Ok(users) => ListResponse::Ok(Json(UserList {
+            Ok(users) => ListResponse::Ok(JsonBody(UserList {
                 users: users.iter().map(UserDto::from).collect(),
                 limit: page.limit(),
                 offset: page.offset(),
@@ -216,7 +219,7 @@ impl<S: UserQueries> UsersApi<S> {
             }
         };
         match self.service.user_by_uuid(uuid).await {
-            Ok(user) => GetResponse::Ok(Json(UserDto::from(&user))),
+            Ok(user) => GetResponse::Ok(JsonBody(UserDto::from(&user))),
             Err(error) => match Failure::from(error) {
                 Failure::BadRequest(body) => GetResponse::BadRequest(Json(body)),
                 Failure::NotFound(body) => GetResponse::NotFound(Json(body)),
@@ -263,7 +266,7 @@ impl<S: UserQueries> UsersApi<S> {
             }
         }
         match self.service.lookup(&uuids).await {
-            Ok(found) => LookupResponse::Ok(Json(LookupResponseBody {
+            Ok(found) => LookupResponse::Ok(JsonBody(LookupResponseBody {
                 users: found.users.iter().map(UserDto::from).collect(),
                 missing: found.missing.iter().map(ToString::to_string).collect(),
             })),
