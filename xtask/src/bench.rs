@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::images;
+use crate::{chart, images};
 
 const MISS_USERS: u32 = 50_000;
 /// The reference case: `adapters/examples/bare_redis_get.rs`, a bare poem
@@ -523,6 +523,47 @@ pub fn bench(args: &[String]) -> Result<()> {
     report(&results, &dir, runs, seconds, options.quick)
 }
 
+/// Redraws the chart of an earlier run from its `results.json`:
+/// `cargo xtask bench-chart [results.json]`.
+pub fn chart_from_json(args: &[String]) -> Result<()> {
+    let dir = crate::workspace_root().join("target/bench");
+    let json = args
+        .first()
+        .map_or_else(|| dir.join("results.json"), PathBuf::from);
+    let text =
+        fs::read_to_string(&json).with_context(|| format!("cannot read {}", json.display()))?;
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a bench result", json.display()))?;
+    let bars: Vec<chart::Bar> = rows
+        .iter()
+        .map(|row| chart::Bar {
+            label: format!(
+                "{} · {} conns",
+                row["case"].as_str().unwrap_or("?"),
+                row["connections"]
+            ),
+            rps: row["rps"].as_f64().unwrap_or(0.0),
+            ceiling_rps: row["ceiling_rps"].as_f64().unwrap_or(0.0),
+            percent_of_ceiling: 100.0 * row["ratio_to_ceiling"].as_f64().unwrap_or(0.0),
+        })
+        .collect();
+    let first = rows.first().context("no rows in the results")?;
+    let title = format!(
+        "cargo xtask bench{}: {} run(s) of {} s per case, medians",
+        if first["quick"].as_bool() == Some(true) {
+            " --quick"
+        } else {
+            ""
+        },
+        first["runs"],
+        first["seconds"]
+    );
+    let png = json.with_extension("png");
+    chart::draw(&bars, &title, &png)?;
+    println!("chart: {}", png.display());
+    Ok(())
+}
+
 fn report(
     results: &[CaseResult],
     dir: &Path,
@@ -602,6 +643,36 @@ fn report(
         "\n{table}\nwritten to {}",
         dir.join("results.json").display()
     );
+    let bars: Vec<chart::Bar> = results
+        .iter()
+        .map(|r| chart::Bar {
+            label: format!("{} · {} conns", r.name, r.connections),
+            rps: median(r.runs.iter().map(|(run, _)| run.rps).collect()).0,
+            ceiling_rps: median(r.runs.iter().map(|(_, c)| c.rps).collect()).0,
+            percent_of_ceiling: median(
+                r.runs
+                    .iter()
+                    .map(|(run, c)| {
+                        if c.rps > 0.0 {
+                            100.0 * run.rps / c.rps
+                        } else {
+                            0.0
+                        }
+                    })
+                    .collect(),
+            )
+            .0,
+        })
+        .collect();
+    let title = format!(
+        "cargo xtask bench{}: {runs} run(s) of {seconds} s per case, medians",
+        if quick { " --quick" } else { "" }
+    );
+    // The chart is for people; a run that cannot draw it still reports.
+    match chart::draw(&bars, &title, &dir.join("results.png")) {
+        Ok(()) => println!("chart: {}", dir.join("results.png").display()),
+        Err(error) => println!("chart not drawn: {error:#}"),
+    }
     let failed: u64 = results
         .iter()
         .flat_map(|r| r.runs.iter())

@@ -10,6 +10,7 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod bench;
+mod chart;
 mod compose;
 mod images;
 mod microbench;
@@ -33,6 +34,7 @@ commands:
   bench [--quick] [--redis-url URL]
                         the service under wrk, each case beside the ceiling of the
                         same binary; JSON in target/bench/, a markdown table printed
+  bench-chart [FILE]    redraw the chart of a run from its results.json
   microbench [--quick] [--redis-url URL]
                         criterion benchmarks of the cache core (codecs, keys, typed
                         cache against raw moka and a raw Redis GET), with a table
@@ -58,6 +60,7 @@ fn main() -> ExitCode {
         }
         Some("compose-smoke") => compose::smoke(),
         Some("bench") => bench::bench(&args[1..]),
+        Some("bench-chart") => bench::chart_from_json(&args[1..]),
         Some("microbench") => microbench::microbench(&args[1..]),
         Some("help" | "--help" | "-h") | None => {
             print!("{HELP}");
