@@ -133,6 +133,11 @@ impl Name {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The name, without a copy.
+    pub fn into_string(self) -> String {
+        self.0
+    }
 }
 
 /// An e-mail address: `local@domain`, at most 254 characters, no spaces.
@@ -170,6 +175,11 @@ impl Email {
     /// The address.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// The address, without a copy.
+    pub fn into_string(self) -> String {
+        self.0
     }
 }
 
@@ -220,6 +230,18 @@ impl User {
     /// The e-mail address.
     pub fn email(&self) -> &Email {
         &self.email
+    }
+
+    /// Takes the user apart without copying its text, for an adapter that
+    /// maps it to its own type: (id, uuid, first name, last name, e-mail).
+    pub fn into_parts(self) -> (UserId, UserUuid, Name, Name, Email) {
+        (
+            self.id,
+            self.uuid,
+            self.first_name,
+            self.last_name,
+            self.email,
+        )
     }
 }
 

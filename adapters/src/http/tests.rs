@@ -494,16 +494,16 @@ fn every_body_is_sent_as_its_schema_documents_it() {
     use super::root::ServiceInfo;
     use super::users::{LookupResponseBody, UserDto, UserList};
 
-    let dto = UserDto::from(&user(1));
+    let dto = UserDto::from(user(1));
     assert_same_json(&dto);
     assert_same_json(&UserList {
-        users: vec![dto.clone(), UserDto::from(&user(2))],
+        users: vec![dto.clone(), UserDto::from(user(2))],
         limit: 100,
         offset: 0,
     });
     assert_same_json(&LookupResponseBody {
         users: vec![dto],
-        missing: vec![uuid(3).to_string()],
+        missing: vec![uuid(3).get()],
     });
     for (latency_ms, error) in [(Some(0.4), None), (None, Some("refused".to_owned()))] {
         assert_same_json(&HealthBody {
