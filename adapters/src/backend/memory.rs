@@ -219,6 +219,33 @@ mod tests {
         assert!(backend.entry_count() > 0);
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn compare_and_delete_never_removes_a_value_written_while_it_ran() {
+        // Whichever runs first, the valid value must survive: either the
+        // delete comes first and the write lands after it, or the write comes
+        // first and the comparison no longer matches.
+        let backend = MemoryBackend::default();
+        for round in 0..2000 {
+            let key = format!("k{round}");
+            backend.set(&key, Bytes::from_static(b"corrupt"), None).await.unwrap();
+            let (deleter, writer) = (backend.clone(), backend.clone());
+            let (k1, k2) = (key.clone(), key.clone());
+            let delete = tokio::spawn(async move {
+                deleter.compare_and_delete(&k1, b"corrupt").await.unwrap()
+            });
+            let write = tokio::spawn(async move {
+                writer.set(&k2, Bytes::from_static(b"valid"), None).await.unwrap()
+            });
+            delete.await.unwrap();
+            write.await.unwrap();
+            assert_eq!(
+                backend.get(&key).await.unwrap().as_deref(),
+                Some(&b"valid"[..]),
+                "round {round}"
+            );
+        }
+    }
+
     #[test]
     fn debug_shows_size_not_contents() {
         let text = format!("{:?}", MemoryBackend::default());
