@@ -227,14 +227,21 @@ mod tests {
         let backend = MemoryBackend::default();
         for round in 0..2000 {
             let key = format!("k{round}");
-            backend.set(&key, Bytes::from_static(b"corrupt"), None).await.unwrap();
+            backend
+                .set(&key, Bytes::from_static(b"corrupt"), None)
+                .await
+                .unwrap();
             let (deleter, writer) = (backend.clone(), backend.clone());
             let (k1, k2) = (key.clone(), key.clone());
-            let delete = tokio::spawn(async move {
-                deleter.compare_and_delete(&k1, b"corrupt").await.unwrap()
-            });
+            let delete =
+                tokio::spawn(
+                    async move { deleter.compare_and_delete(&k1, b"corrupt").await.unwrap() },
+                );
             let write = tokio::spawn(async move {
-                writer.set(&k2, Bytes::from_static(b"valid"), None).await.unwrap()
+                writer
+                    .set(&k2, Bytes::from_static(b"valid"), None)
+                    .await
+                    .unwrap()
             });
             delete.await.unwrap();
             write.await.unwrap();
