@@ -388,10 +388,10 @@ pub fn bench(args: &[String]) -> Result<()> {
         ],
         &[],
     )?;
-    let root = crate::workspace_root();
-    let binary = root.join("target/release/cachemanager");
-    let bare = root.join("target/release/examples/bare_redis_get");
-    let dir = root.join("target/bench");
+    let target = crate::target_dir();
+    let binary = target.join("release/cachemanager");
+    let bare = target.join("release/examples/bare_redis_get");
+    let dir = target.join("bench");
     fs::create_dir_all(&dir)?;
 
     // 50,000 users for the miss case: each run asks each at most once.
@@ -526,12 +526,19 @@ pub fn bench(args: &[String]) -> Result<()> {
 /// Redraws the chart of an earlier run from its `results.json`:
 /// `cargo xtask bench-chart [results.json]`.
 pub fn chart_from_json(args: &[String]) -> Result<()> {
-    let dir = crate::workspace_root().join("target/bench");
-    let json = args
-        .first()
-        .map_or_else(|| dir.join("results.json"), PathBuf::from);
+    let json = args.first().map_or_else(
+        || crate::target_dir().join("bench/results.json"),
+        PathBuf::from,
+    );
+    let png = chart_of(&json)?;
+    println!("chart: {}", png.display());
+    Ok(())
+}
+
+/// Draws the chart of the run in `json` beside it (same name, `.png`).
+fn chart_of(json: &Path) -> Result<PathBuf> {
     let text =
-        fs::read_to_string(&json).with_context(|| format!("cannot read {}", json.display()))?;
+        fs::read_to_string(json).with_context(|| format!("cannot read {}", json.display()))?;
     let rows: Vec<serde_json::Value> = serde_json::from_str(&text)
         .with_context(|| format!("{} is not a bench result", json.display()))?;
     let bars: Vec<chart::Bar> = rows
@@ -560,8 +567,7 @@ pub fn chart_from_json(args: &[String]) -> Result<()> {
     );
     let png = json.with_extension("png");
     chart::draw(&bars, &title, &png)?;
-    println!("chart: {}", png.display());
-    Ok(())
+    Ok(png)
 }
 
 fn report(
@@ -643,34 +649,9 @@ fn report(
         "\n{table}\nwritten to {}",
         dir.join("results.json").display()
     );
-    let bars: Vec<chart::Bar> = results
-        .iter()
-        .map(|r| chart::Bar {
-            label: format!("{} · {} conns", r.name, r.connections),
-            rps: median(r.runs.iter().map(|(run, _)| run.rps).collect()).0,
-            ceiling_rps: median(r.runs.iter().map(|(_, c)| c.rps).collect()).0,
-            percent_of_ceiling: median(
-                r.runs
-                    .iter()
-                    .map(|(run, c)| {
-                        if c.rps > 0.0 {
-                            100.0 * run.rps / c.rps
-                        } else {
-                            0.0
-                        }
-                    })
-                    .collect(),
-            )
-            .0,
-        })
-        .collect();
-    let title = format!(
-        "cargo xtask bench{}: {runs} run(s) of {seconds} s per case, medians",
-        if quick { " --quick" } else { "" }
-    );
     // The chart is for people; a run that cannot draw it still reports.
-    match chart::draw(&bars, &title, &dir.join("results.png")) {
-        Ok(()) => println!("chart: {}", dir.join("results.png").display()),
+    match chart_of(&dir.join("results.json")) {
+        Ok(png) => println!("chart: {}", png.display()),
         Err(error) => println!("chart not drawn: {error:#}"),
     }
     let failed: u64 = results

@@ -124,8 +124,8 @@ struct Rootfs {
 
 impl Rootfs {
     fn new(name: &str) -> Result<Self> {
-        let root = crate::workspace_root()
-            .join("target/xtask")
+        let root = crate::target_dir()
+            .join("xtask")
             .join(format!("{name}-rootfs"));
         if root.exists() {
             fs::remove_dir_all(&root)?;
@@ -257,7 +257,7 @@ pub fn build_app() -> Result<&'static str> {
         &["build", "--release", "--locked", "-p", "app"],
         &[],
     )?;
-    let binary = crate::workspace_root().join("target/release/cachemanager");
+    let binary = crate::target_dir().join("release/cachemanager");
     let mut rootfs = Rootfs::new("app")?;
     rootfs.binary(&binary, "/usr/local/bin/cachemanager")?;
     // As the Dockerfile does: the release profile keeps line tables for

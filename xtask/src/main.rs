@@ -94,6 +94,13 @@ pub(crate) fn run(program: &str, args: &[&str], envs: &[(&str, &str)]) -> Result
     Ok(())
 }
 
+/// Cargo's target directory: `CARGO_TARGET_DIR` when set, else `target/`.
+pub(crate) fn target_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
 pub(crate) fn workspace_root() -> std::path::PathBuf {
     // xtask/ sits one level below the root.
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -9,7 +9,7 @@
 
 use std::fmt::Write as _;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::SystemTime;
 
 use anyhow::{Context, Result, bail};
@@ -32,12 +32,6 @@ fn target(group: &str) -> Option<f64> {
     } else {
         None
     }
-}
-
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| crate::workspace_root().join("target"))
 }
 
 /// Runs `cargo xtask microbench`.
@@ -82,7 +76,11 @@ pub fn microbench(args: &[String]) -> Result<()> {
     crate::run("cargo", &cargo_args, &envs)?;
 
     let mut measured = Vec::new();
-    collect(&target_dir().join("criterion"), started, &mut measured)?;
+    collect(
+        &crate::target_dir().join("criterion"),
+        started,
+        &mut measured,
+    )?;
     if measured.is_empty() {
         bail!("criterion wrote no results under target/criterion");
     }
@@ -190,7 +188,7 @@ fn report(measured: &[Measured], quick: bool) -> Result<()> {
             "quick": quick,
         }));
     }
-    let dir = target_dir().join("bench");
+    let dir = crate::target_dir().join("bench");
     fs::create_dir_all(&dir)?;
     fs::write(dir.join("micro.json"), serde_json::to_string_pretty(&json)?)?;
     fs::write(dir.join("micro.md"), &table)?;

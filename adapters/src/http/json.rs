@@ -14,10 +14,12 @@ use poem::http::StatusCode;
 use poem::http::header::CONTENT_TYPE;
 use poem::{IntoResponse, Response};
 use poem_openapi::ApiResponse;
-use poem_openapi::payload::Payload;
+use poem_openapi::payload::{Json, Payload};
 use poem_openapi::registry::{MetaMediaType, MetaResponse, MetaResponses, MetaSchemaRef, Registry};
 use poem_openapi::types::Type;
 use serde::Serialize;
+
+use super::errors::ErrorBody;
 
 const CONTENT_TYPE_JSON: &str = "application/json; charset=utf-8";
 
@@ -48,10 +50,9 @@ impl<T: Serialize + Send> IntoResponse for JsonBody<T> {
                 // Only a map with non-string keys or a failing custom
                 // Serialize can get here; none of our bodies has either.
                 tracing::error!(%error, "cannot serialise a response body");
-                Response::builder()
-                    .status(StatusCode::INTERNAL_SERVER_ERROR)
-                    .header(CONTENT_TYPE, CONTENT_TYPE_JSON)
-                    .body(r#"{"error":"internal","message":"internal error; the cause is in the service's logs"}"#)
+                Json(ErrorBody::internal())
+                    .with_status(StatusCode::INTERNAL_SERVER_ERROR)
+                    .into_response()
             }
         }
     }
@@ -93,5 +94,26 @@ pub(crate) mod agreement {
             sent, documented,
             "the sent JSON differs from the documented one"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use poem::IntoResponse;
+
+    use super::JsonBody;
+
+    #[tokio::test]
+    async fn a_body_that_cannot_be_serialised_is_a_json_500() {
+        // JSON object keys must be strings: a tuple key cannot be written.
+        let body = std::collections::HashMap::from([((1, 2), 3)]);
+        let response = JsonBody(body).into_response();
+        assert_eq!(
+            response.status(),
+            poem::http::StatusCode::INTERNAL_SERVER_ERROR
+        );
+        let text = response.into_body().into_string().await.unwrap();
+        let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(value["error"], "internal");
     }
 }
