@@ -6,14 +6,19 @@ use std::time::{Duration, Instant};
 use ports::{BackendError, SharedBackend};
 use tokio::sync::watch;
 
-use crate::backend::BreakerState;
+use crate::backend::{StackStatus, StatusSignal};
+
+/// A command refusal (`OOM`, `READONLY`, `NOPERM`) keeps the backend
+/// `Degraded` for this long after it was last seen.
+pub const REFUSAL_MEMORY: Duration = Duration::from_secs(30);
 
 /// The cache backend's state, as `/health` reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HealthStatus {
     /// It answered the last ping quickly.
     Healthy,
-    /// It answered the last ping, but slower than `slow_ping`.
+    /// It answered the last ping, but slower than `slow_ping`, or it
+    /// refused some commands recently (`OOM`, `READONLY`, `NOPERM`).
     Degraded,
     /// It did not answer the last ping in time, or the circuit is open.
     /// Requests are still served, without the cache.
@@ -29,7 +34,7 @@ pub struct HealthSnapshot {
     pub status: HealthStatus,
     /// How long the last answered ping took.
     pub latency: Option<Duration>,
-    /// Why it is down (never a secret: backend errors carry none).
+    /// Why it is down or degraded (never a secret: backend errors carry none).
     pub error: Option<String>,
     /// When the state last changed.
     pub since: Instant,
@@ -70,13 +75,10 @@ pub struct HealthMonitor {
 
 impl HealthMonitor {
     /// Starts monitoring `backend` (the outermost decorator, so that pings see
-    /// what requests see). `breaker`, when given, makes the monitor react at
-    /// once to the circuit opening or closing instead of waiting for its next ping.
-    pub fn spawn(
-        backend: SharedBackend,
-        breaker: Option<watch::Receiver<BreakerState>>,
-        config: MonitorConfig,
-    ) -> Self {
+    /// what requests see). `status` is the stack's status signal: any change
+    /// in it (the circuit opening or closing, a refused command) makes the
+    /// monitor check at once instead of waiting for its next ping.
+    pub fn spawn(backend: SharedBackend, status: StatusSignal, config: MonitorConfig) -> Self {
         let (sender, snapshot) = watch::channel(HealthSnapshot {
             backend: backend.name(),
             status: HealthStatus::Down,
@@ -85,7 +87,7 @@ impl HealthMonitor {
             since: Instant::now(),
             checked: false,
         });
-        tokio::spawn(run(backend, breaker, config, sender));
+        tokio::spawn(run(backend, status.subscribe(), config, sender));
         Self { snapshot }
     }
 
@@ -95,18 +97,24 @@ impl HealthMonitor {
         self.snapshot.borrow().clone()
     }
 
-    /// Waits until a snapshot satisfies `condition` (for tests and start-up).
-    pub async fn wait_for(&self, condition: impl FnMut(&HealthSnapshot) -> bool) -> HealthSnapshot {
+    /// Waits at most `limit` until a snapshot satisfies `condition`; `None`
+    /// when it did not in time (for tests and start-up: never waits forever).
+    pub async fn wait_for(
+        &self,
+        limit: Duration,
+        condition: impl FnMut(&HealthSnapshot) -> bool,
+    ) -> Option<HealthSnapshot> {
         let mut receiver = self.snapshot.clone();
-        match receiver.wait_for(condition).await {
-            Ok(snapshot) => snapshot.clone(),
-            Err(_) => self.snapshot(),
+        match tokio::time::timeout(limit, receiver.wait_for(condition)).await {
+            Ok(Ok(snapshot)) => Some(snapshot.clone()),
+            Ok(Err(_)) | Err(_) => None,
         }
     }
 }
 
 async fn check(
     backend: &SharedBackend,
+    stack: &StackStatus,
     timeout: Duration,
     slow: Duration,
 ) -> (HealthStatus, Option<Duration>, Option<String>) {
@@ -114,12 +122,18 @@ async fn check(
     match tokio::time::timeout(timeout, backend.ping()).await {
         Ok(Ok(())) => {
             let latency = started.elapsed();
-            let status = if latency > slow {
-                HealthStatus::Degraded
+            let refusal = stack
+                .refusal
+                .as_ref()
+                .filter(|refusal| refusal.at.elapsed() < REFUSAL_MEMORY);
+            if let Some(refusal) = refusal {
+                let why = format!("the backend refuses some commands: {}", refusal.reason);
+                (HealthStatus::Degraded, Some(latency), Some(why))
+            } else if latency > slow {
+                (HealthStatus::Degraded, Some(latency), None)
             } else {
-                HealthStatus::Healthy
-            };
-            (status, Some(latency), None)
+                (HealthStatus::Healthy, Some(latency), None)
+            }
         }
         Ok(Err(BackendError::CircuitOpen)) => (
             HealthStatus::Down,
@@ -137,12 +151,14 @@ async fn check(
 
 async fn run(
     backend: SharedBackend,
-    mut breaker: Option<watch::Receiver<BreakerState>>,
+    mut stack: watch::Receiver<StackStatus>,
     config: MonitorConfig,
     sender: watch::Sender<HealthSnapshot>,
 ) {
     loop {
-        let (status, latency, error) = check(&backend, config.ping_timeout, config.slow_ping).await;
+        let current = stack.borrow_and_update().clone();
+        let (status, latency, error) =
+            check(&backend, &current, config.ping_timeout, config.slow_ping).await;
         let previous = sender.borrow().clone();
         if previous.status != status || !previous.checked {
             match status {
@@ -152,7 +168,8 @@ async fn run(
                 HealthStatus::Degraded => tracing::warn!(
                     backend = backend.name(),
                     latency_ms = latency.map(|l| l.as_millis() as u64),
-                    "cache backend degraded: slow answers"
+                    reason = error.as_deref().unwrap_or("slow answers"),
+                    "cache backend degraded"
                 ),
                 HealthStatus::Down => tracing::error!(
                     backend = backend.name(),
@@ -181,19 +198,14 @@ async fn run(
         } else {
             config.down_interval
         };
-        let breaker_changed = async {
-            match breaker.as_mut() {
-                Some(receiver) => {
-                    if receiver.changed().await.is_err() {
-                        std::future::pending::<()>().await;
-                    }
-                }
-                None => std::future::pending::<()>().await,
+        let stack_changed = async {
+            if stack.changed().await.is_err() {
+                std::future::pending::<()>().await;
             }
         };
         tokio::select! {
             () = tokio::time::sleep(pause) => {}
-            () = breaker_changed => {}
+            () = stack_changed => {}
             // Every handle is gone: stop.
             () = sender.closed() => return,
         }
@@ -209,6 +221,7 @@ mod tests {
 
     use super::*;
     use crate::backend::stub::{FOREVER, StubBackend};
+    use crate::backend::{Circuit, Refusal};
 
     fn quick() -> MonitorConfig {
         MonitorConfig {
@@ -219,13 +232,23 @@ mod tests {
         }
     }
 
+    /// Far below the 60 s healthy interval: only a reaction explains an answer in time.
+    const SOON: Duration = Duration::from_secs(5);
+
+    async fn first_check(monitor: &HealthMonitor) -> HealthSnapshot {
+        monitor
+            .wait_for(SOON, |s| s.checked)
+            .await
+            .expect("a first check within 5 s")
+    }
+
     #[tokio::test]
     async fn a_backend_that_answers_is_healthy() {
         let mut mock = MockCacheBackend::new();
         mock.expect_name().return_const("mock");
         mock.expect_ping().returning(|| Ok(()));
-        let monitor = HealthMonitor::spawn(Arc::new(mock), None, quick());
-        let snapshot = monitor.wait_for(|s| s.checked).await;
+        let monitor = HealthMonitor::spawn(Arc::new(mock), StatusSignal::new(), quick());
+        let snapshot = first_check(&monitor).await;
         assert_eq!(snapshot.status, HealthStatus::Healthy);
         assert!(snapshot.latency.is_some());
     }
@@ -236,8 +259,8 @@ mod tests {
         mock.expect_name().return_const("mock");
         mock.expect_ping()
             .returning(|| Err(BackendError::Unavailable("refused".into())));
-        let monitor = HealthMonitor::spawn(Arc::new(mock), None, quick());
-        let snapshot = monitor.wait_for(|s| s.checked).await;
+        let monitor = HealthMonitor::spawn(Arc::new(mock), StatusSignal::new(), quick());
+        let snapshot = first_check(&monitor).await;
         assert_eq!(snapshot.status, HealthStatus::Down);
         assert!(snapshot.error.unwrap().contains("refused"));
     }
@@ -245,14 +268,11 @@ mod tests {
     #[tokio::test]
     async fn a_slow_answer_is_degraded_and_no_answer_is_down() {
         let slow = StubBackend::new().ping_delay(Duration::from_millis(70));
-        let monitor = HealthMonitor::spawn(Arc::new(slow), None, quick());
-        assert_eq!(
-            monitor.wait_for(|s| s.checked).await.status,
-            HealthStatus::Degraded
-        );
+        let monitor = HealthMonitor::spawn(Arc::new(slow), StatusSignal::new(), quick());
+        assert_eq!(first_check(&monitor).await.status, HealthStatus::Degraded);
         let hung = StubBackend::new().ping_delay(FOREVER);
-        let monitor = HealthMonitor::spawn(Arc::new(hung), None, quick());
-        let snapshot = monitor.wait_for(|s| s.checked).await;
+        let monitor = HealthMonitor::spawn(Arc::new(hung), StatusSignal::new(), quick());
+        let snapshot = first_check(&monitor).await;
         assert_eq!(snapshot.status, HealthStatus::Down);
         assert!(snapshot.error.unwrap().contains("no answer"));
     }
@@ -261,37 +281,56 @@ mod tests {
     async fn recovery_is_noticed_at_the_faster_down_interval() {
         let backend = StubBackend::new().down();
         let up = backend.switch();
-        let monitor = HealthMonitor::spawn(Arc::new(backend), None, quick());
-        assert_eq!(
-            monitor.wait_for(|s| s.checked).await.status,
-            HealthStatus::Down
-        );
+        let monitor = HealthMonitor::spawn(Arc::new(backend), StatusSignal::new(), quick());
+        assert_eq!(first_check(&monitor).await.status, HealthStatus::Down);
         up.store(true, Ordering::SeqCst);
-        let started = Instant::now();
-        monitor
-            .wait_for(|s| s.status == HealthStatus::Healthy)
-            .await;
         // The healthy interval is 60 s: only the 20 ms down interval explains this.
-        assert!(started.elapsed() < Duration::from_secs(5));
+        let healthy = monitor
+            .wait_for(SOON, |s| s.status == HealthStatus::Healthy)
+            .await;
+        assert!(healthy.is_some(), "still down 5 s after the backend came back");
     }
 
     #[tokio::test]
-    async fn a_breaker_transition_triggers_a_check_at_once() {
+    async fn a_change_in_the_stack_status_triggers_a_check_at_once() {
         let backend = StubBackend::new();
         let up = backend.switch();
-        let (breaker, receiver) = watch::channel(BreakerState::Closed);
-        let monitor = HealthMonitor::spawn(Arc::new(backend), Some(receiver), quick());
-        assert_eq!(
-            monitor.wait_for(|s| s.checked).await.status,
-            HealthStatus::Healthy
-        );
+        let status = StatusSignal::new();
+        let monitor = HealthMonitor::spawn(Arc::new(backend), status.clone(), quick());
+        assert_eq!(first_check(&monitor).await.status, HealthStatus::Healthy);
         up.store(false, Ordering::SeqCst);
-        breaker.send_replace(BreakerState::Open);
-        let started = Instant::now();
-        monitor.wait_for(|s| s.status == HealthStatus::Down).await;
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "not the 60 s healthy interval"
-        );
+        status.set_circuit(Circuit::Open);
+        let down = monitor
+            .wait_for(SOON, |s| s.status == HealthStatus::Down)
+            .await;
+        assert!(down.is_some(), "not noticed before the 60 s healthy interval");
+    }
+
+    #[tokio::test]
+    async fn a_recent_refusal_makes_it_degraded_with_the_reason() {
+        let status = StatusSignal::new();
+        let monitor = HealthMonitor::spawn(Arc::new(StubBackend::new()), status.clone(), quick());
+        assert_eq!(first_check(&monitor).await.status, HealthStatus::Healthy);
+        status.update(|s| {
+            s.refusal = Some(Refusal {
+                reason: "OOM command not allowed when used memory > 'maxmemory'".into(),
+                at: Instant::now(),
+            });
+            true
+        });
+        let degraded = monitor
+            .wait_for(SOON, |s| s.status == HealthStatus::Degraded)
+            .await
+            .expect("degraded at once");
+        assert!(degraded.error.unwrap().contains("OOM"));
+    }
+
+    #[tokio::test]
+    async fn wait_for_gives_up_at_its_limit() {
+        let monitor = HealthMonitor::spawn(Arc::new(StubBackend::new()), StatusSignal::new(), quick());
+        let never = monitor
+            .wait_for(Duration::from_millis(50), |s| s.backend == "another")
+            .await;
+        assert!(never.is_none());
     }
 }

@@ -526,6 +526,11 @@ impl RawSettings {
                     self.redis.response_timeout_ms,
                 )?,
                 ca_file: non_empty(self.redis.ca_file).map(PathBuf::from),
+                operation_timeout: millis(
+                    "cache.operation_timeout_ms",
+                    self.cache.operation_timeout_ms,
+                )?,
+                ..RedisConfig::default()
             },
             memory: MemorySettings { max_bytes },
             users: UsersSettings {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use adapters::backend::{
     BreakerConfig, CircuitBreaker, MemoryBackend, MemoryConfig, NoopBackend, RedisBackend,
-    RedisSetupError, TimeoutBackend,
+    RedisSetupError, StatusSignal, TimeoutBackend,
 };
 use adapters::health::{HealthMonitor, MonitorConfig};
 use adapters::http::{HttpConfig, routes};
@@ -40,40 +40,39 @@ pub enum StartupError {
     },
 }
 
-/// The cache backend as requests see it, and what watches over it.
+/// The cache backend as requests see it, and its one status signal.
 pub struct BuiltBackend {
     /// The outermost decorator: what typed caches and the health monitor use.
     pub backend: SharedBackend,
-    /// The circuit breaker's transitions, when the backend has one.
-    pub breaker: Option<tokio::sync::watch::Receiver<adapters::backend::BreakerState>>,
+    /// What every layer of the stack reports (circuit, refusals, rebuilds).
+    pub status: StatusSignal,
 }
 
-/// Builds the configured backend with its decorators:
-/// `CircuitBreaker(TimeoutBackend(RedisBackend))` for Redis, so a hung Redis
-/// costs at most the operation timeout, and a dead one nothing once the
-/// circuit opens; `TimeoutBackend(MemoryBackend)`; the bare `NoopBackend`.
-/// The Redis backend connects lazily: the service starts while Redis is down.
+/// Builds the configured backend with its decorators, all publishing into one
+/// [`StatusSignal`]:
+/// - Redis: `CircuitBreaker(RedisBackend)`. The Redis backend bounds each
+///   operation itself (`cache.operation_timeout_ms`), because that is where a
+///   run of timeouts is seen and a stuck connection replaced; the breaker's
+///   probe has the same bound. It connects lazily: the service starts while
+///   Redis is down.
+/// - Memory: `TimeoutBackend(MemoryBackend)`.
+/// - No-op: the bare `NoopBackend`.
 ///
 /// # Errors
 /// [`StartupError::Redis`] when the Redis settings cannot be used.
 pub fn build_backend(settings: &Settings) -> Result<BuiltBackend, StartupError> {
     let timeout = settings.cache.operation_timeout;
-    Ok(match settings.cache.backend {
-        BackendKind::Noop => BuiltBackend {
-            backend: Arc::new(NoopBackend),
-            breaker: None,
-        },
+    let status = StatusSignal::new();
+    let backend: SharedBackend = match settings.cache.backend {
+        BackendKind::Noop => Arc::new(NoopBackend),
         BackendKind::Memory => {
             let memory = MemoryBackend::new(MemoryConfig {
                 max_bytes: settings.memory.max_bytes,
             });
-            BuiltBackend {
-                backend: Arc::new(TimeoutBackend::new(Arc::new(memory), timeout)),
-                breaker: None,
-            }
+            Arc::new(TimeoutBackend::new(Arc::new(memory), timeout))
         }
         BackendKind::Redis => {
-            let backend = RedisBackend::new(&settings.redis)?;
+            let backend = RedisBackend::with_status(&settings.redis, status.clone())?;
             // Say early, once, whether Redis is usable (a wrong password, a
             // wrong host) without delaying start-up or failing it.
             let probe = backend.clone();
@@ -85,22 +84,19 @@ pub fn build_backend(settings: &Settings) -> Result<BuiltBackend, StartupError> 
                     }
                 }
             });
-            let bounded: SharedBackend = Arc::new(TimeoutBackend::new(Arc::new(backend), timeout));
-            let breaker = CircuitBreaker::new(
-                bounded,
+            Arc::new(CircuitBreaker::with_status(
+                Arc::new(backend),
                 BreakerConfig {
                     failure_threshold: settings.cache.breaker_failure_threshold,
                     probe_interval: settings.cache.breaker_probe_interval,
-                    probe_timeout: timeout.max(std::time::Duration::from_millis(250)),
+                    probe_timeout: timeout,
+                    ..BreakerConfig::default()
                 },
-            );
-            let transitions = breaker.subscribe();
-            BuiltBackend {
-                backend: Arc::new(breaker),
-                breaker: Some(transitions),
-            }
+                status.clone(),
+            ))
         }
-    })
+    };
+    Ok(BuiltBackend { backend, status })
 }
 
 /// The service, built and bound, ready to run.
@@ -117,7 +113,7 @@ impl Application {
     /// # Errors
     /// [`StartupError`]: unusable Redis settings, a bad users file, a port in use.
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
-        let BuiltBackend { backend, breaker } = build_backend(&settings)?;
+        let BuiltBackend { backend, status } = build_backend(&settings)?;
         let users = match &settings.users.file {
             Some(path) => InMemoryUserRepository::from_json_file(path)?,
             None => InMemoryUserRepository::sample(),
@@ -125,7 +121,7 @@ impl Application {
         let health = &settings.health;
         let monitor = HealthMonitor::spawn(
             backend.clone(),
-            breaker,
+            status,
             MonitorConfig {
                 interval: health.interval,
                 down_interval: health.down_interval,

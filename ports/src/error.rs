@@ -10,7 +10,9 @@ use thiserror::Error;
 /// timeout and, later, the circuit breaker count them.
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
 pub enum BackendError {
-    /// The backend could not be reached (connection refused, dropped, DNS).
+    /// The backend could not be reached (connection refused, dropped, DNS),
+    /// or answered that it cannot serve at all right now (for Redis:
+    /// `LOADING`, `BUSY`, `MASTERDOWN`, `CLUSTERDOWN`, `TRYAGAIN`).
     #[error("cache backend unavailable: {0}")]
     Unavailable(String),
     /// The backend refused our credentials. Never carries the secret.
@@ -27,8 +29,9 @@ pub enum BackendError {
     /// tried. Returned at once; the breaker logs its transitions, not each call.
     #[error("cache backend not tried: circuit open")]
     CircuitOpen,
-    /// The backend answered, but with an error for this command
-    /// (for Redis: `OOM`, a script error).
+    /// The backend answered, but refused this command while it keeps serving
+    /// others (for Redis: `OOM` refuses writes while reads work, `READONLY` on a
+    /// replica, `NOPERM` for what an ACL user may not do, `NOSCRIPT`, `ERR`).
     #[error("cache backend rejected the command: {0}")]
     Rejected(String),
     /// Anything else the driver reported.
@@ -87,9 +90,28 @@ pub enum CacheError {
 }
 
 impl BackendError {
+    /// How many kinds of error there are (see [`BackendError::kind_index`]).
+    pub const KINDS: usize = 7;
+
+    /// A distinct index in `0..KINDS` for each variant, e.g. to rate-limit
+    /// logs per kind.
+    pub fn kind_index(&self) -> usize {
+        match self {
+            Self::Unavailable(_) => 0,
+            Self::Unauthorized(_) => 1,
+            Self::Timeout(_) => 2,
+            Self::WrongType(_) => 3,
+            Self::CircuitOpen => 4,
+            Self::Rejected(_) => 5,
+            Self::Unknown(_) => 6,
+        }
+    }
+
     /// Whether this error says the backend itself is unwell (unreachable,
     /// slow, refusing us), as opposed to one command or one key being wrong.
-    /// Circuit breakers count only these.
+    /// Circuit breakers count only these. A refused command ([`Self::Rejected`])
+    /// does not count: under `OOM` reads keep working, so opening the circuit
+    /// would throw away every hit for nothing.
     pub fn is_backend_failure(&self) -> bool {
         matches!(
             self,

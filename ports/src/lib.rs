@@ -18,6 +18,7 @@ mod batch;
 mod codec;
 mod error;
 mod key;
+mod limiter;
 mod policy;
 mod typed;
 
@@ -28,5 +29,6 @@ pub use batch::WriteBatch;
 pub use codec::{Codec, JsonCodec, TextCodec};
 pub use error::{BackendError, CacheError, CodecError};
 pub use key::{CacheKey, full_key};
+pub use limiter::LogLimiter;
 pub use policy::{CachePolicy, DEFAULT_MAX_VALUE_BYTES, Ttl};
-pub use typed::{CacheDefinition, MAX_BATCH, TypedCache};
+pub use typed::{CacheDefinition, LOG_WINDOW, MAX_BATCH, TypedCache};

@@ -7,6 +7,7 @@ use bytes::Bytes;
 
 use crate::backend::{Entry, SharedBackend};
 use crate::codec::Codec;
+use crate::limiter::LogLimiter;
 use crate::error::BackendError;
 use crate::error::CacheError;
 use crate::key::{CacheKey, full_key};
@@ -296,20 +297,34 @@ impl<D: CacheDefinition> TypedCache<D> {
     }
 }
 
-/// Logs a swallowed backend error. An open circuit is logged at debug: the
-/// breaker reports its own transitions once, not once per request.
+/// Logs a swallowed backend error, at most once per [`LOG_WINDOW`] for each
+/// kind of error, with the count of those left out: a failing backend must
+/// never produce a log line per request. An open circuit is logged at debug:
+/// the breaker reports its own transitions once.
 pub(crate) fn log_backend_error(
     namespace: &str,
     operation: &'static str,
     key: &str,
     error: &BackendError,
 ) {
+    static LIMITERS: [LogLimiter; BackendError::KINDS] =
+        [const { LogLimiter::new(LOG_WINDOW) }; BackendError::KINDS];
     if matches!(error, BackendError::CircuitOpen) {
         tracing::debug!(namespace, operation, %key, "cache skipped: circuit open");
+        return;
+    }
+    let Some(suppressed) = LIMITERS[error.kind_index()].allow() else {
+        return;
+    };
+    if error.is_backend_failure() {
+        tracing::error!(namespace, operation, %key, %error, suppressed, "cache operation failed; served without the cache");
     } else {
-        tracing::error!(namespace, operation, %key, %error, "cache operation failed; served without the cache");
+        tracing::warn!(namespace, operation, %key, %error, suppressed, "cache command refused; served without the cache");
     }
 }
+
+/// How often the same kind of swallowed backend error may be logged.
+pub const LOG_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn check_batch(requested: usize) -> Result<(), CacheError> {
     if requested > MAX_BATCH {

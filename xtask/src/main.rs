@@ -1,7 +1,8 @@
 //! Project automation, reached as `cargo xtask <command>`.
 //!
-//! - `ci`: exactly what CI runs: fmt, clippy, unit tests, the integration
-//!   suite against a real Redis container, docs. One summary line per step.
+//! - `ci`: exactly what CI runs: installs what the machine lacks (or names
+//!   it in one line), then fmt, clippy, unit tests, the integration suite
+//!   against a real Redis container, docs. One summary line per step.
 //! - `redis-image`: makes sure a Redis image exists for the integration suite:
 //!   the official `redis:7-alpine` if present or pullable, otherwise
 //!   `cachemanager/redis:local` built from the host's Debian `redis-server`.
@@ -14,6 +15,7 @@ mod chart;
 mod compose;
 mod images;
 mod microbench;
+mod setup;
 
 use std::process::{Command, ExitCode};
 use std::time::Instant;
@@ -27,6 +29,8 @@ commands:
   ci                    fmt, clippy, unit tests, integration tests (real Redis),
                         outage tests (alone), compose smoke, bench --quick,
                         microbench --quick, docs
+  setup                 install what the test command needs and the machine lacks
+                        (apt-get), or name it in one line
   redis-image [--force] make sure a Redis image exists for the integration suite
                         (official redis:7-alpine, else build cachemanager/redis:local)
   images [--force]      the Redis image above, and cachemanager/app:local from a
@@ -59,6 +63,9 @@ fn main() -> ExitCode {
             })
         }
         Some("compose-smoke") => compose::smoke(),
+        Some("setup") => setup::ensure_components()
+            .and_then(|()| setup::ensure_docker())
+            .and_then(|()| setup::ensure_tools()),
         Some("bench") => bench::bench(&args[1..]),
         Some("bench-chart") => bench::chart_from_json(&args[1..]),
         Some("microbench") => microbench::microbench(&args[1..]),
@@ -126,6 +133,11 @@ fn cargo(args: &'static [&'static str]) -> impl Fn() -> Result<()> {
 }
 
 fn ci() -> Result<()> {
+    // What a fresh machine lacks is installed first, or named in one line.
+    println!("\n==> xtask ci: setup");
+    setup::ensure_components()?;
+    setup::ensure_docker()?;
+    setup::ensure_tools()?;
     let steps = [
         step("fmt", cargo(&["fmt", "--all", "--", "--check"])),
         step(

@@ -4,12 +4,14 @@ mod breaker;
 mod memory;
 mod noop;
 mod redis;
+mod status;
 #[cfg(test)]
 pub(crate) mod stub;
 mod timeout;
 
-pub use breaker::{BreakerConfig, BreakerState, CircuitBreaker};
+pub use breaker::{BreakerConfig, CircuitBreaker};
 pub use memory::{MemoryBackend, MemoryConfig};
 pub use noop::NoopBackend;
 pub use redis::{RedisBackend, RedisConfig, RedisSetupError, check_redis_url, redact_url};
+pub use status::{Circuit, Refusal, StackStatus, StatusSignal};
 pub use timeout::TimeoutBackend;

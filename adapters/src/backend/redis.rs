@@ -1,16 +1,32 @@
 //! The Redis backend: one multiplexed connection per process, managed by the
-//! redis crate's `ConnectionManager` (reconnects by itself), made lazily so the
-//! service starts and serves while Redis is down.
+//! redis crate's `ConnectionManager` (reconnects by itself after an I/O
+//! error), made lazily so the service starts and serves while Redis is down.
+//!
+//! The driver does not heal every fault by itself, so this backend does:
+//! - a refused login (`WRONGPASS`, `NOAUTH`, a failed `SELECT`) is kept by the
+//!   connection manager until an I/O error, so after a run of failures the
+//!   whole connection is rebuilt from the client (no I/O until the next use);
+//! - a timed-out command never makes the driver reconnect, so a connection
+//!   that stops answering (a black-holed path, a moved server) is replaced
+//!   after a short run of consecutive timeouts; TCP keepalive and
+//!   `TCP_USER_TIMEOUT` make the kernel give up on it too.
+//!
+//! Rebuilds are spaced (250 ms, doubling to 1 s while they keep failing), so a
+//! Redis that stays down costs one lazy reconnect a second at most.
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use ports::{BackendError, CacheBackend, Entry};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::io::tcp::{TcpSettings, socket2};
 use redis::{ErrorKind, IntoConnectionInfo, RedisError, Script};
 use thiserror::Error;
 
+use super::status::{Refusal, StatusSignal};
 use crate::secret::Secret;
 
 /// Deletes KEYS[1] only while it still holds ARGV[1]: a corrupt value is
@@ -40,6 +56,14 @@ pub struct RedisConfig {
     pub connect_timeout: Duration,
     /// Bound on one command's answer (the seed's 5 s).
     pub response_timeout: Duration,
+    /// Bound on every cache operation as the service sees it: a slower one is
+    /// a [`BackendError::Timeout`] (a miss for the typed cache). Timeouts are
+    /// counted here, where they happen, to replace a connection that stopped
+    /// answering.
+    pub operation_timeout: Duration,
+    /// Consecutive failed operations (timeouts, refused logins, lost
+    /// connections) after which the connection is rebuilt.
+    pub rebuild_after_failures: u32,
     /// For `rediss://` URLs: a PEM file of the certificate authority that
     /// signed the server's certificate. `None` trusts the system's roots.
     pub ca_file: Option<std::path::PathBuf>,
@@ -54,6 +78,8 @@ impl std::fmt::Debug for RedisConfig {
             .field("db", &self.db)
             .field("connect_timeout", &self.connect_timeout)
             .field("response_timeout", &self.response_timeout)
+            .field("operation_timeout", &self.operation_timeout)
+            .field("rebuild_after_failures", &self.rebuild_after_failures)
             .field("ca_file", &self.ca_file)
             .finish()
     }
@@ -83,6 +109,8 @@ impl Default for RedisConfig {
             db: None,
             connect_timeout: Duration::from_secs(2),
             response_timeout: Duration::from_secs(5),
+            operation_timeout: Duration::from_millis(100),
+            rebuild_after_failures: 3,
             ca_file: None,
         }
     }
@@ -118,16 +146,58 @@ pub enum RedisSetupError {
 /// A [`CacheBackend`] over Redis. Cheap to clone: clones share the connection.
 #[derive(Clone)]
 pub struct RedisBackend {
-    connection: ConnectionManager,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    /// What a rebuild starts from (no I/O until the next use).
+    client: redis::Client,
+    manager_config: ConnectionManagerConfig,
+    /// The connection in use; replaced whole by a rebuild. In-flight
+    /// commands keep the clone they took.
+    connection: RwLock<ConnectionManager>,
     compare_and_delete: Script,
     target: String,
     response_timeout: Duration,
+    operation_timeout: Duration,
+    healing: Healing,
+    status: StatusSignal,
+}
+
+/// The bookkeeping behind rebuilds.
+struct Healing {
+    rebuild_after: u32,
+    consecutive_failures: AtomicU32,
+    /// Rebuilds since the last success: spaces the next one.
+    failed_rebuilds: AtomicU32,
+    /// When the last rebuild happened (ms since `epoch`, 0: never).
+    last_rebuild_ms: AtomicU64,
+    /// When a refusal was last published (ms since `epoch`, 0: never).
+    last_refusal_ms: AtomicU64,
+    rebuilds: AtomicU64,
+    epoch: Instant,
+}
+
+/// The first rebuild after a success waits at least this long after the
+/// previous one; each further rebuild without a success in between doubles
+/// it, up to [`MAX_REBUILD_SPACING`].
+const MIN_REBUILD_SPACING: Duration = Duration::from_millis(250);
+const MAX_REBUILD_SPACING: Duration = Duration::from_secs(1);
+/// A refusal is published to the status signal at most this often.
+const REFUSAL_PUBLISH_SPACING: Duration = Duration::from_secs(1);
+
+impl Healing {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis())
+            .unwrap_or(u64::MAX)
+            .saturating_add(1)
+    }
 }
 
 impl std::fmt::Debug for RedisBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisBackend")
-            .field("target", &self.target)
+            .field("target", &self.shared.target)
             .finish()
     }
 }
@@ -140,6 +210,15 @@ impl RedisBackend {
     /// # Errors
     /// [`RedisSetupError::InvalidUrl`] when the URL does not parse.
     pub fn new(config: &RedisConfig) -> Result<Self, RedisSetupError> {
+        Self::with_status(config, StatusSignal::new())
+    }
+
+    /// Like [`RedisBackend::new`], publishing refusals and rebuilds into
+    /// `status` (the stack's one status signal).
+    ///
+    /// # Errors
+    /// [`RedisSetupError::InvalidUrl`] when the URL does not parse.
+    pub fn with_status(config: &RedisConfig, status: StatusSignal) -> Result<Self, RedisSetupError> {
         let info = config.url.as_str().into_connection_info().map_err(|e| {
             // The driver's message may quote the URL, which may hold a password.
             RedisSetupError::InvalidUrl(redact(&e.to_string(), config))
@@ -155,7 +234,9 @@ impl RedisBackend {
             settings = settings.set_db(db);
         }
         let target = format!("{}/{}", info.addr(), settings.db());
-        let info = info.set_redis_settings(settings);
+        let info = info
+            .set_redis_settings(settings)
+            .set_tcp_settings(tcp_settings(config));
         let client = match &config.ca_file {
             Some(path) => {
                 let root_cert = std::fs::read(path).map_err(|e| {
@@ -178,14 +259,29 @@ impl RedisBackend {
             .set_number_of_retries(1)
             .set_min_delay(Duration::from_millis(50))
             .set_max_delay(Duration::from_secs(1));
-        let connection = ConnectionManager::new_lazy_with_config(client, manager_config)
+        let connection = ConnectionManager::new_lazy_with_config(client.clone(), manager_config.clone())
             .map_err(|e| RedisSetupError::InvalidUrl(redact(&e.to_string(), config)))?;
         tracing::info!(%target, "redis backend configured (connects on first use)");
         Ok(Self {
-            connection,
-            compare_and_delete: Script::new(COMPARE_AND_DELETE),
-            target,
-            response_timeout: config.response_timeout,
+            shared: Arc::new(Shared {
+                client,
+                manager_config,
+                connection: RwLock::new(connection),
+                compare_and_delete: Script::new(COMPARE_AND_DELETE),
+                target,
+                response_timeout: config.response_timeout,
+                operation_timeout: config.operation_timeout,
+                healing: Healing {
+                    rebuild_after: config.rebuild_after_failures.max(1),
+                    consecutive_failures: AtomicU32::new(0),
+                    failed_rebuilds: AtomicU32::new(0),
+                    last_rebuild_ms: AtomicU64::new(0),
+                    last_refusal_ms: AtomicU64::new(0),
+                    rebuilds: AtomicU64::new(0),
+                    epoch: Instant::now(),
+                },
+                status,
+            }),
         })
     }
 
@@ -208,11 +304,11 @@ impl RedisBackend {
         match self.ping().await {
             Ok(()) => Ok(()),
             Err(BackendError::Unauthorized(reason)) => Err(RedisSetupError::Unauthorized {
-                target: self.target.clone(),
+                target: self.shared.target.clone(),
                 reason,
             }),
             Err(other) => Err(RedisSetupError::Unreachable {
-                target: self.target.clone(),
+                target: self.shared.target.clone(),
                 reason: other.to_string(),
             }),
         }
@@ -220,12 +316,174 @@ impl RedisBackend {
 
     /// `host:port/db` of the server, for logs.
     pub fn target(&self) -> &str {
-        &self.target
+        &self.shared.target
     }
 
-    fn error(&self, error: RedisError) -> BackendError {
-        classify(&error, self.response_timeout)
+    /// How often the connection has been rebuilt.
+    pub fn rebuilds(&self) -> u64 {
+        self.shared.healing.rebuilds.load(Ordering::Relaxed)
     }
+
+    fn connection(&self) -> ConnectionManager {
+        match self.shared.connection.read() {
+            Ok(connection) => connection.clone(),
+            // A panic while replacing it cannot leave it half-written.
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Runs one command on the current connection within the operation
+    /// bound, and keeps the healing bookkeeping.
+    async fn run<T, F>(&self, command: impl FnOnce(ConnectionManager) -> F) -> Result<T, BackendError>
+    where
+        F: std::future::Future<Output = Result<T, RedisError>>,
+    {
+        let limit = self.shared.operation_timeout;
+        match crate::deadline::within(limit, command(self.connection())).await {
+            Some(Ok(value)) => {
+                self.succeeded();
+                Ok(value)
+            }
+            Some(Err(error)) => {
+                let error = classify(&error, self.shared.response_timeout);
+                self.failed(&error);
+                Err(error)
+            }
+            None => {
+                let error = BackendError::Timeout(limit);
+                self.failed(&error);
+                Err(error)
+            }
+        }
+    }
+
+    fn succeeded(&self) {
+        let healing = &self.shared.healing;
+        // Read before writing: no shared cache line is dirtied on the hit path.
+        if healing.consecutive_failures.load(Ordering::Relaxed) != 0 {
+            healing.consecutive_failures.store(0, Ordering::Relaxed);
+        }
+        if healing.failed_rebuilds.load(Ordering::Relaxed) != 0 {
+            healing.failed_rebuilds.store(0, Ordering::Relaxed);
+        }
+    }
+
+    fn failed(&self, error: &BackendError) {
+        let healing = &self.shared.healing;
+        match error {
+            // One key holds a list: the connection is fine.
+            BackendError::WrongType(_) => {}
+            BackendError::Rejected(reason) => {
+                self.publish_refusal(reason);
+                self.count_failure();
+            }
+            // A stored refused login never heals by itself: rebuild at once.
+            BackendError::Unauthorized(_) => {
+                healing.consecutive_failures.fetch_add(1, Ordering::Relaxed);
+                self.rebuild("redis refused the login");
+            }
+            _ => self.count_failure(),
+        }
+    }
+
+    fn count_failure(&self) {
+        let healing = &self.shared.healing;
+        let failures = healing.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if failures >= healing.rebuild_after {
+            self.rebuild("consecutive failed operations");
+        }
+    }
+
+    fn publish_refusal(&self, reason: &str) {
+        let healing = &self.shared.healing;
+        let now = healing.now_ms();
+        let last = healing.last_refusal_ms.load(Ordering::Relaxed);
+        let spacing = REFUSAL_PUBLISH_SPACING.as_millis() as u64;
+        if last != 0 && now.saturating_sub(last) < spacing {
+            return;
+        }
+        if healing
+            .last_refusal_ms
+            .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
+            .is_err()
+        {
+            return;
+        }
+        let reason = reason.to_owned();
+        self.shared.status.update(|status| {
+            status.refusal = Some(Refusal {
+                reason,
+                at: Instant::now(),
+            });
+            true
+        });
+    }
+
+    /// Replaces the connection with a fresh lazy one, unless the last
+    /// rebuild was too recent.
+    fn rebuild(&self, why: &'static str) {
+        let healing = &self.shared.healing;
+        let now = healing.now_ms();
+        let last = healing.last_rebuild_ms.load(Ordering::Relaxed);
+        let attempt = healing.failed_rebuilds.load(Ordering::Relaxed).min(8);
+        let spacing = (MIN_REBUILD_SPACING * 2u32.pow(attempt)).min(MAX_REBUILD_SPACING);
+        if last != 0 && now.saturating_sub(last) < spacing.as_millis() as u64 {
+            return;
+        }
+        // One caller wins; the others go on with the connection it installs.
+        if healing
+            .last_rebuild_ms
+            .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
+            .is_err()
+        {
+            return;
+        }
+        let fresh = match ConnectionManager::new_lazy_with_config(
+            self.shared.client.clone(),
+            self.shared.manager_config.clone(),
+        ) {
+            Ok(fresh) => fresh,
+            Err(error) => {
+                tracing::error!(%error, "cannot rebuild the redis connection");
+                return;
+            }
+        };
+        match self.shared.connection.write() {
+            Ok(mut connection) => *connection = fresh,
+            Err(poisoned) => *poisoned.into_inner() = fresh,
+        }
+        healing.consecutive_failures.store(0, Ordering::Relaxed);
+        let failed_before = healing.failed_rebuilds.fetch_add(1, Ordering::Relaxed);
+        let rebuilds = healing.rebuilds.fetch_add(1, Ordering::Relaxed) + 1;
+        self.shared.status.update(|status| {
+            status.rebuilds = rebuilds;
+            true
+        });
+        if failed_before == 0 {
+            tracing::warn!(target = %self.shared.target, why, rebuilds, "redis connection rebuilt");
+        } else {
+            tracing::debug!(target = %self.shared.target, why, rebuilds, "redis connection rebuilt again");
+        }
+    }
+}
+
+/// Nodelay (a cache answers small requests; Nagle would hold them back),
+/// keepalive probes after 10 s idle, and `TCP_USER_TIMEOUT`: data unacknowledged
+/// for this long (a black-holed path) makes the kernel drop the connection,
+/// which the driver sees as an I/O error and reconnects.
+fn tcp_settings(config: &RedisConfig) -> TcpSettings {
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(10))
+        .with_interval(Duration::from_secs(5))
+        .with_retries(3);
+    let settings = TcpSettings::default()
+        .set_nodelay(true)
+        .set_keepalive(keepalive);
+    #[cfg(any(target_os = "android", target_os = "fuchsia", target_os = "linux"))]
+    let settings = settings.set_user_timeout(config.response_timeout.max(Duration::from_secs(1)));
+    #[cfg(not(any(target_os = "android", target_os = "fuchsia", target_os = "linux")))]
+    let _ = config;
+    settings
 }
 
 /// Checks that `url` is a Redis URL (`redis://`, `rediss://`, `unix://`),
@@ -243,27 +501,53 @@ pub fn check_redis_url(url: &str) -> Result<(), String> {
     })
 }
 
-/// Maps a driver error to the port's error kinds.
+/// Maps a driver error to the port's error kinds. A server error means the
+/// same whether it came alone or inside a pipeline (where the driver reports
+/// it as a list of per-command errors):
+///
+/// | server says | means | kind | opens the circuit |
+/// | --- | --- | --- | --- |
+/// | `NOAUTH`, `WRONGPASS` | our login is refused | `Unauthorized` | yes |
+/// | `LOADING`, `BUSY`, `MASTERDOWN`, `CLUSTERDOWN`, `TRYAGAIN` | Redis cannot serve now | `Unavailable` | yes |
+/// | `OOM` | writes refused under `maxmemory`; reads work | `Rejected` | no |
+/// | `READONLY` | a replica: writes refused; reads work | `Rejected` | no |
+/// | `NOPERM` | the ACL user may not run this command or key | `Rejected` | no |
+/// | `NOSCRIPT`, `EXECABORT`, `ERR`, anything else | this command failed | `Rejected` | no |
+/// | `WRONGTYPE` | the key holds a list, a hash... | `WrongType` | no |
 fn classify(error: &RedisError, response_timeout: Duration) -> BackendError {
     let text = error.to_string();
     if error.is_timeout() {
         return BackendError::Timeout(response_timeout);
     }
-    if error.kind() == ErrorKind::AuthenticationFailed
-        || matches!(error.code(), Some("NOAUTH" | "WRONGPASS" | "NOPERM"))
-    {
+    if error.kind() == ErrorKind::AuthenticationFailed {
         return BackendError::Unauthorized(text);
     }
     if error.is_io_error() || error.is_connection_refusal() || error.is_connection_dropped() {
         return BackendError::Unavailable(text);
     }
-    if error.code() == Some("WRONGTYPE") {
-        return BackendError::WrongType(text);
+    match server_code(error).as_deref() {
+        Some("NOAUTH" | "WRONGPASS") => BackendError::Unauthorized(text),
+        Some("LOADING" | "BUSY" | "MASTERDOWN" | "CLUSTERDOWN" | "TRYAGAIN") => {
+            BackendError::Unavailable(text)
+        }
+        Some("WRONGTYPE") => BackendError::WrongType(text),
+        Some(_) => BackendError::Rejected(text),
+        None => BackendError::Unknown(text),
     }
-    if error.code().is_some() {
-        return BackendError::Rejected(text);
+}
+
+/// The server's error code, for a single command or the first failed
+/// command of a pipeline.
+fn server_code(error: &RedisError) -> Option<String> {
+    if let Some(code) = error.code() {
+        return Some(code.to_owned());
     }
-    BackendError::Unknown(text)
+    // A pipeline whose first failure has a code the driver does not know
+    // (`OOM`, `WRONGTYPE`): `code()` says nothing, the per-command errors do.
+    error
+        .clone()
+        .into_server_errors()
+        .and_then(|errors| errors.first().map(|(_, e)| e.code().to_owned()))
 }
 
 /// Removes every trace of the configured secrets from a message.
@@ -288,12 +572,11 @@ impl CacheBackend for RedisBackend {
     }
 
     async fn get(&self, key: &str) -> Result<Option<Bytes>, BackendError> {
-        let mut connection = self.connection.clone();
-        let value: Option<Vec<u8>> = redis::cmd("GET")
-            .arg(key)
-            .query_async(&mut connection)
-            .await
-            .map_err(|e| self.error(e))?;
+        let value: Option<Vec<u8>> = self
+            .run(|mut connection| async move {
+                redis::cmd("GET").arg(key).query_async(&mut connection).await
+            })
+            .await?;
         Ok(value.map(Bytes::from))
     }
 
@@ -303,37 +586,35 @@ impl CacheBackend for RedisBackend {
         value: Bytes,
         ttl: Option<Duration>,
     ) -> Result<(), BackendError> {
-        let mut connection = self.connection.clone();
         let mut command = redis::cmd("SET");
         command.arg(key).arg(value.as_ref());
         if let Some(ttl) = ttl {
             command.arg("PX").arg(ttl_millis(ttl));
         }
-        command
-            .query_async::<()>(&mut connection)
+        self.run(|mut connection| async move { command.query_async::<()>(&mut connection).await })
             .await
-            .map_err(|e| self.error(e))
     }
 
     async fn delete(&self, key: &str) -> Result<bool, BackendError> {
-        let mut connection = self.connection.clone();
-        let removed: i64 = redis::cmd("DEL")
-            .arg(key)
-            .query_async(&mut connection)
-            .await
-            .map_err(|e| self.error(e))?;
+        let removed: i64 = self
+            .run(|mut connection| async move {
+                redis::cmd("DEL").arg(key).query_async(&mut connection).await
+            })
+            .await?;
         Ok(removed > 0)
     }
 
     async fn compare_and_delete(&self, key: &str, expected: &[u8]) -> Result<bool, BackendError> {
-        let mut connection = self.connection.clone();
+        let script = &self.shared.compare_and_delete;
         let removed: i64 = self
-            .compare_and_delete
-            .key(key)
-            .arg(expected)
-            .invoke_async(&mut connection)
-            .await
-            .map_err(|e| self.error(e))?;
+            .run(|mut connection| async move {
+                script
+                    .key(key)
+                    .arg(expected)
+                    .invoke_async(&mut connection)
+                    .await
+            })
+            .await?;
         Ok(removed > 0)
     }
 
@@ -341,12 +622,11 @@ impl CacheBackend for RedisBackend {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let mut connection = self.connection.clone();
-        let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
-            .arg(keys)
-            .query_async(&mut connection)
-            .await
-            .map_err(|e| self.error(e))?;
+        let values: Vec<Option<Vec<u8>>> = self
+            .run(|mut connection| async move {
+                redis::cmd("MGET").arg(keys).query_async(&mut connection).await
+            })
+            .await?;
         Ok(values.into_iter().map(|v| v.map(Bytes::from)).collect())
     }
 
@@ -367,20 +647,50 @@ impl CacheBackend for RedisBackend {
             }
             command.ignore();
         }
-        let mut connection = self.connection.clone();
-        pipeline
-            .query_async::<()>(&mut connection)
+        self.run(|mut connection| async move { pipeline.query_async::<()>(&mut connection).await })
             .await
-            .map_err(|e| self.error(e))
     }
 
+    /// Not cut at the operation bound: the health monitor measures how slow
+    /// Redis is with its own, longer bound. A ping abandoned by its caller's
+    /// bound still counts as a timeout toward a rebuild, so probes heal a
+    /// stuck connection even when no request reaches it.
     async fn ping(&self) -> Result<(), BackendError> {
-        let mut connection = self.connection.clone();
-        redis::cmd("PING")
+        let mut guard = Abandoned {
+            backend: self,
+            answered: false,
+        };
+        let mut connection = self.connection();
+        let result = redis::cmd("PING")
             .query_async::<String>(&mut connection)
-            .await
-            .map(drop)
-            .map_err(|e| self.error(e))
+            .await;
+        guard.answered = true;
+        match result {
+            Ok(_) => {
+                self.succeeded();
+                Ok(())
+            }
+            Err(error) => {
+                let error = classify(&error, self.shared.response_timeout);
+                self.failed(&error);
+                Err(error)
+            }
+        }
+    }
+}
+
+/// Counts a ping dropped before its answer as a timed-out operation.
+struct Abandoned<'a> {
+    backend: &'a RedisBackend,
+    answered: bool,
+}
+
+impl Drop for Abandoned<'_> {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.backend
+                .failed(&BackendError::Timeout(self.backend.shared.operation_timeout));
+        }
     }
 }
 

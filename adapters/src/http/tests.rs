@@ -11,6 +11,7 @@ use poem::http::StatusCode;
 use poem::test::TestClient;
 use ports::{BackendError, MockCacheBackend, SharedBackend};
 
+use crate::backend::StatusSignal;
 use crate::backend::stub::{FOREVER, StubBackend};
 use crate::health::{HealthMonitor, MonitorConfig};
 use serde_json::{Value, json};
@@ -44,13 +45,16 @@ async fn client(
 ) -> TestClient<impl poem::Endpoint> {
     let monitor = HealthMonitor::spawn(
         backend,
-        None,
+        StatusSignal::new(),
         MonitorConfig {
             ping_timeout: Duration::from_millis(200),
             ..MonitorConfig::default()
         },
     );
-    monitor.wait_for(|s| s.checked).await;
+    monitor
+        .wait_for(Duration::from_secs(5), |s| s.checked)
+        .await
+        .expect("a first health check within 5 s");
     let config = HttpConfig {
         max_body_bytes: 16 * 1024,
         request_timeout: Duration::from_secs(5),
@@ -426,7 +430,7 @@ impl domain::UserQueries for SlowQueries {
 
 #[tokio::test]
 async fn a_request_slower_than_the_timeout_answers_503_json() {
-    let monitor = HealthMonitor::spawn(healthy_backend(), None, MonitorConfig::default());
+    let monitor = HealthMonitor::spawn(healthy_backend(), StatusSignal::new(), MonitorConfig::default());
     let config = HttpConfig {
         max_body_bytes: 1024,
         request_timeout: Duration::from_millis(100),
