@@ -17,9 +17,12 @@ pub const REFUSAL_MEMORY: Duration = Duration::from_secs(30);
 pub enum HealthStatus {
     /// It answered the last ping quickly.
     Healthy,
-    /// It answered the last ping, but slower than `slow_ping`, or it
-    /// refused some commands recently (`OOM`, `READONLY`, `NOPERM`).
+    /// It answered the last ping, but slower than `slow_ping`.
     Degraded,
+    /// It answers, but refused some commands recently (`OOM` refuses writes
+    /// under `maxmemory`, `READONLY` on a replica, `NOPERM` for an ACL user):
+    /// reads still hit, writes are lost until it is fixed.
+    Refusing,
     /// It did not answer the last ping in time, or the circuit is open.
     /// Requests are still served, without the cache.
     Down,
@@ -128,7 +131,7 @@ async fn check(
                 .filter(|refusal| refusal.at.elapsed() < REFUSAL_MEMORY);
             if let Some(refusal) = refusal {
                 let why = format!("the backend refuses some commands: {}", refusal.reason);
-                (HealthStatus::Degraded, Some(latency), Some(why))
+                (HealthStatus::Refusing, Some(latency), Some(why))
             } else if latency > slow {
                 (HealthStatus::Degraded, Some(latency), None)
             } else {
@@ -168,8 +171,12 @@ async fn run(
                 HealthStatus::Degraded => tracing::warn!(
                     backend = backend.name(),
                     latency_ms = latency.map(|l| l.as_millis() as u64),
-                    reason = error.as_deref().unwrap_or("slow answers"),
-                    "cache backend degraded"
+                    "cache backend degraded: slow answers"
+                ),
+                HealthStatus::Refusing => tracing::warn!(
+                    backend = backend.name(),
+                    reason = error.as_deref().unwrap_or(""),
+                    "cache backend degraded: it refuses some commands"
                 ),
                 HealthStatus::Down => tracing::error!(
                     backend = backend.name(),
@@ -288,7 +295,10 @@ mod tests {
         let healthy = monitor
             .wait_for(SOON, |s| s.status == HealthStatus::Healthy)
             .await;
-        assert!(healthy.is_some(), "still down 5 s after the backend came back");
+        assert!(
+            healthy.is_some(),
+            "still down 5 s after the backend came back"
+        );
     }
 
     #[tokio::test]
@@ -303,7 +313,10 @@ mod tests {
         let down = monitor
             .wait_for(SOON, |s| s.status == HealthStatus::Down)
             .await;
-        assert!(down.is_some(), "not noticed before the 60 s healthy interval");
+        assert!(
+            down.is_some(),
+            "not noticed before the 60 s healthy interval"
+        );
     }
 
     #[tokio::test]
@@ -319,15 +332,16 @@ mod tests {
             true
         });
         let degraded = monitor
-            .wait_for(SOON, |s| s.status == HealthStatus::Degraded)
+            .wait_for(SOON, |s| s.status == HealthStatus::Refusing)
             .await
-            .expect("degraded at once");
+            .expect("refusing at once");
         assert!(degraded.error.unwrap().contains("OOM"));
     }
 
     #[tokio::test]
     async fn wait_for_gives_up_at_its_limit() {
-        let monitor = HealthMonitor::spawn(Arc::new(StubBackend::new()), StatusSignal::new(), quick());
+        let monitor =
+            HealthMonitor::spawn(Arc::new(StubBackend::new()), StatusSignal::new(), quick());
         let never = monitor
             .wait_for(Duration::from_millis(50), |s| s.backend == "another")
             .await;

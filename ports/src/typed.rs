@@ -7,10 +7,10 @@ use bytes::Bytes;
 
 use crate::backend::{Entry, SharedBackend};
 use crate::codec::Codec;
-use crate::limiter::LogLimiter;
 use crate::error::BackendError;
 use crate::error::CacheError;
 use crate::key::{CacheKey, full_key};
+use crate::limiter::LogLimiter;
 use crate::policy::{CachePolicy, DEFAULT_MAX_VALUE_BYTES, Ttl};
 
 /// The most entries one `mget` or `mset` may carry (the seed's limit): it makes

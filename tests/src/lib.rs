@@ -9,13 +9,15 @@
 //!
 //! Each test starts its own container: tests share no connection and no keys.
 
+pub mod proxy;
+
 use std::collections::HashMap;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use adapters::Secret;
-use adapters::backend::{RedisBackend, RedisConfig, TimeoutBackend};
+use adapters::backend::{RedisBackend, RedisConfig};
 use app::{Application, Settings};
 use ports::SharedBackend;
 use testcontainers::core::{ContainerPort, WaitFor};
@@ -176,6 +178,9 @@ impl TestRedis {
             password: Some(Secret::new(self.password.clone())),
             connect_timeout: Duration::from_secs(2),
             response_timeout: Duration::from_secs(2),
+            // Generous: debug builds and busy CI machines; tests that need a
+            // tight bound set their own.
+            operation_timeout: Duration::from_secs(2),
             ..RedisConfig::default()
         }
     }
@@ -188,12 +193,35 @@ impl TestRedis {
         }
     }
 
-    /// The backend as the service builds it: behind the timeout decorator.
+    /// A connected Redis backend whose operations are cut at `op_timeout`.
     pub async fn shared_backend(&self, op_timeout: Duration) -> SharedBackend {
-        Arc::new(TimeoutBackend::new(
-            Arc::new(self.backend().await),
-            op_timeout,
-        ))
+        let config = RedisConfig {
+            operation_timeout: op_timeout,
+            ..self.config()
+        };
+        match RedisBackend::connect(&config).await {
+            Ok(backend) => Arc::new(backend),
+            Err(error) => panic!("cannot connect to the test Redis: {error}"),
+        }
+    }
+
+    /// `127.0.0.1:{port}`, for a proxy in front of it.
+    pub fn socket_address(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// Redis's `keyspace_hits` counter: how many reads found their key.
+    pub async fn keyspace_hits(&self) -> u64 {
+        let mut raw = self.raw().await;
+        let info: String = redis::cmd("INFO")
+            .arg("stats")
+            .query_async(&mut raw)
+            .await
+            .expect("INFO stats");
+        info.lines()
+            .find_map(|line| line.strip_prefix("keyspace_hits:"))
+            .and_then(|n| n.trim().parse().ok())
+            .expect("keyspace_hits in INFO stats")
     }
 
     /// A raw connection with the redis crate, to read what the service wrote.

@@ -180,7 +180,9 @@ pub fn ensure_docker() -> Result<()> {
             .is_ok_and(|s| s.success())
     };
     if !on_path("docker") {
-        bail!("docker is not installed: install Docker (apt-get install -y docker.io) and start it");
+        bail!(
+            "docker is not installed: install Docker (apt-get install -y docker.io) and start it"
+        );
     }
     if answers() {
         return Ok(());

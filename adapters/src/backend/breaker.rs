@@ -154,10 +154,10 @@ impl CircuitBreaker {
     where
         F: Future<Output = Result<T, BackendError>>,
     {
-        let taken = self
-            .shared
-            .trial_permits
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        let taken =
+            self.shared
+                .trial_permits
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
         if taken.is_err() {
             return Err(BackendError::CircuitOpen);
         }
@@ -385,7 +385,10 @@ mod tests {
     async fn wait_for(breaker: &CircuitBreaker, wanted: Circuit, limit: Duration) {
         let mut status = breaker.status().subscribe();
         let reached = tokio::time::timeout(limit, status.wait_for(|s| s.circuit == wanted)).await;
-        assert!(reached.is_ok(), "the circuit did not become {wanted:?} within {limit:?}");
+        assert!(
+            reached.is_ok(),
+            "the circuit did not become {wanted:?} within {limit:?}"
+        );
     }
 
     #[tokio::test]
@@ -552,17 +555,14 @@ mod tests {
     async fn a_cancelled_trial_gives_its_permit_back() {
         let stub = StubBackend::new().down();
         let up = stub.switch();
-        let breaker = CircuitBreaker::new(
-            Arc::new(stub.op_delay(Duration::from_millis(10))),
-            config(),
-        );
+        let breaker =
+            CircuitBreaker::new(Arc::new(stub.op_delay(Duration::from_millis(10))), config());
         open(&breaker).await;
         up.store(true, Ordering::SeqCst);
         wait_for(&breaker, Circuit::HalfOpen, Duration::from_secs(1)).await;
         // Three trials abandoned by their callers before the answer.
         for _ in 0..3 {
-            let abandoned =
-                tokio::time::timeout(Duration::from_millis(1), breaker.get("k")).await;
+            let abandoned = tokio::time::timeout(Duration::from_millis(1), breaker.get("k")).await;
             assert!(abandoned.is_err());
         }
         // The permits came back: three more trials go through and close it.

@@ -218,7 +218,10 @@ impl RedisBackend {
     ///
     /// # Errors
     /// [`RedisSetupError::InvalidUrl`] when the URL does not parse.
-    pub fn with_status(config: &RedisConfig, status: StatusSignal) -> Result<Self, RedisSetupError> {
+    pub fn with_status(
+        config: &RedisConfig,
+        status: StatusSignal,
+    ) -> Result<Self, RedisSetupError> {
         let info = config.url.as_str().into_connection_info().map_err(|e| {
             // The driver's message may quote the URL, which may hold a password.
             RedisSetupError::InvalidUrl(redact(&e.to_string(), config))
@@ -259,8 +262,9 @@ impl RedisBackend {
             .set_number_of_retries(1)
             .set_min_delay(Duration::from_millis(50))
             .set_max_delay(Duration::from_secs(1));
-        let connection = ConnectionManager::new_lazy_with_config(client.clone(), manager_config.clone())
-            .map_err(|e| RedisSetupError::InvalidUrl(redact(&e.to_string(), config)))?;
+        let connection =
+            ConnectionManager::new_lazy_with_config(client.clone(), manager_config.clone())
+                .map_err(|e| RedisSetupError::InvalidUrl(redact(&e.to_string(), config)))?;
         tracing::info!(%target, "redis backend configured (connects on first use)");
         Ok(Self {
             shared: Arc::new(Shared {
@@ -334,7 +338,10 @@ impl RedisBackend {
 
     /// Runs one command on the current connection within the operation
     /// bound, and keeps the healing bookkeeping.
-    async fn run<T, F>(&self, command: impl FnOnce(ConnectionManager) -> F) -> Result<T, BackendError>
+    async fn run<T, F>(
+        &self,
+        command: impl FnOnce(ConnectionManager) -> F,
+    ) -> Result<T, BackendError>
     where
         F: std::future::Future<Output = Result<T, RedisError>>,
     {
@@ -515,39 +522,40 @@ pub fn check_redis_url(url: &str) -> Result<(), String> {
 /// | `NOSCRIPT`, `EXECABORT`, `ERR`, anything else | this command failed | `Rejected` | no |
 /// | `WRONGTYPE` | the key holds a list, a hash... | `WrongType` | no |
 fn classify(error: &RedisError, response_timeout: Duration) -> BackendError {
-    let text = error.to_string();
     if error.is_timeout() {
         return BackendError::Timeout(response_timeout);
     }
     if error.kind() == ErrorKind::AuthenticationFailed {
-        return BackendError::Unauthorized(text);
+        return BackendError::Unauthorized(error.to_string());
     }
     if error.is_io_error() || error.is_connection_refusal() || error.is_connection_dropped() {
-        return BackendError::Unavailable(text);
+        return BackendError::Unavailable(error.to_string());
     }
-    match server_code(error).as_deref() {
-        Some("NOAUTH" | "WRONGPASS") => BackendError::Unauthorized(text),
-        Some("LOADING" | "BUSY" | "MASTERDOWN" | "CLUSTERDOWN" | "TRYAGAIN") => {
+    let Some((code, text)) = server_error(error) else {
+        return BackendError::Unknown(error.to_string());
+    };
+    match code.as_str() {
+        "NOAUTH" | "WRONGPASS" => BackendError::Unauthorized(text),
+        "LOADING" | "BUSY" | "MASTERDOWN" | "CLUSTERDOWN" | "TRYAGAIN" => {
             BackendError::Unavailable(text)
         }
-        Some("WRONGTYPE") => BackendError::WrongType(text),
-        Some(_) => BackendError::Rejected(text),
-        None => BackendError::Unknown(text),
+        "WRONGTYPE" => BackendError::WrongType(text),
+        _ => BackendError::Rejected(text),
     }
 }
 
-/// The server's error code, for a single command or the first failed
-/// command of a pipeline.
-fn server_code(error: &RedisError) -> Option<String> {
-    if let Some(code) = error.code() {
-        return Some(code.to_owned());
-    }
-    // A pipeline whose first failure has a code the driver does not know
-    // (`OOM`, `WRONGTYPE`): `code()` says nothing, the per-command errors do.
-    error
-        .clone()
-        .into_server_errors()
-        .and_then(|errors| errors.first().map(|(_, e)| e.code().to_owned()))
+/// The server's error code and its message as Redis wrote it (`OOM command
+/// not allowed...`), for a single command or the first failed command of a
+/// pipeline (where the driver's own `code()` knows only the codes it names).
+fn server_error(error: &RedisError) -> Option<(String, String)> {
+    let errors = error.clone().into_server_errors()?;
+    let (_, first) = errors.first()?;
+    let code = first.code().to_owned();
+    let text = match first.details() {
+        Some(details) => format!("{code} {details}"),
+        None => code.clone(),
+    };
+    Some((code, text))
 }
 
 /// Removes every trace of the configured secrets from a message.
@@ -574,7 +582,10 @@ impl CacheBackend for RedisBackend {
     async fn get(&self, key: &str) -> Result<Option<Bytes>, BackendError> {
         let value: Option<Vec<u8>> = self
             .run(|mut connection| async move {
-                redis::cmd("GET").arg(key).query_async(&mut connection).await
+                redis::cmd("GET")
+                    .arg(key)
+                    .query_async(&mut connection)
+                    .await
             })
             .await?;
         Ok(value.map(Bytes::from))
@@ -598,7 +609,10 @@ impl CacheBackend for RedisBackend {
     async fn delete(&self, key: &str) -> Result<bool, BackendError> {
         let removed: i64 = self
             .run(|mut connection| async move {
-                redis::cmd("DEL").arg(key).query_async(&mut connection).await
+                redis::cmd("DEL")
+                    .arg(key)
+                    .query_async(&mut connection)
+                    .await
             })
             .await?;
         Ok(removed > 0)
@@ -624,7 +638,10 @@ impl CacheBackend for RedisBackend {
         }
         let values: Vec<Option<Vec<u8>>> = self
             .run(|mut connection| async move {
-                redis::cmd("MGET").arg(keys).query_async(&mut connection).await
+                redis::cmd("MGET")
+                    .arg(keys)
+                    .query_async(&mut connection)
+                    .await
             })
             .await?;
         Ok(values.into_iter().map(|v| v.map(Bytes::from)).collect())
@@ -688,8 +705,9 @@ struct Abandoned<'a> {
 impl Drop for Abandoned<'_> {
     fn drop(&mut self) {
         if !self.answered {
-            self.backend
-                .failed(&BackendError::Timeout(self.backend.shared.operation_timeout));
+            self.backend.failed(&BackendError::Timeout(
+                self.backend.shared.operation_timeout,
+            ));
         }
     }
 }

@@ -19,7 +19,8 @@ enum Tag {
 pub struct CacheHealth {
     /// Which backend is configured: `redis`, `memory` or `noop`.
     pub backend: String,
-    /// `up`, `slow` (answers, slowly) or `down`.
+    /// `up`, `slow` (answers, slowly), `refusing` (answers, but refuses some
+    /// commands, e.g. writes under `OOM`: see `error`) or `down`.
     pub status: String,
     /// Seconds since the status last changed.
     pub since_secs: f64,
@@ -36,7 +37,8 @@ pub struct CacheHealth {
 /// The service's health.
 #[derive(Debug, Clone, Object, Serialize)]
 pub struct HealthBody {
-    /// `healthy`, `degraded` (the cache answers slowly) or `unhealthy`.
+    /// `healthy`, `degraded` (the cache answers slowly, or refuses some
+    /// commands) or `unhealthy`.
     pub status: String,
     /// The cache backend.
     pub cache: CacheHealth,
@@ -84,6 +86,7 @@ impl HealthApi {
         let (status, cache_status) = match snapshot.status {
             HealthStatus::Healthy => ("healthy", "up"),
             HealthStatus::Degraded => ("degraded", "slow"),
+            HealthStatus::Refusing => ("degraded", "refusing"),
             HealthStatus::Down => ("unhealthy", "down"),
         };
         let body = HealthBody {

@@ -430,7 +430,11 @@ impl domain::UserQueries for SlowQueries {
 
 #[tokio::test]
 async fn a_request_slower_than_the_timeout_answers_503_json() {
-    let monitor = HealthMonitor::spawn(healthy_backend(), StatusSignal::new(), MonitorConfig::default());
+    let monitor = HealthMonitor::spawn(
+        healthy_backend(),
+        StatusSignal::new(),
+        MonitorConfig::default(),
+    );
     let config = HttpConfig {
         max_body_bytes: 1024,
         request_timeout: Duration::from_millis(100),

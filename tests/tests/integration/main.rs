@@ -10,6 +10,7 @@
 
 mod auth;
 mod contract;
+mod faults;
 mod hostile;
 mod http_e2e;
 mod outage;
