@@ -50,12 +50,31 @@ pub fn bad_request<T: WithBadRequest>(error: poem::Error) -> T {
 
 /// Guards every request: a body over `max_body_bytes` is refused with 413
 /// before any handler reads it (by its declared length, or while reading a
-/// chunked body), and a request slower than `limit` is answered 503 `timeout`.
+/// chunked body), and a request that takes longer than `limit`, its body's
+/// arrival included, is answered 503 `timeout`: a client trickling a chunked
+/// body cannot hold a connection longer than any other request.
 pub async fn guard<E: poem::Endpoint>(
+    endpoint: std::sync::Arc<E>,
+    request: poem::Request,
+    max_body_bytes: usize,
+    limit: std::time::Duration,
+) -> poem::Result<Response> {
+    match crate::deadline::within(limit, guarded(endpoint, request, max_body_bytes)).await {
+        Some(result) => result,
+        None => {
+            tracing::warn!(?limit, "request timed out");
+            let body = ErrorBody::new("timeout", format!("the request took longer than {limit:?}"));
+            Ok(Json(body)
+                .with_status(StatusCode::SERVICE_UNAVAILABLE)
+                .into_response())
+        }
+    }
+}
+
+async fn guarded<E: poem::Endpoint>(
     endpoint: std::sync::Arc<E>,
     mut request: poem::Request,
     max_body_bytes: usize,
-    limit: std::time::Duration,
 ) -> poem::Result<Response> {
     let too_large = || {
         let body = ErrorBody::new(
@@ -97,16 +116,7 @@ pub async fn guard<E: poem::Endpoint>(
         }
         None => {}
     }
-    match crate::deadline::within(limit, endpoint.call(request)).await {
-        Some(result) => result.map(IntoResponse::into_response),
-        None => {
-            tracing::warn!(?limit, "request timed out");
-            let body = ErrorBody::new("timeout", format!("the request took longer than {limit:?}"));
-            Ok(Json(body)
-                .with_status(StatusCode::SERVICE_UNAVAILABLE)
-                .into_response())
-        }
-    }
+    endpoint.call(request).await.map(IntoResponse::into_response)
 }
 
 /// Errors raised outside any operation (unknown path, wrong method) as JSON.

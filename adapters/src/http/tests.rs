@@ -14,6 +14,7 @@ use ports::{BackendError, MockCacheBackend, SharedBackend};
 use crate::backend::StatusSignal;
 use crate::backend::stub::{FOREVER, StubBackend};
 use crate::health::{HealthMonitor, MonitorConfig};
+use futures::StreamExt;
 use serde_json::{Value, json};
 
 use super::{HttpConfig, routes};
@@ -385,6 +386,35 @@ async fn a_chunked_body_over_the_limit_answers_413_json() {
         .send()
         .await;
     assert_error(response, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large").await;
+}
+
+#[tokio::test]
+async fn a_chunked_body_that_trickles_is_cut_at_the_request_timeout() {
+    let monitor = HealthMonitor::spawn(
+        healthy_backend(),
+        StatusSignal::new(),
+        MonitorConfig::default(),
+    );
+    let config = HttpConfig {
+        max_body_bytes: 1024,
+        request_timeout: Duration::from_millis(100),
+    };
+    let client = TestClient::new(routes(Arc::new(SlowQueries), monitor, config));
+    // One byte, then nothing more, ever: the connection must not be held.
+    let trickle = futures::stream::once(async { Ok::<_, std::io::Error>(bytes::Bytes::from("{")) })
+        .chain(futures::stream::pending());
+    let response = tokio::time::timeout(
+        Duration::from_secs(5),
+        client
+            .post("/users/lookup")
+            .content_type("application/json")
+            .header("transfer-encoding", "chunked")
+            .body(poem::Body::from_bytes_stream(trickle))
+            .send(),
+    )
+    .await
+    .expect("answered, not held open");
+    assert_error(response, StatusCode::SERVICE_UNAVAILABLE, "timeout").await;
 }
 
 #[tokio::test]
