@@ -69,11 +69,26 @@ impl Default for MonitorConfig {
     }
 }
 
+/// Whether the service takes traffic: what `/health/ready` answers. The cache
+/// plays no part in it (a service without its cache still answers every
+/// request); only starting and stopping do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readiness {
+    /// Built, not serving yet.
+    Starting,
+    /// Serving.
+    Ready,
+    /// Shutting down: finishing in-flight requests; a load balancer should
+    /// send no more.
+    Stopping,
+}
+
 /// A handle on the monitor task. Cheap to clone; the task stops when the last
 /// handle is dropped.
 #[derive(Clone)]
 pub struct HealthMonitor {
     snapshot: watch::Receiver<HealthSnapshot>,
+    readiness: std::sync::Arc<watch::Sender<Readiness>>,
 }
 
 impl HealthMonitor {
@@ -91,7 +106,21 @@ impl HealthMonitor {
             checked: false,
         });
         tokio::spawn(run(backend, status.subscribe(), config, sender));
-        Self { snapshot }
+        let (readiness, _) = watch::channel(Readiness::Starting);
+        Self {
+            snapshot,
+            readiness: std::sync::Arc::new(readiness),
+        }
+    }
+
+    /// Whether the service takes traffic.
+    pub fn readiness(&self) -> Readiness {
+        *self.readiness.borrow()
+    }
+
+    /// Says the service takes traffic, or no longer does.
+    pub fn set_readiness(&self, readiness: Readiness) {
+        self.readiness.send_replace(readiness);
     }
 
     /// What the last check found. Never waits and never touches the backend,

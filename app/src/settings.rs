@@ -69,6 +69,9 @@ pub struct ServerSettings {
     pub port: u16,
     /// How long in-flight requests may take to finish on shutdown.
     pub shutdown_grace: Duration,
+    /// On shutdown, how long to keep serving with `/health/ready` at 503
+    /// before closing the listener (0: close at once).
+    pub shutdown_delay: Duration,
     /// The longest one request may take (503 after).
     pub request_timeout: Duration,
     /// The largest request body (413 above).
@@ -154,6 +157,7 @@ struct RawServer {
     host: String,
     port: i64,
     shutdown_grace_ms: i64,
+    shutdown_delay_ms: i64,
     request_timeout_ms: i64,
     max_body_bytes: i64,
 }
@@ -164,6 +168,7 @@ impl Default for RawServer {
             host: "127.0.0.1".into(),
             port: 8000,
             shutdown_grace_ms: 10_000,
+            shutdown_delay_ms: 0,
             request_timeout_ms: 10_000,
             max_body_bytes: 64 * 1024,
         }
@@ -189,7 +194,7 @@ impl Default for RawBreaker {
 #[derive(Debug, Deserialize)]
 #[serde(default)]
 struct RawCache {
-    backend: String,
+    backend: Option<String>,
     default_ttl_secs: Option<i64>,
     ttl_secs: BTreeMap<String, i64>,
     operation_timeout_ms: i64,
@@ -200,7 +205,7 @@ struct RawCache {
 impl Default for RawCache {
     fn default() -> Self {
         Self {
-            backend: "memory".into(),
+            backend: None,
             default_ttl_secs: None,
             ttl_secs: BTreeMap::new(),
             operation_timeout_ms: 100,
@@ -350,7 +355,13 @@ impl Settings {
             .build()
             .and_then(Config::try_deserialize)
             .map_err(|e| SettingsError::Source(scrub(&e.to_string(), env)))?;
-        raw.validate()
+        // As in the seed's compose and k8s files: a REDIS_URL alone means Redis.
+        let implied = if env.contains_key("REDIS_URL") {
+            BackendKind::Redis
+        } else {
+            BackendKind::Memory
+        };
+        raw.validate(implied)
     }
 }
 
@@ -389,7 +400,8 @@ fn non_empty(value: Option<String>) -> Option<String> {
 }
 
 impl RawSettings {
-    fn validate(self) -> Result<Settings, SettingsError> {
+    /// `implied`: the backend when `cache.backend` is not set.
+    fn validate(self, implied: BackendKind) -> Result<Settings, SettingsError> {
         let host = match self.server.host.as_str() {
             "localhost" => IpAddr::from([127, 0, 0, 1]),
             other => other.parse().map_err(|_| {
@@ -403,11 +415,12 @@ impl RawSettings {
             )
         })?;
 
-        let backend = match self.cache.backend.to_ascii_lowercase().as_str() {
-            "memory" => BackendKind::Memory,
-            "redis" => BackendKind::Redis,
-            "noop" => BackendKind::Noop,
-            other => {
+        let backend = match self.cache.backend.map(|b| b.to_ascii_lowercase()).as_deref() {
+            None => implied,
+            Some("memory") => BackendKind::Memory,
+            Some("redis") => BackendKind::Redis,
+            Some("noop") => BackendKind::Noop,
+            Some(other) => {
                 return Err(invalid(
                     "cache.backend",
                     format!("'{other}' is not accepted (memory, redis, noop)"),
@@ -496,6 +509,17 @@ impl RawSettings {
                 host,
                 port,
                 shutdown_grace: millis("server.shutdown_grace_ms", self.server.shutdown_grace_ms)?,
+                shutdown_delay: u64::try_from(self.server.shutdown_delay_ms)
+                    .map(Duration::from_millis)
+                    .map_err(|_| {
+                        invalid(
+                            "server.shutdown_delay_ms",
+                            format!(
+                                "{} is not accepted (milliseconds >= 0)",
+                                self.server.shutdown_delay_ms
+                            ),
+                        )
+                    })?,
                 request_timeout: millis(
                     "server.request_timeout_ms",
                     self.server.request_timeout_ms,
@@ -669,6 +693,21 @@ mod tests {
             Ttl::DEFAULT
         );
         std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn the_seeds_redis_url_alone_selects_redis_unless_a_backend_is_set() {
+        let settings = load(&[("REDIS_URL", "redis://seed:6379")]).unwrap();
+        assert_eq!(settings.cache.backend, BackendKind::Redis);
+        let settings = load(&[
+            ("REDIS_URL", "redis://seed:6379"),
+            ("CACHEMANAGER__CACHE__BACKEND", "memory"),
+        ])
+        .unwrap();
+        assert_eq!(settings.cache.backend, BackendKind::Memory);
+        // Our own variable is explicit configuration of Redis, not a choice of backend.
+        let settings = load(&[("CACHEMANAGER__REDIS__URL", "redis://ours:6379")]).unwrap();
+        assert_eq!(settings.cache.backend, BackendKind::Memory);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use adapters::backend::{
     BreakerConfig, CircuitBreaker, MemoryBackend, MemoryConfig, NoopBackend, RedisBackend,
     RedisSetupError, StatusSignal, TimeoutBackend,
 };
-use adapters::health::{HealthMonitor, MonitorConfig};
+use adapters::health::{HealthMonitor, MonitorConfig, Readiness};
 use adapters::http::{HttpConfig, routes};
 use adapters::users::{InMemoryUserRepository, UserStoreError};
 use domain::{CacheManager, UserService};
@@ -105,6 +105,8 @@ pub struct Application {
     address: SocketAddr,
     endpoint: BoxEndpoint<'static>,
     settings: Settings,
+    /// Readiness is set here: ready when serving, stopping on shutdown.
+    probes: HealthMonitor,
 }
 
 impl Application {
@@ -129,6 +131,7 @@ impl Application {
                 slow_ping: health.slow,
             },
         );
+        let probes = monitor.clone();
         let caches = CacheManager::new(backend, &settings.cache.policy);
         let service = Arc::new(UserService::new(users, caches));
         let http = HttpConfig {
@@ -153,6 +156,7 @@ impl Application {
             address,
             endpoint,
             settings,
+            probes,
         })
     }
 
@@ -166,8 +170,10 @@ impl Application {
         self.address.port()
     }
 
-    /// Serves until `shutdown` completes, then lets in-flight requests finish
-    /// (for at most `server.shutdown_grace`).
+    /// Serves until `shutdown` completes. Then `/health/ready` answers 503
+    /// while the service keeps serving for `server.shutdown_delay` (time for
+    /// a load balancer to take it out), then it stops accepting connections
+    /// and lets in-flight requests finish (for at most `server.shutdown_grace`).
     ///
     /// # Errors
     /// An I/O error of the server.
@@ -175,10 +181,24 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send,
     ) -> std::io::Result<()> {
+        let probes = self.probes.clone();
+        let delay = self.settings.server.shutdown_delay;
+        let draining = async move {
+            shutdown.await;
+            probes.set_readiness(Readiness::Stopping);
+            if !delay.is_zero() {
+                tracing::info!(
+                    delay_ms = delay.as_millis() as u64,
+                    "not ready: still serving while the load balancer takes this instance out"
+                );
+                tokio::time::sleep(delay).await;
+            }
+        };
+        self.probes.set_readiness(Readiness::Ready);
         Server::new_with_acceptor(self.acceptor)
             .run_with_graceful_shutdown(
                 self.endpoint,
-                shutdown,
+                draining,
                 Some(self.settings.server.shutdown_grace),
             )
             .await

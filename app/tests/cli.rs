@@ -116,6 +116,53 @@ fn serves_the_sample_users_with_no_redis_then_stops_on_sigterm() {
     }
 }
 
+#[cfg(unix)]
+#[test]
+fn on_sigterm_it_turns_unready_and_keeps_serving_for_the_shutdown_delay() {
+    let port = free_port();
+    let mut child = Command::new(BIN)
+        .env_clear()
+        .env("CACHEMANAGER__SERVER__PORT", port.to_string())
+        .env("CACHEMANAGER__SERVER__SHUTDOWN_DELAY_MS", "1500")
+        .current_dir(std::env::temp_dir())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let ready = loop {
+        if let Some(response) = get(port, "/health/ready") {
+            break response;
+        }
+        assert!(Instant::now() < deadline, "the service did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // Within the delay: not ready, and still answering requests.
+    std::thread::sleep(Duration::from_millis(300));
+    let ready = get(port, "/health/ready").unwrap_or_default();
+    assert!(
+        ready.starts_with("HTTP/1.1 503") && ready.contains("stopping"),
+        "{ready}"
+    );
+    let user = get(port, "/users/550e8400-e29b-41d4-a716-446655440001").unwrap_or_default();
+    assert!(user.starts_with("HTTP/1.1 200"), "{user}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "exit status {status}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "did not stop after the delay");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn healthcheck_exits_1_when_nothing_listens() {
     let port = free_port();

@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use super::json::JsonBody;
 
-use crate::health::{HealthMonitor, HealthStatus};
+use crate::health::{HealthMonitor, HealthSnapshot, HealthStatus, Readiness};
 
 #[derive(Tags)]
 enum Tag {
@@ -44,6 +44,16 @@ pub struct HealthBody {
     pub cache: CacheHealth,
 }
 
+/// Whether the service takes traffic.
+#[derive(Debug, Clone, Object, Serialize)]
+pub struct ReadyBody {
+    /// `ready` (serving, with its cache), `degraded` (serving without or with
+    /// a slow cache: still ready), `starting` or `stopping`.
+    pub status: String,
+    /// The cache backend, for information: it never makes the service unready.
+    pub cache: CacheHealth,
+}
+
 /// The process is serving.
 #[derive(Debug, Clone, Object, Serialize)]
 pub struct LiveBody {
@@ -62,6 +72,32 @@ enum HealthResponse {
     Unhealthy(JsonBody<HealthBody>),
 }
 
+#[derive(ApiResponse)]
+enum ReadyResponse {
+    /// The service answers requests, with or without its cache.
+    #[oai(status = 200)]
+    Ready(JsonBody<ReadyBody>),
+    /// The service is starting or shutting down: send it no traffic.
+    #[oai(status = 503)]
+    NotReady(JsonBody<ReadyBody>),
+}
+
+fn cache_health(snapshot: HealthSnapshot) -> CacheHealth {
+    let status = match snapshot.status {
+        HealthStatus::Healthy => "up",
+        HealthStatus::Degraded => "slow",
+        HealthStatus::Refusing => "refusing",
+        HealthStatus::Down => "down",
+    };
+    CacheHealth {
+        backend: snapshot.backend.into(),
+        status: status.into(),
+        since_secs: snapshot.since.elapsed().as_secs_f64(),
+        latency_ms: snapshot.latency.map(|l| l.as_secs_f64() * 1000.0),
+        error: snapshot.error,
+    }
+}
+
 /// The health probes.
 pub struct HealthApi {
     monitor: HealthMonitor,
@@ -76,33 +112,54 @@ impl HealthApi {
 
 #[OpenApi]
 impl HealthApi {
-    /// Readiness: 200 when the cache backend answered its last ping within
-    /// the bound (2 s by default), 503 when it did not or its circuit is open.
-    /// Answers from the health monitor's last check: it never touches the
-    /// backend, so any number of probes costs Redis nothing.
+    /// The cache's health, as the seed's `/health`: 200 when the cache
+    /// backend answered its last ping within the bound (2 s by default), 503
+    /// when it did not or its circuit is open. Requests are served either
+    /// way: use `/health/ready` for a readiness probe, not this. Answers from
+    /// the health monitor's last check: it never touches the backend, so any
+    /// number of probes costs Redis nothing.
     #[oai(path = "/health", method = "get", tag = "Tag::Health")]
     async fn health(&self) -> HealthResponse {
         let snapshot = self.monitor.snapshot();
-        let (status, cache_status) = match snapshot.status {
-            HealthStatus::Healthy => ("healthy", "up"),
-            HealthStatus::Degraded => ("degraded", "slow"),
-            HealthStatus::Refusing => ("degraded", "refusing"),
-            HealthStatus::Down => ("unhealthy", "down"),
+        let down = snapshot.status == HealthStatus::Down;
+        let status = match snapshot.status {
+            HealthStatus::Healthy => "healthy",
+            HealthStatus::Degraded | HealthStatus::Refusing => "degraded",
+            HealthStatus::Down => "unhealthy",
         };
         let body = HealthBody {
             status: status.into(),
-            cache: CacheHealth {
-                backend: snapshot.backend.into(),
-                status: cache_status.into(),
-                since_secs: snapshot.since.elapsed().as_secs_f64(),
-                latency_ms: snapshot.latency.map(|l| l.as_secs_f64() * 1000.0),
-                error: snapshot.error,
-            },
+            cache: cache_health(snapshot),
         };
-        if snapshot.status == HealthStatus::Down {
+        if down {
             HealthResponse::Unhealthy(JsonBody(body))
         } else {
             HealthResponse::Healthy(JsonBody(body))
+        }
+    }
+
+    /// Readiness, for a load balancer or an orchestrator: 200 while the
+    /// service answers requests, with or without its cache (a cache outage
+    /// must not take every replica out of service: the cache is a luxury);
+    /// 503 only while it is starting or shutting down.
+    #[oai(path = "/health/ready", method = "get", tag = "Tag::Health")]
+    async fn ready(&self) -> ReadyResponse {
+        let snapshot = self.monitor.snapshot();
+        let cache_ok = snapshot.status == HealthStatus::Healthy;
+        let cache = cache_health(snapshot);
+        match self.monitor.readiness() {
+            Readiness::Ready => ReadyResponse::Ready(JsonBody(ReadyBody {
+                status: if cache_ok { "ready" } else { "degraded" }.into(),
+                cache,
+            })),
+            Readiness::Starting => ReadyResponse::NotReady(JsonBody(ReadyBody {
+                status: "starting".into(),
+                cache,
+            })),
+            Readiness::Stopping => ReadyResponse::NotReady(JsonBody(ReadyBody {
+                status: "stopping".into(),
+                cache,
+            })),
         }
     }
 

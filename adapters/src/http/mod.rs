@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use domain::UserQueries;
+use poem::middleware::{NormalizePath, TrailingSlash};
 use poem::{Endpoint, EndpointExt, Route};
 use poem_openapi::OpenApiService;
 
@@ -60,8 +61,9 @@ pub fn api<S: UserQueries>(
 }
 
 /// Every route: the API at `/`, Swagger UI at `/docs`, the spec at
-/// `/openapi.json`; bodies over `max_body_bytes` are refused (413), requests
-/// are cut at `request_timeout` (503), and every error is JSON.
+/// `/openapi.json`; a trailing slash is ignored (`/users/` is `/users`, as
+/// the seed served it); bodies over `max_body_bytes` are refused (413),
+/// requests are cut at `request_timeout` (503), and every error is JSON.
 pub fn routes<S: UserQueries>(
     service: Arc<S>,
     monitor: HealthMonitor,
@@ -83,6 +85,7 @@ pub fn routes<S: UserQueries>(
             )
         })
         .catch_all_error(errors::json_error)
+        .with(NormalizePath::new(TrailingSlash::Trim))
         .map_to_response()
 }
 

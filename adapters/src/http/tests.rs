@@ -13,7 +13,7 @@ use ports::{BackendError, MockCacheBackend, SharedBackend};
 
 use crate::backend::StatusSignal;
 use crate::backend::stub::{FOREVER, StubBackend};
-use crate::health::{HealthMonitor, MonitorConfig};
+use crate::health::{HealthMonitor, MonitorConfig, Readiness};
 use futures::StreamExt;
 use serde_json::{Value, json};
 
@@ -44,6 +44,13 @@ async fn client(
     queries: MockUserQueries,
     backend: SharedBackend,
 ) -> TestClient<impl poem::Endpoint> {
+    client_and_monitor(queries, backend).await.0
+}
+
+async fn client_and_monitor(
+    queries: MockUserQueries,
+    backend: SharedBackend,
+) -> (TestClient<impl poem::Endpoint>, HealthMonitor) {
     let monitor = HealthMonitor::spawn(
         backend,
         StatusSignal::new(),
@@ -60,7 +67,10 @@ async fn client(
         max_body_bytes: 16 * 1024,
         request_timeout: Duration::from_secs(5),
     };
-    TestClient::new(routes(Arc::new(queries), monitor, config))
+    (
+        TestClient::new(routes(Arc::new(queries), monitor.clone(), config)),
+        monitor,
+    )
 }
 
 async fn client_with(queries: MockUserQueries) -> TestClient<impl poem::Endpoint> {
@@ -112,7 +122,7 @@ async fn get_user_answers_200_with_the_user() {
     let body = json_of(response).await;
     assert_eq!(
         body,
-        json!({"id": 1, "uuid": "550e8400-e29b-41d4-a716-446655440001",
+        json!({"uuid": "550e8400-e29b-41d4-a716-446655440001",
                "first_name": "John", "last_name": "Doe", "email": "john.doe@example.com"})
     );
 }
@@ -187,6 +197,23 @@ async fn list_users_applies_limit_and_offset() {
 }
 
 #[tokio::test]
+async fn the_seeds_path_with_a_trailing_slash_lists_users_too() {
+    let mut queries = MockUserQueries::new();
+    queries
+        .expect_list_users()
+        .times(2)
+        .returning(|_| Ok(vec![user(1)]));
+    let client = client_with(queries).await;
+    for path in ["/users", "/users/"] {
+        let response = client.get(path).send().await;
+        response.assert_status_is_ok();
+        let body = json_of(response).await;
+        assert_eq!(body["users"][0]["first_name"], "John", "{path}");
+    }
+    client.get("/docs/").send().await.assert_status_is_ok();
+}
+
+#[tokio::test]
 async fn list_users_with_a_bad_limit_answers_400_json() {
     let client = client_with(MockUserQueries::new()).await;
     assert_error(
@@ -223,7 +250,8 @@ async fn lookup_answers_users_and_missing() {
         .await;
     response.assert_status_is_ok();
     let body = json_of(response).await;
-    assert_eq!(body["users"][0]["id"], 1);
+    assert_eq!(body["users"][0]["uuid"], "550e8400-e29b-41d4-a716-446655440001");
+    assert!(body["users"][0].get("id").is_none(), "the internal id is private");
     assert_eq!(
         body["missing"],
         json!(["550e8400-e29b-41d4-a716-446655440099"])
@@ -301,6 +329,47 @@ async fn health_is_503_with_a_json_body_when_the_backend_fails() {
     assert_eq!(body["status"], "unhealthy");
     assert_eq!(body["cache"]["status"], "down");
     assert!(body["cache"]["error"].as_str().unwrap().contains("refused"));
+}
+
+#[tokio::test]
+async fn ready_is_200_degraded_while_the_cache_is_down_and_503_only_when_starting_or_stopping() {
+    let mut backend = MockCacheBackend::new();
+    backend
+        .expect_ping()
+        .returning(|| Err(BackendError::Unavailable("connection refused".into())));
+    backend.expect_name().return_const("redis");
+    let (client, monitor) = client_and_monitor(MockUserQueries::new(), Arc::new(backend)).await;
+
+    let response = client.get("/health/ready").send().await;
+    response.assert_status(StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(json_of(response).await["status"], "starting");
+
+    monitor.set_readiness(Readiness::Ready);
+    let response = client.get("/health/ready").send().await;
+    response.assert_status_is_ok();
+    let body = json_of(response).await;
+    assert_eq!(body["status"], "degraded");
+    assert_eq!(body["cache"]["status"], "down");
+    // The seed's /health still says the cache is down.
+    client
+        .get("/health")
+        .send()
+        .await
+        .assert_status(StatusCode::SERVICE_UNAVAILABLE);
+
+    monitor.set_readiness(Readiness::Stopping);
+    let response = client.get("/health/ready").send().await;
+    response.assert_status(StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(json_of(response).await["status"], "stopping");
+}
+
+#[tokio::test]
+async fn ready_is_200_ready_with_a_healthy_cache() {
+    let (client, monitor) = client_and_monitor(MockUserQueries::new(), healthy_backend()).await;
+    monitor.set_readiness(Readiness::Ready);
+    let response = client.get("/health/ready").send().await;
+    response.assert_status_is_ok();
+    assert_eq!(json_of(response).await["status"], "ready");
 }
 
 #[tokio::test]

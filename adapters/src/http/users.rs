@@ -19,11 +19,10 @@ enum Tag {
     Users,
 }
 
-/// A user.
+/// A user. The internal numeric id is not part of it: the uuid is the public
+/// identifier (as in the seed), and a sequential id would invite enumeration.
 #[derive(Debug, Clone, PartialEq, Eq, Object, Serialize)]
 pub struct UserDto {
-    /// Numeric id.
-    pub id: i64,
     /// Public identifier (hyphenated lowercase UUID).
     pub uuid: Uuid,
     /// First name.
@@ -37,9 +36,8 @@ pub struct UserDto {
 impl From<User> for UserDto {
     /// Moves the user's text into the body: no copies on the hit path.
     fn from(user: User) -> Self {
-        let (id, uuid, first_name, last_name, email) = user.into_parts();
+        let (_id, uuid, first_name, last_name, email) = user.into_parts();
         Self {
-            id: id.get(),
             uuid: uuid.get(),
             first_name: first_name.into_string(),
             last_name: last_name.into_string(),

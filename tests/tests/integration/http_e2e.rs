@@ -97,6 +97,12 @@ async fn health_turns_503_when_redis_stops_while_users_are_still_served() {
     assert!(noticed < Duration::from_secs(5), "took {noticed:?}");
     let response = app.get(&format!("/users/{JOHN}")).await;
     assert_eq!(response.status(), 200);
+    // Still ready: a cache outage must not take the instance out of service.
+    let response = app.get("/health/ready").await;
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["status"], "degraded");
+    assert_eq!(body["cache"]["status"], "down");
     app.stop().await;
 }
 
