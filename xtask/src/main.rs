@@ -14,6 +14,7 @@ mod bench;
 mod chart;
 mod compose;
 mod images;
+mod k8s;
 mod microbench;
 mod setup;
 
@@ -42,6 +43,8 @@ commands:
   microbench [--quick] [--redis-url URL]
                         criterion benchmarks of the cache core (codecs, keys, typed
                         cache against raw moka and a raw Redis GET), with a table
+  k8s-check             validate docs/kubernetes/*.yaml against the Kubernetes
+                        schemas (kubernetes-validate from PyPI, strict)
   compose-smoke         bring docker-compose.yml up with those images and check it
                         end to end (lookups, keys in Redis, Redis stop and start)
 ";
@@ -63,6 +66,7 @@ fn main() -> ExitCode {
             })
         }
         Some("compose-smoke") => compose::smoke(),
+        Some("k8s-check") => k8s::check(),
         Some("setup") => setup::ensure_components()
             .and_then(|()| setup::ensure_docker())
             .and_then(|()| setup::ensure_tools()),
@@ -178,6 +182,7 @@ fn ci() -> Result<()> {
             ]),
         ),
         step("compose smoke", compose::smoke),
+        step("k8s manifests", k8s::check),
         // Short runs, so the harness cannot rot; figures are reported, not enforced.
         step("bench (quick)", || bench::bench(&["--quick".to_owned()])),
         step("microbench (quick)", || {
