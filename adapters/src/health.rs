@@ -167,11 +167,13 @@ async fn check(
                 (HealthStatus::Healthy, Some(latency), None)
             }
         }
-        Ok(Err(BackendError::CircuitOpen)) => (
-            HealthStatus::Down,
-            None,
-            Some("circuit open: the backend kept failing".into()),
-        ),
+        Ok(Err(BackendError::CircuitOpen)) => {
+            let why = match &stack.cause {
+                Some(cause) => format!("circuit open: {cause}"),
+                None => "circuit open: the backend kept failing".into(),
+            };
+            (HealthStatus::Down, None, Some(why))
+        }
         Ok(Err(error)) => (HealthStatus::Down, None, Some(error.to_string())),
         Err(_) => (
             HealthStatus::Down,

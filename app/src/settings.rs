@@ -415,7 +415,12 @@ impl RawSettings {
             )
         })?;
 
-        let backend = match self.cache.backend.map(|b| b.to_ascii_lowercase()).as_deref() {
+        let backend = match self
+            .cache
+            .backend
+            .map(|b| b.to_ascii_lowercase())
+            .as_deref()
+        {
             None => implied,
             Some("memory") => BackendKind::Memory,
             Some("redis") => BackendKind::Redis,

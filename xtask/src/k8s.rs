@@ -33,8 +33,9 @@ pub fn check() -> Result<()> {
     let validator = venv.join("bin/kubernetes-validate");
     if !validator.exists() {
         let venv_text = venv.display().to_string();
-        crate::run("python3", &["-m", "venv", &venv_text], &[])
-            .context("cannot make a Python virtual environment (apt-get install -y python3-venv)")?;
+        crate::run("python3", &["-m", "venv", &venv_text], &[]).context(
+            "cannot make a Python virtual environment (apt-get install -y python3-venv)",
+        )?;
         let pip = venv.join("bin/pip").display().to_string();
         crate::run(&pip, &["install", "--quiet", VALIDATOR], &[])
             .with_context(|| format!("cannot install {VALIDATOR} from PyPI"))?;
@@ -47,9 +48,8 @@ pub fn check() -> Result<()> {
     args.extend(files.iter().map(String::as_str));
     crate::run(&validator.display().to_string(), &args, &[])?;
     // The probes must name the routes that mean what they are used for.
-    let deployment = std::fs::read_to_string(
-        crate::workspace_root().join("docs/kubernetes/deployment.yaml"),
-    )?;
+    let deployment =
+        std::fs::read_to_string(crate::workspace_root().join("docs/kubernetes/deployment.yaml"))?;
     for (probe, path) in [
         ("readinessProbe", "/health/ready"),
         ("livenessProbe", "/health/live"),
@@ -62,6 +62,9 @@ pub fn check() -> Result<()> {
             bail!("deployment.yaml: {probe} must use {path}");
         }
     }
-    println!("{} manifests valid against Kubernetes {KUBERNETES_VERSION}", files.len());
+    println!(
+        "{} manifests valid against Kubernetes {KUBERNETES_VERSION}",
+        files.len()
+    );
     Ok(())
 }

@@ -204,6 +204,7 @@ impl CircuitBreaker {
             %error,
             "circuit opened: requests are served without the cache until the backend answers again"
         );
+        self.shared.status.set_cause(error.to_string());
         self.shared.status.set_circuit(Circuit::Open);
         self.spawn_probe(self.config.probe_interval);
     }
@@ -226,6 +227,7 @@ impl CircuitBreaker {
             next_probe_ms = interval.as_millis() as u64,
             "circuit opened again: a trial request failed"
         );
+        self.shared.status.set_cause(error.to_string());
         self.shared.status.set_circuit(Circuit::Open);
         self.spawn_probe(interval);
     }
@@ -278,8 +280,17 @@ impl CircuitBreaker {
                         );
                         return;
                     }
-                    Ok(Err(error)) => tracing::debug!(%error, probes, "circuit probe failed"),
-                    Err(_) => tracing::debug!(probes, "circuit probe timed out"),
+                    Ok(Err(error)) => {
+                        tracing::debug!(%error, probes, "circuit probe failed");
+                        shared.status.set_cause(error.to_string());
+                    }
+                    Err(_) => {
+                        tracing::debug!(probes, "circuit probe timed out");
+                        shared.status.set_cause(format!(
+                            "no answer to a probe within {:?}",
+                            config.probe_timeout
+                        ));
+                    }
                 }
             }
         });

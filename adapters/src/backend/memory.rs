@@ -88,6 +88,10 @@ impl WriteLocks {
 pub struct MemoryBackend {
     cache: Cache<String, Stored, RandomState>,
     write_locks: Arc<WriteLocks>,
+    /// Lets a test pause `compare_and_delete` between its comparison and its
+    /// removal, to make the race it must win happen every time.
+    #[cfg(test)]
+    pause_after_compare: Arc<tests::Pause>,
 }
 
 impl std::fmt::Debug for MemoryBackend {
@@ -115,6 +119,8 @@ impl MemoryBackend {
         Self {
             cache,
             write_locks: Arc::new(WriteLocks::new()),
+            #[cfg(test)]
+            pause_after_compare: Arc::default(),
         }
     }
 
@@ -171,6 +177,8 @@ impl CacheBackend for MemoryBackend {
         let _write = self.write_locks.of(key).lock().await;
         match self.cache.get(key).await {
             Some(current) if current.value.as_ref() == expected => {
+                #[cfg(test)]
+                self.pause_after_compare.wait().await;
                 self.cache.invalidate(key).await;
                 Ok(true)
             }
@@ -219,38 +227,54 @@ mod tests {
         assert!(backend.entry_count() > 0);
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn compare_and_delete_never_removes_a_value_written_while_it_ran() {
-        // Whichever runs first, the valid value must survive: either the
-        // delete comes first and the write lands after it, or the write comes
-        // first and the comparison no longer matches.
-        let backend = MemoryBackend::default();
-        for round in 0..2000 {
-            let key = format!("k{round}");
-            backend
-                .set(&key, Bytes::from_static(b"corrupt"), None)
-                .await
-                .unwrap();
-            let (deleter, writer) = (backend.clone(), backend.clone());
-            let (k1, k2) = (key.clone(), key.clone());
-            let delete =
-                tokio::spawn(
-                    async move { deleter.compare_and_delete(&k1, b"corrupt").await.unwrap() },
-                );
-            let write = tokio::spawn(async move {
-                writer
-                    .set(&k2, Bytes::from_static(b"valid"), None)
-                    .await
-                    .unwrap()
-            });
-            delete.await.unwrap();
-            write.await.unwrap();
-            assert_eq!(
-                backend.get(&key).await.unwrap().as_deref(),
-                Some(&b"valid"[..]),
-                "round {round}"
-            );
+    /// A gate `compare_and_delete` stops at when armed: it says it has
+    /// compared, then waits to be let go.
+    #[derive(Default)]
+    pub(super) struct Pause {
+        armed: std::sync::atomic::AtomicBool,
+        compared: tokio::sync::Notify,
+        go_on: tokio::sync::Notify,
+    }
+
+    impl Pause {
+        pub(super) async fn wait(&self) {
+            if self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                self.compared.notify_one();
+                self.go_on.notified().await;
+            }
         }
+    }
+
+    #[tokio::test]
+    async fn compare_and_delete_never_removes_a_value_written_while_it_ran() {
+        let backend = MemoryBackend::default();
+        backend
+            .set("k", Bytes::from_static(b"corrupt"), None)
+            .await
+            .unwrap();
+        let pause = backend.pause_after_compare.clone();
+        pause.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+        let deleter = backend.clone();
+        let delete = tokio::spawn(async move { deleter.compare_and_delete("k", b"corrupt").await });
+        // The deleter has compared and matched; now a valid value is written.
+        pause.compared.notified().await;
+        let writer = backend.clone();
+        let mut write =
+            tokio::spawn(async move { writer.set("k", Bytes::from_static(b"valid"), None).await });
+        // The write must wait for the deleter (it holds the key's lock)...
+        let waited = tokio::time::timeout(Duration::from_millis(50), &mut write).await;
+        assert!(
+            waited.is_err(),
+            "the write did not wait for compare-and-delete"
+        );
+        // ...and lands after its removal.
+        pause.go_on.notify_one();
+        assert_eq!(delete.await.unwrap(), Ok(true));
+        assert_eq!(write.await.unwrap(), Ok(()));
+        assert_eq!(
+            backend.get("k").await.unwrap().as_deref(),
+            Some(&b"valid"[..])
+        );
     }
 
     #[test]

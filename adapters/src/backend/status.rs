@@ -39,6 +39,9 @@ pub struct Refusal {
 pub struct StackStatus {
     /// The circuit's state.
     pub circuit: Circuit,
+    /// While the circuit is not closed: the last failure that kept it open
+    /// (never a secret), so `/health` can say why.
+    pub cause: Option<String>,
     /// The last command the backend refused, if any.
     pub refusal: Option<Refusal>,
     /// How often the backend's connection has been rebuilt.
@@ -49,6 +52,7 @@ impl Default for StackStatus {
     fn default() -> Self {
         Self {
             circuit: Circuit::Closed,
+            cause: None,
             refusal: None,
             rebuilds: 0,
         }
@@ -93,11 +97,24 @@ impl StatusSignal {
         self.sender.send_if_modified(change);
     }
 
-    /// Publishes the circuit's state.
+    /// Publishes the circuit's state; a closed circuit forgets its cause.
     pub fn set_circuit(&self, circuit: Circuit) {
         self.update(|status| {
             let changed = status.circuit != circuit;
             status.circuit = circuit;
+            if circuit == Circuit::Closed {
+                status.cause = None;
+            }
+            changed
+        });
+    }
+
+    /// Publishes why the circuit is open (subscribers are woken only when
+    /// the cause changes).
+    pub fn set_cause(&self, cause: String) {
+        self.update(|status| {
+            let changed = status.cause.as_ref() != Some(&cause);
+            status.cause = Some(cause);
             changed
         });
     }

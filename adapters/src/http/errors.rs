@@ -116,7 +116,10 @@ async fn guarded<E: poem::Endpoint>(
         }
         None => {}
     }
-    endpoint.call(request).await.map(IntoResponse::into_response)
+    endpoint
+        .call(request)
+        .await
+        .map(IntoResponse::into_response)
 }
 
 /// Errors raised outside any operation (unknown path, wrong method) as JSON.

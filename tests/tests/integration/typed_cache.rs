@@ -270,6 +270,13 @@ async fn the_manager_connects_serves_misses_while_redis_is_down_and_reconnects()
     let manager = CacheManager::new(backend, &CachePolicy::new());
     manager.ping().await.unwrap();
     manager.uuid_to_id().set(&uuid(1), &id(1)).await.unwrap();
+    // A typed set swallows backend errors: check Redis really holds it.
+    let mut raw = redis.raw().await;
+    let stored: Option<String> = raw
+        .get(format!("user:uuid-to-id:{}", uuid(1)))
+        .await
+        .unwrap();
+    assert_eq!(stored.as_deref(), Some("1"));
 
     redis.container.stop().await.unwrap();
     let started = std::time::Instant::now();
@@ -278,7 +285,8 @@ async fn the_manager_connects_serves_misses_while_redis_is_down_and_reconnects()
         None,
         "a dead Redis is a miss"
     );
-    manager.uuid_to_id().set(&uuid(2), &id(2)).await.unwrap();
+    // Not an error for the caller: a dead Redis makes the write a no-op.
+    assert_eq!(manager.uuid_to_id().set(&uuid(2), &id(2)).await, Ok(()));
     assert!(
         started.elapsed() < Duration::from_secs(1),
         "bounded by the op timeout: {:?}",
@@ -298,8 +306,10 @@ async fn the_manager_connects_serves_misses_while_redis_is_down_and_reconnects()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // The restarted Redis is empty: the entry from before is gone, not stale.
+    // The restarted Redis is empty: the entry from before is gone, not stale,
+    // and the write made while it was down never landed.
     assert_eq!(manager.uuid_to_id().get(&uuid(1)).await, None);
+    assert_eq!(manager.uuid_to_id().get(&uuid(2)).await, None);
 }
 
 #[tokio::test]
