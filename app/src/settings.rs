@@ -127,6 +127,8 @@ pub struct LogSettings {
     pub format: LogFormat,
     /// A `tracing` filter (`info`, `app=debug,info`); `RUST_LOG` wins over it.
     pub filter: String,
+    /// One line per request at info.
+    pub requests: bool,
 }
 
 /// Every setting, validated.
@@ -286,6 +288,7 @@ impl Default for RawHealth {
 struct RawLog {
     format: String,
     filter: String,
+    requests: bool,
 }
 
 impl Default for RawLog {
@@ -293,6 +296,7 @@ impl Default for RawLog {
         Self {
             format: "text".into(),
             filter: "info".into(),
+            requests: true,
         }
     }
 }
@@ -574,6 +578,7 @@ impl RawSettings {
             log: LogSettings {
                 format,
                 filter: self.log.filter,
+                requests: self.log.requests,
             },
         })
     }

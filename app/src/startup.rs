@@ -137,6 +137,7 @@ impl Application {
         let http = HttpConfig {
             max_body_bytes: settings.server.max_body_bytes,
             request_timeout: settings.server.request_timeout,
+            log_requests: settings.log.requests,
         };
         let endpoint = routes(service, monitor, http).boxed();
 

@@ -3,26 +3,61 @@
 
 use poem::http::StatusCode;
 use poem::{IntoResponse, Response};
-use poem_openapi::Object;
 use poem_openapi::payload::Json;
+use poem_openapi::types::Example;
+use poem_openapi::{Enum, Object};
 use serde::Serialize;
+
+/// The stable, machine-readable code of an error: a client switches on this,
+/// never on the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum, Serialize)]
+#[oai(rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// A parameter or body the document does not allow.
+    BadRequest,
+    /// A path parameter or lookup item that is not a UUID.
+    InvalidUuid,
+    /// A lookup of more than 100 uuids.
+    TooManyUuids,
+    /// A lookup that names a uuid twice.
+    DuplicateUuids,
+    /// No such user, or no such path.
+    NotFound,
+    /// The path exists, but not with this method (see the `Allow` header).
+    MethodNotAllowed,
+    /// The request body is larger than the server accepts.
+    PayloadTooLarge,
+    /// The request took longer than the server's request timeout.
+    Timeout,
+    /// A failure inside the service; the cause is in its logs.
+    Internal,
+}
 
 /// An error: a stable machine-readable `error` code and a human `message`.
 #[derive(Debug, Clone, PartialEq, Eq, Object, Serialize)]
+#[oai(example)]
 pub struct ErrorBody {
-    /// A stable code: `bad_request`, `invalid_uuid`, `too_many_uuids`,
-    /// `duplicate_uuids`, `not_found`, `method_not_allowed`,
-    /// `payload_too_large`, `timeout`, `internal`.
-    pub error: String,
+    /// The code.
+    pub error: ErrorCode,
     /// What went wrong, for a person.
     pub message: String,
 }
 
+impl Example for ErrorBody {
+    fn example() -> Self {
+        Self::new(
+            ErrorCode::NotFound,
+            "no user with uuid 550e8400-e29b-41d4-a716-446655440099",
+        )
+    }
+}
+
 impl ErrorBody {
     /// An error body.
-    pub fn new(error: &str, message: impl Into<String>) -> Self {
+    pub fn new(error: ErrorCode, message: impl Into<String>) -> Self {
         Self {
-            error: error.to_owned(),
+            error,
             message: message.into(),
         }
     }
@@ -30,7 +65,7 @@ impl ErrorBody {
     /// The body of a 500: says nothing of the cause, which is logged instead.
     pub fn internal() -> Self {
         Self::new(
-            "internal",
+            ErrorCode::Internal,
             "internal error; the cause is in the service's logs",
         )
     }
@@ -43,31 +78,170 @@ pub trait WithBadRequest {
     fn bad_request(body: Json<ErrorBody>) -> Self;
 }
 
-/// poem-openapi's parse errors (query, path, JSON body, content type) as a JSON 400.
+/// poem-openapi's parse errors (query, path, JSON body, content type) as a
+/// JSON 400 that names what was wrong and what is accepted, in our words:
+/// the parser's own text ("failed to parse \"integer(uint32)\"...") is not
+/// for the client.
 pub fn bad_request<T: WithBadRequest>(error: poem::Error) -> T {
-    T::bad_request(Json(ErrorBody::new("bad_request", error.to_string())))
+    T::bad_request(Json(ErrorBody::new(
+        ErrorCode::BadRequest,
+        parse_failure(&error),
+    )))
 }
 
-/// Guards every request: a body over `max_body_bytes` is refused with 413
-/// before any handler reads it (by its declared length, or while reading a
-/// chunked body), and a request that takes longer than `limit`, its body's
-/// arrival included, is answered 503 `timeout`: a client trickling a chunked
-/// body cannot hold a connection longer than any other request.
-pub async fn guard<E: poem::Endpoint>(
-    endpoint: std::sync::Arc<E>,
-    request: poem::Request,
-    max_body_bytes: usize,
-    limit: std::time::Duration,
-) -> poem::Result<Response> {
-    match crate::deadline::within(limit, guarded(endpoint, request, max_body_bytes)).await {
-        Some(result) => result,
-        None => {
-            tracing::warn!(?limit, "request timed out");
-            let body = ErrorBody::new("timeout", format!("the request took longer than {limit:?}"));
-            Ok(Json(body)
-                .with_status(StatusCode::SERVICE_UNAVAILABLE)
-                .into_response())
+/// What each parameter accepts, as the document states it.
+const ACCEPTED: [(&str, &str); 2] = [
+    ("limit", "an integer from 1 to 1000 (default 100)"),
+    ("offset", "an integer from 0 (default 0)"),
+];
+
+fn parse_failure(error: &poem::Error) -> String {
+    use poem_openapi::error::{ContentTypeError, ParseParamError, ParseRequestPayloadError};
+    if let Some(param) = error.downcast_ref::<ParseParamError>() {
+        let accepted = ACCEPTED
+            .iter()
+            .find(|(name, _)| *name == param.name)
+            .map_or("a value of the documented type", |(_, what)| what);
+        return format!(
+            "invalid query parameter `{}`: it must be {accepted}",
+            param.name
+        );
+    }
+    if error.is::<ParseRequestPayloadError>() {
+        return "the body is not JSON of the documented shape (see /openapi.json)".into();
+    }
+    if error.is::<ContentTypeError>() {
+        return "the body must be sent as `content-type: application/json`".into();
+    }
+    "the request does not match the API document (see /openapi.json)".into()
+}
+
+/// What every request passes through: body limit, deadline, request id,
+/// `Allow` on a 405, and the request's log line.
+pub struct Guard {
+    config: super::HttpConfig,
+    routes: super::spec::RouteTable,
+    ids: RequestIds,
+}
+
+/// The request id header, taken from the request or made, and echoed.
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// Request ids made here: a per-process random prefix and a counter; unique
+/// across instances, and cheaper than a random uuid per request.
+struct RequestIds {
+    prefix: String,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl RequestIds {
+    fn new() -> Self {
+        let random = uuid::Uuid::new_v4().simple().to_string();
+        Self {
+            prefix: random[..12].to_owned(),
+            next: std::sync::atomic::AtomicU64::new(1),
         }
+    }
+
+    fn make(&self) -> String {
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("{}-{n:x}", self.prefix)
+    }
+}
+
+/// A client's request id is kept when it is 1 to 128 visible ASCII
+/// characters (what a header and a log line can carry safely).
+fn acceptable_id(value: &poem::http::HeaderValue) -> Option<&str> {
+    let text = value.to_str().ok()?;
+    (!text.is_empty() && text.len() <= 128 && text.bytes().all(|b| (0x21..=0x7e).contains(&b)))
+        .then_some(text)
+}
+
+impl Guard {
+    /// A guard with these settings over these routes.
+    pub fn new(config: super::HttpConfig, routes: super::spec::RouteTable) -> Self {
+        Self {
+            config,
+            routes,
+            ids: RequestIds::new(),
+        }
+    }
+
+    /// Guards one request: a body over `max_body_bytes` is refused with 413
+    /// before any handler reads it (by its declared length, or while reading
+    /// a chunked body), and a request that takes longer than the request
+    /// timeout, its body's arrival included, is answered 503 `timeout`: a
+    /// client trickling a chunked body cannot hold a connection longer than
+    /// any other request.
+    pub async fn call<E: poem::Endpoint>(
+        &self,
+        endpoint: std::sync::Arc<E>,
+        mut request: poem::Request,
+    ) -> poem::Result<Response> {
+        let started = std::time::Instant::now();
+        let method = request.method().clone();
+        // HEAD is answered as GET without the body, so that its headers
+        // (content-length first) are exactly GET's (RFC 9110, 9.3.2).
+        if method == poem::http::Method::HEAD {
+            request.set_method(poem::http::Method::GET);
+        }
+        let id = match request.headers().get(REQUEST_ID).and_then(acceptable_id) {
+            Some(id) => id.to_owned(),
+            None => self.ids.make(),
+        };
+        let path = request.uri().path().to_owned();
+        let limit = self.config.request_timeout;
+        let mut response = match crate::deadline::within(
+            limit,
+            guarded(endpoint, request, self.config.max_body_bytes),
+        )
+        .await
+        {
+            Some(Ok(response)) => response,
+            Some(Err(error)) => json_error(error).await,
+            None => {
+                tracing::warn!(?limit, request_id = %id, "request timed out");
+                let body = ErrorBody::new(
+                    ErrorCode::Timeout,
+                    format!("the request took longer than {limit:?}"),
+                );
+                Json(body)
+                    .with_status(StatusCode::SERVICE_UNAVAILABLE)
+                    .into_response()
+            }
+        };
+        if response.status() == StatusCode::METHOD_NOT_ALLOWED
+            && let Some(allow) = self.routes.allow(&path)
+            && let Ok(value) = poem::http::HeaderValue::from_str(&allow)
+        {
+            response
+                .headers_mut()
+                .insert(poem::http::header::ALLOW, value);
+        }
+        if method == poem::http::Method::HEAD {
+            let length = response
+                .take_body()
+                .into_bytes()
+                .await
+                .map_or(0, |b| b.len());
+            response
+                .headers_mut()
+                .insert(poem::http::header::CONTENT_LENGTH, length.into());
+        }
+        if let Ok(value) = poem::http::HeaderValue::from_str(&id) {
+            response.headers_mut().insert(REQUEST_ID, value);
+        }
+        if self.config.log_requests {
+            tracing::info!(
+                http.request.method = %method,
+                http.route = self.routes.template(&path).unwrap_or("(unknown)"),
+                http.response.status_code = response.status().as_u16(),
+                latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+                request_id = %id,
+                "request"
+            );
+        }
+        Ok(response)
     }
 }
 
@@ -78,7 +252,7 @@ async fn guarded<E: poem::Endpoint>(
 ) -> poem::Result<Response> {
     let too_large = || {
         let body = ErrorBody::new(
-            "payload_too_large",
+            ErrorCode::PayloadTooLarge,
             format!("the request body exceeds {max_body_bytes} bytes"),
         );
         Json(body)
@@ -105,7 +279,7 @@ async fn guarded<E: poem::Endpoint>(
                 Err(poem::error::ReadBodyError::PayloadTooLarge) => return Ok(too_large()),
                 Err(error) => {
                     let body = ErrorBody::new(
-                        "bad_request",
+                        ErrorCode::BadRequest,
                         format!("cannot read the request body: {error}"),
                     );
                     return Ok(Json(body)
@@ -126,17 +300,24 @@ async fn guarded<E: poem::Endpoint>(
 pub async fn json_error(error: poem::Error) -> Response {
     let status = error.status();
     let code = match status {
-        StatusCode::NOT_FOUND => "not_found",
-        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
-        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
-        s if s.is_server_error() => "internal",
-        _ => "bad_request",
+        StatusCode::NOT_FOUND => ErrorCode::NotFound,
+        StatusCode::METHOD_NOT_ALLOWED => ErrorCode::MethodNotAllowed,
+        StatusCode::PAYLOAD_TOO_LARGE => ErrorCode::PayloadTooLarge,
+        s if s.is_server_error() => ErrorCode::Internal,
+        _ => ErrorCode::BadRequest,
     };
-    let body = if status.is_server_error() {
-        tracing::error!(%error, %status, "request failed");
-        ErrorBody::internal()
-    } else {
-        ErrorBody::new(code, error.to_string())
+    let body = match code {
+        ErrorCode::Internal => {
+            tracing::error!(%error, %status, "request failed");
+            ErrorBody::internal()
+        }
+        ErrorCode::NotFound => ErrorBody::new(code, "no such path (see /openapi.json)"),
+        ErrorCode::MethodNotAllowed => ErrorBody::new(
+            code,
+            "this path does not accept this method; the Allow header lists those it does",
+        ),
+        ErrorCode::PayloadTooLarge => ErrorBody::new(code, error.to_string()),
+        _ => ErrorBody::new(code, parse_failure(&error)),
     };
     Json(body).with_status(status).into_response()
 }

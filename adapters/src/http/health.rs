@@ -118,7 +118,12 @@ impl HealthApi {
     /// way: use `/health/ready` for a readiness probe, not this. Answers from
     /// the health monitor's last check: it never touches the backend, so any
     /// number of probes costs Redis nothing.
-    #[oai(path = "/health", method = "get", tag = "Tag::Health")]
+    #[oai(
+        path = "/health",
+        method = "get",
+        tag = "Tag::Health",
+        operation_id = "getHealth"
+    )]
     async fn health(&self) -> HealthResponse {
         let snapshot = self.monitor.snapshot();
         let down = snapshot.status == HealthStatus::Down;
@@ -142,7 +147,12 @@ impl HealthApi {
     /// service answers requests, with or without its cache (a cache outage
     /// must not take every replica out of service: the cache is a luxury);
     /// 503 only while it is starting or shutting down.
-    #[oai(path = "/health/ready", method = "get", tag = "Tag::Health")]
+    #[oai(
+        path = "/health/ready",
+        method = "get",
+        tag = "Tag::Health",
+        operation_id = "getReadiness"
+    )]
     async fn ready(&self) -> ReadyResponse {
         let snapshot = self.monitor.snapshot();
         let cache_ok = snapshot.status == HealthStatus::Healthy;
@@ -164,7 +174,12 @@ impl HealthApi {
     }
 
     /// Liveness: 200 while the process serves requests. Touches nothing.
-    #[oai(path = "/health/live", method = "get", tag = "Tag::Health")]
+    #[oai(
+        path = "/health/live",
+        method = "get",
+        tag = "Tag::Health",
+        operation_id = "getLiveness"
+    )]
     async fn live(&self) -> JsonBody<LiveBody> {
         JsonBody(LiveBody {
             status: "alive".into(),

@@ -8,6 +8,8 @@ mod errors;
 mod health;
 mod json;
 mod root;
+pub mod spec;
+mod types;
 mod users;
 
 use std::sync::Arc;
@@ -20,7 +22,7 @@ use poem_openapi::OpenApiService;
 
 use crate::health::HealthMonitor;
 
-pub use errors::ErrorBody;
+pub use errors::{ErrorBody, ErrorCode};
 pub use health::HealthApi;
 pub use json::JsonBody;
 pub use root::RootApi;
@@ -33,6 +35,9 @@ pub struct HttpConfig {
     pub max_body_bytes: usize,
     /// The longest a request may take; longer is a 503.
     pub request_timeout: Duration,
+    /// One log line per request at info (method, route template, status,
+    /// latency, request id).
+    pub log_requests: bool,
 }
 
 impl Default for HttpConfig {
@@ -40,6 +45,7 @@ impl Default for HttpConfig {
         Self {
             max_body_bytes: 64 * 1024,
             request_timeout: Duration::from_secs(10),
+            log_requests: true,
         }
     }
 }
@@ -60,29 +66,49 @@ pub fn api<S: UserQueries>(
     )
 }
 
-/// Every route: the API at `/`, Swagger UI at `/docs`, the spec at
-/// `/openapi.json`; a trailing slash is ignored (`/users/` is `/users`, as
-/// the seed served it); bodies over `max_body_bytes` are refused (413),
-/// requests are cut at `request_timeout` (503), and every error is JSON.
+/// Every route: the API at `/`, Swagger UI at `/docs`, the document at
+/// `/openapi.json` (completed with what the guard answers, see [`spec`]); a
+/// trailing slash is ignored (`/users/` is `/users`, as the seed served it).
+/// The guard around every operation refuses bodies over `max_body_bytes`
+/// (413), cuts requests at `request_timeout` (503), answers a 405 with
+/// `Allow`, tags each request with an `x-request-id` and logs it; every
+/// error is JSON.
 pub fn routes<S: UserQueries>(
     service: Arc<S>,
     monitor: HealthMonitor,
     config: HttpConfig,
 ) -> impl Endpoint<Output = poem::Response> + 'static {
     let api = api(service, monitor);
-    let docs = api.swagger_ui();
-    let spec = api.spec_endpoint();
+    let generated = api.spec();
+    let (document, table) = match spec::complete(&generated) {
+        Ok(completed) => completed,
+        Err(error) => {
+            // Unreachable with poem-openapi's output; serve what it made.
+            tracing::error!(%error, "cannot complete the OpenAPI document");
+            (generated.clone(), spec::RouteTable::default())
+        }
+    };
+    let swagger = spec::swagger_with(&api.swagger_ui_html(), &document);
+    let guard = Arc::new(errors::Guard::new(config, table));
     Route::new()
-        .at("/openapi.json", spec)
-        .nest("/docs", docs)
+        .at(
+            "/openapi.json",
+            poem::get(poem::endpoint::make_sync(move |_| {
+                poem::Response::builder()
+                    .content_type("application/json; charset=utf-8")
+                    .body(document.clone())
+            })),
+        )
+        .at(
+            "/docs",
+            poem::get(poem::endpoint::make_sync(move |_| {
+                poem::web::Html(swagger.clone())
+            })),
+        )
         .nest("/", api)
         .around(move |endpoint, request| {
-            errors::guard(
-                endpoint,
-                request,
-                config.max_body_bytes,
-                config.request_timeout,
-            )
+            let guard = guard.clone();
+            async move { guard.call(endpoint, request).await }
         })
         .catch_all_error(errors::json_error)
         .with(NormalizePath::new(TrailingSlash::Trim))

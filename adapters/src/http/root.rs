@@ -32,7 +32,12 @@ pub struct RootApi;
 #[OpenApi]
 impl RootApi {
     /// What this service is, and links to its docs.
-    #[oai(path = "/", method = "get", tag = "Tag::Service")]
+    #[oai(
+        path = "/",
+        method = "get",
+        tag = "Tag::Service",
+        operation_id = "getServiceInfo"
+    )]
     async fn index(&self) -> JsonBody<ServiceInfo> {
         JsonBody(ServiceInfo {
             name: "CacheManager User API".into(),

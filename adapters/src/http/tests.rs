@@ -66,6 +66,7 @@ async fn client_and_monitor(
     let config = HttpConfig {
         max_body_bytes: 16 * 1024,
         request_timeout: Duration::from_secs(5),
+        ..HttpConfig::default()
     };
     (
         TestClient::new(routes(Arc::new(queries), monitor.clone(), config)),
@@ -473,6 +474,7 @@ async fn a_chunked_body_that_trickles_is_cut_at_the_request_timeout() {
     let config = HttpConfig {
         max_body_bytes: 1024,
         request_timeout: Duration::from_millis(100),
+        ..HttpConfig::default()
     };
     let client = TestClient::new(routes(Arc::new(SlowQueries), monitor, config));
     // One byte, then nothing more, ever: the connection must not be held.
@@ -543,6 +545,7 @@ async fn a_request_slower_than_the_timeout_answers_503_json() {
     let config = HttpConfig {
         max_body_bytes: 1024,
         request_timeout: Duration::from_millis(100),
+        ..HttpConfig::default()
     };
     let client = TestClient::new(routes(Arc::new(SlowQueries), monitor, config));
     let started = std::time::Instant::now();
@@ -656,5 +659,217 @@ async fn json_bodies_carry_the_json_content_type() {
         let response = client.get(path).send().await;
         response.assert_status_is_ok();
         response.assert_header("content-type", "application/json; charset=utf-8");
+    }
+}
+
+mod contract {
+    //! The HTTP contract: what the document states is what the server does.
+
+    use super::*;
+
+    async fn document() -> Value {
+        let client = client_with(MockUserQueries::new()).await;
+        let response = client.get("/openapi.json").send().await;
+        response.assert_status_is_ok();
+        json_of(response).await
+    }
+
+    fn operations(document: &Value) -> Vec<(String, String, Value)> {
+        let mut found = Vec::new();
+        for (path, item) in document["paths"].as_object().unwrap() {
+            for (method, operation) in item.as_object().unwrap() {
+                found.push((path.clone(), method.clone(), operation.clone()));
+            }
+        }
+        found
+    }
+
+    #[tokio::test]
+    async fn every_operation_has_an_operation_id_and_the_guards_answers() {
+        let document = document().await;
+        let operations = operations(&document);
+        assert!(operations.len() >= 7, "{operations:?}");
+        for (path, method, operation) in &operations {
+            assert!(operation["operationId"].is_string(), "{method} {path}");
+            let responses = &operation["responses"];
+            assert!(
+                responses["405"]["headers"]["Allow"].is_object(),
+                "{method} {path}"
+            );
+            let timeout = responses["503"]["description"].as_str().unwrap_or_default();
+            assert!(timeout.contains("timeout"), "{method} {path}: {timeout}");
+        }
+        let lookup = &document["paths"]["/users/lookup"]["post"]["responses"];
+        assert!(lookup["413"].is_object());
+        assert!(lookup["400"].is_object());
+    }
+
+    #[tokio::test]
+    async fn the_document_states_the_rules_the_server_enforces() {
+        let document = document().await;
+        let get = &document["paths"]["/users/{uuid}"]["get"];
+        let uuid = &get["parameters"][0]["schema"];
+        assert_eq!(uuid["format"], "uuid", "{get}");
+        assert!(uuid["example"].is_string());
+        assert!(get["responses"]["404"].is_object());
+
+        let list = &document["paths"]["/users"]["get"]["parameters"];
+        let param = |name: &str| {
+            list.as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["name"] == name)
+                .unwrap()["schema"]
+                .clone()
+        };
+        let limit = param("limit");
+        assert_eq!(
+            (limit["minimum"].as_f64(), limit["maximum"].as_f64()),
+            (Some(1.0), Some(1000.0)),
+            "{limit}"
+        );
+        assert_eq!(limit["default"], 100);
+        assert_eq!(param("offset")["default"], 0);
+
+        let schemas = &document["components"]["schemas"];
+        let uuids = &schemas["LookupRequest"]["properties"]["uuids"];
+        assert_eq!(uuids["maxItems"], 100, "{uuids}");
+        assert_eq!(uuids["uniqueItems"], true);
+        assert_eq!(uuids["items"]["format"], "uuid");
+        assert!(schemas["LookupRequest"]["example"]["uuids"].is_array());
+        assert!(schemas["UserDto"]["example"]["email"].is_string());
+        assert!(schemas["UserDto"]["properties"].get("id").is_none());
+
+        let codes = serde_json::to_string(&schemas["ErrorCode"]["enum"]).unwrap();
+        for code in [
+            "invalid_uuid",
+            "too_many_uuids",
+            "duplicate_uuids",
+            "not_found",
+            "method_not_allowed",
+            "payload_too_large",
+            "timeout",
+            "internal",
+            "bad_request",
+        ] {
+            assert!(codes.contains(code), "{code} missing from {codes}");
+        }
+    }
+
+    #[tokio::test]
+    async fn swagger_ui_shows_the_completed_document() {
+        let client = client_with(MockUserQueries::new()).await;
+        let response = client.get("/docs").send().await;
+        response.assert_status_is_ok();
+        let html = response.0.into_body().into_string().await.unwrap();
+        assert!(
+            html.contains("the `Allow` header lists the methods it does"),
+            "the page embeds the generated document"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_documented_example_lookup_is_accepted() {
+        let document = document().await;
+        let example = document["components"]["schemas"]["LookupRequest"]["example"].clone();
+        let mut queries = MockUserQueries::new();
+        queries.expect_lookup().returning(|uuids| {
+            Ok(Lookup {
+                users: vec![],
+                missing: uuids.to_vec(),
+            })
+        });
+        let client = client_with(queries).await;
+        let response = client
+            .post("/users/lookup")
+            .body_json(&example)
+            .send()
+            .await;
+        response.assert_status_is_ok();
+    }
+
+    #[tokio::test]
+    async fn a_wrong_method_answers_405_with_allow() {
+        let client = client_with(MockUserQueries::new()).await;
+        let response = client.delete("/users").send().await;
+        response.assert_status(StatusCode::METHOD_NOT_ALLOWED);
+        response.assert_header("allow", "GET, HEAD");
+        assert_error(
+            response,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+        )
+        .await;
+        let response = client.get("/users/lookup").send().await;
+        if response.0.status() == StatusCode::METHOD_NOT_ALLOWED {
+            response.assert_header("allow", "POST");
+        }
+    }
+
+    #[tokio::test]
+    async fn head_answers_carry_content_length() {
+        let mut queries = MockUserQueries::new();
+        queries.expect_list_users().returning(|_| Ok(vec![user(1)]));
+        let client = client_with(queries).await;
+        let get = client.get("/users").send().await;
+        let body = get.0.into_body().into_bytes().await.unwrap();
+        let head = client.head("/users").send().await;
+        head.assert_status_is_ok();
+        head.assert_header("content-length", body.len().to_string());
+    }
+
+    #[tokio::test]
+    async fn parse_errors_name_the_parameter_without_parser_internals() {
+        let client = client_with(MockUserQueries::new()).await;
+        for query in [
+            "limit=-1",
+            "limit=0",
+            "limit=1001",
+            "limit=abc",
+            "offset=-3",
+        ] {
+            let response = client.get(format!("/users?{query}")).send().await;
+            let body = assert_error(response, StatusCode::BAD_REQUEST, "bad_request").await;
+            let message = body["message"].as_str().unwrap();
+            let name = query.split('=').next().unwrap();
+            assert!(
+                message.contains(name) && message.contains("must be"),
+                "{query}: {message}"
+            );
+            assert!(
+                !message.contains("failed to parse") && !message.contains("uint32"),
+                "{query}: {message}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_id_is_echoed_or_made() {
+        let client = client_with(MockUserQueries::new()).await;
+        let response = client
+            .get("/health/live")
+            .header("x-request-id", "abc-123")
+            .send()
+            .await;
+        response.assert_header("x-request-id", "abc-123");
+        let first = client.get("/health/live").send().await;
+        let second = client.get("/health/live").send().await;
+        let id = |r: &poem::test::TestResponse| {
+            r.0.headers()
+                .get("x-request-id")
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .to_owned()
+        };
+        assert_ne!(id(&first), id(&second));
+        // A hostile id (control characters, too long) is replaced, not echoed.
+        let long = "x".repeat(200);
+        let response = client
+            .get("/health/live")
+            .header("x-request-id", long.as_str())
+            .send()
+            .await;
+        assert_ne!(id(&response), long);
     }
 }

@@ -5,13 +5,15 @@ use std::sync::Arc;
 use domain::{MAX_LOOKUP, Page, User, UserError, UserQueries, UserUuid};
 use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
+use poem_openapi::types::Example;
 use poem_openapi::{ApiResponse, Object, OpenApi, Tags};
 
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::errors::{ErrorBody, WithBadRequest, bad_request};
+use super::errors::{ErrorBody, ErrorCode, WithBadRequest, bad_request};
 use super::json::JsonBody;
+use super::types::{UuidList, UuidText};
 
 #[derive(Tags)]
 enum Tag {
@@ -22,6 +24,7 @@ enum Tag {
 /// A user. The internal numeric id is not part of it: the uuid is the public
 /// identifier (as in the seed), and a sequential id would invite enumeration.
 #[derive(Debug, Clone, PartialEq, Eq, Object, Serialize)]
+#[oai(example)]
 pub struct UserDto {
     /// Public identifier (hyphenated lowercase UUID).
     pub uuid: Uuid,
@@ -46,6 +49,17 @@ impl From<User> for UserDto {
     }
 }
 
+impl Example for UserDto {
+    fn example() -> Self {
+        Self {
+            uuid: Uuid::from_u128(0x550e8400_e29b_41d4_a716_446655440001),
+            first_name: "John".into(),
+            last_name: "Doe".into(),
+            email: "john.doe@example.com".into(),
+        }
+    }
+}
+
 /// A page of users.
 #[derive(Debug, Object, Serialize)]
 pub struct UserList {
@@ -59,9 +73,23 @@ pub struct UserList {
 
 /// A batch lookup: up to 100 UUIDs.
 #[derive(Debug, Object)]
+#[oai(example)]
 pub struct LookupRequest {
     /// The UUIDs to look up: at most 100, each once.
-    pub uuids: Vec<String>,
+    pub uuids: UuidList,
+}
+
+impl Example for LookupRequest {
+    /// Two sample users and one unknown uuid: works as pre-filled in Swagger UI.
+    fn example() -> Self {
+        Self {
+            uuids: UuidList(vec![
+                "550e8400-e29b-41d4-a716-446655440001".into(),
+                "550e8400-e29b-41d4-a716-446655440002".into(),
+                "550e8400-e29b-41d4-a716-446655440099".into(),
+            ]),
+        }
+    }
 }
 
 /// The answer to a batch lookup.
@@ -142,15 +170,15 @@ impl From<UserError> for Failure {
     fn from(error: UserError) -> Self {
         match error {
             UserError::NotFoundByUuid(_) | UserError::NotFoundById(_) => {
-                Failure::NotFound(ErrorBody::new("not_found", error.to_string()))
+                Failure::NotFound(ErrorBody::new(ErrorCode::NotFound, error.to_string()))
             }
             UserError::TooManyUuids { .. } => {
-                Failure::BadRequest(ErrorBody::new("too_many_uuids", error.to_string()))
+                Failure::BadRequest(ErrorBody::new(ErrorCode::TooManyUuids, error.to_string()))
             }
             UserError::Invalid(ref invalid) => {
                 let code = match invalid {
-                    domain::ValidationError::MalformedUuid(_) => "invalid_uuid",
-                    _ => "bad_request",
+                    domain::ValidationError::MalformedUuid(_) => ErrorCode::InvalidUuid,
+                    _ => ErrorCode::BadRequest,
                 };
                 Failure::BadRequest(ErrorBody::new(code, error.to_string()))
             }
@@ -160,6 +188,10 @@ impl From<UserError> for Failure {
             }
         }
     }
+}
+
+fn default_limit() -> u32 {
+    Page::DEFAULT_LIMIT
 }
 
 /// The users operations, generic over the domain's inbound port.
@@ -177,16 +209,29 @@ impl<S> UsersApi<S> {
 #[OpenApi]
 impl<S: UserQueries> UsersApi<S> {
     /// List users, ordered by id (`limit` 1 to 1000, default 100; `offset` default 0).
-    #[oai(path = "/users", method = "get", tag = "Tag::Users")]
-    async fn list(&self, limit: Query<Option<u32>>, offset: Query<Option<u32>>) -> ListResponse {
-        let page = match Page::new(
-            limit.0.unwrap_or(Page::DEFAULT_LIMIT),
-            offset.0.unwrap_or(0),
-        ) {
+    #[oai(
+        path = "/users",
+        method = "get",
+        tag = "Tag::Users",
+        operation_id = "listUsers"
+    )]
+    async fn list(
+        &self,
+        /// How many users, at most.
+        #[oai(
+            default = "default_limit",
+            validator(minimum(value = "1"), maximum(value = "1000"))
+        )]
+        limit: Query<u32>,
+        /// How many users to skip, in id order.
+        #[oai(default)]
+        offset: Query<u32>,
+    ) -> ListResponse {
+        let page = match Page::new(limit.0, offset.0) {
             Ok(page) => page,
             Err(invalid) => {
                 return ListResponse::BadRequest(Json(ErrorBody::new(
-                    "bad_request",
+                    ErrorCode::BadRequest,
                     invalid.to_string(),
                 )));
             }
@@ -208,13 +253,22 @@ impl<S: UserQueries> UsersApi<S> {
 
     /// Get one user by UUID. Cache-aside: a cached UUID-to-id mapping lets
     /// the store be read by id; a miss reads it by UUID and fills both caches.
-    #[oai(path = "/users/:uuid", method = "get", tag = "Tag::Users")]
-    async fn get(&self, uuid: Path<String>) -> GetResponse {
-        let uuid = match UserUuid::parse(&uuid.0) {
+    #[oai(
+        path = "/users/:uuid",
+        method = "get",
+        tag = "Tag::Users",
+        operation_id = "getUser"
+    )]
+    async fn get(
+        &self,
+        /// The user's uuid.
+        uuid: Path<UuidText>,
+    ) -> GetResponse {
+        let uuid = match UserUuid::parse(&uuid.0.0) {
             Ok(uuid) => uuid,
             Err(invalid) => {
                 return GetResponse::BadRequest(Json(ErrorBody::new(
-                    "invalid_uuid",
+                    ErrorCode::InvalidUuid,
                     invalid.to_string(),
                 )));
             }
@@ -231,16 +285,21 @@ impl<S: UserQueries> UsersApi<S> {
 
     /// Look up to 100 users by UUID in one request: one cache MGET, one store
     /// call for the misses, one cache write for what was found.
-    #[oai(path = "/users/lookup", method = "post", tag = "Tag::Users")]
+    #[oai(
+        path = "/users/lookup",
+        method = "post",
+        tag = "Tag::Users",
+        operation_id = "lookupUsers"
+    )]
     async fn lookup(&self, body: Json<LookupRequest>) -> LookupResponse {
-        let asked = &body.0.uuids;
+        let asked = &body.0.uuids.0;
         if asked.len() > MAX_LOOKUP {
             let error = UserError::TooManyUuids {
                 requested: asked.len(),
                 max: MAX_LOOKUP,
             };
             return LookupResponse::BadRequest(Json(ErrorBody::new(
-                "too_many_uuids",
+                ErrorCode::TooManyUuids,
                 error.to_string(),
             )));
         }
@@ -253,14 +312,14 @@ impl<S: UserQueries> UsersApi<S> {
                     let message =
                         format!("uuid {uuid} appears more than once; send each uuid once");
                     return LookupResponse::BadRequest(Json(ErrorBody::new(
-                        "duplicate_uuids",
+                        ErrorCode::DuplicateUuids,
                         message,
                     )));
                 }
                 Ok(uuid) => uuids.push(uuid),
                 Err(invalid) => {
                     return LookupResponse::BadRequest(Json(ErrorBody::new(
-                        "invalid_uuid",
+                        ErrorCode::InvalidUuid,
                         invalid.to_string(),
                     )));
                 }
