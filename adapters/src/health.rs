@@ -45,16 +45,24 @@ pub struct HealthSnapshot {
     pub checked: bool,
 }
 
-/// Settings of [`HealthMonitor`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Settings of [`HealthMonitor`] (the `[health]` settings).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct MonitorConfig {
     /// Between pings while healthy.
+    #[serde(rename = "interval_ms", deserialize_with = "crate::serde_ms::positive")]
     pub interval: Duration,
     /// Between pings while degraded or down: recovery is noticed sooner.
+    #[serde(
+        rename = "down_interval_ms",
+        deserialize_with = "crate::serde_ms::positive"
+    )]
     pub down_interval: Duration,
     /// How long a ping may take before the backend counts as down (the seed's 2 s).
+    #[serde(rename = "timeout_ms", deserialize_with = "crate::serde_ms::positive")]
     pub ping_timeout: Duration,
-    /// A ping slower than this makes the backend degraded.
+    /// A ping slower than this makes the backend degraded; at most `ping_timeout`.
+    #[serde(rename = "slow_ms", deserialize_with = "crate::serde_ms::positive")]
     pub slow_ping: Duration,
 }
 

@@ -13,6 +13,7 @@ mod deadline;
 pub mod health;
 pub mod http;
 mod secret;
+pub mod serde_ms;
 pub mod users;
 
 pub use secret::Secret;

@@ -24,6 +24,14 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// Read from settings as a plain string; an empty string is a secret too
+/// (settings treat it as "not set").
+impl<'de> serde::Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(Self)
+    }
+}
+
 impl fmt::Display for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("***")

@@ -11,7 +11,7 @@ pub mod telemetry;
 
 pub use probe::probe_liveness;
 pub use settings::{
-    BackendKind, CacheSettings, DEFAULT_FILE, HealthSettings, LogFormat, LogSettings,
-    MemorySettings, ServerSettings, Settings, SettingsError, UsersSettings,
+    BackendKind, CacheSettings, DEFAULT_FILE, LogFormat, LogSettings, MAX_TTL_SECS, ServerSettings,
+    Settings, SettingsError, UsersSettings,
 };
 pub use startup::{Application, BuiltBackend, StartupError, build_backend, shutdown_signal};

@@ -15,7 +15,23 @@ use std::process::ExitCode;
 
 use app::{Application, Settings, shutdown_signal, telemetry};
 
-const USAGE: &str = "usage: cachemanager [healthcheck] [--config FILE]";
+const USAGE: &str = "usage: cachemanager [healthcheck] [--config FILE] | --help | --version";
+
+const HELP: &str = "\
+cachemanager: the User API over the CacheManager cache layer.
+
+usage:
+  cachemanager [--config FILE]              serve (settings: defaults, FILE or
+                                            config/default.toml, then the environment)
+  cachemanager healthcheck [--config FILE]  exit 0 when a running instance answers
+                                            /health/live, 1 otherwise
+  cachemanager --help | -h                  this text
+  cachemanager --version | -V               the version
+
+Settings are keys such as cache.backend, set in the file or as
+CACHEMANAGER__CACHE__BACKEND; the seed's REDIS_URL, REDIS_PASSWORD and
+CACHE_DEFAULT_TTL work too. Every key and its default: config/default.toml.
+A bad setting prints one line naming the key and exits with status 2.";
 
 /// Writes one line to stderr. Logging is not set up yet (its format is itself
 /// a setting), and a person at a terminal must see why the service did not start.
@@ -28,6 +44,24 @@ fn fail(code: u8, message: &str) -> ExitCode {
 struct Command {
     healthcheck: bool,
     config: Option<PathBuf>,
+}
+
+/// What to do, from the command line.
+enum Invocation {
+    Run(Command),
+    /// Print this to stdout and exit 0 (`--help`, `--version`).
+    Print(String),
+}
+
+fn parse_invocation(args: &[String]) -> Result<Invocation, String> {
+    match args {
+        [flag] if flag == "--help" || flag == "-h" => Ok(Invocation::Print(HELP.to_owned())),
+        [flag] if flag == "--version" || flag == "-V" => Ok(Invocation::Print(format!(
+            "cachemanager {}",
+            env!("CARGO_PKG_VERSION")
+        ))),
+        _ => parse_args(args).map(Invocation::Run),
+    }
 }
 
 fn parse_args(args: &[String]) -> Result<Command, String> {
@@ -48,15 +82,21 @@ fn parse_config(args: &[String]) -> Result<Option<PathBuf>, String> {
         [flag] if flag.starts_with("--config=") => {
             Ok(Some(PathBuf::from(&flag["--config=".len()..])))
         }
-        [flag] if flag == "--help" || flag == "-h" => Err(USAGE.to_owned()),
         _ => Err(format!("unexpected arguments; {USAGE}")),
     }
 }
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let command = match parse_args(&args) {
-        Ok(command) => command,
+    let command = match parse_invocation(&args) {
+        Ok(Invocation::Run(command)) => command,
+        Ok(Invocation::Print(text)) => {
+            // The one place the binary writes to stdout: what was asked for.
+            return match writeln!(std::io::stdout(), "{text}") {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(_) => ExitCode::FAILURE,
+            };
+        }
         Err(message) => return fail(2, &message),
     };
     // Only variables that are valid Unicode; others cannot be settings.

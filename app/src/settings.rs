@@ -1,54 +1,112 @@
 //! Layered, validated settings: built-in defaults, then a TOML file, then the
 //! seed's environment variables, then `CACHEMANAGER__*` variables.
+//!
+//! Settings deserialize (serde) straight into the adapters' own config types
+//! ([`RedisConfig`], [`MemoryConfig`], [`BreakerConfig`], [`MonitorConfig`]):
+//! each default is written once, in that type's `Default`, and
+//! `config/default.toml` only documents them (a test holds it to them). An
+//! unknown key, in the file or in a `CACHEMANAGER__` variable, is refused: a
+//! typo must not be silently ignored.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use adapters::Secret;
-use adapters::backend::RedisConfig;
+use adapters::backend::{BreakerConfig, MemoryConfig, RedisConfig};
+use adapters::health::MonitorConfig;
+use adapters::http::HttpConfig;
+use adapters::serde_ms;
 use config::{Config, Environment, File, FileFormat};
-use ports::{CachePolicy, Ttl};
-use serde::Deserialize;
+use ports::{CachePolicy, DEFAULT_MAX_VALUE_BYTES, Ttl};
+use serde::{Deserialize, Deserializer};
 use thiserror::Error;
 
 /// The default settings file, read when present.
 pub const DEFAULT_FILE: &str = "config/default.toml";
 
+/// The longest TTL Redis accepts: `SET ... PX` takes milliseconds that, added
+/// to the server's clock, must fit a signed 64-bit integer. Kept well inside
+/// it (the clock until the year 2286).
+pub const MAX_TTL_SECS: u64 = i64::MAX as u64 / 1000 - 10_000_000_000;
+
 /// A setting that cannot be used. Its `Display` is one line naming the key
 /// and what is accepted.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum SettingsError {
-    /// A key holds a value outside what it accepts.
+    /// A key holds a value outside what it accepts, or is not a key at all.
     #[error("invalid setting `{key}`: {problem}")]
     Invalid {
         /// The dotted key, e.g. `cache.backend`.
-        key: &'static str,
+        key: String,
         /// What is wrong and what is accepted.
         problem: String,
     },
-    /// The file or the environment could not be read as settings.
+    /// The file could not be read or parsed as settings.
     #[error("cannot read settings: {0}")]
     Source(String),
 }
 
-fn invalid(key: &'static str, problem: impl Into<String>) -> SettingsError {
+fn invalid(key: &str, problem: impl Into<String>) -> SettingsError {
     SettingsError::Invalid {
-        key,
+        key: key.to_owned(),
         problem: problem.into(),
     }
+}
+
+/// The config crate's error, as one line naming the key when it names one
+/// ("... for key `cache.backend`"). An unknown key inside a section is named
+/// in full (`cache.tll`), with the keys the section accepts.
+fn from_config(error: &config::ConfigError, env: &HashMap<String, String>) -> SettingsError {
+    let text = one_line(&scrub(&error.to_string(), env));
+    let Some((problem, rest)) = text.rsplit_once(" for key `") else {
+        return match text.strip_prefix("unknown field `") {
+            // A top-level section that does not exist.
+            Some(rest) => {
+                let (name, accepted) = rest.split_once('`').unwrap_or((rest, ""));
+                invalid(name, format!("not a setting{accepted}"))
+            }
+            None => SettingsError::Source(text),
+        };
+    };
+    let section = rest.split('`').next().unwrap_or(rest);
+    // The key named is the section; the field it did not know is in the text.
+    if let Some(field) = problem
+        .strip_prefix("unknown field `")
+        .and_then(|f| f.split('`').next())
+    {
+        let accepted = problem.split_once(", expected").map_or("", |(_, a)| a);
+        return invalid(
+            &format!("{section}.{field}"),
+            format!("not a setting (expected{accepted})"),
+        );
+    }
+    invalid(section, problem.to_owned())
 }
 
 /// Which cache backend serves the typed caches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BackendKind {
-    /// In-process (moka): no server needed. The default.
+    /// In-process (moka): no server needed. The default without `REDIS_URL`.
     Memory,
     /// Redis: shared between instances.
     Redis,
     /// No caching at all.
     Noop,
+}
+
+impl<'de> Deserialize<'de> for BackendKind {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        match text.to_ascii_lowercase().as_str() {
+            "memory" => Ok(Self::Memory),
+            "redis" => Ok(Self::Redis),
+            "noop" => Ok(Self::Noop),
+            other => Err(serde::de::Error::custom(format!(
+                "'{other}' is not accepted (memory, redis, noop)"
+            ))),
+        }
+    }
 }
 
 /// How log lines are written.
@@ -60,68 +118,169 @@ pub enum LogFormat {
     Json,
 }
 
-/// Where the HTTP server listens.
-#[derive(Debug, Clone, PartialEq, Eq)]
+impl<'de> Deserialize<'de> for LogFormat {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        match text.to_ascii_lowercase().as_str() {
+            "text" => Ok(Self::Text),
+            "json" => Ok(Self::Json),
+            other => Err(serde::de::Error::custom(format!(
+                "'{other}' is not accepted (text, json)"
+            ))),
+        }
+    }
+}
+
+fn host<'de, D: Deserializer<'de>>(deserializer: D) -> Result<IpAddr, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    match text.as_str() {
+        "localhost" => Ok(IpAddr::from([127, 0, 0, 1])),
+        other => other.parse().map_err(|_| {
+            serde::de::Error::custom(format!(
+                "'{other}' is not accepted (an IP address such as 127.0.0.1 or 0.0.0.0, or localhost)"
+            ))
+        }),
+    }
+}
+
+fn port<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u16, D::Error> {
+    let n = i64::deserialize(deserializer)?;
+    u16::try_from(n)
+        .map_err(|_| serde::de::Error::custom(format!("{n} is not accepted (0 to 65535)")))
+}
+
+fn ttl_secs<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    let n = i64::deserialize(deserializer)?;
+    match u64::try_from(n) {
+        Ok(secs) if secs <= MAX_TTL_SECS => Ok(secs),
+        _ => Err(serde::de::Error::custom(format!(
+            "{n} is not accepted (seconds from 0 to {MAX_TTL_SECS}, the most Redis accepts; 0 means no expiry)"
+        ))),
+    }
+}
+
+fn optional_ttl_secs<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u64>, D::Error> {
+    ttl_secs(deserializer).map(Some)
+}
+
+fn ttl_map<'de, D: Deserializer<'de>>(deserializer: D) -> Result<BTreeMap<String, u64>, D::Error> {
+    #[derive(Deserialize)]
+    struct Secs(#[serde(deserialize_with = "ttl_secs")] u64);
+    let map = BTreeMap::<String, Secs>::deserialize(deserializer)?;
+    Ok(map.into_iter().map(|(k, Secs(v))| (k, v)).collect())
+}
+
+/// Where the HTTP server listens, and how it treats requests.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct ServerSettings {
     /// The address to bind.
+    #[serde(deserialize_with = "host")]
     pub host: IpAddr,
     /// The port (0 picks a free one).
+    #[serde(deserialize_with = "port")]
     pub port: u16,
     /// How long in-flight requests may take to finish on shutdown.
+    #[serde(rename = "shutdown_grace_ms", deserialize_with = "serde_ms::positive")]
     pub shutdown_grace: Duration,
     /// On shutdown, how long to keep serving with `/health/ready` at 503
     /// before closing the listener (0: close at once).
+    #[serde(
+        rename = "shutdown_delay_ms",
+        deserialize_with = "serde_ms::non_negative"
+    )]
     pub shutdown_delay: Duration,
     /// The longest one request may take (503 after).
+    #[serde(rename = "request_timeout_ms", deserialize_with = "serde_ms::positive")]
     pub request_timeout: Duration,
     /// The largest request body (413 above).
+    #[serde(deserialize_with = "serde_ms::positive_count")]
     pub max_body_bytes: usize,
 }
 
-/// The cache layer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CacheSettings {
-    /// The backend.
-    pub backend: BackendKind,
-    /// TTLs (a global default and per-namespace overrides) and the value limit.
-    pub policy: CachePolicy,
-    /// The bound on every cache operation.
-    pub operation_timeout: Duration,
-    /// Consecutive backend failures that open the circuit.
-    pub breaker_failure_threshold: u32,
-    /// While the circuit is open, how often the backend is probed.
-    pub breaker_probe_interval: Duration,
+impl Default for ServerSettings {
+    fn default() -> Self {
+        let http = HttpConfig::default();
+        Self {
+            host: IpAddr::from([127, 0, 0, 1]),
+            port: 8000,
+            shutdown_grace: Duration::from_secs(10),
+            shutdown_delay: Duration::ZERO,
+            request_timeout: http.request_timeout,
+            max_body_bytes: http.max_body_bytes,
+        }
+    }
 }
 
-/// The in-memory backend.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MemorySettings {
-    /// Capacity in bytes.
-    pub max_bytes: u64,
+/// The cache layer.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheSettings {
+    /// The backend; unset: Redis when `REDIS_URL` is set, else memory
+    /// (resolved by [`Settings::load`]).
+    backend: Option<BackendKind>,
+    /// Overrides every cache's own TTL (seconds, 0 = no expiry).
+    #[serde(deserialize_with = "optional_ttl_secs")]
+    default_ttl_secs: Option<u64>,
+    /// Per-namespace TTLs, in seconds.
+    #[serde(deserialize_with = "ttl_map")]
+    ttl_secs: BTreeMap<String, u64>,
+    /// The bound on every cache operation.
+    #[serde(
+        rename = "operation_timeout_ms",
+        deserialize_with = "serde_ms::positive"
+    )]
+    pub operation_timeout: Duration,
+    /// Encoded values above this are refused.
+    #[serde(deserialize_with = "serde_ms::positive_count")]
+    max_value_bytes: usize,
+    /// The circuit breaker over Redis.
+    pub breaker: BreakerConfig,
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        Self {
+            backend: None,
+            default_ttl_secs: None,
+            ttl_secs: BTreeMap::new(),
+            operation_timeout: RedisConfig::default().operation_timeout,
+            max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+            breaker: BreakerConfig::default(),
+        }
+    }
+}
+
+impl CacheSettings {
+    /// The backend that serves the typed caches.
+    pub fn backend(&self) -> BackendKind {
+        self.backend.unwrap_or(BackendKind::Memory)
+    }
+
+    /// TTLs (a global default and per-namespace overrides) and the value limit.
+    pub fn policy(&self) -> CachePolicy {
+        let mut policy = CachePolicy::new().with_max_value_bytes(self.max_value_bytes);
+        if let Some(secs) = self.default_ttl_secs {
+            policy = policy.with_default_ttl(Ttl::from_secs(secs));
+        }
+        for (namespace, secs) in &self.ttl_secs {
+            policy = policy.with_ttl_override(namespace.clone(), Ttl::from_secs(*secs));
+        }
+        policy
+    }
 }
 
 /// Where the users come from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct UsersSettings {
     /// A JSON file of users; `None` serves the seed's ten sample users.
     pub file: Option<PathBuf>,
 }
 
-/// The health monitor behind `/health`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HealthSettings {
-    /// How long a ping may take before the backend counts as down.
-    pub timeout: Duration,
-    /// Between pings while healthy.
-    pub interval: Duration,
-    /// Between pings while degraded or down.
-    pub down_interval: Duration,
-    /// A ping slower than this makes the backend degraded.
-    pub slow: Duration,
-}
-
 /// Logging.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct LogSettings {
     /// Text or JSON lines.
     pub format: LogFormat,
@@ -131,8 +290,19 @@ pub struct LogSettings {
     pub requests: bool,
 }
 
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            filter: "info".into(),
+            requests: true,
+        }
+    }
+}
+
 /// Every setting, validated.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Settings {
     /// HTTP server.
     pub server: ServerSettings,
@@ -142,175 +312,13 @@ pub struct Settings {
     /// the password and any credentials in the URL).
     pub redis: RedisConfig,
     /// Memory backend.
-    pub memory: MemorySettings,
+    pub memory: MemoryConfig,
     /// Users store.
     pub users: UsersSettings,
-    /// Health check.
-    pub health: HealthSettings,
+    /// Health monitor.
+    pub health: MonitorConfig,
     /// Logging.
     pub log: LogSettings,
-}
-
-// --- what the sources hold, before validation --------------------------------
-
-#[derive(Debug, Deserialize)]
-#[serde(default)]
-struct RawServer {
-    host: String,
-    port: i64,
-    shutdown_grace_ms: i64,
-    shutdown_delay_ms: i64,
-    request_timeout_ms: i64,
-    max_body_bytes: i64,
-}
-
-impl Default for RawServer {
-    fn default() -> Self {
-        Self {
-            host: "127.0.0.1".into(),
-            port: 8000,
-            shutdown_grace_ms: 10_000,
-            shutdown_delay_ms: 0,
-            request_timeout_ms: 10_000,
-            max_body_bytes: 64 * 1024,
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(default)]
-struct RawBreaker {
-    failure_threshold: i64,
-    probe_interval_ms: i64,
-}
-
-impl Default for RawBreaker {
-    fn default() -> Self {
-        Self {
-            failure_threshold: 3,
-            probe_interval_ms: 500,
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(default)]
-struct RawCache {
-    backend: Option<String>,
-    default_ttl_secs: Option<i64>,
-    ttl_secs: BTreeMap<String, i64>,
-    operation_timeout_ms: i64,
-    max_value_bytes: i64,
-    breaker: RawBreaker,
-}
-
-impl Default for RawCache {
-    fn default() -> Self {
-        Self {
-            backend: None,
-            default_ttl_secs: None,
-            ttl_secs: BTreeMap::new(),
-            operation_timeout_ms: 100,
-            max_value_bytes: 1024 * 1024,
-            breaker: RawBreaker::default(),
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(default)]
-struct RawRedis {
-    url: String,
-    username: Option<String>,
-    password: Option<String>,
-    db: Option<i64>,
-    connect_timeout_ms: i64,
-    response_timeout_ms: i64,
-    ca_file: Option<String>,
-}
-
-impl Default for RawRedis {
-    fn default() -> Self {
-        Self {
-            url: "redis://127.0.0.1:6379".into(),
-            username: None,
-            password: None,
-            db: None,
-            connect_timeout_ms: 2_000,
-            response_timeout_ms: 5_000,
-            ca_file: None,
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(default)]
-struct RawMemory {
-    max_bytes: i64,
-}
-
-impl Default for RawMemory {
-    fn default() -> Self {
-        Self {
-            max_bytes: 32 * 1024 * 1024,
-        }
-    }
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct RawUsers {
-    file: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(default)]
-struct RawHealth {
-    timeout_ms: i64,
-    interval_ms: i64,
-    down_interval_ms: i64,
-    slow_ms: i64,
-}
-
-impl Default for RawHealth {
-    fn default() -> Self {
-        Self {
-            timeout_ms: 2_000,
-            interval_ms: 10_000,
-            down_interval_ms: 1_000,
-            slow_ms: 200,
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(default)]
-struct RawLog {
-    format: String,
-    filter: String,
-    requests: bool,
-}
-
-impl Default for RawLog {
-    fn default() -> Self {
-        Self {
-            format: "text".into(),
-            filter: "info".into(),
-            requests: true,
-        }
-    }
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct RawSettings {
-    server: RawServer,
-    cache: RawCache,
-    redis: RawRedis,
-    memory: RawMemory,
-    users: RawUsers,
-    health: RawHealth,
-    log: RawLog,
 }
 
 /// The seed's variables and the keys they set.
@@ -348,7 +356,7 @@ impl Settings {
             .filter(|(key, _)| key.starts_with("CACHEMANAGER__"))
             .map(|(key, value)| (key.clone(), value.clone()))
             .collect();
-        let raw: RawSettings = builder
+        let mut settings: Settings = builder
             .add_source(Environment::default().separator("__").source(Some(seed)))
             .add_source(
                 Environment::with_prefix("CACHEMANAGER")
@@ -358,15 +366,98 @@ impl Settings {
             )
             .build()
             .and_then(Config::try_deserialize)
-            .map_err(|e| SettingsError::Source(scrub(&e.to_string(), env)))?;
+            .map_err(|e| from_config(&e, env))?;
         // As in the seed's compose and k8s files: a REDIS_URL alone means Redis.
-        let implied = if env.contains_key("REDIS_URL") {
-            BackendKind::Redis
-        } else {
-            BackendKind::Memory
-        };
-        raw.validate(implied)
+        if settings.cache.backend.is_none() && env.contains_key("REDIS_URL") {
+            settings.cache.backend = Some(BackendKind::Redis);
+        }
+        settings.validate(env)?;
+        Ok(settings)
     }
+
+    /// What the HTTP adapter needs.
+    pub fn http(&self) -> HttpConfig {
+        HttpConfig {
+            max_body_bytes: self.server.max_body_bytes,
+            request_timeout: self.server.request_timeout,
+            log_requests: self.log.requests,
+        }
+    }
+
+    /// The checks that span keys or touch the file system; also fills what
+    /// one key sets for several adapters.
+    fn validate(&mut self, env: &HashMap<String, String>) -> Result<(), SettingsError> {
+        // An empty variable means "not set".
+        let redis = &mut self.redis;
+        redis.username = redis.username.take().filter(|u| !u.is_empty());
+        redis.password = redis.password.take().filter(|p| !p.expose().is_empty());
+        redis.ca_file = redis.ca_file.take().filter(|p| !p.as_os_str().is_empty());
+        self.users.file = self.users.file.take().filter(|p| !p.as_os_str().is_empty());
+
+        adapters::backend::check_redis_url(&redis.url).map_err(|e| {
+            invalid("redis.url", format!("{e} (accepted: redis://[user[:password]@]host[:port][/db], rediss://..., unix://...)"))
+        })?;
+        if redis.url.contains("#insecure") {
+            return Err(invalid(
+                "redis.url",
+                "'#insecure' is not accepted: it turns off certificate checks; trust a private CA with redis.ca_file instead",
+            ));
+        }
+        if let Some(ca_file) = &redis.ca_file {
+            if !redis.url.starts_with("rediss://") {
+                return Err(invalid(
+                    "redis.ca_file",
+                    "is only used with a rediss:// URL; set redis.url to rediss://... or remove it",
+                ));
+            }
+            readable("redis.ca_file", ca_file)?;
+        }
+        if let Some(db) = redis.db
+            && db < 0
+        {
+            return Err(invalid(
+                "redis.db",
+                format!("{db} is not accepted (a database index >= 0)"),
+            ));
+        }
+        // One bound for every cache operation, the Redis backend's and the probe's.
+        redis.operation_timeout = self.cache.operation_timeout;
+        self.cache.breaker.probe_timeout = self.cache.operation_timeout;
+
+        if let Some(file) = &self.users.file {
+            readable("users.file", file)?;
+        }
+        if self.health.slow_ping > self.health.ping_timeout {
+            return Err(invalid(
+                "health.slow_ms",
+                format!(
+                    "{} ms is not accepted: above health.timeout_ms ({} ms), a ping could never be slow",
+                    self.health.slow_ping.as_millis(),
+                    self.health.ping_timeout.as_millis()
+                ),
+            ));
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log.filter).map_err(|e| {
+            invalid(
+                "log.filter",
+                format!(
+                    "'{}' is not accepted ({e}; e.g. info, or app=debug,info)",
+                    self.log.filter
+                ),
+            )
+        })?;
+        if let Some(rust_log) = env.get("RUST_LOG") {
+            tracing_subscriber::EnvFilter::try_new(rust_log)
+                .map_err(|e| invalid("RUST_LOG", format!("'{rust_log}' is not accepted ({e})")))?;
+        }
+        Ok(())
+    }
+}
+
+fn readable(key: &str, path: &Path) -> Result<(), SettingsError> {
+    std::fs::File::open(path)
+        .map(drop)
+        .map_err(|e| invalid(key, format!("cannot read {}: {e}", path.display())))
 }
 
 /// Keeps a secret out of an error message (the config crate may quote values).
@@ -380,213 +471,16 @@ fn scrub(message: &str, env: &HashMap<String, String>) -> String {
     text
 }
 
-fn millis(key: &'static str, value: i64) -> Result<Duration, SettingsError> {
-    match u64::try_from(value) {
-        Ok(ms) if ms > 0 => Ok(Duration::from_millis(ms)),
-        _ => Err(invalid(
-            key,
-            format!("{value} is not accepted (a positive number of milliseconds)"),
-        )),
-    }
-}
-
-fn ttl(key: &'static str, value: i64) -> Result<Ttl, SettingsError> {
-    u64::try_from(value).map(Ttl::from_secs).map_err(|_| {
-        invalid(
-            key,
-            format!("{value} is not accepted (seconds >= 0; 0 means no expiry)"),
-        )
-    })
-}
-
-fn non_empty(value: Option<String>) -> Option<String> {
-    value.filter(|v| !v.is_empty())
-}
-
-impl RawSettings {
-    /// `implied`: the backend when `cache.backend` is not set.
-    fn validate(self, implied: BackendKind) -> Result<Settings, SettingsError> {
-        let host = match self.server.host.as_str() {
-            "localhost" => IpAddr::from([127, 0, 0, 1]),
-            other => other.parse().map_err(|_| {
-                invalid("server.host", format!("'{other}' is not accepted (an IP address such as 127.0.0.1 or 0.0.0.0, or localhost)"))
-            })?,
-        };
-        let port = u16::try_from(self.server.port).map_err(|_| {
-            invalid(
-                "server.port",
-                format!("{} is not accepted (0 to 65535)", self.server.port),
-            )
-        })?;
-
-        let backend = match self
-            .cache
-            .backend
-            .map(|b| b.to_ascii_lowercase())
-            .as_deref()
-        {
-            None => implied,
-            Some("memory") => BackendKind::Memory,
-            Some("redis") => BackendKind::Redis,
-            Some("noop") => BackendKind::Noop,
-            Some(other) => {
-                return Err(invalid(
-                    "cache.backend",
-                    format!("'{other}' is not accepted (memory, redis, noop)"),
-                ));
-            }
-        };
-        let max_value_bytes = usize::try_from(self.cache.max_value_bytes)
-            .ok()
-            .filter(|b| *b > 0)
-            .ok_or_else(|| {
-                invalid(
-                    "cache.max_value_bytes",
-                    format!(
-                        "{} is not accepted (a positive number of bytes)",
-                        self.cache.max_value_bytes
-                    ),
-                )
-            })?;
-        let mut policy = CachePolicy::new().with_max_value_bytes(max_value_bytes);
-        if let Some(secs) = self.cache.default_ttl_secs {
-            policy = policy.with_default_ttl(ttl("cache.default_ttl_secs", secs)?);
-        }
-        for (namespace, secs) in self.cache.ttl_secs {
-            policy = policy.with_ttl_override(namespace, ttl("cache.ttl_secs", secs)?);
-        }
-
-        adapters::backend::check_redis_url(&self.redis.url)
-            .map_err(|e| invalid("redis.url", format!("{e} (accepted: redis://[user[:password]@]host[:port][/db], rediss://..., unix://...)")))?;
-        if let Some(db) = self.redis.db
-            && db < 0
-        {
-            return Err(invalid(
-                "redis.db",
-                format!("{db} is not accepted (a database index >= 0)"),
-            ));
-        }
-        let max_bytes = u64::try_from(self.memory.max_bytes)
-            .ok()
-            .filter(|b| *b > 0)
-            .ok_or_else(|| {
-                invalid(
-                    "memory.max_bytes",
-                    format!(
-                        "{} is not accepted (a positive number of bytes)",
-                        self.memory.max_bytes
-                    ),
-                )
-            })?;
-        let failure_threshold = u32::try_from(self.cache.breaker.failure_threshold)
-            .ok()
-            .filter(|n| *n > 0)
-            .ok_or_else(|| {
-                invalid(
-                    "cache.breaker.failure_threshold",
-                    format!(
-                        "{} is not accepted (a positive count)",
-                        self.cache.breaker.failure_threshold
-                    ),
-                )
-            })?;
-        let max_body_bytes = usize::try_from(self.server.max_body_bytes)
-            .ok()
-            .filter(|b| *b > 0)
-            .ok_or_else(|| {
-                invalid(
-                    "server.max_body_bytes",
-                    format!(
-                        "{} is not accepted (a positive number of bytes)",
-                        self.server.max_body_bytes
-                    ),
-                )
-            })?;
-        let format = match self.log.format.to_ascii_lowercase().as_str() {
-            "text" => LogFormat::Text,
-            "json" => LogFormat::Json,
-            other => {
-                return Err(invalid(
-                    "log.format",
-                    format!("'{other}' is not accepted (text, json)"),
-                ));
-            }
-        };
-
-        Ok(Settings {
-            server: ServerSettings {
-                host,
-                port,
-                shutdown_grace: millis("server.shutdown_grace_ms", self.server.shutdown_grace_ms)?,
-                shutdown_delay: u64::try_from(self.server.shutdown_delay_ms)
-                    .map(Duration::from_millis)
-                    .map_err(|_| {
-                        invalid(
-                            "server.shutdown_delay_ms",
-                            format!(
-                                "{} is not accepted (milliseconds >= 0)",
-                                self.server.shutdown_delay_ms
-                            ),
-                        )
-                    })?,
-                request_timeout: millis(
-                    "server.request_timeout_ms",
-                    self.server.request_timeout_ms,
-                )?,
-                max_body_bytes,
-            },
-            cache: CacheSettings {
-                backend,
-                policy,
-                operation_timeout: millis(
-                    "cache.operation_timeout_ms",
-                    self.cache.operation_timeout_ms,
-                )?,
-                breaker_failure_threshold: failure_threshold,
-                breaker_probe_interval: millis(
-                    "cache.breaker.probe_interval_ms",
-                    self.cache.breaker.probe_interval_ms,
-                )?,
-            },
-            redis: RedisConfig {
-                url: self.redis.url,
-                username: non_empty(self.redis.username),
-                password: non_empty(self.redis.password).map(Secret::new),
-                db: self.redis.db,
-                connect_timeout: millis("redis.connect_timeout_ms", self.redis.connect_timeout_ms)?,
-                response_timeout: millis(
-                    "redis.response_timeout_ms",
-                    self.redis.response_timeout_ms,
-                )?,
-                ca_file: non_empty(self.redis.ca_file).map(PathBuf::from),
-                operation_timeout: millis(
-                    "cache.operation_timeout_ms",
-                    self.cache.operation_timeout_ms,
-                )?,
-                ..RedisConfig::default()
-            },
-            memory: MemorySettings { max_bytes },
-            users: UsersSettings {
-                file: non_empty(self.users.file).map(PathBuf::from),
-            },
-            health: HealthSettings {
-                timeout: millis("health.timeout_ms", self.health.timeout_ms)?,
-                interval: millis("health.interval_ms", self.health.interval_ms)?,
-                down_interval: millis("health.down_interval_ms", self.health.down_interval_ms)?,
-                slow: millis("health.slow_ms", self.health.slow_ms)?,
-            },
-            log: LogSettings {
-                format,
-                filter: self.log.filter,
-                requests: self.log.requests,
-            },
-        })
-    }
+/// An error message on one line (a TOML parse error spans several).
+fn one_line(message: &str) -> String {
+    message.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 #[cfg(test)]
 mod tests {
     use std::io::Write;
+
+    use adapters::Secret;
 
     use super::*;
 
@@ -604,7 +498,7 @@ mod tests {
         Settings::load(Some(&path), &env(pairs))
     }
 
-    fn key_of(error: SettingsError) -> &'static str {
+    fn key_of(error: SettingsError) -> String {
         match error {
             SettingsError::Invalid { key, .. } => key,
             SettingsError::Source(text) => panic!("expected an invalid key, got: {text}"),
@@ -616,15 +510,15 @@ mod tests {
         let settings = load(&[]).unwrap();
         assert_eq!(settings.server.host, IpAddr::from([127, 0, 0, 1]));
         assert_eq!(settings.server.port, 8000);
-        assert_eq!(settings.cache.backend, BackendKind::Memory);
-        assert_eq!(settings.cache.policy, CachePolicy::new());
+        assert_eq!(settings.cache.backend(), BackendKind::Memory);
+        assert_eq!(settings.cache.policy(), CachePolicy::new());
         assert_eq!(settings.redis.connect_timeout, Duration::from_secs(2));
         assert_eq!(settings.redis.response_timeout, Duration::from_secs(5));
-        assert_eq!(settings.health.timeout, Duration::from_secs(2));
+        assert_eq!(settings.health.ping_timeout, Duration::from_secs(2));
         assert_eq!(settings.health.interval, Duration::from_secs(10));
         assert_eq!(settings.cache.operation_timeout, Duration::from_millis(100));
-        assert_eq!(settings.cache.breaker_failure_threshold, 3);
-        assert_eq!(settings.cache.policy.max_value_bytes(), 1024 * 1024);
+        assert_eq!(settings.cache.breaker.failure_threshold, 3);
+        assert_eq!(settings.cache.policy().max_value_bytes(), 1024 * 1024);
         assert_eq!(settings.server.max_body_bytes, 64 * 1024);
         assert!(settings.redis.password.is_none());
     }
@@ -640,10 +534,10 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(
-            settings.cache.breaker_probe_interval,
+            settings.cache.breaker.probe_interval,
             Duration::from_millis(250)
         );
-        assert_eq!(settings.cache.backend, BackendKind::Redis);
+        assert_eq!(settings.cache.backend(), BackendKind::Redis);
         assert_eq!(settings.server.port, 9000);
         assert_eq!(settings.redis.url, "redis://cache:6380/2");
         assert_eq!(settings.cache.operation_timeout, Duration::from_millis(40));
@@ -663,7 +557,7 @@ mod tests {
             Some("dev_redis_password_2024")
         );
         assert_eq!(
-            settings.cache.policy.resolve_ttl("any", Ttl::DEFAULT),
+            settings.cache.policy().resolve_ttl("any", Ttl::DEFAULT),
             Ttl::from_secs(300)
         );
 
@@ -687,18 +581,18 @@ mod tests {
         let settings =
             Settings::load(Some(&path), &env(&[("CACHEMANAGER__SERVER__PORT", "7001")])).unwrap();
         assert_eq!(settings.server.port, 7001);
-        assert_eq!(settings.cache.backend, BackendKind::Noop);
+        assert_eq!(settings.cache.backend(), BackendKind::Noop);
         assert_eq!(
             settings
                 .cache
-                .policy
+                .policy()
                 .resolve_ttl("user:uuid-to-id", Ttl::DEFAULT),
             Ttl::from_secs(60)
         );
         assert_eq!(
             settings
                 .cache
-                .policy
+                .policy()
                 .resolve_ttl("user:id-to-uuid", Ttl::DEFAULT),
             Ttl::DEFAULT
         );
@@ -708,16 +602,16 @@ mod tests {
     #[test]
     fn the_seeds_redis_url_alone_selects_redis_unless_a_backend_is_set() {
         let settings = load(&[("REDIS_URL", "redis://seed:6379")]).unwrap();
-        assert_eq!(settings.cache.backend, BackendKind::Redis);
+        assert_eq!(settings.cache.backend(), BackendKind::Redis);
         let settings = load(&[
             ("REDIS_URL", "redis://seed:6379"),
             ("CACHEMANAGER__CACHE__BACKEND", "memory"),
         ])
         .unwrap();
-        assert_eq!(settings.cache.backend, BackendKind::Memory);
+        assert_eq!(settings.cache.backend(), BackendKind::Memory);
         // Our own variable is explicit configuration of Redis, not a choice of backend.
         let settings = load(&[("CACHEMANAGER__REDIS__URL", "redis://ours:6379")]).unwrap();
-        assert_eq!(settings.cache.backend, BackendKind::Memory);
+        assert_eq!(settings.cache.backend(), BackendKind::Memory);
     }
 
     #[test]
@@ -764,6 +658,82 @@ mod tests {
             assert!(line.contains("accepted"), "{line}");
             assert_eq!(key_of(error), key, "{var}={value}");
         }
+    }
+
+    #[test]
+    fn what_redis_or_the_machine_would_refuse_later_is_refused_at_start() {
+        let missing = "/nonexistent/cachemanager-test.pem";
+        let cases: [(&[(&str, &str)], &str); 7] = [
+            (
+                &[("CACHE_DEFAULT_TTL", "10000000000000000")],
+                "cache.default_ttl_secs",
+            ),
+            (
+                &[("REDIS_URL", "rediss://cache:6380#insecure")],
+                "redis.url",
+            ),
+            (
+                &[
+                    ("REDIS_URL", "redis://cache:6379"),
+                    ("CACHEMANAGER__REDIS__CA_FILE", "/etc/hostname"),
+                ],
+                "redis.ca_file",
+            ),
+            (
+                &[
+                    ("REDIS_URL", "rediss://cache:6380"),
+                    ("CACHEMANAGER__REDIS__CA_FILE", missing),
+                ],
+                "redis.ca_file",
+            ),
+            (&[("CACHEMANAGER__USERS__FILE", missing)], "users.file"),
+            (
+                &[("CACHEMANAGER__LOG__FILTER", "app=notalevel")],
+                "log.filter",
+            ),
+            (
+                &[
+                    ("CACHEMANAGER__HEALTH__SLOW_MS", "3000"),
+                    ("CACHEMANAGER__HEALTH__TIMEOUT_MS", "2000"),
+                ],
+                "health.slow_ms",
+            ),
+        ];
+        for (vars, key) in cases {
+            let error = load(vars).unwrap_err();
+            let line = error.to_string();
+            assert!(!line.contains('\n'), "{line}");
+            assert_eq!(key_of(error), key, "{vars:?}: {line}");
+        }
+        // The largest TTL Redis accepts is accepted.
+        let max = MAX_TTL_SECS.to_string();
+        assert!(load(&[("CACHE_DEFAULT_TTL", max.as_str())]).is_ok());
+    }
+
+    #[test]
+    fn an_unknown_key_is_refused_naming_it_wherever_it_comes_from() {
+        let error = load(&[("CACHEMANAGER__CACHE__TLL", "5")]).unwrap_err();
+        assert_eq!(key_of(error.clone()), "cache.tll", "{error}");
+        assert!(
+            error.to_string().contains("default_ttl_secs"),
+            "names what is accepted: {error}"
+        );
+        let error = load(&[("CACHEMANAGER__CAHCE__BACKEND", "redis")]).unwrap_err();
+        assert_eq!(key_of(error.clone()), "cahce", "{error}");
+
+        let path = std::env::temp_dir().join(format!("cm-typo-{}.toml", std::process::id()));
+        std::fs::write(&path, "[redis]\nurll = \"redis://x\"\n").unwrap();
+        let error = Settings::load(Some(&path), &HashMap::new()).unwrap_err();
+        assert_eq!(key_of(error.clone()), "redis.urll", "{error}");
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn the_default_file_documents_exactly_the_built_in_defaults() {
+        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/default.toml");
+        let documented = Settings::load(Some(&file), &HashMap::new()).unwrap();
+        let built_in = load(&[]).unwrap();
+        assert_eq!(format!("{documented:?}"), format!("{built_in:?}"));
     }
 
     #[test]

@@ -5,11 +5,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use adapters::backend::{
-    BreakerConfig, CircuitBreaker, MemoryBackend, MemoryConfig, NoopBackend, RedisBackend,
-    RedisSetupError, StatusSignal, TimeoutBackend,
+    CircuitBreaker, MemoryBackend, NoopBackend, RedisBackend, RedisSetupError, StatusSignal,
+    TimeoutBackend,
 };
-use adapters::health::{HealthMonitor, MonitorConfig, Readiness};
-use adapters::http::{HttpConfig, routes};
+use adapters::health::{HealthMonitor, Readiness};
+use adapters::http::routes;
 use adapters::users::{InMemoryUserRepository, UserStoreError};
 use domain::{CacheManager, UserService};
 use poem::endpoint::BoxEndpoint;
@@ -63,12 +63,10 @@ pub struct BuiltBackend {
 pub fn build_backend(settings: &Settings) -> Result<BuiltBackend, StartupError> {
     let timeout = settings.cache.operation_timeout;
     let status = StatusSignal::new();
-    let backend: SharedBackend = match settings.cache.backend {
+    let backend: SharedBackend = match settings.cache.backend() {
         BackendKind::Noop => Arc::new(NoopBackend),
         BackendKind::Memory => {
-            let memory = MemoryBackend::new(MemoryConfig {
-                max_bytes: settings.memory.max_bytes,
-            });
+            let memory = MemoryBackend::new(settings.memory);
             Arc::new(TimeoutBackend::new(Arc::new(memory), timeout))
         }
         BackendKind::Redis => {
@@ -86,12 +84,7 @@ pub fn build_backend(settings: &Settings) -> Result<BuiltBackend, StartupError> 
             });
             Arc::new(CircuitBreaker::with_status(
                 Arc::new(backend),
-                BreakerConfig {
-                    failure_threshold: settings.cache.breaker_failure_threshold,
-                    probe_interval: settings.cache.breaker_probe_interval,
-                    probe_timeout: timeout,
-                    ..BreakerConfig::default()
-                },
+                settings.cache.breaker,
                 status.clone(),
             ))
         }
@@ -120,26 +113,11 @@ impl Application {
             Some(path) => InMemoryUserRepository::from_json_file(path)?,
             None => InMemoryUserRepository::sample(),
         };
-        let health = &settings.health;
-        let monitor = HealthMonitor::spawn(
-            backend.clone(),
-            status,
-            MonitorConfig {
-                interval: health.interval,
-                down_interval: health.down_interval,
-                ping_timeout: health.timeout,
-                slow_ping: health.slow,
-            },
-        );
+        let monitor = HealthMonitor::spawn(backend.clone(), status, settings.health);
         let probes = monitor.clone();
-        let caches = CacheManager::new(backend, &settings.cache.policy);
+        let caches = CacheManager::new(backend, &settings.cache.policy());
         let service = Arc::new(UserService::new(users, caches));
-        let http = HttpConfig {
-            max_body_bytes: settings.server.max_body_bytes,
-            request_timeout: settings.server.request_timeout,
-            log_requests: settings.log.requests,
-        };
-        let endpoint = routes(service, monitor, http).boxed();
+        let endpoint = routes(service, monitor, settings.http()).boxed();
 
         let address = SocketAddr::new(settings.server.host, settings.server.port);
         let acceptor = TcpListener::bind(address)
@@ -151,7 +129,7 @@ impl Application {
             .first()
             .and_then(|a| a.as_socket_addr().copied())
             .unwrap_or(address);
-        tracing::info!(%address, backend = ?settings.cache.backend, "cachemanager listening");
+        tracing::info!(%address, backend = ?settings.cache.backend(), "cachemanager listening");
         Ok(Self {
             acceptor,
             address,

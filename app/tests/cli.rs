@@ -30,6 +30,13 @@ fn a_bad_setting_prints_one_line_naming_the_key_and_exits_2() {
         ("CACHEMANAGER__SERVER__PORT", "99999", "server.port"),
         ("REDIS_URL", "http://nope", "redis.url"),
         ("CACHE_DEFAULT_TTL", "-1", "cache.default_ttl_secs"),
+        (
+            "CACHEMANAGER__USERS__FILE",
+            "/nonexistent/users.json",
+            "users.file",
+        ),
+        ("CACHEMANAGER__CACHE__TLL", "60", "cache.tll"),
+        ("CACHEMANAGER__LOG__FILTER", "app=notalevel", "log.filter"),
     ];
     for (var, value, key) in cases {
         let output = run_with(&[(var, value)]);
@@ -42,6 +49,26 @@ fn a_bad_setting_prints_one_line_naming_the_key_and_exits_2() {
             "{stderr}"
         );
     }
+}
+
+#[test]
+fn help_and_version_print_to_stdout_and_exit_0() {
+    for flag in ["--help", "-h"] {
+        let output = Command::new(BIN).arg(flag).output().unwrap();
+        assert_eq!(output.status.code(), Some(0), "{flag}");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            stdout.contains("usage") && stdout.contains("healthcheck"),
+            "{stdout}"
+        );
+        assert!(output.stderr.is_empty());
+    }
+    let output = Command::new(BIN).arg("--version").output().unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        format!("cachemanager {}", env!("CARGO_PKG_VERSION"))
+    );
 }
 
 #[test]

@@ -13,21 +13,34 @@ use ports::{BackendError, CacheBackend, Entry, SharedBackend};
 
 use super::status::{Circuit, StatusSignal};
 
-/// Settings of [`CircuitBreaker`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Settings of [`CircuitBreaker`] (the `[cache.breaker]` settings).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct BreakerConfig {
     /// Consecutive backend failures (errors or timeouts) that open the circuit.
+    #[serde(deserialize_with = "crate::serde_ms::positive_count")]
     pub failure_threshold: u32,
     /// While open, how often the background probe pings the backend. Each
     /// time trial requests fail and the circuit opens again, the interval
     /// doubles, up to `max_probe_interval`; it resets when the circuit closes.
+    #[serde(
+        rename = "probe_interval_ms",
+        deserialize_with = "crate::serde_ms::positive"
+    )]
     pub probe_interval: Duration,
     /// The longest interval between probes.
+    #[serde(
+        rename = "max_probe_interval_ms",
+        deserialize_with = "crate::serde_ms::positive"
+    )]
     pub max_probe_interval: Duration,
     /// How long one probe waits for the ping: the operation timeout, so a
-    /// backend too slow for requests is too slow for the probe too.
+    /// backend too slow for requests is too slow for the probe too. Set from
+    /// `cache.operation_timeout_ms`.
+    #[serde(skip)]
     pub probe_timeout: Duration,
     /// Half-open: how many trial requests must succeed to close the circuit.
+    #[serde(deserialize_with = "crate::serde_ms::positive_count")]
     pub trial_requests: u32,
 }
 

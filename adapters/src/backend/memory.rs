@@ -13,10 +13,12 @@ use moka::future::Cache;
 use ports::{BackendError, CacheBackend, Entry};
 use tokio::sync::Mutex;
 
-/// Settings of [`MemoryBackend`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Settings of [`MemoryBackend`] (the `[memory]` settings).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct MemoryConfig {
     /// The most bytes (keys plus values) kept; least useful entries go first.
+    #[serde(deserialize_with = "crate::serde_ms::positive_count")]
     pub max_bytes: u64,
 }
 

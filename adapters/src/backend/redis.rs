@@ -41,7 +41,11 @@ return 0
 /// How to reach Redis. The password is kept apart from the URL so that it can
 /// come from a secret store, and never shows in `Debug` or logs (nor does a
 /// password written into the URL).
-#[derive(Clone)]
+///
+/// Deserialized straight from the `[redis]` settings; every default is
+/// written once, in [`Default`].
+#[derive(Clone, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct RedisConfig {
     /// `redis://host:port[/db]`. A password in the URL works, but
     /// [`RedisConfig::password`] takes precedence and is the recommended way.
@@ -53,16 +57,26 @@ pub struct RedisConfig {
     /// Database index; `None` keeps the URL's (default 0).
     pub db: Option<i64>,
     /// Bound on establishing a connection (the seed's 2 s).
+    #[serde(
+        rename = "connect_timeout_ms",
+        deserialize_with = "crate::serde_ms::positive"
+    )]
     pub connect_timeout: Duration,
     /// Bound on one command's answer (the seed's 5 s).
+    #[serde(
+        rename = "response_timeout_ms",
+        deserialize_with = "crate::serde_ms::positive"
+    )]
     pub response_timeout: Duration,
     /// Bound on every cache operation as the service sees it: a slower one is
     /// a [`BackendError::Timeout`] (a miss for the typed cache). Timeouts are
     /// counted here, where they happen, to replace a connection that stopped
-    /// answering.
+    /// answering. Set from `cache.operation_timeout_ms`, not in `[redis]`.
+    #[serde(skip)]
     pub operation_timeout: Duration,
     /// Consecutive failed operations (timeouts, refused logins, lost
     /// connections) after which the connection is rebuilt.
+    #[serde(skip)]
     pub rebuild_after_failures: u32,
     /// For `rediss://` URLs: a PEM file of the certificate authority that
     /// signed the server's certificate. `None` trusts the system's roots.
