@@ -30,6 +30,8 @@ const MISS_USERS: u32 = 50_000;
 /// The reference case: `adapters/examples/bare_redis_get.rs`, a bare poem
 /// handler doing one Redis GET, on the keys hit/redis cached.
 const BARE_CASE: &str = "reference: bare GET";
+/// `hit/memory` with the request log on, as the service runs by default.
+const REQUEST_LOG_CASE: &str = "hit/memory+reqlog";
 const CONNECTIONS: [u32; 2] = [8, 64];
 
 struct Options {
@@ -198,11 +200,14 @@ struct Service {
 }
 
 impl Service {
+    /// `request_log`: the service's default logging (info, one line per
+    /// request), written to /dev/null; otherwise warnings only, shown.
     fn start(
         binary: &Path,
         backend: &str,
         redis: &BenchRedis,
         users_file: Option<&Path>,
+        request_log: bool,
     ) -> Result<Self> {
         let port = free_port()?;
         let mut command = Command::new(binary);
@@ -211,10 +216,14 @@ impl Service {
             .env("CACHEMANAGER__SERVER__PORT", port.to_string())
             .env("CACHEMANAGER__CACHE__BACKEND", backend)
             .env("REDIS_URL", &redis.url)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", if request_log { "info" } else { "warn" })
             .current_dir(std::env::temp_dir())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
+            .stderr(if request_log {
+                Stdio::null()
+            } else {
+                Stdio::inherit()
+            });
         if let Some(password) = &redis.password {
             command.env("REDIS_PASSWORD", password);
         }
@@ -450,8 +459,10 @@ pub fn bench(args: &[String]) -> Result<()> {
 
     let redis = BenchRedis::start(options.redis_url.clone())?;
     let mut results: Vec<CaseResult> = Vec::new();
-    let cases: [(&str, &str, &PathBuf, bool); 6] = [
+    let cases: [(&str, &str, &PathBuf, bool); 7] = [
         ("hit/memory", "memory", &hit, false),
+        // The same with the default request log (a line per request, at info).
+        (REQUEST_LOG_CASE, "memory", &hit, false),
         ("hit/redis", "redis", &hit, false),
         // Right after hit/redis, whose keys it reads: the bare handler.
         (BARE_CASE, "redis", &hit, false),
@@ -465,6 +476,7 @@ pub fn bench(args: &[String]) -> Result<()> {
             backend,
             &redis,
             big.then_some(users_file.as_path()),
+            name == REQUEST_LOG_CASE,
         )?;
         // Warm the cache (and the connection) for the hit and lookup cases.
         for n in 1..=10 {
@@ -478,7 +490,7 @@ pub fn bench(args: &[String]) -> Result<()> {
         // The reference answers the case's requests; the ceiling stays the
         // service's own, so its ratio reads like the others.
         let reference = if name == BARE_CASE {
-            Some(Service::start(&bare, backend, &redis, None)?)
+            Some(Service::start(&bare, backend, &redis, None, false)?)
         } else {
             None
         };

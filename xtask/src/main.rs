@@ -13,6 +13,7 @@
 mod bench;
 mod chart;
 mod compose;
+mod coverage;
 mod images;
 mod k8s;
 mod microbench;
@@ -43,6 +44,8 @@ commands:
   microbench [--quick] [--redis-url URL]
                         criterion benchmarks of the cache core (codecs, keys, typed
                         cache against raw moka and a raw Redis GET), with a table
+  coverage              line coverage per crate of the unit and integration suites
+                        (cargo-llvm-cov, installed if missing; not in ci)
   k8s-check             validate docs/kubernetes/*.yaml against the Kubernetes
                         schemas (kubernetes-validate from PyPI, strict)
   compose-smoke         bring docker-compose.yml up with those images and check it
@@ -67,6 +70,7 @@ fn main() -> ExitCode {
         }
         Some("compose-smoke") => compose::smoke(),
         Some("k8s-check") => k8s::check(),
+        Some("coverage") => coverage::coverage(),
         Some("setup") => setup::ensure_components()
             .and_then(|()| setup::ensure_docker())
             .and_then(|()| setup::ensure_tools()),
