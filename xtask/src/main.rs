@@ -10,6 +10,7 @@
 // xtask talks to a person at a terminal: printing is its job.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod api;
 mod bench;
 mod chart;
 mod compose;
@@ -46,6 +47,8 @@ commands:
                         cache against raw moka and a raw Redis GET), with a table
   coverage              line coverage per crate of the unit and integration suites
                         (cargo-llvm-cov, installed if missing; not in ci)
+  api-check [--random]  the service against its OpenAPI document (schemathesis
+                        from PyPI: allowed requests accepted, answers documented)
   k8s-check             validate docs/kubernetes/*.yaml against the Kubernetes
                         schemas (kubernetes-validate from PyPI, strict)
   compose-smoke         bring docker-compose.yml up with those images and check it
@@ -70,6 +73,7 @@ fn main() -> ExitCode {
         }
         Some("compose-smoke") => compose::smoke(),
         Some("k8s-check") => k8s::check(),
+        Some("api-check") => api::check(&args[1..]),
         Some("coverage") => coverage::coverage(),
         Some("setup") => setup::ensure_components()
             .and_then(|()| setup::ensure_docker())
@@ -187,6 +191,7 @@ fn ci() -> Result<()> {
         ),
         step("compose smoke", compose::smoke),
         step("k8s manifests", k8s::check),
+        step("api contract", || api::check(&[])),
         // Short runs, so the harness cannot rot; figures are reported, not enforced.
         step("bench (quick)", || bench::bench(&["--quick".to_owned()])),
         step("microbench (quick)", || {

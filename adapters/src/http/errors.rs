@@ -92,7 +92,7 @@ pub fn bad_request<T: WithBadRequest>(error: poem::Error) -> T {
 /// What each parameter accepts, as the document states it.
 const ACCEPTED: [(&str, &str); 2] = [
     ("limit", "an integer from 1 to 1000 (default 100)"),
-    ("offset", "an integer from 0 (default 0)"),
+    ("offset", "an integer from 0 to 4294967295 (default 0)"),
 ];
 
 fn parse_failure(error: &poem::Error) -> String {

@@ -99,6 +99,7 @@ pub fn complete(generated: &str) -> Result<(String, RouteTable), serde_json::Err
                 }
             }
             let segments = template
+                .trim_end_matches('/')
                 .split('/')
                 .map(|s| (!s.starts_with('{')).then(|| s.to_owned()))
                 .collect();
@@ -202,6 +203,11 @@ mod tests {
         );
         assert_eq!(table.template("/users/lookup"), Some("/users/lookup"));
         assert_eq!(table.template("/nowhere/at/all"), None);
+        let root = complete(&json!({"paths": {"/": {"get": {}}}}).to_string())
+            .unwrap()
+            .1;
+        assert_eq!(root.template("/"), Some("/"));
+        assert_eq!(root.allow("/").as_deref(), Some("GET, HEAD"));
     }
 
     #[test]

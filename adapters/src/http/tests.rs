@@ -730,6 +730,7 @@ mod contract {
         );
         assert_eq!(limit["default"], 100);
         assert_eq!(param("offset")["default"], 0);
+        assert_eq!(param("offset")["minimum"].as_f64(), Some(0.0));
 
         let schemas = &document["components"]["schemas"];
         let uuids = &schemas["LookupRequest"]["properties"]["uuids"];

@@ -224,7 +224,10 @@ impl<S: UserQueries> UsersApi<S> {
         )]
         limit: Query<u32>,
         /// How many users to skip, in id order.
-        #[oai(default)]
+        #[oai(
+            default,
+            validator(minimum(value = "0"), maximum(value = "4294967295"))
+        )]
         offset: Query<u32>,
     ) -> ListResponse {
         let page = match Page::new(limit.0, offset.0) {
