@@ -798,6 +798,65 @@ mod tests {
         assert_eq!(redact_url("redis://cache:6379"), "redis://cache:6379");
     }
 
+    /// The error the driver makes of a server's error reply.
+    fn server_error(reply: &str) -> RedisError {
+        let value = redis::parse_redis_value(format!("-{reply}\r\n").as_bytes()).unwrap();
+        value.extract_error().unwrap_err()
+    }
+
+    /// (A pipeline's per-command errors cannot be built outside the driver;
+    /// the OOM fault test sends real pipelines: `faults::under_oom...`.)
+    #[test]
+    fn server_errors_are_classified_by_their_code() {
+        let timeout = Duration::from_secs(5);
+        let cases = [
+            ("NOAUTH Authentication required.", "Unauthorized"),
+            ("WRONGPASS invalid username-password pair", "Unauthorized"),
+            (
+                "LOADING Redis is loading the dataset in memory",
+                "Unavailable",
+            ),
+            ("BUSY Redis is busy running a script", "Unavailable"),
+            ("MASTERDOWN Link with MASTER is down", "Unavailable"),
+            ("CLUSTERDOWN The cluster is down", "Unavailable"),
+            (
+                "TRYAGAIN Multiple keys request during rehashing",
+                "Unavailable",
+            ),
+            (
+                "OOM command not allowed when used memory > 'maxmemory'.",
+                "Rejected",
+            ),
+            (
+                "READONLY You can't write against a read only replica.",
+                "Rejected",
+            ),
+            (
+                "NOPERM User reader has no permissions to run the 'set' command",
+                "Rejected",
+            ),
+            ("NOSCRIPT No matching script.", "Rejected"),
+            ("ERR unknown command", "Rejected"),
+            (
+                "WRONGTYPE Operation against a key holding the wrong kind of value",
+                "WrongType",
+            ),
+        ];
+        for (reply, kind) in cases {
+            let error = classify(&server_error(reply), timeout);
+            let name = format!("{error:?}");
+            assert!(name.starts_with(kind), "{reply}: {name}");
+            // Redis's own words, code first, whatever the driver's Display says.
+            let code = reply.split(' ').next().unwrap();
+            assert!(error.to_string().contains(code), "{reply}: {error}");
+            assert_eq!(
+                error.is_backend_failure(),
+                matches!(kind, "Unauthorized" | "Unavailable"),
+                "{reply}"
+            );
+        }
+    }
+
     #[test]
     fn ttls_are_sent_as_at_least_one_millisecond() {
         assert_eq!(ttl_millis(Duration::from_secs(600)), 600_000);
