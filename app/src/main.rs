@@ -113,7 +113,8 @@ fn main() -> ExitCode {
             Err(reason) => fail(1, &format!("unhealthy: {reason}")),
         };
     }
-    telemetry::init(&settings.log);
+    // Held to the end of main: dropping it flushes the queued log lines.
+    let _logs = telemetry::init(&settings.log);
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -99,26 +99,68 @@ fn get(port: u16, path: &str) -> Option<String> {
     Some(response)
 }
 
-#[cfg(unix)]
-#[test]
-fn serves_the_sample_users_with_no_redis_then_stops_on_sigterm() {
+/// Starts the binary on a free port with `vars`; returns it and the port.
+fn start(vars: &[(&str, &str)]) -> (std::process::Child, u16) {
     let port = free_port();
-    let mut child = Command::new(BIN)
+    let child = Command::new(BIN)
         .env_clear()
         .env("CACHEMANAGER__SERVER__PORT", port.to_string())
+        .envs(vars.iter().copied())
         .current_dir(std::env::temp_dir())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    (child, port)
+}
+
+/// Polls `GET path` until `done` holds for the answer (10 s at most).
+fn get_until(port: u16, path: &str, what: &str, done: impl Fn(&str) -> bool) -> String {
     let deadline = Instant::now() + Duration::from_secs(10);
-    let response = loop {
-        if let Some(response) = get(port, "/users/550e8400-e29b-41d4-a716-446655440001") {
-            break response;
+    loop {
+        if let Some(response) = get(port, path)
+            && done(&response)
+        {
+            return response;
         }
-        assert!(Instant::now() < deadline, "the service did not start");
+        assert!(Instant::now() < deadline, "{what}: not within 10 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[cfg(unix)]
+fn sigterm(child: &std::process::Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Waits (10 s at most) for the process to exit 0.
+#[cfg(unix)]
+fn exits_cleanly(mut child: std::process::Child, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "exit status {status}");
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}");
         std::thread::sleep(Duration::from_millis(50));
-    };
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn serves_the_sample_users_with_no_redis_then_stops_on_sigterm() {
+    let (child, port) = start(&[]);
+    let response = get_until(
+        port,
+        "/users/550e8400-e29b-41d4-a716-446655440001",
+        "the service answers",
+        |_| true,
+    );
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     assert!(response.contains("john.doe@example.com"), "{response}");
     let health = get(port, "/health").unwrap();
@@ -126,68 +168,25 @@ fn serves_the_sample_users_with_no_redis_then_stops_on_sigterm() {
         health.starts_with("HTTP/1.1 200") && health.contains("\"memory\""),
         "{health}"
     );
-
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            assert!(status.success(), "exit status {status}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "did not stop on SIGTERM");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    sigterm(&child);
+    exits_cleanly(child, "did not stop on SIGTERM");
 }
 
 #[cfg(unix)]
 #[test]
 fn on_sigterm_it_turns_unready_and_keeps_serving_for_the_shutdown_delay() {
-    let port = free_port();
-    let mut child = Command::new(BIN)
-        .env_clear()
-        .env("CACHEMANAGER__SERVER__PORT", port.to_string())
-        .env("CACHEMANAGER__SERVER__SHUTDOWN_DELAY_MS", "1500")
-        .current_dir(std::env::temp_dir())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let ready = loop {
-        if let Some(response) = get(port, "/health/ready") {
-            break response;
-        }
-        assert!(Instant::now() < deadline, "the service did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let (child, port) = start(&[("CACHEMANAGER__SERVER__SHUTDOWN_DELAY_MS", "3000")]);
+    let ready = get_until(port, "/health/ready", "the service answers", |_| true);
     assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    sigterm(&child);
     // Within the delay: not ready, and still answering requests.
-    std::thread::sleep(Duration::from_millis(300));
-    let ready = get(port, "/health/ready").unwrap_or_default();
-    assert!(
-        ready.starts_with("HTTP/1.1 503") && ready.contains("stopping"),
-        "{ready}"
-    );
+    let ready = get_until(port, "/health/ready", "readiness turns 503", |r| {
+        r.starts_with("HTTP/1.1 503")
+    });
+    assert!(ready.contains("stopping"), "{ready}");
     let user = get(port, "/users/550e8400-e29b-41d4-a716-446655440001").unwrap_or_default();
     assert!(user.starts_with("HTTP/1.1 200"), "{user}");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            assert!(status.success(), "exit status {status}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "did not stop after the delay");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    exits_cleanly(child, "did not stop after the delay");
 }
 
 #[test]

@@ -47,17 +47,7 @@ fn live(port: u16) -> bool {
 /// Runs schemathesis against a fresh instance of the service.
 pub fn check(args: &[String]) -> Result<()> {
     let random = args.iter().any(|a| a == "--random");
-    let venv = crate::target_dir().join("xtask/schemathesis-venv");
-    let st = venv.join("bin/st");
-    if !st.exists() {
-        let venv_text = venv.display().to_string();
-        crate::run("python3", &["-m", "venv", &venv_text], &[]).context(
-            "cannot make a Python virtual environment (apt-get install -y python3-venv)",
-        )?;
-        let pip = venv.join("bin/pip").display().to_string();
-        crate::run(&pip, &["install", "--quiet", SCHEMATHESIS], &[])
-            .with_context(|| format!("cannot install {SCHEMATHESIS} from PyPI"))?;
-    }
+    let st = crate::setup::python_tool("schemathesis-venv", SCHEMATHESIS, "st")?;
     crate::run("cargo", &["build", "--locked", "-p", "app"], &[])?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?

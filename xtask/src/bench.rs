@@ -37,12 +37,15 @@ const CONNECTIONS: [u32; 2] = [8, 64];
 struct Options {
     quick: bool,
     redis_url: Option<String>,
+    /// Only the cases whose name starts with this.
+    only: Option<String>,
 }
 
 fn options(args: &[String]) -> Result<Options> {
     let mut options = Options {
         quick: false,
         redis_url: None,
+        only: None,
     };
     let mut args = args.iter();
     while let Some(arg) = args.next() {
@@ -50,6 +53,13 @@ fn options(args: &[String]) -> Result<Options> {
             "--quick" => options.quick = true,
             "--redis-url" => {
                 options.redis_url = Some(args.next().context("--redis-url needs a URL")?.clone())
+            }
+            "--only" => {
+                options.only = Some(
+                    args.next()
+                        .context("--only needs a case name prefix")?
+                        .clone(),
+                )
             }
             other => bail!("unknown bench option {other}"),
         }
@@ -470,7 +480,13 @@ pub fn bench(args: &[String]) -> Result<()> {
         ("miss/redis", "redis", &miss, true),
         ("lookup100/redis", "redis", &lookup, true),
     ];
-    for (name, backend, case_script, big) in cases {
+    let chosen = cases.into_iter().filter(|(name, ..)| {
+        options
+            .only
+            .as_ref()
+            .is_none_or(|p| name.starts_with(p.as_str()))
+    });
+    for (name, backend, case_script, big) in chosen {
         let service = Service::start(
             &binary,
             backend,

@@ -8,23 +8,13 @@
 //! to docs/COVERAGE.md by hand, with their date.
 
 use std::collections::BTreeMap;
-use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, bail};
-
-fn has_llvm_cov() -> bool {
-    Command::new("cargo")
-        .args(["llvm-cov", "--version"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
 
 fn ensure_tools() -> Result<()> {
     crate::run("rustup", &["component", "add", "llvm-tools-preview"], &[])
         .context("cannot add the llvm-tools component: rustup component add llvm-tools-preview")?;
-    if !has_llvm_cov() {
+    if !crate::setup::succeeds("cargo", &["llvm-cov", "--version"]) {
         println!("installing cargo-llvm-cov from crates.io");
         crate::run("cargo", &["install", "--locked", "cargo-llvm-cov"], &[])
             .context("cannot install cargo-llvm-cov: cargo install --locked cargo-llvm-cov")?;

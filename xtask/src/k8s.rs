@@ -29,17 +29,7 @@ fn manifests() -> Result<Vec<PathBuf>> {
 
 /// Validates every manifest; fails naming the first field that is wrong.
 pub fn check() -> Result<()> {
-    let venv = crate::target_dir().join("xtask/k8s-venv");
-    let validator = venv.join("bin/kubernetes-validate");
-    if !validator.exists() {
-        let venv_text = venv.display().to_string();
-        crate::run("python3", &["-m", "venv", &venv_text], &[]).context(
-            "cannot make a Python virtual environment (apt-get install -y python3-venv)",
-        )?;
-        let pip = venv.join("bin/pip").display().to_string();
-        crate::run(&pip, &["install", "--quiet", VALIDATOR], &[])
-            .with_context(|| format!("cannot install {VALIDATOR} from PyPI"))?;
-    }
+    let validator = crate::setup::python_tool("k8s-venv", VALIDATOR, "kubernetes-validate")?;
     let files: Vec<String> = manifests()?
         .iter()
         .map(|p| p.display().to_string())

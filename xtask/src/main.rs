@@ -38,7 +38,7 @@ commands:
                         (official redis:7-alpine, else build cachemanager/redis:local)
   images [--force]      the Redis image above, and cachemanager/app:local from a
                         release build of the host's binary (no registry needed)
-  bench [--quick] [--redis-url URL]
+  bench [--quick] [--redis-url URL] [--only CASE-PREFIX]
                         the service under wrk, each case beside the ceiling of the
                         same binary; JSON in target/bench/, a markdown table printed
   bench-chart [FILE]    redraw the chart of a run from its results.json

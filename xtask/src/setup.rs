@@ -20,6 +20,39 @@ struct Need {
     present: fn() -> bool,
 }
 
+/// Whether `program args...` runs and exits 0 (its output discarded).
+pub(crate) fn succeeds(program: &str, args: &[&str]) -> bool {
+    Command::new(program)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// A Python tool from PyPI, pinned, in its own virtual environment under
+/// the target directory (made on first use); returns the path of `binary`.
+pub(crate) fn python_tool(
+    venv: &str,
+    requirement: &str,
+    binary: &str,
+) -> Result<std::path::PathBuf> {
+    let venv = crate::target_dir().join("xtask").join(venv);
+    let tool = venv.join("bin").join(binary);
+    if !tool.exists() {
+        let venv_text = venv.display().to_string();
+        crate::run("python3", &["-m", "venv", &venv_text], &[]).map_err(|e| {
+            anyhow::anyhow!(
+                "{e:#}; cannot make a Python virtual environment (apt-get install -y python3-venv)"
+            )
+        })?;
+        let pip = venv.join("bin/pip").display().to_string();
+        crate::run(&pip, &["install", "--quiet", requirement], &[])
+            .map_err(|e| anyhow::anyhow!("{e:#}; cannot install {requirement} from PyPI"))?;
+    }
+    Ok(tool)
+}
+
 fn on_path(program: &str) -> bool {
     Command::new("sh")
         .args(["-c", &format!("command -v {program}")])
@@ -34,13 +67,7 @@ fn file(path: &str) -> bool {
 }
 
 fn compose_present() -> bool {
-    let v2 = Command::new("docker")
-        .args(["compose", "version"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    v2 || on_path("docker-compose")
+    succeeds("docker", &["compose", "version"]) || on_path("docker-compose")
 }
 
 const NEEDS: &[Need] = &[
@@ -92,12 +119,7 @@ const NEEDS: &[Need] = &[
 ];
 
 fn python_venv_present() -> bool {
-    Command::new("python3")
-        .args(["-c", "import venv, ensurepip"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+    succeeds("python3", &["-c", "import venv, ensurepip"])
 }
 
 /// How apt-get can be run here: directly as root, through sudo, or not at all.
@@ -112,13 +134,7 @@ fn apt_prefix() -> Option<Vec<&'static str>> {
     if root {
         return Some(Vec::new());
     }
-    let sudo = Command::new("sudo")
-        .args(["-n", "true"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    sudo.then(|| vec!["sudo", "-n"])
+    succeeds("sudo", &["-n", "true"]).then(|| vec!["sudo", "-n"])
 }
 
 fn apt(prefix: &[&str], args: &[&str]) -> Result<()> {
@@ -171,14 +187,7 @@ pub fn ensure_tools() -> Result<()> {
 /// Makes sure the Docker daemon answers, starting it when it is installed but
 /// not running (a fresh machine where nothing started it).
 pub fn ensure_docker() -> Result<()> {
-    let answers = || {
-        Command::new("docker")
-            .arg("info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
+    let answers = || succeeds("docker", &["info"]);
     if !on_path("docker") {
         bail!(
             "docker is not installed: install Docker (apt-get install -y docker.io) and start it"
@@ -188,13 +197,7 @@ pub fn ensure_docker() -> Result<()> {
         return Ok(());
     }
     println!("the Docker daemon does not answer; starting it");
-    let started = Command::new("service")
-        .args(["docker", "start"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !started {
+    if !succeeds("service", &["docker", "start"]) {
         let _ = Command::new("sh")
             .args(["-c", "dockerd >/tmp/dockerd.log 2>&1 &"])
             .status();
@@ -211,14 +214,7 @@ pub fn ensure_docker() -> Result<()> {
 /// rustfmt and clippy, which the first two steps run: added with rustup
 /// where they are missing.
 pub fn ensure_components() -> Result<()> {
-    let has = |tool: &str| {
-        Command::new("cargo")
-            .args([tool, "--version"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
+    let has = |tool: &str| succeeds("cargo", &[tool, "--version"]);
     let missing: Vec<&str> = [("fmt", "rustfmt"), ("clippy", "clippy")]
         .into_iter()
         .filter(|(tool, _)| !has(tool))

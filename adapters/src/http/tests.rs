@@ -466,17 +466,7 @@ async fn a_chunked_body_over_the_limit_answers_413_json() {
 
 #[tokio::test]
 async fn a_chunked_body_that_trickles_is_cut_at_the_request_timeout() {
-    let monitor = HealthMonitor::spawn(
-        healthy_backend(),
-        StatusSignal::new(),
-        MonitorConfig::default(),
-    );
-    let config = HttpConfig {
-        max_body_bytes: 1024,
-        request_timeout: Duration::from_millis(100),
-        ..HttpConfig::default()
-    };
-    let client = TestClient::new(routes(Arc::new(SlowQueries), monitor, config));
+    let client = slow_client();
     // One byte, then nothing more, ever: the connection must not be held.
     let trickle = futures::stream::once(async { Ok::<_, std::io::Error>(bytes::Bytes::from("{")) })
         .chain(futures::stream::pending());
@@ -516,6 +506,21 @@ async fn a_very_long_path_answers_a_json_4xx() {
     assert_error(response, StatusCode::BAD_REQUEST, "invalid_uuid").await;
 }
 
+/// A client of routes over [`SlowQueries`] whose requests are cut at 100 ms.
+fn slow_client() -> TestClient<impl poem::Endpoint> {
+    let monitor = HealthMonitor::spawn(
+        healthy_backend(),
+        StatusSignal::new(),
+        MonitorConfig::default(),
+    );
+    let config = HttpConfig {
+        max_body_bytes: 1024,
+        request_timeout: Duration::from_millis(100),
+        ..HttpConfig::default()
+    };
+    TestClient::new(routes(Arc::new(SlowQueries), monitor, config))
+}
+
 /// A domain that takes 5 s to list users.
 struct SlowQueries;
 #[async_trait::async_trait]
@@ -537,17 +542,7 @@ impl domain::UserQueries for SlowQueries {
 
 #[tokio::test]
 async fn a_request_slower_than_the_timeout_answers_503_json() {
-    let monitor = HealthMonitor::spawn(
-        healthy_backend(),
-        StatusSignal::new(),
-        MonitorConfig::default(),
-    );
-    let config = HttpConfig {
-        max_body_bytes: 1024,
-        request_timeout: Duration::from_millis(100),
-        ..HttpConfig::default()
-    };
-    let client = TestClient::new(routes(Arc::new(SlowQueries), monitor, config));
+    let client = slow_client();
     let started = std::time::Instant::now();
     let response = client.get("/users").send().await;
     assert_error(response, StatusCode::SERVICE_UNAVAILABLE, "timeout").await;
