@@ -14,6 +14,8 @@ pub mod health;
 pub mod http;
 mod secret;
 pub mod serde_ms;
+mod timer;
 pub mod users;
 
 pub use secret::Secret;
+pub use timer::TokioTimer;

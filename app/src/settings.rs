@@ -18,7 +18,7 @@ use adapters::health::MonitorConfig;
 use adapters::http::HttpConfig;
 use adapters::serde_ms;
 use config::{Config, Environment, File, FileFormat};
-use ports::{CachePolicy, DEFAULT_MAX_VALUE_BYTES, Ttl};
+use ports::{CachePolicy, DEFAULT_LOAD_TIMEOUT, DEFAULT_MAX_VALUE_BYTES, DEFAULT_TTL_JITTER, Ttl};
 use serde::{Deserialize, Deserializer};
 use thiserror::Error;
 
@@ -159,6 +159,17 @@ fn ttl_secs<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error>
     }
 }
 
+fn fraction<'de, D: Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
+    let value = f64::deserialize(deserializer)?;
+    if (0.0..=1.0).contains(&value) {
+        Ok(value)
+    } else {
+        Err(serde::de::Error::custom(format!(
+            "{value} is not accepted (a fraction from 0 to 1; 0.1 is 10 %)"
+        )))
+    }
+}
+
 fn optional_ttl_secs<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u64>, D::Error> {
     ttl_secs(deserializer).map(Some)
 }
@@ -213,7 +224,7 @@ impl Default for ServerSettings {
 }
 
 /// The cache layer.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CacheSettings {
     /// The backend; unset: Redis when `REDIS_URL` is set, else memory
@@ -234,6 +245,20 @@ pub struct CacheSettings {
     /// Encoded values above this are refused.
     #[serde(deserialize_with = "serde_ms::positive_count")]
     max_value_bytes: usize,
+    /// Each write's TTL is shortened by a random amount up to this fraction
+    /// of it (0 to 1), so keys written together do not expire together.
+    #[serde(deserialize_with = "fraction")]
+    ttl_jitter: f64,
+    /// Per-namespace negative TTLs, in seconds: how long a loader's "no such
+    /// entry" is remembered in this process (0: never).
+    #[serde(deserialize_with = "ttl_map")]
+    negative_ttl_secs: BTreeMap<String, u64>,
+    /// Whether concurrent misses of one key share one load (turn off only to
+    /// measure what it saves).
+    single_flight: bool,
+    /// The bound on one read-through load.
+    #[serde(rename = "load_timeout_ms", deserialize_with = "serde_ms::positive")]
+    load_timeout: Duration,
     /// The circuit breaker over Redis.
     pub breaker: BreakerConfig,
 }
@@ -246,6 +271,10 @@ impl Default for CacheSettings {
             ttl_secs: BTreeMap::new(),
             operation_timeout: RedisConfig::default().operation_timeout,
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+            ttl_jitter: DEFAULT_TTL_JITTER,
+            negative_ttl_secs: BTreeMap::new(),
+            single_flight: true,
+            load_timeout: DEFAULT_LOAD_TIMEOUT,
             breaker: BreakerConfig::default(),
         }
     }
@@ -259,7 +288,14 @@ impl CacheSettings {
 
     /// TTLs (a global default and per-namespace overrides) and the value limit.
     pub fn policy(&self) -> CachePolicy {
-        let mut policy = CachePolicy::new().with_max_value_bytes(self.max_value_bytes);
+        let mut policy = CachePolicy::new()
+            .with_max_value_bytes(self.max_value_bytes)
+            .with_ttl_jitter(self.ttl_jitter)
+            .with_single_flight(self.single_flight)
+            .with_load_timeout(self.load_timeout);
+        for (namespace, secs) in &self.negative_ttl_secs {
+            policy = policy.with_negative_ttl_override(namespace.clone(), Ttl::from_secs(*secs));
+        }
         if let Some(secs) = self.default_ttl_secs {
             policy = policy.with_default_ttl(Ttl::from_secs(secs));
         }
@@ -622,7 +658,9 @@ mod tests {
 
     #[test]
     fn bad_values_name_their_key_and_what_is_accepted() {
-        let cases: [(&str, &str, &str); 11] = [
+        let cases: [(&str, &str, &str); 13] = [
+            ("CACHEMANAGER__CACHE__TTL_JITTER", "1.5", "cache.ttl_jitter"),
+            ("CACHEMANAGER__CACHE__LOAD_TIMEOUT_MS", "0", "cache.load_timeout_ms"),
             ("CACHEMANAGER__CACHE__BACKEND", "memcached", "cache.backend"),
             ("CACHEMANAGER__SERVER__PORT", "70000", "server.port"),
             ("CACHEMANAGER__SERVER__PORT", "-1", "server.port"),

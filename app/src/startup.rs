@@ -115,7 +115,11 @@ impl Application {
         };
         let monitor = HealthMonitor::spawn(backend.clone(), status, settings.health);
         let probes = monitor.clone();
-        let caches = CacheManager::new(backend, &settings.cache.policy());
+        let caches = CacheManager::with_timer(
+            backend,
+            &settings.cache.policy(),
+            Arc::new(adapters::TokioTimer),
+        );
         let service = Arc::new(UserService::new(users, caches));
         let endpoint = routes(service, monitor, settings.http()).boxed();
 

@@ -1,7 +1,9 @@
 //! The cache manager: the Rust form of the seed's `CacheManager` singleton.
 //! Built once at start-up and handed to its users by dependency injection.
 
-use ports::{BackendError, CachePolicy, SharedBackend, TypedCache, WriteBatch};
+use std::sync::Arc;
+
+use ports::{BackendError, CachePolicy, SharedBackend, Timer, TypedCache, WriteBatch};
 
 use crate::caches::{IdToUuid, IdToUuidCache, UuidToId, UuidToIdCache};
 
@@ -26,20 +28,37 @@ impl std::fmt::Debug for CacheManager {
     }
 }
 
-/// A typed cache over `backend` with the TTL the policy gives it.
+/// A typed cache over `backend` with what the policy gives it, its loads
+/// bounded by `timer` when there is one.
 fn typed<D: ports::CacheDefinition>(
     backend: &SharedBackend,
     policy: &CachePolicy,
+    timer: Option<&Arc<dyn Timer>>,
 ) -> TypedCache<D> {
-    TypedCache::with_policy(backend.clone(), policy)
+    let cache = TypedCache::with_policy(backend.clone(), policy);
+    match timer {
+        Some(timer) => cache.with_timer(timer.clone()),
+        None => cache,
+    }
 }
 
 impl CacheManager {
-    /// Builds every cache over `backend`, with TTLs and limits from `policy`.
+    /// Builds every cache over `backend`, with TTLs and limits from `policy`;
+    /// read-through loads are not bounded (see [`CacheManager::with_timer`]).
     pub fn new(backend: SharedBackend, policy: &CachePolicy) -> Self {
+        Self::build(backend, policy, None)
+    }
+
+    /// Like [`CacheManager::new`], each read-through load cut at the
+    /// policy's load timeout by `timer` (the service's runtime).
+    pub fn with_timer(backend: SharedBackend, policy: &CachePolicy, timer: Arc<dyn Timer>) -> Self {
+        Self::build(backend, policy, Some(&timer))
+    }
+
+    fn build(backend: SharedBackend, policy: &CachePolicy, timer: Option<&Arc<dyn Timer>>) -> Self {
         Self {
-            uuid_to_id: typed::<UuidToId>(&backend, policy),
-            id_to_uuid: typed::<IdToUuid>(&backend, policy),
+            uuid_to_id: typed::<UuidToId>(&backend, policy, timer),
+            id_to_uuid: typed::<IdToUuid>(&backend, policy, timer),
             backend,
         }
     }

@@ -19,6 +19,7 @@ mod codec;
 mod error;
 mod key;
 mod limiter;
+mod load;
 mod policy;
 mod typed;
 
@@ -30,5 +31,8 @@ pub use codec::{Codec, JsonCodec, TextCodec};
 pub use error::{BackendError, CacheError, CodecError};
 pub use key::{CacheKey, full_key};
 pub use limiter::LogLimiter;
-pub use policy::{CachePolicy, DEFAULT_MAX_VALUE_BYTES, Ttl};
+pub use load::{CacheEvent, CacheObserver, LoadError, Timer};
+pub use policy::{
+    CachePolicy, DEFAULT_LOAD_TIMEOUT, DEFAULT_MAX_VALUE_BYTES, DEFAULT_TTL_JITTER, Ttl,
+};
 pub use typed::{CacheDefinition, LOG_WINDOW, MAX_BATCH, TypedCache};

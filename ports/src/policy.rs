@@ -36,12 +36,21 @@ pub const DEFAULT_MAX_VALUE_BYTES: usize = 1024 * 1024;
 /// What configuration decides for every cache: which TTL each gets (a
 /// per-namespace override beats a global default, which beats the cache
 /// definition's own), and the largest value a cache accepts.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CachePolicy {
     default: Option<Ttl>,
     per_namespace: BTreeMap<String, Ttl>,
     max_value_bytes: usize,
+    ttl_jitter: f64,
+    negative_per_namespace: BTreeMap<String, Ttl>,
+    single_flight: bool,
+    load_timeout: Duration,
 }
+
+/// Each write's TTL is shortened by a random amount of up to this fraction.
+pub const DEFAULT_TTL_JITTER: f64 = 0.1;
+/// The bound on one read-through load.
+pub const DEFAULT_LOAD_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Default for CachePolicy {
     fn default() -> Self {
@@ -49,6 +58,10 @@ impl Default for CachePolicy {
             default: None,
             per_namespace: BTreeMap::new(),
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+            ttl_jitter: DEFAULT_TTL_JITTER,
+            negative_per_namespace: BTreeMap::new(),
+            single_flight: true,
+            load_timeout: DEFAULT_LOAD_TIMEOUT,
         }
     }
 }
@@ -80,6 +93,55 @@ impl CachePolicy {
     pub fn with_ttl_override(mut self, namespace: impl Into<String>, ttl: Ttl) -> Self {
         self.per_namespace.insert(namespace.into(), ttl);
         self
+    }
+
+    /// The same policy with another TTL jitter (a fraction, 0 to 1).
+    pub fn with_ttl_jitter(mut self, fraction: f64) -> Self {
+        self.ttl_jitter = fraction;
+        self
+    }
+
+    /// The TTL jitter: each write's TTL is shortened by up to this fraction.
+    pub fn ttl_jitter(&self) -> f64 {
+        self.ttl_jitter
+    }
+
+    /// The same policy remembering "no such entry" for `ttl` in `namespace`
+    /// (0: never), whatever the cache's definition asks for.
+    pub fn with_negative_ttl_override(mut self, namespace: impl Into<String>, ttl: Ttl) -> Self {
+        self.negative_per_namespace.insert(namespace.into(), ttl);
+        self
+    }
+
+    /// The negative TTL of `namespace`: its override, else what its
+    /// definition declares.
+    pub fn resolve_negative_ttl(&self, namespace: &str, declared: Option<Ttl>) -> Option<Ttl> {
+        self.negative_per_namespace
+            .get(namespace)
+            .copied()
+            .or(declared)
+    }
+
+    /// The same policy with single-flight loading on or off.
+    pub fn with_single_flight(mut self, on: bool) -> Self {
+        self.single_flight = on;
+        self
+    }
+
+    /// Whether concurrent loads of one key share one loader call.
+    pub fn single_flight(&self) -> bool {
+        self.single_flight
+    }
+
+    /// The same policy with another bound on loads.
+    pub fn with_load_timeout(mut self, bound: Duration) -> Self {
+        self.load_timeout = bound;
+        self
+    }
+
+    /// The bound on one read-through load.
+    pub fn load_timeout(&self) -> Duration {
+        self.load_timeout
     }
 
     /// The TTL for the cache `namespace`, whose definition asks for `declared`.

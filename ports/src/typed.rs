@@ -2,6 +2,8 @@
 
 use std::fmt;
 use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 
@@ -11,6 +13,7 @@ use crate::error::BackendError;
 use crate::error::CacheError;
 use crate::key::{CacheKey, full_key};
 use crate::limiter::LogLimiter;
+use crate::load::{CacheEvent, CacheObserver, Flights, Negatives, Timer};
 use crate::policy::{CachePolicy, DEFAULT_MAX_VALUE_BYTES, Ttl};
 
 /// The most entries one `mget` or `mset` may carry (the seed's limit): it makes
@@ -42,13 +45,40 @@ pub trait CacheDefinition: Send + Sync + 'static {
     /// The key type; its segment follows `{NAMESPACE}:` in the full key.
     type Key: CacheKey + Send + Sync;
     /// The value type.
-    type Value: Send + Sync;
+    type Value: Send + Sync + 'static;
     /// How values are stored.
     type Codec: Codec<Self::Value>;
     /// The namespace: the prefix of every key of this cache. Must be unique.
     const NAMESPACE: &'static str;
     /// The TTL used unless configuration overrides it (see [`crate::CachePolicy`]).
     const DEFAULT_TTL: Ttl = Ttl::DEFAULT;
+    /// How long a loader's "no such entry" is remembered (in this process),
+    /// unless configuration overrides it; `None`: not remembered. Off by
+    /// default: only a cache whose absent keys are requested in floods (and
+    /// whose entries appear rarely) should ask for it.
+    const NEGATIVE_TTL: Option<Ttl> = None;
+}
+
+/// How a typed cache loads and writes; runtime parts (the timer) included.
+#[derive(Clone)]
+pub(crate) struct Loading {
+    pub(crate) single_flight: bool,
+    pub(crate) load_timeout: Option<Duration>,
+    pub(crate) timer: Option<Arc<dyn Timer>>,
+    pub(crate) negative_ttl: Option<Duration>,
+    pub(crate) ttl_jitter: f64,
+}
+
+impl Default for Loading {
+    fn default() -> Self {
+        Self {
+            single_flight: true,
+            load_timeout: None,
+            timer: None,
+            negative_ttl: None,
+            ttl_jitter: 0.0,
+        }
+    }
 }
 
 /// A cache of `D::Key -> D::Value` over a shared byte-level backend.
@@ -60,6 +90,11 @@ pub struct TypedCache<D: CacheDefinition> {
     backend: SharedBackend,
     ttl: Ttl,
     max_value_bytes: usize,
+    pub(crate) loading: Loading,
+    /// Loads in flight and remembered absences: shared by clones.
+    pub(crate) flights: Arc<Flights<D::Value>>,
+    pub(crate) negatives: Arc<Negatives>,
+    observer: Option<Arc<dyn CacheObserver>>,
     _definition: PhantomData<fn() -> D>,
 }
 
@@ -69,6 +104,10 @@ impl<D: CacheDefinition> Clone for TypedCache<D> {
             backend: self.backend.clone(),
             ttl: self.ttl,
             max_value_bytes: self.max_value_bytes,
+            loading: self.loading.clone(),
+            flights: self.flights.clone(),
+            negatives: self.negatives.clone(),
+            observer: self.observer.clone(),
             _definition: PhantomData,
         }
     }
@@ -87,20 +126,100 @@ impl<D: CacheDefinition> fmt::Debug for TypedCache<D> {
 impl<D: CacheDefinition> TypedCache<D> {
     /// A cache over `backend` with the definition's default TTL and the
     /// default value limit (1 MiB).
+    ///
+    /// Single-flight on, no TTL jitter, the definition's negative TTL, and
+    /// no bound on loads (no timer): see the `with_*` builders.
     pub fn new(backend: SharedBackend) -> Self {
         Self {
             backend,
             ttl: D::DEFAULT_TTL,
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+            loading: Loading {
+                negative_ttl: D::NEGATIVE_TTL.and_then(Ttl::expiry),
+                ..Loading::default()
+            },
+            flights: Arc::default(),
+            negatives: Arc::default(),
+            observer: None,
             _definition: PhantomData,
         }
     }
 
-    /// A cache over `backend` with the TTL and value limit `policy` gives it.
+    /// A cache over `backend` with the TTL, value limit, TTL jitter,
+    /// negative TTL, single-flight and load bound `policy` gives it.
     pub fn with_policy(backend: SharedBackend, policy: &CachePolicy) -> Self {
-        Self::new(backend)
+        let mut cache = Self::new(backend)
             .with_ttl(policy.resolve_ttl(D::NAMESPACE, D::DEFAULT_TTL))
             .with_max_value_bytes(policy.max_value_bytes())
+            .with_ttl_jitter(policy.ttl_jitter());
+        cache.loading.negative_ttl = policy
+            .resolve_negative_ttl(D::NAMESPACE, D::NEGATIVE_TTL)
+            .and_then(Ttl::expiry);
+        cache.loading.single_flight = policy.single_flight();
+        cache.loading.load_timeout = Some(policy.load_timeout());
+        cache
+    }
+
+    /// The same cache bounding its loads with `timer` (the policy's load
+    /// timeout; 5 s unless set).
+    pub fn with_timer(mut self, timer: Arc<dyn Timer>) -> Self {
+        self.loading.timer = Some(timer);
+        if self.loading.load_timeout.is_none() {
+            self.loading.load_timeout = Some(crate::policy::DEFAULT_LOAD_TIMEOUT);
+        }
+        self
+    }
+
+    /// The same cache cutting each load at `bound` (needs a timer).
+    pub fn with_load_timeout(mut self, bound: Duration) -> Self {
+        self.loading.load_timeout = Some(bound);
+        self
+    }
+
+    /// The same cache reporting every outcome to `observer`.
+    pub fn with_observer(mut self, observer: Arc<dyn CacheObserver>) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
+    /// The same cache with single-flight on or off (on by default; off only
+    /// to measure what it saves).
+    pub fn with_single_flight(mut self, on: bool) -> Self {
+        self.loading.single_flight = on;
+        self
+    }
+
+    /// The same cache remembering a loader's "no such entry" for `ttl`
+    /// (`None`: never).
+    pub fn with_negative_ttl(mut self, ttl: Option<Duration>) -> Self {
+        self.loading.negative_ttl = ttl.filter(|t| !t.is_zero());
+        self
+    }
+
+    /// The same cache shortening each write's TTL by a random amount of up to
+    /// `fraction` of it (0 to 1; 0.1 is 10 %), so keys written together do not
+    /// expire together. Never longer than the TTL; no effect on "no expiry".
+    pub fn with_ttl_jitter(mut self, fraction: f64) -> Self {
+        self.loading.ttl_jitter = if fraction.is_finite() {
+            fraction.clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
+        self
+    }
+
+    /// Reports `event` to the observer, if any: the one place every outcome
+    /// passes through.
+    #[inline]
+    pub(crate) fn observe(&self, event: CacheEvent) {
+        if let Some(observer) = &self.observer {
+            observer.observe(D::NAMESPACE, event);
+        }
+    }
+
+    /// The expiry of one write: the TTL shortened by the jitter.
+    pub(crate) fn write_expiry(&self) -> Option<Duration> {
+        jittered(self.ttl.expiry(), self.loading.ttl_jitter, fastrand::f64())
     }
 
     /// The same cache refusing encoded values larger than `bytes`.
@@ -140,7 +259,7 @@ impl<D: CacheDefinition> TypedCache<D> {
         Ok(Entry {
             key: self.key(key),
             value: self.encode(value)?,
-            ttl: self.ttl.expiry(),
+            ttl: self.write_expiry(),
         })
     }
 
@@ -165,22 +284,84 @@ impl<D: CacheDefinition> TypedCache<D> {
     /// decode is removed (only if it is still the same bytes), logged, and is a
     /// miss; so is a key holding another kind of value (Redis `WRONGTYPE`).
     pub async fn get(&self, key: &D::Key) -> Option<D::Value> {
-        let key = self.key(key);
-        match self.backend.get(&key).await {
-            Ok(Some(raw)) => self.decode_or_invalidate(&key, raw).await,
+        self.read(&self.key(key)).await
+    }
+
+    /// [`TypedCache::get`] by full key, observed.
+    pub(crate) async fn read(&self, key: &str) -> Option<D::Value> {
+        let value = self.read_unobserved(key).await;
+        self.observe(if value.is_some() {
+            CacheEvent::Hit
+        } else {
+            CacheEvent::Miss
+        });
+        value
+    }
+
+    async fn read_unobserved(&self, key: &str) -> Option<D::Value> {
+        match self.backend.get(key).await {
+            Ok(Some(raw)) => self.decode_or_invalidate(key, raw).await,
             Ok(None) => None,
             Err(BackendError::WrongType(reason)) => {
                 tracing::warn!(namespace = D::NAMESPACE, %key, %reason, "cache key holds the wrong kind of value; invalidating");
+                self.observe(CacheEvent::CorruptRemoved);
                 // A plain delete: such a value cannot be compared. Should a
                 // valid value land in between, it costs one later miss.
-                if let Err(error) = self.backend.delete(&key).await {
-                    log_backend_error(D::NAMESPACE, "invalidate", &key, &error);
+                if let Err(error) = self.backend.delete(key).await {
+                    self.swallowed("invalidate", key, &error);
                 }
                 None
             }
             Err(error) => {
-                log_backend_error(D::NAMESPACE, "get", &key, &error);
+                self.swallowed("get", key, &error);
                 None
+            }
+        }
+    }
+
+    /// A backend error that becomes a miss or a no-op: logged (rate-limited)
+    /// and observed.
+    fn swallowed(&self, operation: &'static str, key: &str, error: &BackendError) {
+        self.observe(CacheEvent::BackendError);
+        log_backend_error(D::NAMESPACE, operation, key, error);
+    }
+
+    /// Writes a loaded value at `key` (full) with the jittered TTL. Never
+    /// fails: a value that cannot be encoded is logged and not stored.
+    pub(crate) async fn store(&self, key: &str, value: &D::Value) {
+        let bytes = match self.encode(value) {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                tracing::error!(namespace = D::NAMESPACE, %key, %error, "loaded value not cached");
+                return;
+            }
+        };
+        self.observe(CacheEvent::Written);
+        if let Err(error) = self.backend.set(key, bytes, self.write_expiry()).await {
+            self.swallowed("set", key, &error);
+        }
+    }
+
+    /// Writes loaded values (by full key) in one pipelined round trip, at
+    /// most [`MAX_BATCH`] at a time.
+    pub(crate) async fn store_many(&self, values: &std::collections::HashMap<String, D::Value>) {
+        let mut entries = Vec::with_capacity(values.len());
+        for (key, value) in values {
+            match self.encode(value) {
+                Ok(bytes) => entries.push(Entry {
+                    key: key.clone(),
+                    value: bytes,
+                    ttl: self.write_expiry(),
+                }),
+                Err(error) => {
+                    tracing::error!(namespace = D::NAMESPACE, %key, %error, "loaded value not cached");
+                }
+            }
+        }
+        for chunk in entries.chunks(MAX_BATCH) {
+            self.observe(CacheEvent::Written);
+            if let Err(error) = self.backend.mset(chunk).await {
+                self.swallowed("mset", &chunk[0].key, &error);
             }
         }
     }
@@ -205,8 +386,15 @@ impl<D: CacheDefinition> TypedCache<D> {
     ) -> Result<(), CacheError> {
         let bytes = self.encode(value)?;
         let key = self.key(key);
-        if let Err(error) = self.backend.set(&key, bytes, ttl.expiry()).await {
-            log_backend_error(D::NAMESPACE, "set", &key, &error);
+        // The cache's own TTL is jittered; an explicit one is the caller's choice.
+        let expiry = if ttl == self.ttl {
+            self.write_expiry()
+        } else {
+            ttl.expiry()
+        };
+        self.observe(CacheEvent::Written);
+        if let Err(error) = self.backend.set(&key, bytes, expiry).await {
+            self.swallowed("set", &key, &error);
         }
         Ok(())
     }
@@ -214,8 +402,9 @@ impl<D: CacheDefinition> TypedCache<D> {
     /// Removes `key`. Never fails its caller: a backend error is logged.
     pub async fn invalidate(&self, key: &D::Key) {
         let key = self.key(key);
+        self.negatives.forget(&key);
         if let Err(error) = self.backend.delete(&key).await {
-            log_backend_error(D::NAMESPACE, "invalidate", &key, &error);
+            self.swallowed("invalidate", &key, &error);
         }
     }
 
@@ -245,16 +434,25 @@ impl<D: CacheDefinition> TypedCache<D> {
                 return Ok(misses(keys.len()));
             }
             Err(error) => {
-                log_backend_error(D::NAMESPACE, "mget", &full_keys[0], &error);
+                self.swallowed("mget", &full_keys[0], &error);
+                for _ in keys {
+                    self.observe(CacheEvent::Miss);
+                }
                 return Ok(misses(keys.len()));
             }
         };
         let mut values = Vec::with_capacity(raw.len());
         for (key, stored) in full_keys.iter().zip(raw) {
-            values.push(match stored {
+            let value = match stored {
                 Some(bytes) => self.decode_or_invalidate(key, bytes).await,
                 None => None,
+            };
+            self.observe(if value.is_some() {
+                CacheEvent::Hit
+            } else {
+                CacheEvent::Miss
             });
+            values.push(value);
         }
         Ok(values)
     }
@@ -276,8 +474,9 @@ impl<D: CacheDefinition> TypedCache<D> {
             .iter()
             .map(|(key, value)| self.entry(key, value))
             .collect::<Result<Vec<_>, _>>()?;
+        self.observe(CacheEvent::Written);
         if let Err(error) = self.backend.mset(&encoded).await {
-            log_backend_error(D::NAMESPACE, "mset", &encoded[0].key, &error);
+            self.swallowed("mset", &encoded[0].key, &error);
         }
         Ok(())
     }
@@ -287,9 +486,10 @@ impl<D: CacheDefinition> TypedCache<D> {
             Ok(value) => Some(value),
             Err(error) => {
                 tracing::warn!(namespace = D::NAMESPACE, %key, %error, len = raw.len(), "corrupt cache entry; invalidating");
+                self.observe(CacheEvent::CorruptRemoved);
                 // Compare-and-delete: a valid value written meanwhile survives.
                 if let Err(error) = self.backend.compare_and_delete(key, &raw).await {
-                    log_backend_error(D::NAMESPACE, "invalidate", key, &error);
+                    self.swallowed("invalidate", key, &error);
                 }
                 None
             }
@@ -326,7 +526,23 @@ pub(crate) fn log_backend_error(
 /// How often the same kind of swallowed backend error may be logged.
 pub const LOG_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
 
-fn check_batch(requested: usize) -> Result<(), CacheError> {
+/// `ttl` shortened by up to `fraction` of it, `unit` (0 to 1) saying how far:
+/// never longer than `ttl`, never shorter than `ttl * (1 - fraction)`, and
+/// at least a millisecond. `None` (no expiry) stays `None`.
+pub(crate) fn jittered(ttl: Option<Duration>, fraction: f64, unit: f64) -> Option<Duration> {
+    let ttl = ttl?;
+    if fraction <= 0.0 {
+        return Some(ttl);
+    }
+    let cut = ttl.mul_f64((fraction * unit).clamp(0.0, 1.0));
+    Some(
+        ttl.saturating_sub(cut)
+            .max(Duration::from_millis(1))
+            .min(ttl),
+    )
+}
+
+pub(crate) fn check_batch(requested: usize) -> Result<(), CacheError> {
     if requested > MAX_BATCH {
         return Err(CacheError::BatchTooLarge {
             requested,

@@ -1,0 +1,937 @@
+//! Read-through caching: `get_or_load` and `mget_or_load`, with single-flight
+//! (concurrent misses for one key share one load), negative caching, a bound
+//! on every load, and the observer seam every outcome passes through.
+//!
+//! Runtime-free: a shared future (`futures::future::Shared`) carries a load
+//! to every waiter, a `std` mutex guards the table of loads in flight, and
+//! the bound on a load comes from a [`Timer`] port that the application
+//! implements with its runtime.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
+
+use crate::error::CacheError;
+use crate::typed::{CacheDefinition, TypedCache, check_batch};
+
+/// Sleeps: the one thing the cache core needs from a runtime, to bound loads.
+///
+/// Boxed future: implementations live behind `Arc<dyn Timer>`.
+pub trait Timer: Send + Sync {
+    /// Completes after `duration`.
+    fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()>;
+}
+
+/// What happened in a typed cache, for an observer (metrics, tests).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheEvent {
+    /// A read found a value.
+    Hit,
+    /// A read found nothing (or the backend failed: see `BackendError`).
+    Miss,
+    /// A read found a remembered "no such entry" (negative caching).
+    NegativeHit,
+    /// A loader ran; `found` is whether it returned a value.
+    Loaded {
+        /// How long the load took.
+        elapsed: Duration,
+        /// Whether it found a value.
+        found: bool,
+    },
+    /// A loader failed or timed out; nothing was cached.
+    LoadFailed {
+        /// How long until it failed.
+        elapsed: Duration,
+    },
+    /// A caller waited for a load another caller started (single-flight).
+    Coalesced,
+    /// A stored value did not decode and was removed.
+    CorruptRemoved,
+    /// A value was written.
+    Written,
+    /// A backend error was swallowed (the operation became a miss or a no-op).
+    BackendError,
+}
+
+/// Sees every outcome of the typed caches it is attached to.
+///
+/// Called inline on the request path: keep it cheap (counters). No observer
+/// attached costs one branch.
+pub trait CacheObserver: Send + Sync {
+    /// `namespace` is the cache's; `event` what happened.
+    fn observe(&self, namespace: &'static str, event: CacheEvent);
+}
+
+/// How a read-through load failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LoadError<E> {
+    /// The loader failed; every waiter gets its error, and nothing is cached.
+    #[error("loading failed: {0}")]
+    Loader(E),
+    /// The load took longer than its bound; nothing is cached.
+    #[error("loading took longer than {0:?}")]
+    TimedOut(Duration),
+    /// The caller asked for something the cache refuses (a batch over 100).
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    /// A load started with another error type failed (a programming slip:
+    /// two loaders of different kinds for one cache); its message.
+    #[error("loading failed: {0}")]
+    Other(String),
+}
+
+/// The outcome every waiter of one load shares.
+#[derive(Clone)]
+enum Failure {
+    Loader {
+        error: Arc<dyn Any + Send + Sync>,
+        message: String,
+    },
+    TimedOut(Duration),
+}
+
+impl Failure {
+    fn into_load_error<E: Clone + 'static>(self) -> LoadError<E> {
+        match self {
+            Failure::Loader { error, message } => match error.downcast_ref::<E>() {
+                Some(error) => LoadError::Loader(error.clone()),
+                None => LoadError::Other(message),
+            },
+            Failure::TimedOut(bound) => LoadError::TimedOut(bound),
+        }
+    }
+}
+
+type SharedLoad<V> = Shared<BoxFuture<'static, Result<Option<V>, Failure>>>;
+/// One batch load, shared by the share of each of its keys.
+type SharedBatch<V> = Shared<BoxFuture<'static, Result<Arc<HashMap<String, V>>, Failure>>>;
+
+/// The loads in flight of one typed cache, by full key.
+pub(crate) struct Flights<V> {
+    table: Mutex<HashMap<String, (u64, SharedLoad<V>)>>,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl<V> Default for Flights<V> {
+    fn default() -> Self {
+        Self {
+            table: Mutex::new(HashMap::new()),
+            next: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+}
+
+impl<V> Flights<V> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, SharedLoad<V>)>> {
+        // A panic while holding it leaves a consistent map (inserts and removes).
+        self.table
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Removes `key`'s load if it is still load `id` (not a newer one).
+    fn finish(&self, key: &str, id: u64) {
+        let mut table = self.lock();
+        if table.get(key).is_some_and(|(current, _)| *current == id) {
+            table.remove(key);
+        }
+    }
+
+    /// Loads in flight (for tests).
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.lock().len()
+    }
+}
+
+/// Remembered "no such entry" answers, in this process only, until they expire.
+///
+/// In-process on purpose: a marker written to Redis would sit in the seed's
+/// namespaces, where the Python service would read a value it cannot parse.
+pub(crate) struct Negatives {
+    table: Mutex<HashMap<String, Instant>>,
+}
+
+/// The most negative entries one cache keeps; past it, new ones are not
+/// remembered until old ones expire (a flood of unknown keys cannot grow it).
+const MAX_NEGATIVES: usize = 10_000;
+
+impl Default for Negatives {
+    fn default() -> Self {
+        Self {
+            table: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl Negatives {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
+        self.table
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn contains(&self, key: &str) -> bool {
+        let mut table = self.lock();
+        match table.get(key) {
+            Some(until) if *until > Instant::now() => true,
+            Some(_) => {
+                table.remove(key);
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn remember(&self, key: String, ttl: Duration) {
+        let now = Instant::now();
+        let mut table = self.lock();
+        if table.len() >= MAX_NEGATIVES {
+            table.retain(|_, until| *until > now);
+            if table.len() >= MAX_NEGATIVES {
+                return;
+            }
+        }
+        table.insert(key, now + ttl);
+    }
+
+    pub(crate) fn forget(&self, key: &str) {
+        self.lock().remove(key);
+    }
+}
+
+impl<D: CacheDefinition> TypedCache<D>
+where
+    D::Value: Clone,
+{
+    /// Returns the value at `key`; on a miss, runs `loader` and stores what
+    /// it returns (with this cache's TTL, jittered).
+    ///
+    /// - `loader` answers `Ok(Some(value))`, `Ok(None)` ("there is no such
+    ///   entry": remembered in this process for the cache's negative TTL, if it
+    ///   has one), or `Err(e)` (reaches every waiter, cached nowhere).
+    /// - Single-flight: concurrent callers for the same missing key in this
+    ///   process share one call of `loader` and get the same result. A caller
+    ///   that is dropped (its request cancelled) does not stop the load for
+    ///   the others.
+    /// - Every load is cut at the cache's load bound (when a [`Timer`] is
+    ///   given): [`LoadError::TimedOut`], nothing cached, no waiter waits longer.
+    /// - A backend failure is a miss, as for [`TypedCache::get`]; a value that
+    ///   cannot be stored is still returned.
+    ///
+    /// ```
+    /// # use ports::{CacheDefinition, TextCodec, TypedCache, LoadError};
+    /// # struct Squares;
+    /// # impl CacheDefinition for Squares {
+    /// #     type Key = i64; type Value = i64; type Codec = TextCodec;
+    /// #     const NAMESPACE: &'static str = "squares";
+    /// # }
+    /// #[derive(Debug, Clone, thiserror::Error)]
+    /// #[error("the store is down")]
+    /// struct StoreDown;
+    ///
+    /// async fn square(cache: &TypedCache<Squares>, n: i64) -> Result<Option<i64>, LoadError<StoreDown>> {
+    ///     // A hit returns the cached value; a miss runs the loader once for
+    ///     // every concurrent caller, and caches what it finds.
+    ///     cache.get_or_load(&n, move || async move { Ok(Some(n * n)) }).await
+    /// }
+    /// ```
+    ///
+    /// # Errors
+    /// [`LoadError::Loader`] with the loader's error; [`LoadError::TimedOut`].
+    pub async fn get_or_load<E, F, Fut>(
+        &self,
+        key: &D::Key,
+        loader: F,
+    ) -> Result<Option<D::Value>, LoadError<E>>
+    where
+        E: std::error::Error + Clone + Send + Sync + 'static,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Option<D::Value>, E>> + Send + 'static,
+    {
+        let full = self.key(key);
+        if let Some(value) = self.read(&full).await {
+            return Ok(Some(value));
+        }
+        if self.negatives.contains(&full) {
+            self.observe(crate::CacheEvent::NegativeHit);
+            return Ok(None);
+        }
+        let load = self.start_or_join(full, || {
+            loader()
+                .map(|result| result.map_err(|error| wrap(&error)))
+                .boxed()
+        });
+        load.await.map_err(Failure::into_load_error)
+    }
+
+    /// Returns the values of `keys` in order (`None` where there is none),
+    /// loading the misses: one MGET; keys another caller is loading already
+    /// are awaited; the rest go to `batch_loader` in one call, and what it
+    /// returns is written in one pipelined round trip. Keys `batch_loader`
+    /// does not return are "no such entry" (remembered per the negative TTL).
+    ///
+    /// # Errors
+    /// [`LoadError::Cache`] for more than [`crate::MAX_BATCH`] keys;
+    /// [`LoadError::Loader`] / [`LoadError::TimedOut`] when a load the answer
+    /// depends on failed.
+    pub async fn mget_or_load<E, F, Fut>(
+        &self,
+        keys: &[D::Key],
+        batch_loader: F,
+    ) -> Result<Vec<Option<D::Value>>, LoadError<E>>
+    where
+        D::Key: Clone + Send + 'static,
+        E: std::error::Error + Clone + Send + Sync + 'static,
+        F: FnOnce(Vec<D::Key>) -> Fut,
+        Fut: Future<Output = Result<Vec<(D::Key, D::Value)>, E>> + Send + 'static,
+    {
+        check_batch(keys.len())?;
+        let cached = self.mget(keys).await?;
+        let full_keys: Vec<String> = keys.iter().map(|k| self.key(k)).collect();
+        let mut answers: Vec<Option<D::Value>> = Vec::with_capacity(keys.len());
+        let mut waiting: Vec<(usize, SharedLoad<D::Value>)> = Vec::new();
+        let mut to_load: Vec<(usize, D::Key, String)> = Vec::new();
+        for (index, (found, (key, full))) in cached
+            .into_iter()
+            .zip(keys.iter().zip(&full_keys))
+            .enumerate()
+        {
+            answers.push(None);
+            match found {
+                Some(value) => answers[index] = Some(value),
+                None if self.negatives.contains(full) => {
+                    self.observe(crate::CacheEvent::NegativeHit);
+                }
+                None => to_load.push((index, key.clone(), full.clone())),
+            }
+        }
+        if !to_load.is_empty() {
+            // Keys being loaded already are joined; the others form one batch.
+            let mut mine: Vec<(usize, D::Key, String)> = Vec::new();
+            if self.loading.single_flight {
+                let table = self.flights.lock();
+                for (index, key, full) in to_load {
+                    match table.get(&full) {
+                        Some((_, load)) => {
+                            self.observe(crate::CacheEvent::Coalesced);
+                            waiting.push((index, load.clone()));
+                        }
+                        None => mine.push((index, key, full)),
+                    }
+                }
+            } else {
+                mine = to_load;
+            }
+            if !mine.is_empty() {
+                for (index, load) in self.start_batch(mine, batch_loader) {
+                    waiting.push((index, load));
+                }
+            }
+        }
+        let results = futures::future::join_all(
+            waiting
+                .into_iter()
+                .map(|(index, load)| load.map(move |result| (index, result))),
+        )
+        .await;
+        for (index, result) in results {
+            answers[index] = result.map_err(Failure::into_load_error)?;
+        }
+        Ok(answers)
+    }
+
+    /// Forgets a remembered "no such entry" for `key` (after creating it).
+    pub fn forget_absence(&self, key: &D::Key) {
+        self.negatives.forget(&self.key(key));
+    }
+
+    /// Joins the load of `full` in flight, or starts one with `make`.
+    fn start_or_join(
+        &self,
+        full: String,
+        make: impl FnOnce() -> BoxFuture<'static, Result<Option<D::Value>, Failure>>,
+    ) -> SharedLoad<D::Value> {
+        if !self.loading.single_flight {
+            return self.load_future(full, None, make());
+        }
+        let mut table = self.flights.lock();
+        if let Some((_, load)) = table.get(&full) {
+            self.observe(crate::CacheEvent::Coalesced);
+            return load.clone();
+        }
+        let id = self
+            .flights
+            .next
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let load = self.load_future(full.clone(), Some(id), make());
+        table.insert(full, (id, load.clone()));
+        load
+    }
+
+    /// The shared future of one load: bounded, stores what it found,
+    /// remembers an absence, observes, and leaves the table of flights.
+    fn load_future(
+        &self,
+        full: String,
+        id: Option<u64>,
+        loader: BoxFuture<'static, Result<Option<D::Value>, Failure>>,
+    ) -> SharedLoad<D::Value> {
+        let cache = self.clone();
+        let flights: Weak<Flights<D::Value>> = Arc::downgrade(&self.flights);
+        async move {
+            let started = Instant::now();
+            let result = cache.bounded(loader).await;
+            match &result {
+                Ok(Some(value)) => {
+                    cache.observe(crate::CacheEvent::Loaded {
+                        elapsed: started.elapsed(),
+                        found: true,
+                    });
+                    cache.store(&full, value).await;
+                }
+                Ok(None) => {
+                    cache.observe(crate::CacheEvent::Loaded {
+                        elapsed: started.elapsed(),
+                        found: false,
+                    });
+                    if let Some(ttl) = cache.loading.negative_ttl {
+                        cache.negatives.remember(full.clone(), ttl);
+                    }
+                }
+                Err(_) => cache.observe(crate::CacheEvent::LoadFailed {
+                    elapsed: started.elapsed(),
+                }),
+            }
+            if let (Some(id), Some(flights)) = (id, flights.upgrade()) {
+                flights.finish(&full, id);
+            }
+            result
+        }
+        .boxed()
+        .shared()
+    }
+
+    /// Starts one batch load for `mine`; returns each key's share of it.
+    fn start_batch<E, F, Fut>(
+        &self,
+        mine: Vec<(usize, D::Key, String)>,
+        batch_loader: F,
+    ) -> Vec<(usize, SharedLoad<D::Value>)>
+    where
+        D::Key: Clone + Send + 'static,
+        E: std::error::Error + Clone + Send + Sync + 'static,
+        F: FnOnce(Vec<D::Key>) -> Fut,
+        Fut: Future<Output = Result<Vec<(D::Key, D::Value)>, E>> + Send + 'static,
+    {
+        let keys: Vec<D::Key> = mine.iter().map(|(_, key, _)| key.clone()).collect();
+        let fulls: Vec<String> = mine.iter().map(|(_, _, full)| full.clone()).collect();
+        let loader = batch_loader(keys).map(|result| result.map_err(|error| wrap(&error)));
+        let cache = self.clone();
+        let batch_fulls = fulls.clone();
+        let batch: SharedBatch<D::Value> = async move {
+            let started = Instant::now();
+            let result = cache.bounded(loader.boxed()).await;
+            let result = result.map(|found| {
+                found
+                    .into_iter()
+                    .map(|(key, value)| (cache.key(&key), value))
+                    .collect::<HashMap<String, D::Value>>()
+            });
+            match &result {
+                Ok(found) => {
+                    cache.observe(crate::CacheEvent::Loaded {
+                        elapsed: started.elapsed(),
+                        found: !found.is_empty(),
+                    });
+                    cache.store_many(found).await;
+                    if let Some(ttl) = cache.loading.negative_ttl {
+                        for full in batch_fulls.iter().filter(|f| !found.contains_key(*f)) {
+                            cache.negatives.remember(full.clone(), ttl);
+                        }
+                    }
+                }
+                Err(_) => cache.observe(crate::CacheEvent::LoadFailed {
+                    elapsed: started.elapsed(),
+                }),
+            }
+            result.map(Arc::new)
+        }
+        .boxed()
+        .shared();
+        let mut shares = Vec::with_capacity(mine.len());
+        let mut table = self.flights.lock();
+        for ((index, _, _), full) in mine.into_iter().zip(fulls) {
+            let id = self
+                .flights
+                .next
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let flights: Weak<Flights<D::Value>> = Arc::downgrade(&self.flights);
+            let single_flight = self.loading.single_flight;
+            let key = full.clone();
+            let share: SharedLoad<D::Value> = batch
+                .clone()
+                .map(move |result| {
+                    if let Some(flights) = flights.upgrade() {
+                        flights.finish(&key, id);
+                    }
+                    result.map(|found| found.get(&key).cloned())
+                })
+                .boxed()
+                .shared();
+            if single_flight {
+                table.insert(full, (id, share.clone()));
+            }
+            shares.push((index, share));
+        }
+        shares
+    }
+
+    /// `loader`, cut at the load bound when there is a timer.
+    async fn bounded<T>(
+        &self,
+        loader: BoxFuture<'static, Result<T, Failure>>,
+    ) -> Result<T, Failure> {
+        let (Some(timer), Some(bound)) = (&self.loading.timer, self.loading.load_timeout) else {
+            return loader.await;
+        };
+        let sleep = timer.sleep(bound);
+        futures::pin_mut!(sleep);
+        match futures::future::select(loader, sleep).await {
+            futures::future::Either::Left((result, _)) => result,
+            futures::future::Either::Right(((), _)) => Err(Failure::TimedOut(bound)),
+        }
+    }
+}
+
+fn wrap<E: std::error::Error + Clone + Send + Sync + 'static>(error: &E) -> Failure {
+    Failure::Loader {
+        message: error.to_string(),
+        error: Arc::new(error.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use async_trait::async_trait;
+    use bytes::Bytes;
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::backend::{CacheBackend, Entry};
+    use crate::codec::TextCodec;
+    use crate::error::BackendError;
+    use crate::typed::jittered;
+
+    /// A backend over a map, counting its round trips.
+    #[derive(Default)]
+    struct MapBackend {
+        map: Mutex<HashMap<String, Bytes>>,
+        mgets: AtomicUsize,
+        msets: AtomicUsize,
+        ttls: Mutex<Vec<Option<Duration>>>,
+    }
+
+    #[async_trait]
+    impl CacheBackend for MapBackend {
+        fn name(&self) -> &'static str {
+            "map"
+        }
+        async fn get(&self, key: &str) -> Result<Option<Bytes>, BackendError> {
+            Ok(self.map.lock().unwrap().get(key).cloned())
+        }
+        async fn set(
+            &self,
+            key: &str,
+            value: Bytes,
+            ttl: Option<Duration>,
+        ) -> Result<(), BackendError> {
+            self.ttls.lock().unwrap().push(ttl);
+            self.map.lock().unwrap().insert(key.to_owned(), value);
+            Ok(())
+        }
+        async fn delete(&self, key: &str) -> Result<bool, BackendError> {
+            Ok(self.map.lock().unwrap().remove(key).is_some())
+        }
+        async fn compare_and_delete(&self, key: &str, _: &[u8]) -> Result<bool, BackendError> {
+            self.delete(key).await
+        }
+        async fn mget(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>, BackendError> {
+            self.mgets.fetch_add(1, Ordering::SeqCst);
+            let map = self.map.lock().unwrap();
+            Ok(keys.iter().map(|k| map.get(k).cloned()).collect())
+        }
+        async fn mset(&self, entries: &[Entry]) -> Result<(), BackendError> {
+            self.msets.fetch_add(1, Ordering::SeqCst);
+            let mut map = self.map.lock().unwrap();
+            for entry in entries {
+                map.insert(entry.key.clone(), entry.value.clone());
+            }
+            Ok(())
+        }
+        async fn ping(&self) -> Result<(), BackendError> {
+            Ok(())
+        }
+    }
+
+    struct Squares;
+    impl CacheDefinition for Squares {
+        type Key = i64;
+        type Value = i64;
+        type Codec = TextCodec;
+        const NAMESPACE: &'static str = "test:squares";
+    }
+
+    #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+    #[error("the store is down")]
+    struct StoreDown;
+
+    struct TokioTimer;
+    impl Timer for TokioTimer {
+        fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {
+            tokio::time::sleep(duration).boxed()
+        }
+    }
+
+    #[derive(Default)]
+    struct Events(Mutex<Vec<CacheEvent>>);
+    impl CacheObserver for Events {
+        fn observe(&self, _: &'static str, event: CacheEvent) {
+            self.0.lock().unwrap().push(event);
+        }
+    }
+    impl Events {
+        fn count(&self, wanted: fn(&CacheEvent) -> bool) -> usize {
+            self.0.lock().unwrap().iter().filter(|e| wanted(e)).count()
+        }
+    }
+
+    fn cache(backend: &Arc<MapBackend>) -> TypedCache<Squares> {
+        TypedCache::new(backend.clone() as crate::SharedBackend)
+    }
+
+    /// A loader that counts its calls and answers once `gate` opens.
+    fn gated_loader(
+        calls: &Arc<AtomicUsize>,
+        gate: &Arc<tokio::sync::Notify>,
+        answer: Result<Option<i64>, StoreDown>,
+    ) -> impl FnOnce() -> BoxFuture<'static, Result<Option<i64>, StoreDown>> + use<> {
+        let (calls, gate) = (calls.clone(), gate.clone());
+        move || {
+            async move {
+                calls.fetch_add(1, Ordering::SeqCst);
+                gate.notified().await;
+                answer
+            }
+            .boxed()
+        }
+    }
+
+    #[tokio::test]
+    async fn concurrent_misses_for_one_key_share_one_load() {
+        let backend = Arc::new(MapBackend::default());
+        let cache = cache(&backend);
+        let calls = Arc::new(AtomicUsize::new(0));
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let waiters: Vec<_> = (0..100)
+            .map(|_| {
+                let (cache, loader) = (cache.clone(), gated_loader(&calls, &gate, Ok(Some(49))));
+                tokio::spawn(async move { cache.get_or_load(&7, loader).await })
+            })
+            .collect();
+        while calls.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        gate.notify_waiters();
+        for waiter in waiters {
+            assert_eq!(waiter.await.unwrap(), Ok(Some(49)));
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert_eq!(cache.get(&7).await, Some(49), "the loaded value is cached");
+        assert_eq!(cache.flights.len(), 0, "the flight is over");
+    }
+
+    #[tokio::test]
+    async fn a_loader_error_reaches_every_waiter_and_is_not_cached() {
+        let backend = Arc::new(MapBackend::default());
+        let cache = cache(&backend);
+        let calls = Arc::new(AtomicUsize::new(0));
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let waiters: Vec<_> = (0..5)
+            .map(|_| {
+                let (cache, loader) = (cache.clone(), gated_loader(&calls, &gate, Err(StoreDown)));
+                tokio::spawn(async move { cache.get_or_load(&3, loader).await })
+            })
+            .collect();
+        while calls.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        gate.notify_waiters();
+        for waiter in waiters {
+            assert_eq!(waiter.await.unwrap(), Err(LoadError::Loader(StoreDown)));
+        }
+        // Not cached: the next call loads again.
+        let again = cache
+            .get_or_load(&3, || async { Ok::<_, StoreDown>(Some(9)) })
+            .await;
+        assert_eq!(again, Ok(Some(9)));
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_first_caller_does_not_stop_the_load_for_the_others() {
+        let backend = Arc::new(MapBackend::default());
+        let cache = cache(&backend);
+        let calls = Arc::new(AtomicUsize::new(0));
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let first = {
+            let (cache, loader) = (cache.clone(), gated_loader(&calls, &gate, Ok(Some(16))));
+            tokio::spawn(async move { cache.get_or_load(&4, loader).await })
+        };
+        while calls.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        let second = {
+            let (cache, loader) = (cache.clone(), gated_loader(&calls, &gate, Ok(Some(-1))));
+            tokio::spawn(async move { cache.get_or_load(&4, loader).await })
+        };
+        tokio::task::yield_now().await;
+        first.abort();
+        assert!(first.await.unwrap_err().is_cancelled());
+        gate.notify_waiters();
+        assert_eq!(
+            second.await.unwrap(),
+            Ok(Some(16)),
+            "the first load, finished"
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_load_longer_than_its_bound_times_out_for_every_waiter() {
+        let backend = Arc::new(MapBackend::default());
+        let cache = cache(&backend)
+            .with_timer(Arc::new(TokioTimer))
+            .with_load_timeout(Duration::from_millis(300));
+        let started = tokio::time::Instant::now();
+        let result = cache
+            .get_or_load(&5, || {
+                std::future::pending::<Result<Option<i64>, StoreDown>>()
+            })
+            .await;
+        assert_eq!(result, Err(LoadError::TimedOut(Duration::from_millis(300))));
+        assert_eq!(started.elapsed(), Duration::from_millis(300));
+        assert_eq!(cache.get(&5).await, None, "nothing cached");
+        assert_eq!(cache.flights.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn without_single_flight_every_miss_loads() {
+        let backend = Arc::new(MapBackend::default());
+        let cache = cache(&backend).with_single_flight(false);
+        let calls = Arc::new(AtomicUsize::new(0));
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let waiters: Vec<_> = (0..10)
+            .map(|_| {
+                let (cache, loader) = (cache.clone(), gated_loader(&calls, &gate, Ok(Some(1))));
+                tokio::spawn(async move { cache.get_or_load(&1, loader).await })
+            })
+            .collect();
+        while calls.load(Ordering::SeqCst) < 10 {
+            tokio::task::yield_now().await;
+        }
+        gate.notify_waiters();
+        for waiter in waiters {
+            assert_eq!(waiter.await.unwrap(), Ok(Some(1)));
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 10);
+    }
+
+    #[tokio::test]
+    async fn no_such_entry_is_remembered_for_the_negative_ttl_then_asked_again() {
+        let backend = Arc::new(MapBackend::default());
+        let cache = cache(&backend).with_negative_ttl(Some(Duration::from_millis(80)));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let load = || {
+            let calls = calls.clone();
+            move || async move {
+                calls.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, StoreDown>(None)
+            }
+        };
+        for _ in 0..5 {
+            assert_eq!(cache.get_or_load(&404, load()).await, Ok(None));
+        }
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            1,
+            "repeats within the TTL stay home"
+        );
+        assert!(
+            backend.map.lock().unwrap().is_empty(),
+            "nothing written to the backend"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(cache.get_or_load(&404, load()).await, Ok(None));
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            2,
+            "asked again after it expired"
+        );
+        // Off by default: every miss asks.
+        let plain = self::cache(&backend);
+        for _ in 0..3 {
+            assert_eq!(plain.get_or_load(&405, load()).await, Ok(None));
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 5);
+    }
+
+    #[tokio::test]
+    async fn mget_or_load_asks_the_batch_loader_once_for_the_misses_and_writes_once() {
+        let backend = Arc::new(MapBackend::default());
+        let cache = cache(&backend);
+        cache.set(&1, &1).await.unwrap();
+        cache.set(&2, &4).await.unwrap();
+        let asked = Arc::new(Mutex::new(Vec::new()));
+        let loader = {
+            let asked = asked.clone();
+            move |keys: Vec<i64>| async move {
+                asked.lock().unwrap().push(keys.clone());
+                // 13 does not exist.
+                Ok::<_, StoreDown>(
+                    keys.into_iter()
+                        .filter(|k| *k != 13)
+                        .map(|k| (k, k * k))
+                        .collect(),
+                )
+            }
+        };
+        let values = cache.mget_or_load(&[1, 2, 3, 13, 5], loader).await;
+        assert_eq!(values, Ok(vec![Some(1), Some(4), Some(9), None, Some(25)]));
+        assert_eq!(*asked.lock().unwrap(), vec![vec![3, 13, 5]]);
+        assert_eq!(backend.mgets.load(Ordering::SeqCst), 1);
+        assert_eq!(backend.msets.load(Ordering::SeqCst), 1);
+        assert_eq!(cache.get(&5).await, Some(25));
+    }
+
+    #[tokio::test]
+    async fn mget_or_load_waits_for_keys_another_caller_is_loading() {
+        let backend = Arc::new(MapBackend::default());
+        let cache = cache(&backend);
+        let calls = Arc::new(AtomicUsize::new(0));
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let single = {
+            let (cache, loader) = (cache.clone(), gated_loader(&calls, &gate, Ok(Some(36))));
+            tokio::spawn(async move { cache.get_or_load(&6, loader).await })
+        };
+        while calls.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        let asked = Arc::new(Mutex::new(Vec::new()));
+        let batch = {
+            let (cache, asked) = (cache.clone(), asked.clone());
+            tokio::spawn(async move {
+                cache
+                    .mget_or_load(&[6, 7], move |keys: Vec<i64>| async move {
+                        asked.lock().unwrap().push(keys.clone());
+                        Ok::<_, StoreDown>(keys.into_iter().map(|k| (k, k * k)).collect())
+                    })
+                    .await
+            })
+        };
+        while asked.lock().unwrap().is_empty() {
+            tokio::task::yield_now().await;
+        }
+        gate.notify_waiters();
+        assert_eq!(batch.await.unwrap(), Ok(vec![Some(36), Some(49)]));
+        assert_eq!(single.await.unwrap(), Ok(Some(36)));
+        assert_eq!(
+            *asked.lock().unwrap(),
+            vec![vec![7]],
+            "6 was awaited, not loaded twice"
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn every_outcome_passes_through_the_observer() {
+        let backend = Arc::new(MapBackend::default());
+        let events = Arc::new(Events::default());
+        let cache = cache(&backend)
+            .with_observer(events.clone())
+            .with_negative_ttl(Some(Duration::from_secs(60)));
+        let _ = cache
+            .get_or_load(&2, || async { Ok::<_, StoreDown>(Some(4)) })
+            .await;
+        let _ = cache
+            .get_or_load(&2, || async { Ok::<_, StoreDown>(Some(4)) })
+            .await;
+        let _ = cache
+            .get_or_load(&3, || async { Ok::<_, StoreDown>(None) })
+            .await;
+        let _ = cache
+            .get_or_load(&3, || async { Ok::<_, StoreDown>(None) })
+            .await;
+        let _ = cache
+            .get_or_load(&4, || async { Err::<Option<i64>, _>(StoreDown) })
+            .await;
+        assert_eq!(events.count(|e| *e == CacheEvent::Hit), 1);
+        // A negative hit is a cache miss first: 2, 3, 3 again, 4.
+        assert_eq!(events.count(|e| *e == CacheEvent::Miss), 4);
+        assert_eq!(events.count(|e| *e == CacheEvent::NegativeHit), 1);
+        assert_eq!(
+            events.count(|e| matches!(e, CacheEvent::Loaded { found: true, .. })),
+            1
+        );
+        assert_eq!(
+            events.count(|e| matches!(e, CacheEvent::Loaded { found: false, .. })),
+            1
+        );
+        assert_eq!(
+            events.count(|e| matches!(e, CacheEvent::LoadFailed { .. })),
+            1
+        );
+        assert_eq!(events.count(|e| *e == CacheEvent::Written), 1);
+    }
+
+    #[tokio::test]
+    async fn writes_are_jittered_below_the_ttl() {
+        let backend = Arc::new(MapBackend::default());
+        let cache = cache(&backend).with_ttl_jitter(0.1);
+        for n in 0..200 {
+            cache.set(&n, &n).await.unwrap();
+        }
+        let ttls = backend.ttls.lock().unwrap().clone();
+        let ttl = Duration::from_secs(600);
+        assert!(
+            ttls.iter()
+                .all(|t| t.is_some_and(|t| t <= ttl && t >= ttl.mul_f64(0.9)))
+        );
+        let distinct: std::collections::HashSet<_> = ttls.iter().collect();
+        assert!(distinct.len() > 100, "keys written together expire apart");
+    }
+
+    proptest! {
+        #[test]
+        fn a_jittered_ttl_is_never_longer_than_the_ttl_nor_shorter_than_the_fraction_allows(
+            secs in 1u64..10_000_000,
+            fraction in 0.0f64..=1.0,
+            unit in 0.0f64..=1.0,
+        ) {
+            let ttl = Duration::from_secs(secs);
+            let got = jittered(Some(ttl), fraction, unit).unwrap();
+            prop_assert!(got <= ttl);
+            prop_assert!(got >= ttl.mul_f64(1.0 - fraction).saturating_sub(Duration::from_millis(1)).max(Duration::from_millis(1)).min(ttl));
+            prop_assert_eq!(jittered(None, fraction, unit), None);
+        }
+    }
+}
