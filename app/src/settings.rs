@@ -660,7 +660,11 @@ mod tests {
     fn bad_values_name_their_key_and_what_is_accepted() {
         let cases: [(&str, &str, &str); 13] = [
             ("CACHEMANAGER__CACHE__TTL_JITTER", "1.5", "cache.ttl_jitter"),
-            ("CACHEMANAGER__CACHE__LOAD_TIMEOUT_MS", "0", "cache.load_timeout_ms"),
+            (
+                "CACHEMANAGER__CACHE__LOAD_TIMEOUT_MS",
+                "0",
+                "cache.load_timeout_ms",
+            ),
             ("CACHEMANAGER__CACHE__BACKEND", "memcached", "cache.backend"),
             ("CACHEMANAGER__SERVER__PORT", "70000", "server.port"),
             ("CACHEMANAGER__SERVER__PORT", "-1", "server.port"),

@@ -15,7 +15,7 @@ mod ports;
 mod service;
 mod user;
 
-pub use caches::{IdToUuid, IdToUuidCache, UuidToId, UuidToIdCache};
+pub use caches::{IdToUuid, IdToUuidCache, UserRecordCache, UserRecords, UuidToId, UuidToIdCache};
 pub use error::{RepositoryError, UserError, ValidationError};
 pub use manager::CacheManager;
 #[cfg(any(test, feature = "mocks"))]

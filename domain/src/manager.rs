@@ -3,9 +3,12 @@
 
 use std::sync::Arc;
 
-use ports::{BackendError, CachePolicy, SharedBackend, Timer, TypedCache, WriteBatch};
+use ports::{BackendError, CachePolicy, Entry, SharedBackend, Timer, TypedCache, WriteBatch};
 
-use crate::caches::{IdToUuid, IdToUuidCache, UuidToId, UuidToIdCache};
+use crate::User;
+use crate::caches::{
+    IdToUuid, IdToUuidCache, UserRecordCache, UserRecords, UuidToId, UuidToIdCache,
+};
 
 /// Holds the backend and every typed cache built on it.
 ///
@@ -14,6 +17,7 @@ use crate::caches::{IdToUuid, IdToUuidCache, UuidToId, UuidToIdCache};
 #[derive(Clone)]
 pub struct CacheManager {
     backend: SharedBackend,
+    records: UserRecordCache,
     uuid_to_id: UuidToIdCache,
     id_to_uuid: IdToUuidCache,
 }
@@ -22,6 +26,7 @@ impl std::fmt::Debug for CacheManager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CacheManager")
             .field("backend", &self.backend.name())
+            .field("records", &self.records)
             .field("uuid_to_id", &self.uuid_to_id)
             .field("id_to_uuid", &self.id_to_uuid)
             .finish()
@@ -56,11 +61,35 @@ impl CacheManager {
     }
 
     fn build(backend: SharedBackend, policy: &CachePolicy, timer: Option<&Arc<dyn Timer>>) -> Self {
+        let uuid_to_id = typed::<UuidToId>(&backend, policy, timer);
+        let id_to_uuid = typed::<IdToUuid>(&backend, policy, timer);
+        // Every record a load stores brings the seed's two mappings along, in
+        // the same round trip, byte-compatible: the Python service sharing the
+        // Redis gets hits from what we load.
+        let mappings = {
+            let (uuid_to_id, id_to_uuid) = (uuid_to_id.clone(), id_to_uuid.clone());
+            move |user: &User| {
+                [
+                    uuid_to_id.entry(&user.uuid(), &user.id()),
+                    id_to_uuid.entry(&user.id(), &user.uuid()),
+                ]
+                .into_iter()
+                .filter_map(Result::ok)
+                .collect::<Vec<Entry>>()
+            }
+        };
         Self {
-            uuid_to_id: typed::<UuidToId>(&backend, policy, timer),
-            id_to_uuid: typed::<IdToUuid>(&backend, policy, timer),
+            records: typed::<UserRecords>(&backend, policy, timer)
+                .with_companions(Arc::new(mappings)),
+            uuid_to_id,
+            id_to_uuid,
             backend,
         }
+    }
+
+    /// The user record cache.
+    pub fn records(&self) -> &UserRecordCache {
+        &self.records
     }
 
     /// The uuid-to-id cache.

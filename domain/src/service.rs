@@ -1,12 +1,13 @@
-//! The user service: the seed's cache-aside flows over a repository and the
-//! user caches.
+//! The user service: read-through flows over a repository and the user
+//! caches, with single-flight loading everywhere.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use async_trait::async_trait;
-use ports::MAX_BATCH;
+use ports::{LoadError, MAX_BATCH};
 
-use crate::error::UserError;
+use crate::error::{RepositoryError, UserError};
 use crate::manager::CacheManager;
 use crate::ports::{UserQueries, UserRepository};
 use crate::user::{Page, User, UserId, UserUuid};
@@ -23,81 +24,170 @@ pub struct Lookup {
     pub missing: Vec<UserUuid>,
 }
 
-/// Cache-aside access to users, generic over where they are stored.
+/// Read-through access to users, generic over where they are stored.
 ///
-/// The uuid-to-id and id-to-uuid caches let the store be asked by its cheap
-/// key; a miss asks the store by the key we were given and fills both caches
-/// in one round trip. A cache that fails or lies (a stale mapping) never
-/// changes the answer, only its cost.
-#[derive(Debug, Clone)]
+/// Every read goes through the user record cache (`user:record:{uuid}`):
+/// a warm hit is one cache round trip and no store query. A miss is loaded
+/// once per process however many requests ask at once (single-flight), and an
+/// unknown uuid is remembered for a while in this process (negative caching).
+/// A load fills the record and the seed's two mappings in one round trip, and
+/// reads the seed's uuid-to-id mapping first, so a Python service sharing the
+/// Redis and this one use what the other cached. A cache that fails or lies
+/// (a stale mapping) never changes the answer, only its cost.
+#[derive(Debug)]
 pub struct UserService<R> {
-    repository: R,
+    repository: Arc<R>,
     caches: CacheManager,
 }
 
-impl<R: UserRepository> UserService<R> {
+impl<R> Clone for UserService<R> {
+    fn clone(&self) -> Self {
+        Self {
+            repository: self.repository.clone(),
+            caches: self.caches.clone(),
+        }
+    }
+}
+
+/// A load's failure as the service reports it.
+fn load_failed(error: LoadError<RepositoryError>) -> UserError {
+    match error {
+        LoadError::Loader(error) => UserError::Repository(error),
+        LoadError::TimedOut(bound) => UserError::Repository(RepositoryError::Unavailable(format!(
+            "no answer from the user store within {bound:?}"
+        ))),
+        LoadError::Cache(error) => {
+            UserError::Repository(RepositoryError::Unavailable(error.to_string()))
+        }
+        LoadError::Other(message) => UserError::Repository(RepositoryError::Unavailable(message)),
+    }
+}
+
+impl<R: UserRepository + 'static> UserService<R> {
     /// A service over `repository` and the caches of `caches`.
     pub fn new(repository: R, caches: CacheManager) -> Self {
-        Self { repository, caches }
+        Self {
+            repository: Arc::new(repository),
+            caches,
+        }
     }
 
-    /// Writes both directions of every user's mapping in one round trip.
-    async fn remember(&self, users: &[&User]) {
-        let mut batch = self.caches.batch();
-        for user in users {
-            let written = batch
-                .put(self.caches.uuid_to_id(), &user.uuid(), &user.id())
-                .and_then(|b| b.put(self.caches.id_to_uuid(), &user.id(), &user.uuid()));
-            if let Err(error) = written {
-                // Text-encoded ids and UUIDs cannot fail to encode; should a
-                // future codec fail, the user is still served uncached.
-                tracing::error!(%error, uuid = %user.uuid(), "could not encode user mapping");
+    /// Loads the users of `uuids` from the store, the cheap way where the
+    /// seed's mapping knows their id (ours, or the Python service's). The one
+    /// place users are loaded by uuid; the record cache then writes each
+    /// record with both mappings in one round trip.
+    async fn load_by_uuids(
+        repository: Arc<R>,
+        caches: CacheManager,
+        uuids: Vec<UserUuid>,
+    ) -> Result<Vec<(UserUuid, User)>, RepositoryError> {
+        let mapped = caches
+            .uuid_to_id()
+            .mget(&uuids)
+            .await
+            .unwrap_or_else(|_| vec![None; uuids.len()]);
+        let mut by_id: HashMap<UserId, UserUuid> = HashMap::new();
+        let mut by_uuid: Vec<UserUuid> = Vec::new();
+        for (uuid, id) in uuids.iter().zip(mapped) {
+            match id {
+                // Two uuids cached under one id: at most one is right, so the
+                // second is asked for by uuid rather than dropped.
+                Some(id) if !by_id.contains_key(&id) => {
+                    by_id.insert(id, *uuid);
+                }
+                _ => by_uuid.push(*uuid),
             }
         }
-        batch.commit().await;
+        let mut found: Vec<User> = Vec::with_capacity(uuids.len());
+        if !by_id.is_empty() {
+            let ids: Vec<UserId> = by_id.keys().copied().collect();
+            for user in repository.by_ids(&ids).await? {
+                if by_id.get(&user.id()) == Some(&user.uuid()) {
+                    by_id.remove(&user.id());
+                    found.push(user);
+                }
+            }
+            // What is left was a stale mapping: drop it and ask by uuid.
+            for (id, uuid) in by_id {
+                tracing::info!(%id, %uuid, "stale uuid-to-id entry; invalidating");
+                caches.uuid_to_id().invalidate(&uuid).await;
+                by_uuid.push(uuid);
+            }
+        }
+        if !by_uuid.is_empty() {
+            let wanted: HashSet<UserUuid> = by_uuid.iter().copied().collect();
+            found.extend(
+                repository
+                    .by_uuids(&by_uuid)
+                    .await?
+                    .into_iter()
+                    .filter(|user| wanted.contains(&user.uuid())),
+            );
+        }
+        // The record cache writes each record with both mappings.
+        Ok(found.into_iter().map(|user| (user.uuid(), user)).collect())
     }
 }
 
 #[async_trait]
-impl<R: UserRepository> UserQueries for UserService<R> {
+impl<R: UserRepository + 'static> UserQueries for UserService<R> {
     #[tracing::instrument(level = "debug", skip(self), fields(%uuid))]
     async fn user_by_uuid(&self, uuid: UserUuid) -> Result<User, UserError> {
-        if let Some(id) = self.caches.uuid_to_id().get(&uuid).await {
-            match self.repository.by_id(id).await? {
-                Some(user) if user.uuid() == uuid => return Ok(user),
-                _ => {
-                    tracing::info!(%id, "stale uuid-to-id entry; invalidating");
-                    self.caches.uuid_to_id().invalidate(&uuid).await;
-                }
-            }
-        }
+        let (repository, caches) = (self.repository.clone(), self.caches.clone());
         let user = self
-            .repository
-            .by_uuid(uuid)
-            .await?
-            .ok_or(UserError::NotFoundByUuid(uuid))?;
-        self.remember(&[&user]).await;
-        Ok(user)
+            .caches
+            .records()
+            .get_or_load(&uuid, move || async move {
+                let mut found = Self::load_by_uuids(repository, caches, vec![uuid]).await?;
+                Ok(found.pop().map(|(_, user)| user))
+            })
+            .await
+            .map_err(load_failed)?;
+        user.ok_or(UserError::NotFoundByUuid(uuid))
     }
 
     #[tracing::instrument(level = "debug", skip(self), fields(%id))]
     async fn user_by_id(&self, id: UserId) -> Result<User, UserError> {
-        if let Some(uuid) = self.caches.id_to_uuid().get(&id).await {
-            match self.repository.by_uuid(uuid).await? {
-                Some(user) if user.id() == id => return Ok(user),
-                _ => {
+        // id -> uuid through the seed's mapping (loaded once per process on a
+        // miss), then the record by uuid: the same path as by uuid.
+        for attempt in 0..2 {
+            let repository = self.repository.clone();
+            let records = self.caches.records().clone();
+            let caches = self.caches.clone();
+            let uuid = self
+                .caches
+                .id_to_uuid()
+                .get_or_load(&id, move || async move {
+                    let Some(user) = repository.by_id(id).await? else {
+                        return Ok(None);
+                    };
+                    let uuid = user.uuid();
+                    records.forget_absence(&uuid);
+                    // The record with both mappings, in one round trip.
+                    let mut batch = caches.batch();
+                    let written = batch
+                        .put(&records, &uuid, &user)
+                        .and_then(|b| b.put(caches.uuid_to_id(), &uuid, &user.id()));
+                    if let Err(error) = written {
+                        tracing::error!(%error, %uuid, "could not encode user record");
+                    }
+                    batch.commit().await;
+                    Ok(Some(uuid))
+                })
+                .await
+                .map_err(load_failed)?
+                .ok_or(UserError::NotFoundById(id))?;
+            match self.user_by_uuid(uuid).await {
+                Ok(user) if user.id() == id => return Ok(user),
+                Ok(_) | Err(UserError::NotFoundByUuid(_)) if attempt == 0 => {
                     tracing::info!(%uuid, "stale id-to-uuid entry; invalidating");
                     self.caches.id_to_uuid().invalidate(&id).await;
                 }
+                Ok(_) | Err(UserError::NotFoundByUuid(_)) => break,
+                Err(error) => return Err(error),
             }
         }
-        let user = self
-            .repository
-            .by_id(id)
-            .await?
-            .ok_or(UserError::NotFoundById(id))?;
-        self.remember(&[&user]).await;
-        Ok(user)
+        Err(UserError::NotFoundById(id))
     }
 
     #[tracing::instrument(level = "debug", skip(self))]
@@ -118,62 +208,18 @@ impl<R: UserRepository> UserQueries for UserService<R> {
         if unique.is_empty() {
             return Ok(Lookup::default());
         }
-
-        // One MGET: which UUIDs do we already know the id of?
-        let cached = self
+        let (repository, caches) = (self.repository.clone(), self.caches.clone());
+        let found = self
             .caches
-            .uuid_to_id()
-            .mget(&unique)
+            .records()
+            .mget_or_load(&unique, move |missing| {
+                Self::load_by_uuids(repository, caches, missing)
+            })
             .await
-            .unwrap_or_else(|error| {
-                // Unreachable while MAX_LOOKUP <= MAX_BATCH; a miss for all is still correct.
-                tracing::error!(%error, "uuid-to-id mget refused; treating all as misses");
-                vec![None; unique.len()]
-            });
-        let mut hits: HashMap<UserId, UserUuid> = HashMap::new();
-        let mut misses: Vec<UserUuid> = Vec::new();
-        for (uuid, id) in unique.iter().zip(cached) {
-            match id {
-                // Two uuids cached under one id: at most one is right, so the
-                // second is asked for by uuid rather than dropped.
-                Some(id) if !hits.contains_key(&id) => {
-                    hits.insert(id, *uuid);
-                }
-                _ => misses.push(*uuid),
-            }
-        }
-
-        let mut found: HashMap<UserUuid, User> = HashMap::with_capacity(unique.len());
-        if !hits.is_empty() {
-            let ids: Vec<UserId> = hits.keys().copied().collect();
-            for user in self.repository.by_ids(&ids).await? {
-                if hits.get(&user.id()) == Some(&user.uuid()) {
-                    hits.remove(&user.id());
-                    found.insert(user.uuid(), user);
-                }
-            }
-            // What is left was a stale mapping: drop it and ask by UUID.
-            for (id, uuid) in hits {
-                tracing::info!(%id, %uuid, "stale uuid-to-id entry; invalidating");
-                self.caches.uuid_to_id().invalidate(&uuid).await;
-                misses.push(uuid);
-            }
-        }
-
-        if !misses.is_empty() {
-            let loaded = self.repository.by_uuids(&misses).await?;
-            let wanted: HashSet<UserUuid> = misses.iter().copied().collect();
-            let loaded: Vec<User> = loaded
-                .into_iter()
-                .filter(|u| wanted.contains(&u.uuid()))
-                .collect();
-            self.remember(&loaded.iter().collect::<Vec<_>>()).await;
-            found.extend(loaded.into_iter().map(|u| (u.uuid(), u)));
-        }
-
+            .map_err(load_failed)?;
         let mut lookup = Lookup::default();
-        for uuid in unique {
-            match found.remove(&uuid) {
+        for (uuid, user) in unique.into_iter().zip(found) {
+            match user {
                 Some(user) => lookup.users.push(user),
                 None => lookup.missing.push(uuid),
             }
@@ -184,19 +230,18 @@ impl<R: UserRepository> UserQueries for UserService<R> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
 
     use bytes::Bytes;
-    use mockall::predicate::eq;
-    use ports::{BackendError, CachePolicy, MockCacheBackend};
+    use ports::{BackendError, CacheBackend, CachePolicy, Entry, MockCacheBackend};
 
     use super::*;
-    use crate::error::RepositoryError;
-    use crate::ports::MockUserRepository;
     use crate::user::{Email, Name};
 
     fn uuid(n: u32) -> UserUuid {
-        UserUuid::parse(&format!("550e8400-e29b-41d4-a716-4466554400{n:02}")).unwrap()
+        UserUuid::parse(&format!("550e8400-e29b-41d4-a716-{n:012}")).unwrap()
     }
 
     fn user(n: u32) -> User {
@@ -209,287 +254,440 @@ mod tests {
         )
     }
 
-    fn service(
-        repo: MockUserRepository,
-        cache: MockCacheBackend,
-    ) -> UserService<MockUserRepository> {
-        UserService::new(
-            repo,
-            CacheManager::new(Arc::new(cache), &CachePolicy::new()),
-        )
+    /// A backend over a map, counting MGETs and writes.
+    #[derive(Default)]
+    struct MapBackend {
+        map: Mutex<HashMap<String, Bytes>>,
+        mgets: AtomicUsize,
+        msets: AtomicUsize,
     }
 
-    fn text(s: String) -> Option<Bytes> {
-        Some(Bytes::from(s))
+    #[async_trait]
+    impl CacheBackend for MapBackend {
+        fn name(&self) -> &'static str {
+            "map"
+        }
+        async fn get(&self, key: &str) -> Result<Option<Bytes>, BackendError> {
+            Ok(self.map.lock().unwrap().get(key).cloned())
+        }
+        async fn set(
+            &self,
+            key: &str,
+            value: Bytes,
+            _: Option<Duration>,
+        ) -> Result<(), BackendError> {
+            self.map.lock().unwrap().insert(key.to_owned(), value);
+            Ok(())
+        }
+        async fn delete(&self, key: &str) -> Result<bool, BackendError> {
+            Ok(self.map.lock().unwrap().remove(key).is_some())
+        }
+        async fn compare_and_delete(&self, key: &str, _: &[u8]) -> Result<bool, BackendError> {
+            self.delete(key).await
+        }
+        async fn mget(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>, BackendError> {
+            self.mgets.fetch_add(1, Ordering::SeqCst);
+            let map = self.map.lock().unwrap();
+            Ok(keys.iter().map(|k| map.get(k).cloned()).collect())
+        }
+        async fn mset(&self, entries: &[Entry]) -> Result<(), BackendError> {
+            self.msets.fetch_add(1, Ordering::SeqCst);
+            let mut map = self.map.lock().unwrap();
+            for entry in entries {
+                map.insert(entry.key.clone(), entry.value.clone());
+            }
+            Ok(())
+        }
+        async fn ping(&self) -> Result<(), BackendError> {
+            Ok(())
+        }
+    }
+
+    impl MapBackend {
+        fn text(&self, key: &str) -> Option<String> {
+            let map = self.map.lock().unwrap();
+            map.get(key)
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+        }
+        fn put(&self, key: &str, value: &str) {
+            let value = Bytes::from(value.to_owned());
+            self.map.lock().unwrap().insert(key.to_owned(), value);
+        }
+    }
+
+    /// A store of users 1 to 1000 that counts every query and can hold each
+    /// one until `gate` opens (so concurrent requests pile up on a miss).
+    #[derive(Default)]
+    struct CountingStore {
+        by_uuid: AtomicUsize,
+        by_id: AtomicUsize,
+        by_uuids: AtomicUsize,
+        by_ids: AtomicUsize,
+        uuids_asked: AtomicUsize,
+        gate: Option<Arc<tokio::sync::Notify>>,
+        fail: bool,
+    }
+
+    impl CountingStore {
+        async fn wait(&self) -> Result<(), RepositoryError> {
+            if let Some(gate) = &self.gate {
+                gate.notified().await;
+            }
+            if self.fail {
+                return Err(RepositoryError::Unavailable("the store is down".into()));
+            }
+            Ok(())
+        }
+        fn known(n: u128) -> Option<User> {
+            (1..=1000).contains(&n).then(|| user(n as u32))
+        }
+        /// The n of `uuid(n)`: its last twelve digits, read as decimal.
+        fn number(uuid: UserUuid) -> u128 {
+            uuid.to_string()[24..].parse().unwrap_or(0)
+        }
+        fn queries(&self) -> usize {
+            self.by_uuid.load(Ordering::SeqCst)
+                + self.by_id.load(Ordering::SeqCst)
+                + self.by_uuids.load(Ordering::SeqCst)
+                + self.by_ids.load(Ordering::SeqCst)
+        }
+    }
+
+    #[async_trait]
+    impl UserRepository for CountingStore {
+        async fn by_uuid(&self, uuid: UserUuid) -> Result<Option<User>, RepositoryError> {
+            self.by_uuid.fetch_add(1, Ordering::SeqCst);
+            self.wait().await?;
+            Ok(Self::known(Self::number(uuid)))
+        }
+        async fn by_id(&self, id: UserId) -> Result<Option<User>, RepositoryError> {
+            self.by_id.fetch_add(1, Ordering::SeqCst);
+            self.wait().await?;
+            Ok(Self::known(id.get() as u128))
+        }
+        async fn list(&self, _: Page) -> Result<Vec<User>, RepositoryError> {
+            Ok(vec![])
+        }
+        async fn by_uuids(&self, uuids: &[UserUuid]) -> Result<Vec<User>, RepositoryError> {
+            self.by_uuids.fetch_add(1, Ordering::SeqCst);
+            self.uuids_asked.fetch_add(uuids.len(), Ordering::SeqCst);
+            self.wait().await?;
+            Ok(uuids
+                .iter()
+                .filter_map(|u| Self::known(Self::number(*u)))
+                .collect())
+        }
+        async fn by_ids(&self, ids: &[UserId]) -> Result<Vec<User>, RepositoryError> {
+            self.by_ids.fetch_add(1, Ordering::SeqCst);
+            self.wait().await?;
+            Ok(ids
+                .iter()
+                .filter_map(|id| Self::known(id.get() as u128))
+                .collect())
+        }
+    }
+
+    struct Fixture {
+        service: UserService<CountingStore>,
+        backend: Arc<MapBackend>,
+    }
+
+    impl Fixture {
+        fn store(&self) -> &CountingStore {
+            &self.service.repository
+        }
+    }
+
+    fn fixture(store: CountingStore) -> Fixture {
+        let backend = Arc::new(MapBackend::default());
+        let caches = CacheManager::new(backend.clone(), &CachePolicy::new());
+        Fixture {
+            service: UserService::new(store, caches),
+            backend,
+        }
+    }
+
+    fn record_key(n: u32) -> String {
+        format!("user:record:{}", uuid(n))
     }
 
     #[tokio::test]
-    async fn uuid_hit_asks_the_repository_by_id_and_never_by_uuid() {
-        let mut cache = MockCacheBackend::new();
-        cache
-            .expect_get()
-            .with(eq("user:uuid-to-id:550e8400-e29b-41d4-a716-446655440001"))
-            .times(1)
-            .returning(|_| Ok(text("1".into())));
-        cache.expect_mset().never();
-        let mut repo = MockUserRepository::new();
-        repo.expect_by_id()
-            .with(eq(UserId::new(1).unwrap()))
-            .times(1)
-            .returning(|_| Ok(Some(user(1))));
-        repo.expect_by_uuid().never();
-
-        let found = service(repo, cache).user_by_uuid(uuid(1)).await.unwrap();
-        assert_eq!(found, user(1));
-    }
-
-    #[tokio::test]
-    async fn uuid_miss_asks_by_uuid_and_writes_both_directions_in_one_round_trip() {
-        let mut cache = MockCacheBackend::new();
-        cache.expect_get().times(1).returning(|_| Ok(None));
-        cache
-            .expect_mset()
-            .withf(|entries| {
-                entries.len() == 2
-                    && entries[0].key == "user:uuid-to-id:550e8400-e29b-41d4-a716-446655440003"
-                    && &entries[0].value[..] == b"3"
-                    && entries[1].key == "user:id-to-uuid:3"
-                    && &entries[1].value[..] == b"550e8400-e29b-41d4-a716-446655440003"
-            })
-            .times(1)
-            .returning(|_| Ok(()));
-        let mut repo = MockUserRepository::new();
-        repo.expect_by_uuid()
-            .times(1)
-            .returning(|_| Ok(Some(user(3))));
-        repo.expect_by_id().never();
-
-        assert_eq!(
-            service(repo, cache).user_by_uuid(uuid(3)).await.unwrap(),
-            user(3)
+    async fn a_miss_loads_once_and_fills_the_record_and_both_seed_mappings() {
+        let f = fixture(CountingStore::default());
+        assert_eq!(f.service.user_by_uuid(uuid(3)).await, Ok(user(3)));
+        assert_eq!(f.store().by_uuids.load(Ordering::SeqCst), 1);
+        assert!(
+            f.backend
+                .text(&record_key(3))
+                .unwrap()
+                .contains("test.user3@example.com")
         );
+        // The seed's format, for the Python service sharing the Redis.
+        assert_eq!(
+            f.backend
+                .text(&format!("user:uuid-to-id:{}", uuid(3)))
+                .as_deref(),
+            Some("3")
+        );
+        assert_eq!(
+            f.backend.text("user:id-to-uuid:3"),
+            Some(uuid(3).to_string())
+        );
+    }
+
+    #[tokio::test]
+    async fn a_warm_hit_costs_no_store_query() {
+        let f = fixture(CountingStore::default());
+        f.service.user_by_uuid(uuid(4)).await.unwrap();
+        let before = f.store().queries();
+        for _ in 0..10 {
+            assert_eq!(f.service.user_by_uuid(uuid(4)).await, Ok(user(4)));
+        }
+        assert_eq!(f.store().queries(), before);
+    }
+
+    #[tokio::test]
+    async fn a_mapping_written_by_the_python_service_is_used_to_ask_by_id() {
+        let f = fixture(CountingStore::default());
+        f.backend.put(&format!("user:uuid-to-id:{}", uuid(5)), "5");
+        assert_eq!(f.service.user_by_uuid(uuid(5)).await, Ok(user(5)));
+        assert_eq!(f.store().by_ids.load(Ordering::SeqCst), 1);
+        assert_eq!(f.store().by_uuids.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn a_stale_mapping_is_invalidated_and_the_user_found_by_uuid() {
+        let f = fixture(CountingStore::default());
+        // uuid 6 mapped to user 7's id.
+        f.backend.put(&format!("user:uuid-to-id:{}", uuid(6)), "7");
+        assert_eq!(f.service.user_by_uuid(uuid(6)).await, Ok(user(6)));
+        assert_eq!(f.store().by_uuids.load(Ordering::SeqCst), 1);
+        assert_eq!(
+            f.backend
+                .text(&format!("user:uuid-to-id:{}", uuid(6)))
+                .as_deref(),
+            Some("6")
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unknown_uuid_is_not_found_caches_nothing_and_is_remembered_in_process() {
+        let f = fixture(CountingStore::default());
+        let unknown = uuid(5000);
+        for _ in 0..5 {
+            assert_eq!(
+                f.service.user_by_uuid(unknown).await,
+                Err(UserError::NotFoundByUuid(unknown))
+            );
+        }
+        assert_eq!(
+            f.store().queries(),
+            1,
+            "repeats within the negative TTL stay home"
+        );
+        assert!(
+            f.backend.map.lock().unwrap().is_empty(),
+            "nothing written to the cache"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_store_failure_is_reported_not_hidden_and_not_cached() {
+        let f = fixture(CountingStore {
+            fail: true,
+            ..CountingStore::default()
+        });
+        let error = f.service.user_by_uuid(uuid(1)).await.unwrap_err();
+        assert!(matches!(error, UserError::Repository(_)), "{error:?}");
+        assert!(f.backend.map.lock().unwrap().is_empty());
     }
 
     #[tokio::test]
     async fn a_broken_cache_still_returns_the_user() {
         let mut cache = MockCacheBackend::new();
-        cache
-            .expect_get()
-            .returning(|_| Err(BackendError::Unavailable("down".into())));
-        cache
-            .expect_mset()
-            .returning(|_| Err(BackendError::Unavailable("down".into())));
-        let mut repo = MockUserRepository::new();
-        repo.expect_by_uuid()
-            .times(1)
-            .returning(|_| Ok(Some(user(2))));
-
+        let down = || BackendError::Unavailable("down".into());
+        cache.expect_get().returning(move |_| Err(down()));
+        cache.expect_mget().returning(move |_| Err(down()));
+        cache.expect_set().returning(move |_, _, _| Err(down()));
+        cache.expect_mset().returning(move |_| Err(down()));
+        cache.expect_delete().returning(move |_| Err(down()));
+        cache.expect_name().return_const("mock");
+        let service = UserService::new(
+            CountingStore::default(),
+            CacheManager::new(Arc::new(cache), &CachePolicy::new()),
+        );
+        assert_eq!(service.user_by_uuid(uuid(2)).await, Ok(user(2)));
         assert_eq!(
-            service(repo, cache).user_by_uuid(uuid(2)).await.unwrap(),
-            user(2)
+            service.user_by_id(UserId::new(2).unwrap()).await,
+            Ok(user(2))
+        );
+        let lookup = service.lookup(&[uuid(1), uuid(5000)]).await.unwrap();
+        assert_eq!(lookup.users, vec![user(1)]);
+        assert_eq!(lookup.missing, vec![uuid(5000)]);
+    }
+
+    #[tokio::test]
+    async fn by_id_loads_once_then_reads_the_record() {
+        let f = fixture(CountingStore::default());
+        let id = UserId::new(8).unwrap();
+        assert_eq!(f.service.user_by_id(id).await, Ok(user(8)));
+        assert_eq!(f.store().by_id.load(Ordering::SeqCst), 1);
+        assert_eq!(
+            f.store().queries(),
+            1,
+            "the record was filled by the by-id load"
+        );
+        assert_eq!(f.service.user_by_id(id).await, Ok(user(8)));
+        assert_eq!(f.service.user_by_uuid(uuid(8)).await, Ok(user(8)));
+        assert_eq!(f.store().queries(), 1);
+        assert_eq!(
+            f.service.user_by_id(UserId::new(5000).unwrap()).await,
+            Err(UserError::NotFoundById(UserId::new(5000).unwrap()))
         );
     }
 
     #[tokio::test]
-    async fn unknown_uuid_is_not_found_and_caches_nothing() {
-        let mut cache = MockCacheBackend::new();
-        cache.expect_get().returning(|_| Ok(None));
-        cache.expect_mset().never();
-        let mut repo = MockUserRepository::new();
-        repo.expect_by_uuid().returning(|_| Ok(None));
-
-        let error = service(repo, cache)
-            .user_by_uuid(uuid(99))
-            .await
-            .unwrap_err();
-        assert_eq!(error, UserError::NotFoundByUuid(uuid(99)));
-    }
-
-    #[tokio::test]
-    async fn a_stale_mapping_is_invalidated_and_the_user_found_by_uuid() {
-        let mut cache = MockCacheBackend::new();
-        // The cache claims uuid 4 is id 9, but id 9 is someone else.
-        cache.expect_get().returning(|_| Ok(text("9".into())));
-        cache
-            .expect_delete()
-            .with(eq("user:uuid-to-id:550e8400-e29b-41d4-a716-446655440004"))
-            .times(1)
-            .returning(|_| Ok(true));
-        cache.expect_mset().times(1).returning(|_| Ok(()));
-        let mut repo = MockUserRepository::new();
-        repo.expect_by_id().returning(|_| Ok(Some(user(9))));
-        repo.expect_by_uuid()
-            .times(1)
-            .returning(|_| Ok(Some(user(4))));
-
+    async fn a_stale_id_mapping_is_invalidated_and_the_user_found_by_id() {
+        let f = fixture(CountingStore::default());
+        // id 9 mapped to user 10's uuid.
+        f.backend.put("user:id-to-uuid:9", &uuid(10).to_string());
         assert_eq!(
-            service(repo, cache).user_by_uuid(uuid(4)).await.unwrap(),
-            user(4)
+            f.service.user_by_id(UserId::new(9).unwrap()).await,
+            Ok(user(9))
+        );
+        assert_eq!(
+            f.backend.text("user:id-to-uuid:9"),
+            Some(uuid(9).to_string())
         );
     }
 
     #[tokio::test]
-    async fn a_repository_failure_is_reported_not_hidden() {
-        let mut cache = MockCacheBackend::new();
-        cache.expect_get().returning(|_| Ok(None));
-        let mut repo = MockUserRepository::new();
-        repo.expect_by_uuid()
-            .returning(|_| Err(RepositoryError::Unavailable("db down".into())));
-
-        let error = service(repo, cache)
-            .user_by_uuid(uuid(1))
-            .await
-            .unwrap_err();
-        assert!(matches!(error, UserError::Repository(_)));
-    }
-
-    #[tokio::test]
-    async fn id_hit_asks_the_repository_by_uuid_and_never_by_id() {
-        let mut cache = MockCacheBackend::new();
-        cache
-            .expect_get()
-            .with(eq("user:id-to-uuid:5"))
-            .returning(|_| Ok(text(uuid(5).to_string())));
-        cache.expect_mset().never();
-        let mut repo = MockUserRepository::new();
-        repo.expect_by_uuid()
-            .with(eq(uuid(5)))
-            .times(1)
-            .returning(|_| Ok(Some(user(5))));
-        repo.expect_by_id().never();
-
+    async fn lookup_is_one_mget_one_load_for_the_misses_and_answers_in_order() {
+        let f = fixture(CountingStore::default());
+        f.service.user_by_uuid(uuid(1)).await.unwrap();
+        let mgets = f.backend.mgets.load(Ordering::SeqCst);
+        let asked = [uuid(3), uuid(1), uuid(5000), uuid(2), uuid(3)];
+        let lookup = f.service.lookup(&asked).await.unwrap();
+        assert_eq!(lookup.users, vec![user(3), user(1), user(2)]);
+        assert_eq!(lookup.missing, vec![uuid(5000)]);
+        // One MGET of records, one of the seed mapping inside the load.
+        assert_eq!(f.backend.mgets.load(Ordering::SeqCst) - mgets, 2);
         assert_eq!(
-            service(repo, cache)
-                .user_by_id(UserId::new(5).unwrap())
-                .await
-                .unwrap(),
-            user(5)
+            f.store().by_uuids.load(Ordering::SeqCst),
+            2,
+            "one for the warm-up, one here"
         );
-    }
-
-    #[tokio::test]
-    async fn id_miss_asks_by_id_and_writes_both_directions() {
-        let mut cache = MockCacheBackend::new();
-        cache.expect_get().returning(|_| Ok(None));
-        cache
-            .expect_mset()
-            .withf(|e| e.len() == 2)
-            .times(1)
-            .returning(|_| Ok(()));
-        let mut repo = MockUserRepository::new();
-        repo.expect_by_id()
-            .times(1)
-            .returning(|_| Ok(Some(user(6))));
-
-        assert_eq!(
-            service(repo, cache)
-                .user_by_id(UserId::new(6).unwrap())
-                .await
-                .unwrap(),
-            user(6)
-        );
-    }
-
-    #[tokio::test]
-    async fn lookup_uses_one_mget_one_call_per_kind_and_one_mset() {
-        let mut cache = MockCacheBackend::new();
-        // uuid 1 is cached (id 1); 2 and 3 are not; 3 does not exist.
-        cache.expect_mget().times(1).returning(|keys| {
-            assert_eq!(keys.len(), 3);
-            Ok(vec![text("1".into()), None, None])
-        });
-        cache
-            .expect_mset()
-            .withf(|entries| entries.len() == 2 && entries[1].key == "user:id-to-uuid:2")
-            .times(1)
-            .returning(|_| Ok(()));
-        let mut repo = MockUserRepository::new();
-        repo.expect_by_ids()
-            .times(1)
-            .returning(|_| Ok(vec![user(1)]));
-        repo.expect_by_uuids()
-            .withf(|uuids| uuids == [uuid(2), uuid(3)])
-            .times(1)
-            .returning(|_| Ok(vec![user(2)]));
-
-        let lookup = service(repo, cache)
-            .lookup(&[uuid(1), uuid(2), uuid(3), uuid(1)])
-            .await
-            .unwrap();
-        assert_eq!(lookup.users, vec![user(1), user(2)]);
-        assert_eq!(lookup.missing, vec![uuid(3)]);
+        assert_eq!(f.store().uuids_asked.load(Ordering::SeqCst), 1 + 3);
+        // Warm now: one MGET, no store query.
+        let queries = f.store().queries();
+        let again = f.service.lookup(&[uuid(2), uuid(3)]).await.unwrap();
+        assert_eq!(again.users, vec![user(2), user(3)]);
+        assert_eq!(f.store().queries(), queries);
     }
 
     #[tokio::test]
     async fn lookup_with_two_uuids_cached_under_one_id_still_finds_both() {
-        let mut cache = MockCacheBackend::new();
-        // A corrupt cache claims uuid 1 and uuid 2 are both id 1.
-        cache
-            .expect_mget()
-            .returning(|_| Ok(vec![text("1".into()), text("1".into())]));
-        cache.expect_mset().returning(|_| Ok(()));
-        let mut repo = MockUserRepository::new();
-        repo.expect_by_ids().returning(|_| Ok(vec![user(1)]));
-        repo.expect_by_uuids()
-            .withf(|uuids| uuids == [uuid(2)])
-            .times(1)
-            .returning(|_| Ok(vec![user(2)]));
-
-        let lookup = service(repo, cache)
-            .lookup(&[uuid(1), uuid(2)])
-            .await
-            .unwrap();
-        assert_eq!(lookup.users, vec![user(1), user(2)]);
-        assert!(lookup.missing.is_empty(), "{:?}", lookup.missing);
+        let f = fixture(CountingStore::default());
+        f.backend
+            .put(&format!("user:uuid-to-id:{}", uuid(11)), "11");
+        f.backend
+            .put(&format!("user:uuid-to-id:{}", uuid(12)), "11");
+        let lookup = f.service.lookup(&[uuid(11), uuid(12)]).await.unwrap();
+        assert_eq!(lookup.users, vec![user(11), user(12)]);
+        assert!(lookup.missing.is_empty());
     }
 
     #[tokio::test]
-    async fn lookup_of_101_uuids_is_refused_before_any_io() {
-        let mut cache = MockCacheBackend::new();
-        cache.expect_mget().never();
-        let repo = MockUserRepository::new();
-        let uuids: Vec<UserUuid> = (0..101).map(|_| uuid(1)).collect();
-        let error = service(repo, cache).lookup(&uuids).await.unwrap_err();
+    async fn lookup_of_101_uuids_is_refused_and_of_none_touches_nothing() {
+        let f = fixture(CountingStore::default());
+        let many: Vec<UserUuid> = (1..=101).map(uuid).collect();
         assert_eq!(
-            error,
-            UserError::TooManyUuids {
+            f.service.lookup(&many).await,
+            Err(UserError::TooManyUuids {
                 requested: 101,
                 max: 100
-            }
+            })
+        );
+        assert_eq!(f.service.lookup(&[]).await, Ok(Lookup::default()));
+        assert_eq!(f.store().queries(), 0);
+        assert_eq!(f.backend.mgets.load(Ordering::SeqCst), 0);
+    }
+
+    /// Starts `n` concurrent calls of `call`, lets the store answer once
+    /// they have all piled up, and waits for them.
+    async fn stampede<T: Send + 'static>(
+        f: &Fixture,
+        gate: &Arc<tokio::sync::Notify>,
+        n: usize,
+        call: impl Fn(UserService<CountingStore>, usize) -> tokio::task::JoinHandle<T>,
+    ) -> Vec<T> {
+        let handles: Vec<_> = (0..n).map(|i| call(f.service.clone(), i)).collect();
+        // Every task runs up to its first wait before the store answers.
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+        }
+        gate.notify_waiters();
+        let mut results = Vec::with_capacity(n);
+        for handle in handles {
+            results.push(handle.await.unwrap());
+        }
+        results
+    }
+
+    #[tokio::test]
+    async fn a_thousand_concurrent_requests_for_one_cold_user_reach_the_store_once() {
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let f = fixture(CountingStore {
+            gate: Some(gate.clone()),
+            ..CountingStore::default()
+        });
+        let results = stampede(&f, &gate, 1000, |service, _| {
+            tokio::spawn(async move { service.user_by_uuid(uuid(42)).await })
+        })
+        .await;
+        assert!(results.iter().all(|r| *r == Ok(user(42))));
+        assert_eq!(
+            f.store().queries(),
+            1,
+            "single-flight: one store query for 1,000 requests"
         );
     }
 
     #[tokio::test]
-    async fn lookup_of_nothing_touches_nothing() {
-        let mut cache = MockCacheBackend::new();
-        cache.expect_mget().never();
-        let lookup = service(MockUserRepository::new(), cache)
-            .lookup(&[])
-            .await
-            .unwrap();
-        assert_eq!(lookup, Lookup::default());
-    }
-
-    #[tokio::test]
-    async fn lookup_with_a_broken_cache_still_answers_from_the_store() {
-        let mut cache = MockCacheBackend::new();
-        cache
-            .expect_mget()
-            .returning(|_| Err(BackendError::Timeout(std::time::Duration::from_millis(50))));
-        cache
-            .expect_mset()
-            .returning(|_| Err(BackendError::Unavailable("down".into())));
-        let mut repo = MockUserRepository::new();
-        repo.expect_by_ids().never();
-        repo.expect_by_uuids()
-            .times(1)
-            .returning(|_| Ok(vec![user(7), user(8)]));
-
-        let lookup = service(repo, cache)
-            .lookup(&[uuid(7), uuid(8)])
-            .await
-            .unwrap();
-        assert_eq!(lookup.users, vec![user(7), user(8)]);
-        assert!(lookup.missing.is_empty());
+    async fn a_thousand_unknown_uuids_reach_the_store_at_most_once_each_and_repeats_not_at_all() {
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let f = fixture(CountingStore {
+            gate: Some(gate.clone()),
+            ..CountingStore::default()
+        });
+        let results = stampede(&f, &gate, 1000, |service, i| {
+            tokio::spawn(async move { service.user_by_uuid(uuid(10_000 + i as u32)).await })
+        })
+        .await;
+        assert!(
+            results
+                .iter()
+                .all(|r| matches!(r, Err(UserError::NotFoundByUuid(_))))
+        );
+        assert!(
+            f.store().queries() <= 1000,
+            "{} queries",
+            f.store().queries()
+        );
+        let before = f.store().queries();
+        let again = stampede(&f, &gate, 1000, |service, i| {
+            tokio::spawn(async move { service.user_by_uuid(uuid(10_000 + i as u32)).await })
+        })
+        .await;
+        assert!(
+            again
+                .iter()
+                .all(|r| matches!(r, Err(UserError::NotFoundByUuid(_))))
+        );
+        assert_eq!(
+            f.store().queries(),
+            before,
+            "within the negative TTL, none reaches the store"
+        );
     }
 }

@@ -183,8 +183,11 @@ impl Email {
     }
 }
 
-/// A user of the reference API.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// A user of the reference API. Its JSON form (`{id, uuid, first_name,
+/// last_name, email}`) is the record cache's; reading it back validates every
+/// part, so a tampered record is a decode error (a miss), never a bad user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "UserParts")]
 pub struct User {
     id: UserId,
     uuid: UserUuid,
@@ -242,6 +245,29 @@ impl User {
             self.last_name,
             self.email,
         )
+    }
+}
+
+/// A user as stored, before validation.
+#[derive(Deserialize)]
+struct UserParts {
+    id: i64,
+    uuid: String,
+    first_name: String,
+    last_name: String,
+    email: String,
+}
+
+impl TryFrom<UserParts> for User {
+    type Error = ValidationError;
+    fn try_from(parts: UserParts) -> Result<Self, ValidationError> {
+        Ok(User::new(
+            UserId::new(parts.id)?,
+            UserUuid::parse(&parts.uuid)?,
+            Name::new("first_name", &parts.first_name)?,
+            Name::new("last_name", &parts.last_name)?,
+            Email::new(&parts.email)?,
+        ))
     }
 }
 

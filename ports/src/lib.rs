@@ -35,4 +35,4 @@ pub use load::{CacheEvent, CacheObserver, LoadError, Timer};
 pub use policy::{
     CachePolicy, DEFAULT_LOAD_TIMEOUT, DEFAULT_MAX_VALUE_BYTES, DEFAULT_TTL_JITTER, Ttl,
 };
-pub use typed::{CacheDefinition, LOG_WINDOW, MAX_BATCH, TypedCache};
+pub use typed::{CacheDefinition, Companions, LOG_WINDOW, MAX_BATCH, TypedCache};

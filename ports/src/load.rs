@@ -904,6 +904,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_loaded_value_goes_out_with_its_companions_in_one_round_trip() {
+        let backend = Arc::new(MapBackend::default());
+        let cache = cache(&backend).with_companions(Arc::new(|value: &i64| {
+            vec![Entry {
+                key: format!("test:roots:{value}"),
+                value: Bytes::from_static(b"root"),
+                ttl: None,
+            }]
+        }));
+        let loaded = cache
+            .get_or_load(&3, || async { Ok::<_, StoreDown>(Some(9)) })
+            .await;
+        assert_eq!(loaded, Ok(Some(9)));
+        assert_eq!(backend.msets.load(Ordering::SeqCst), 1);
+        let map = backend.map.lock().unwrap();
+        assert_eq!(map.get("test:squares:3").map(|b| &b[..]), Some(&b"9"[..]));
+        assert!(map.contains_key("test:roots:9"));
+    }
+
+    #[tokio::test]
     async fn writes_are_jittered_below_the_ttl() {
         let backend = Arc::new(MapBackend::default());
         let cache = cache(&backend).with_ttl_jitter(0.1);

@@ -95,8 +95,13 @@ pub struct TypedCache<D: CacheDefinition> {
     pub(crate) flights: Arc<Flights<D::Value>>,
     pub(crate) negatives: Arc<Negatives>,
     observer: Option<Arc<dyn CacheObserver>>,
+    companions: Option<Companions<D::Value>>,
     _definition: PhantomData<fn() -> D>,
 }
+
+/// Entries of other caches written with each loaded value, in the same
+/// round trip (see [`TypedCache::with_companions`]).
+pub type Companions<V> = Arc<dyn Fn(&V) -> Vec<Entry> + Send + Sync>;
 
 impl<D: CacheDefinition> Clone for TypedCache<D> {
     fn clone(&self) -> Self {
@@ -108,6 +113,7 @@ impl<D: CacheDefinition> Clone for TypedCache<D> {
             flights: self.flights.clone(),
             negatives: self.negatives.clone(),
             observer: self.observer.clone(),
+            companions: self.companions.clone(),
             _definition: PhantomData,
         }
     }
@@ -141,6 +147,7 @@ impl<D: CacheDefinition> TypedCache<D> {
             flights: Arc::default(),
             negatives: Arc::default(),
             observer: None,
+            companions: None,
             _definition: PhantomData,
         }
     }
@@ -173,6 +180,14 @@ impl<D: CacheDefinition> TypedCache<D> {
     /// The same cache cutting each load at `bound` (needs a timer).
     pub fn with_load_timeout(mut self, bound: Duration) -> Self {
         self.loading.load_timeout = Some(bound);
+        self
+    }
+
+    /// The same cache writing, with each value a read-through load stores,
+    /// the entries `companions` makes of it (other caches' entries, e.g.
+    /// index mappings), all in one pipelined round trip.
+    pub fn with_companions(mut self, companions: Companions<D::Value>) -> Self {
+        self.companions = Some(companions);
         self
     }
 
@@ -337,32 +352,52 @@ impl<D: CacheDefinition> TypedCache<D> {
             }
         };
         self.observe(CacheEvent::Written);
-        if let Err(error) = self.backend.set(key, bytes, self.write_expiry()).await {
+        let written = match &self.companions {
+            None => self.backend.set(key, bytes, self.write_expiry()).await,
+            Some(companions) => {
+                let mut entries = vec![Entry {
+                    key: key.to_owned(),
+                    value: bytes,
+                    ttl: self.write_expiry(),
+                }];
+                entries.extend(companions(value));
+                self.backend.mset(&entries).await
+            }
+        };
+        if let Err(error) = written {
             self.swallowed("set", key, &error);
         }
     }
 
-    /// Writes loaded values (by full key) in one pipelined round trip, at
-    /// most [`MAX_BATCH`] at a time.
+    /// Writes loaded values (by full key), with their companions, in one
+    /// pipelined round trip.
     pub(crate) async fn store_many(&self, values: &std::collections::HashMap<String, D::Value>) {
         let mut entries = Vec::with_capacity(values.len());
         for (key, value) in values {
             match self.encode(value) {
-                Ok(bytes) => entries.push(Entry {
-                    key: key.clone(),
-                    value: bytes,
-                    ttl: self.write_expiry(),
-                }),
+                Ok(bytes) => {
+                    entries.push(Entry {
+                        key: key.clone(),
+                        value: bytes,
+                        ttl: self.write_expiry(),
+                    });
+                    if let Some(companions) = &self.companions {
+                        entries.extend(companions(value));
+                    }
+                }
                 Err(error) => {
                     tracing::error!(namespace = D::NAMESPACE, %key, %error, "loaded value not cached");
                 }
             }
         }
-        for chunk in entries.chunks(MAX_BATCH) {
-            self.observe(CacheEvent::Written);
-            if let Err(error) = self.backend.mset(chunk).await {
-                self.swallowed("mset", &chunk[0].key, &error);
-            }
+        // Values come from one batch load of at most MAX_BATCH keys: one
+        // pipelined round trip, companions included.
+        if entries.is_empty() {
+            return;
+        }
+        self.observe(CacheEvent::Written);
+        if let Err(error) = self.backend.mset(&entries).await {
+            self.swallowed("mset", &entries[0].key, &error);
         }
     }
 

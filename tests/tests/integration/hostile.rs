@@ -10,6 +10,7 @@ use serde_json::Value;
 use tests::{TestRedis, spawn_app_on_redis};
 
 const JOHN: &str = "550e8400-e29b-41d4-a716-446655440001";
+const JOHN_RECORD: &str = "user:record:550e8400-e29b-41d4-a716-446655440001";
 const JOHN_KEY: &str = "user:uuid-to-id:550e8400-e29b-41d4-a716-446655440001";
 
 /// Puts `garbage` where John's id belongs, asks the service for John, and
@@ -21,7 +22,8 @@ async fn survives(
     plant: impl AsyncFnOnce(&mut redis::aio::MultiplexedConnection),
 ) {
     let mut raw = redis.raw().await;
-    let _: () = raw.del(JOHN_KEY).await.unwrap();
+    // A cold record, so that the request reads the planted mapping.
+    let _: () = raw.del(&[JOHN_KEY, JOHN_RECORD][..]).await.unwrap();
     plant(&mut raw).await;
     let response = app.get(&format!("/users/{JOHN}")).await;
     assert_eq!(response.status(), 200, "{label}");

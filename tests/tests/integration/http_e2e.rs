@@ -61,7 +61,7 @@ async fn batch_lookup_over_redis_answers_users_and_missing_and_caches_them() {
 
     let mut raw = redis.raw().await;
     let size: i64 = redis::cmd("DBSIZE").query_async(&mut raw).await.unwrap();
-    assert_eq!(size, 4, "two users, both directions");
+    assert_eq!(size, 6, "two users: their records and both directions");
 
     let again: Value = app
         .post_json("/users/lookup", &body)
