@@ -312,6 +312,10 @@ impl CacheSettings {
 pub struct UsersSettings {
     /// A JSON file of users; `None` serves the seed's ten sample users.
     pub file: Option<PathBuf>,
+    /// A delay added to every store query: what a database round trip would
+    /// cost, for benchmarks and demos (0: none).
+    #[serde(rename = "latency_ms", deserialize_with = "serde_ms::non_negative")]
+    pub latency: Duration,
 }
 
 /// Logging.

@@ -10,7 +10,7 @@ use adapters::backend::{
 };
 use adapters::health::{HealthMonitor, Readiness};
 use adapters::http::routes;
-use adapters::users::{InMemoryUserRepository, UserStoreError};
+use adapters::users::{InMemoryUserRepository, Latent, UserStoreError};
 use domain::{CacheManager, UserService};
 use poem::endpoint::BoxEndpoint;
 use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
@@ -120,7 +120,10 @@ impl Application {
             &settings.cache.policy(),
             Arc::new(adapters::TokioTimer),
         );
-        let service = Arc::new(UserService::new(users, caches));
+        let service = Arc::new(UserService::new(
+            Latent::new(users, settings.users.latency),
+            caches,
+        ));
         let endpoint = routes(service, monitor, settings.http()).boxed();
 
         let address = SocketAddr::new(settings.server.host, settings.server.port);

@@ -191,6 +191,36 @@ impl BenchRedis {
     }
 }
 
+impl BenchRedis {
+    /// How many SET commands Redis has run (`INFO commandstats`).
+    fn set_calls(&self) -> Result<u64> {
+        let address = self
+            .url
+            .trim_start_matches("redis://")
+            .split('/')
+            .next()
+            .unwrap_or_default();
+        let address = address.rsplit('@').next().unwrap_or_default();
+        let mut stream = TcpStream::connect(address)?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut payload = String::new();
+        if let Some(password) = &self.password {
+            let _ = write!(payload, "AUTH {password}\r\n");
+        }
+        payload.push_str("INFO commandstats\r\nQUIT\r\n");
+        stream.write_all(payload.as_bytes())?;
+        let mut text = String::new();
+        // QUIT makes Redis close the connection: read to the end.
+        stream.read_to_string(&mut text)?;
+        Ok(text
+            .lines()
+            .find_map(|line| line.strip_prefix("cmdstat_set:calls="))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0))
+    }
+}
+
 impl Drop for BenchRedis {
     fn drop(&mut self) {
         if let Some(id) = &self.container {
@@ -218,11 +248,13 @@ impl Service {
         redis: &BenchRedis,
         users_file: Option<&Path>,
         request_log: bool,
+        extra: &[(&str, &str)],
     ) -> Result<Self> {
         let port = free_port()?;
         let mut command = Command::new(binary);
         command
             .env_clear()
+            .envs(extra.iter().copied())
             .env("CACHEMANAGER__SERVER__PORT", port.to_string())
             .env("CACHEMANAGER__CACHE__BACKEND", backend)
             .env("REDIS_URL", &redis.url)
@@ -493,6 +525,7 @@ pub fn bench(args: &[String]) -> Result<()> {
             &redis,
             big.then_some(users_file.as_path()),
             name == REQUEST_LOG_CASE,
+            &[],
         )?;
         // Warm the cache (and the connection) for the hit and lookup cases.
         for n in 1..=10 {
@@ -506,7 +539,7 @@ pub fn bench(args: &[String]) -> Result<()> {
         // The reference answers the case's requests; the ceiling stays the
         // service's own, so its ratio reads like the others.
         let reference = if name == BARE_CASE {
-            Some(Service::start(&bare, backend, &redis, None, false)?)
+            Some(Service::start(&bare, backend, &redis, None, false, &[])?)
         } else {
             None
         };
@@ -548,7 +581,89 @@ pub fn bench(args: &[String]) -> Result<()> {
             result.peak_rss_mb = rss;
         }
     }
-    report(&results, &dir, runs, seconds, options.quick)
+    report(&results, &dir, runs, seconds, options.quick)?;
+    if options
+        .only
+        .as_ref()
+        .is_none_or(|p| "storm".starts_with(p.as_str()))
+    {
+        storm(&binary, &redis, &users_file, &dir, runs)?;
+    }
+    Ok(())
+}
+
+/// What the store pays per query in the storm case: a database's round trip.
+const STORM_STORE_LATENCY_MS: &str = "5";
+
+/// The storm case: one cold key hit by 64 connections at once for a second,
+/// over Redis, with a store that answers in 5 ms (`users.latency_ms`), with
+/// and without single-flight. Each load writes its record and both mappings
+/// in one pipeline of 3 SETs, so Redis's SET count / 3 is the number of store
+/// loads in that second.
+fn storm(
+    binary: &Path,
+    redis: &BenchRedis,
+    users_file: &Path,
+    dir: &Path,
+    runs: usize,
+) -> Result<()> {
+    let key = format!("/users/{}", miss_uuid(1));
+    let script = script(
+        dir,
+        "storm",
+        &format!("request = function()\n  return wrk.format(nil, \"{key}\")\nend"),
+    )?;
+    let mut rows = Vec::new();
+    let mut json = Vec::new();
+    for single_flight in ["true", "false"] {
+        let service = Service::start(
+            binary,
+            "redis",
+            redis,
+            Some(users_file),
+            false,
+            &[
+                ("CACHEMANAGER__USERS__LATENCY_MS", STORM_STORE_LATENCY_MS),
+                ("CACHEMANAGER__CACHE__SINGLE_FLIGHT", single_flight),
+            ],
+        )?;
+        let mut loads = Vec::new();
+        let mut p99s = Vec::new();
+        for _ in 0..runs {
+            let answer = redis.command("FLUSHDB")?;
+            if !answer.starts_with("+OK") {
+                bail!("FLUSHDB failed: {answer}");
+            }
+            let before = redis.set_calls()?;
+            let run = wrk(service.port, &script, 64, 1)?;
+            let after = redis.set_calls()?;
+            loads.push(after.saturating_sub(before) as f64 / 3.0);
+            p99s.push(run.p99_ms);
+        }
+        drop(service);
+        let (loads, loads_min, loads_max) = median(loads);
+        let (p99, _, _) = median(p99s);
+        println!(
+            "  storm single_flight={single_flight:<5} {loads:>5.0} store loads in the first second, p99 {p99:.2} ms"
+        );
+        rows.push(format!(
+            "| storm/redis, single-flight {} | 64 | {loads:.0} ({loads_min:.0}–{loads_max:.0}) | {p99:.2} |",
+            if single_flight == "true" { "on" } else { "off" }
+        ));
+        json.push(format!(
+            "  {{\"case\": \"storm/redis\", \"single_flight\": {single_flight}, \"connections\": 64, \"store_loads_first_second\": {loads:.1}, \"p99_ms\": {p99:.3}, \"runs\": {runs}}}"
+        ));
+    }
+    let table = format!(
+        "| case | conns | store loads in the first second | p99 ms of that second |\n| --- | ---: | ---: | ---: |\n{}\n",
+        rows.join("\n")
+    );
+    println!("\n{table}");
+    fs::write(
+        dir.join("storm.json"),
+        format!("[\n{}\n]\n", json.join(",\n")),
+    )?;
+    Ok(())
 }
 
 /// Redraws the chart of an earlier run from its `results.json`:

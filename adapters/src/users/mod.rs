@@ -9,6 +9,10 @@ use domain::{Email, Name, Page, RepositoryError, User, UserId, UserRepository, U
 use serde::Deserialize;
 use thiserror::Error;
 
+mod latent;
+
+pub use latent::Latent;
+
 /// Why a users file could not be loaded. Names the file and the record.
 #[derive(Debug, Error)]
 pub enum UserStoreError {
