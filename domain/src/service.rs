@@ -230,12 +230,10 @@ impl<R: UserRepository + 'static> UserQueries for UserService<R> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::time::Duration;
 
-    use bytes::Bytes;
-    use ports::{BackendError, CacheBackend, CachePolicy, Entry, MockCacheBackend};
+    use ports::testing::MapBackend;
+    use ports::{BackendError, CachePolicy, MockCacheBackend};
 
     use super::*;
     use crate::user::{Email, Name};
@@ -252,67 +250,6 @@ mod tests {
             Name::new("last_name", &format!("User{n}")).unwrap(),
             Email::new(&format!("test.user{n}@example.com")).unwrap(),
         )
-    }
-
-    /// A backend over a map, counting MGETs and writes.
-    #[derive(Default)]
-    struct MapBackend {
-        map: Mutex<HashMap<String, Bytes>>,
-        mgets: AtomicUsize,
-        msets: AtomicUsize,
-    }
-
-    #[async_trait]
-    impl CacheBackend for MapBackend {
-        fn name(&self) -> &'static str {
-            "map"
-        }
-        async fn get(&self, key: &str) -> Result<Option<Bytes>, BackendError> {
-            Ok(self.map.lock().unwrap().get(key).cloned())
-        }
-        async fn set(
-            &self,
-            key: &str,
-            value: Bytes,
-            _: Option<Duration>,
-        ) -> Result<(), BackendError> {
-            self.map.lock().unwrap().insert(key.to_owned(), value);
-            Ok(())
-        }
-        async fn delete(&self, key: &str) -> Result<bool, BackendError> {
-            Ok(self.map.lock().unwrap().remove(key).is_some())
-        }
-        async fn compare_and_delete(&self, key: &str, _: &[u8]) -> Result<bool, BackendError> {
-            self.delete(key).await
-        }
-        async fn mget(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>, BackendError> {
-            self.mgets.fetch_add(1, Ordering::SeqCst);
-            let map = self.map.lock().unwrap();
-            Ok(keys.iter().map(|k| map.get(k).cloned()).collect())
-        }
-        async fn mset(&self, entries: &[Entry]) -> Result<(), BackendError> {
-            self.msets.fetch_add(1, Ordering::SeqCst);
-            let mut map = self.map.lock().unwrap();
-            for entry in entries {
-                map.insert(entry.key.clone(), entry.value.clone());
-            }
-            Ok(())
-        }
-        async fn ping(&self) -> Result<(), BackendError> {
-            Ok(())
-        }
-    }
-
-    impl MapBackend {
-        fn text(&self, key: &str) -> Option<String> {
-            let map = self.map.lock().unwrap();
-            map.get(key)
-                .map(|b| String::from_utf8_lossy(b).into_owned())
-        }
-        fn put(&self, key: &str, value: &str) {
-            let value = Bytes::from(value.to_owned());
-            self.map.lock().unwrap().insert(key.to_owned(), value);
-        }
     }
 
     /// A store of users 1 to 1000 that counts every query and can hold each
@@ -485,10 +422,7 @@ mod tests {
             1,
             "repeats within the negative TTL stay home"
         );
-        assert!(
-            f.backend.map.lock().unwrap().is_empty(),
-            "nothing written to the cache"
-        );
+        assert!(f.backend.is_empty(), "nothing written to the cache");
     }
 
     #[tokio::test]
@@ -499,7 +433,7 @@ mod tests {
         });
         let error = f.service.user_by_uuid(uuid(1)).await.unwrap_err();
         assert!(matches!(error, UserError::Repository(_)), "{error:?}");
-        assert!(f.backend.map.lock().unwrap().is_empty());
+        assert!(f.backend.is_empty());
     }
 
     #[tokio::test]
@@ -565,13 +499,13 @@ mod tests {
     async fn lookup_is_one_mget_one_load_for_the_misses_and_answers_in_order() {
         let f = fixture(CountingStore::default());
         f.service.user_by_uuid(uuid(1)).await.unwrap();
-        let mgets = f.backend.mgets.load(Ordering::SeqCst);
+        let mgets = f.backend.mgets();
         let asked = [uuid(3), uuid(1), uuid(5000), uuid(2), uuid(3)];
         let lookup = f.service.lookup(&asked).await.unwrap();
         assert_eq!(lookup.users, vec![user(3), user(1), user(2)]);
         assert_eq!(lookup.missing, vec![uuid(5000)]);
         // One MGET of records, one of the seed mapping inside the load.
-        assert_eq!(f.backend.mgets.load(Ordering::SeqCst) - mgets, 2);
+        assert_eq!(f.backend.mgets() - mgets, 2);
         assert_eq!(
             f.store().by_uuids.load(Ordering::SeqCst),
             2,
@@ -610,7 +544,7 @@ mod tests {
         );
         assert_eq!(f.service.lookup(&[]).await, Ok(Lookup::default()));
         assert_eq!(f.store().queries(), 0);
-        assert_eq!(f.backend.mgets.load(Ordering::SeqCst), 0);
+        assert_eq!(f.backend.mgets(), 0);
     }
 
     /// Starts `n` concurrent calls of `call`, lets the store answer once

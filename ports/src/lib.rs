@@ -21,6 +21,8 @@ mod key;
 mod limiter;
 mod load;
 mod policy;
+#[cfg(any(test, feature = "mocks"))]
+pub mod testing;
 mod typed;
 
 #[cfg(any(test, feature = "mocks"))]

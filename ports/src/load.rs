@@ -520,66 +520,14 @@ fn wrap<E: std::error::Error + Clone + Send + Sync + 'static>(error: &E) -> Fail
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    use async_trait::async_trait;
     use bytes::Bytes;
     use proptest::prelude::*;
 
     use super::*;
-    use crate::backend::{CacheBackend, Entry};
+    use crate::backend::Entry;
     use crate::codec::TextCodec;
-    use crate::error::BackendError;
+    use crate::testing::MapBackend;
     use crate::typed::jittered;
-
-    /// A backend over a map, counting its round trips.
-    #[derive(Default)]
-    struct MapBackend {
-        map: Mutex<HashMap<String, Bytes>>,
-        mgets: AtomicUsize,
-        msets: AtomicUsize,
-        ttls: Mutex<Vec<Option<Duration>>>,
-    }
-
-    #[async_trait]
-    impl CacheBackend for MapBackend {
-        fn name(&self) -> &'static str {
-            "map"
-        }
-        async fn get(&self, key: &str) -> Result<Option<Bytes>, BackendError> {
-            Ok(self.map.lock().unwrap().get(key).cloned())
-        }
-        async fn set(
-            &self,
-            key: &str,
-            value: Bytes,
-            ttl: Option<Duration>,
-        ) -> Result<(), BackendError> {
-            self.ttls.lock().unwrap().push(ttl);
-            self.map.lock().unwrap().insert(key.to_owned(), value);
-            Ok(())
-        }
-        async fn delete(&self, key: &str) -> Result<bool, BackendError> {
-            Ok(self.map.lock().unwrap().remove(key).is_some())
-        }
-        async fn compare_and_delete(&self, key: &str, _: &[u8]) -> Result<bool, BackendError> {
-            self.delete(key).await
-        }
-        async fn mget(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>, BackendError> {
-            self.mgets.fetch_add(1, Ordering::SeqCst);
-            let map = self.map.lock().unwrap();
-            Ok(keys.iter().map(|k| map.get(k).cloned()).collect())
-        }
-        async fn mset(&self, entries: &[Entry]) -> Result<(), BackendError> {
-            self.msets.fetch_add(1, Ordering::SeqCst);
-            let mut map = self.map.lock().unwrap();
-            for entry in entries {
-                map.insert(entry.key.clone(), entry.value.clone());
-            }
-            Ok(())
-        }
-        async fn ping(&self) -> Result<(), BackendError> {
-            Ok(())
-        }
-    }
 
     struct Squares;
     impl CacheDefinition for Squares {
@@ -776,10 +724,7 @@ mod tests {
             1,
             "repeats within the TTL stay home"
         );
-        assert!(
-            backend.map.lock().unwrap().is_empty(),
-            "nothing written to the backend"
-        );
+        assert!(backend.is_empty(), "nothing written to the backend");
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(cache.get_or_load(&404, load()).await, Ok(None));
         assert_eq!(
@@ -818,8 +763,8 @@ mod tests {
         let values = cache.mget_or_load(&[1, 2, 3, 13, 5], loader).await;
         assert_eq!(values, Ok(vec![Some(1), Some(4), Some(9), None, Some(25)]));
         assert_eq!(*asked.lock().unwrap(), vec![vec![3, 13, 5]]);
-        assert_eq!(backend.mgets.load(Ordering::SeqCst), 1);
-        assert_eq!(backend.msets.load(Ordering::SeqCst), 1);
+        assert_eq!(backend.mgets(), 1);
+        assert_eq!(backend.msets(), 1);
         assert_eq!(cache.get(&5).await, Some(25));
     }
 
@@ -917,10 +862,9 @@ mod tests {
             .get_or_load(&3, || async { Ok::<_, StoreDown>(Some(9)) })
             .await;
         assert_eq!(loaded, Ok(Some(9)));
-        assert_eq!(backend.msets.load(Ordering::SeqCst), 1);
-        let map = backend.map.lock().unwrap();
-        assert_eq!(map.get("test:squares:3").map(|b| &b[..]), Some(&b"9"[..]));
-        assert!(map.contains_key("test:roots:9"));
+        assert_eq!(backend.msets(), 1);
+        assert_eq!(backend.text("test:squares:3").as_deref(), Some("9"));
+        assert!(backend.raw("test:roots:9").is_some());
     }
 
     #[tokio::test]
@@ -930,7 +874,7 @@ mod tests {
         for n in 0..200 {
             cache.set(&n, &n).await.unwrap();
         }
-        let ttls = backend.ttls.lock().unwrap().clone();
+        let ttls = backend.set_ttls();
         let ttl = Duration::from_secs(600);
         assert!(
             ttls.iter()
