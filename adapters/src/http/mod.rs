@@ -16,7 +16,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use domain::UserQueries;
-use poem::middleware::{NormalizePath, TrailingSlash};
 use poem::{Endpoint, EndpointExt, Route};
 use poem_openapi::OpenApiService;
 
@@ -111,7 +110,6 @@ pub fn routes<S: UserQueries>(
             async move { guard.call(endpoint, request).await }
         })
         .catch_all_error(errors::json_error)
-        .with(NormalizePath::new(TrailingSlash::Trim))
         .map_to_response()
 }
 
