@@ -401,15 +401,17 @@ impl<D: CacheDefinition> TypedCache<D> {
         }
     }
 
-    /// Stores `value` at `key` with this cache's TTL.
+    /// Stores `value` at `key` with this cache's TTL (jittered, see
+    /// [`TypedCache::with_ttl_jitter`]).
     ///
     /// # Errors
     /// Only [`CacheError::Serialization`]; backend errors are logged and swallowed.
     pub async fn set(&self, key: &D::Key, value: &D::Value) -> Result<(), CacheError> {
-        self.set_with_ttl(key, value, self.ttl).await
+        self.write(key, value, self.write_expiry()).await
     }
 
-    /// Stores `value` at `key` with an explicit TTL (0 = no expiry).
+    /// Stores `value` at `key` with exactly `ttl` (0 = no expiry): the
+    /// caller's choice, not jittered.
     ///
     /// # Errors
     /// Only [`CacheError::Serialization`]; backend errors are logged and swallowed.
@@ -419,14 +421,17 @@ impl<D: CacheDefinition> TypedCache<D> {
         value: &D::Value,
         ttl: Ttl,
     ) -> Result<(), CacheError> {
+        self.write(key, value, ttl.expiry()).await
+    }
+
+    async fn write(
+        &self,
+        key: &D::Key,
+        value: &D::Value,
+        expiry: Option<Duration>,
+    ) -> Result<(), CacheError> {
         let bytes = self.encode(value)?;
         let key = self.key(key);
-        // The cache's own TTL is jittered; an explicit one is the caller's choice.
-        let expiry = if ttl == self.ttl {
-            self.write_expiry()
-        } else {
-            ttl.expiry()
-        };
         self.observe(CacheEvent::Written);
         if let Err(error) = self.backend.set(&key, bytes, expiry).await {
             self.swallowed("set", &key, &error);

@@ -25,25 +25,6 @@ impl Drop for Service {
     }
 }
 
-fn live(port: u16) -> bool {
-    use std::io::{Read, Write};
-    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-    if write!(
-        stream,
-        "GET /health/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .is_err()
-    {
-        return false;
-    }
-    let mut answer = String::new();
-    let _ = stream.read_to_string(&mut answer);
-    answer.starts_with("HTTP/1.1 200")
-}
-
 /// Runs schemathesis against a fresh instance of the service.
 pub fn check(args: &[String]) -> Result<()> {
     let random = args.iter().any(|a| a == "--random");
@@ -65,7 +46,7 @@ pub fn check(args: &[String]) -> Result<()> {
             .with_context(|| format!("cannot start {}", binary.display()))?,
     );
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !live(port) {
+    while crate::bench::get(port, "/health/live").map_or(true, |status| status != 200) {
         if Instant::now() > deadline {
             bail!("the service did not start");
         }

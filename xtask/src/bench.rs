@@ -159,17 +159,20 @@ impl BenchRedis {
         Ok(redis)
     }
 
-    /// One inline command on a fresh connection; the first line of the answer.
-    fn command(&self, command: &str) -> Result<String> {
-        let address = self
+    /// `host:port` of the URL, without credentials or database.
+    fn address(&self) -> String {
+        let host = self
             .url
             .trim_start_matches("redis://")
             .split('/')
             .next()
-            .unwrap_or_default()
-            .to_owned();
-        let address = address.rsplit('@').next().unwrap_or_default().to_owned();
-        let mut stream = TcpStream::connect(&address)?;
+            .unwrap_or_default();
+        host.rsplit('@').next().unwrap_or_default().to_owned()
+    }
+
+    /// One inline command on a fresh connection; the first line of the answer.
+    fn command(&self, command: &str) -> Result<String> {
+        let mut stream = TcpStream::connect(self.address())?;
         stream.set_read_timeout(Some(Duration::from_secs(5)))?;
         let mut payload = String::new();
         if let Some(password) = &self.password {
@@ -194,14 +197,7 @@ impl BenchRedis {
 impl BenchRedis {
     /// How many SET commands Redis has run (`INFO commandstats`).
     fn set_calls(&self) -> Result<u64> {
-        let address = self
-            .url
-            .trim_start_matches("redis://")
-            .split('/')
-            .next()
-            .unwrap_or_default();
-        let address = address.rsplit('@').next().unwrap_or_default();
-        let mut stream = TcpStream::connect(address)?;
+        let mut stream = TcpStream::connect(self.address())?;
         stream.set_read_timeout(Some(Duration::from_secs(5)))?;
         let mut payload = String::new();
         if let Some(password) = &self.password {
@@ -305,7 +301,8 @@ impl Drop for Service {
     }
 }
 
-fn get(port: u16, path: &str) -> Result<u16> {
+/// `GET path` on the service at `port`: its status.
+pub(crate) fn get(port: u16, path: &str) -> Result<u16> {
     let mut stream = TcpStream::connect(("127.0.0.1", port))?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     write!(

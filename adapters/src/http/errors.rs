@@ -71,6 +71,13 @@ impl ErrorBody {
     }
 }
 
+/// An error answered as JSON with `status`.
+fn error_response(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Response {
+    Json(ErrorBody::new(code, message))
+        .with_status(status)
+        .into_response()
+}
+
 /// Response types whose 400 variant carries an [`ErrorBody`]; lets one
 /// `bad_request_handler` serve them all.
 pub trait WithBadRequest {
@@ -201,13 +208,11 @@ impl Guard {
             Some(Err(error)) => json_error(error).await,
             None => {
                 tracing::warn!(?limit, request_id = %id, "request timed out");
-                let body = ErrorBody::new(
+                error_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
                     ErrorCode::Timeout,
                     format!("the request took longer than {limit:?}"),
-                );
-                Json(body)
-                    .with_status(StatusCode::SERVICE_UNAVAILABLE)
-                    .into_response()
+                )
             }
         };
         if response.status() == StatusCode::METHOD_NOT_ALLOWED
@@ -274,13 +279,11 @@ async fn guarded<E: poem::Endpoint>(
     max_body_bytes: usize,
 ) -> poem::Result<Response> {
     let too_large = || {
-        let body = ErrorBody::new(
+        error_response(
+            StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::PayloadTooLarge,
             format!("the request body exceeds {max_body_bytes} bytes"),
-        );
-        Json(body)
-            .with_status(StatusCode::PAYLOAD_TOO_LARGE)
-            .into_response()
+        )
     };
     let declared = request
         .headers()
@@ -301,13 +304,11 @@ async fn guarded<E: poem::Endpoint>(
                 Ok(bytes) => request.set_body(bytes),
                 Err(poem::error::ReadBodyError::PayloadTooLarge) => return Ok(too_large()),
                 Err(error) => {
-                    let body = ErrorBody::new(
+                    return Ok(error_response(
+                        StatusCode::BAD_REQUEST,
                         ErrorCode::BadRequest,
                         format!("cannot read the request body: {error}"),
-                    );
-                    return Ok(Json(body)
-                        .with_status(StatusCode::BAD_REQUEST)
-                        .into_response());
+                    ));
                 }
             }
         }
