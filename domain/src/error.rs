@@ -2,7 +2,7 @@
 
 use thiserror::Error;
 
-use crate::user::{UserId, UserUuid};
+use crate::user::{UserId, UserUuid, Version};
 
 /// A value that does not satisfy a domain rule.
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
@@ -35,9 +35,18 @@ pub enum ValidationError {
 /// A failure of the store behind [`crate::UserRepository`].
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
 pub enum RepositoryError {
-    /// The store could not be reached or failed.
+    /// The store could not be reached, failed, or did not answer in time.
     #[error("user store unavailable: {0}")]
     Unavailable(String),
+    /// Another user has this e-mail address.
+    #[error("another user has the e-mail address {0}")]
+    DuplicateEmail(String),
+    /// A conditional write found the user at another version.
+    #[error("the user is at version {current}, not the version expected")]
+    VersionMismatch {
+        /// The version the store holds.
+        current: Version,
+    },
 }
 
 /// What a [`crate::UserQueries`] call can fail with.
@@ -62,7 +71,29 @@ pub enum UserError {
     /// The request was invalid.
     #[error(transparent)]
     Invalid(#[from] ValidationError),
+    /// Another user has this e-mail address.
+    #[error("another user has the e-mail address {0}")]
+    DuplicateEmail(String),
+    /// The write was conditional on a version the user is no longer at.
+    #[error("the user is at version {current}; fetch it again and retry")]
+    VersionMismatch {
+        /// The version the store holds.
+        current: Version,
+    },
+    /// A change with nothing to change.
+    #[error("nothing to change: give at least one of first_name, last_name, email")]
+    EmptyChange,
     /// The user store failed; the cache cannot stand in for it.
-    #[error(transparent)]
-    Repository(#[from] RepositoryError),
+    #[error("user store unavailable: {0}")]
+    StoreUnavailable(String),
+}
+
+impl From<RepositoryError> for UserError {
+    fn from(error: RepositoryError) -> Self {
+        match error {
+            RepositoryError::Unavailable(reason) => UserError::StoreUnavailable(reason),
+            RepositoryError::DuplicateEmail(email) => UserError::DuplicateEmail(email),
+            RepositoryError::VersionMismatch { current } => UserError::VersionMismatch { current },
+        }
+    }
 }

@@ -19,7 +19,7 @@ pub use caches::{IdToUuid, IdToUuidCache, UserRecordCache, UserRecords, UuidToId
 pub use error::{RepositoryError, UserError, ValidationError};
 pub use manager::CacheManager;
 #[cfg(any(test, feature = "mocks"))]
-pub use ports::{MockUserQueries, MockUserRepository};
-pub use ports::{UserQueries, UserRepository};
+pub use ports::{MockUserCommands, MockUserQueries, MockUserRepository};
+pub use ports::{UserCommands, UserQueries, UserRepository};
 pub use service::{Lookup, MAX_LOOKUP, UserService};
-pub use user::{Email, Name, Page, User, UserId, UserUuid};
+pub use user::{Email, Name, NewUser, Page, User, UserChanges, UserId, UserUuid, Version};

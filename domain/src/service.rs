@@ -9,8 +9,8 @@ use ports::{LoadError, MAX_BATCH};
 
 use crate::error::{RepositoryError, UserError};
 use crate::manager::CacheManager;
-use crate::ports::{UserQueries, UserRepository};
-use crate::user::{Page, User, UserId, UserUuid};
+use crate::ports::{UserCommands, UserQueries, UserRepository};
+use crate::user::{NewUser, Page, User, UserChanges, UserId, UserUuid, Version};
 
 /// The most UUIDs one lookup may carry: one `mget` of the cache.
 pub const MAX_LOOKUP: usize = MAX_BATCH;
@@ -52,14 +52,12 @@ impl<R> Clone for UserService<R> {
 /// A load's failure as the service reports it.
 fn load_failed(error: LoadError<RepositoryError>) -> UserError {
     match error {
-        LoadError::Loader(error) => UserError::Repository(error),
-        LoadError::TimedOut(bound) => UserError::Repository(RepositoryError::Unavailable(format!(
-            "no answer from the user store within {bound:?}"
-        ))),
-        LoadError::Cache(error) => {
-            UserError::Repository(RepositoryError::Unavailable(error.to_string()))
+        LoadError::Loader(error) => UserError::from(error),
+        LoadError::TimedOut(bound) => {
+            UserError::StoreUnavailable(format!("no answer from the user store within {bound:?}"))
         }
-        LoadError::Other(message) => UserError::Repository(RepositoryError::Unavailable(message)),
+        LoadError::Cache(error) => UserError::StoreUnavailable(error.to_string()),
+        LoadError::Other(message) => UserError::StoreUnavailable(message),
     }
 }
 
@@ -153,25 +151,18 @@ impl<R: UserRepository + 'static> UserQueries for UserService<R> {
         for attempt in 0..2 {
             let repository = self.repository.clone();
             let records = self.caches.records().clone();
-            let caches = self.caches.clone();
             let uuid = self
                 .caches
                 .id_to_uuid()
                 .get_or_load(&id, move || async move {
+                    let started = std::time::Instant::now();
                     let Some(user) = repository.by_id(id).await? else {
                         return Ok(None);
                     };
                     let uuid = user.uuid();
-                    records.forget_absence(&uuid);
-                    // The record with both mappings, in one round trip.
-                    let mut batch = caches.batch();
-                    let written = batch
-                        .put(&records, &uuid, &user)
-                        .and_then(|b| b.put(caches.uuid_to_id(), &uuid, &user.id()));
-                    if let Err(error) = written {
-                        tracing::error!(%error, %uuid, "could not encode user record");
-                    }
-                    batch.commit().await;
+                    // The record with both mappings, in one round trip, the
+                    // way the record cache fills (never over a write fence).
+                    records.fill(&uuid, &user, started).await;
                     Ok(Some(uuid))
                 })
                 .await
@@ -193,6 +184,21 @@ impl<R: UserRepository + 'static> UserQueries for UserService<R> {
     #[tracing::instrument(level = "debug", skip(self))]
     async fn list_users(&self, page: Page) -> Result<Vec<User>, UserError> {
         Ok(self.repository.list(page).await?)
+    }
+
+    #[tracing::instrument(level = "debug", skip(self))]
+    async fn list_users_after(
+        &self,
+        after: Option<UserId>,
+        limit: u32,
+    ) -> Result<Vec<User>, UserError> {
+        Page::new(limit, 0)?;
+        Ok(self.repository.list_after(after, limit).await?)
+    }
+
+    #[tracing::instrument(level = "debug", skip(self))]
+    async fn count_users(&self) -> Result<u64, UserError> {
+        Ok(self.repository.count().await?)
     }
 
     #[tracing::instrument(skip(self, uuids), fields(requested = uuids.len()))]
@@ -228,6 +234,72 @@ impl<R: UserRepository + 'static> UserQueries for UserService<R> {
     }
 }
 
+/// Writes commit in the store first, then make the caches forget the user:
+/// the record cache is fenced (see [`ports::TypedCache::fence`]: a reader
+/// that loaded the old record before the write cannot put it back), and on
+/// delete the seed's two mappings are removed (they are facts about an id
+/// that is never reused, so they are removed, not fenced: a fence in the
+/// seed's namespaces would be a value the Python service cannot parse).
+#[async_trait]
+impl<R: UserRepository + 'static> UserCommands for UserService<R> {
+    #[tracing::instrument(level = "debug", skip_all)]
+    async fn create_user(&self, user: NewUser) -> Result<User, UserError> {
+        let created = self.repository.create(user).await?;
+        self.caches.records().forget_absence(&created.uuid());
+        Ok(created)
+    }
+
+    #[tracing::instrument(level = "debug", skip(self, changes), fields(%uuid))]
+    async fn update_user(
+        &self,
+        uuid: UserUuid,
+        changes: UserChanges,
+        if_match: Option<Version>,
+    ) -> Result<User, UserError> {
+        if changes.is_empty() {
+            return Err(UserError::EmptyChange);
+        }
+        let written = self.repository.update(uuid, changes, if_match).await;
+        // Fence even when the write failed: a timed-out write may still have
+        // committed, and a fence costs one reload.
+        match written {
+            Ok(Some(user)) => {
+                self.caches.records().fence(&uuid).await;
+                Ok(user)
+            }
+            Ok(None) => Err(UserError::NotFoundByUuid(uuid)),
+            Err(error @ RepositoryError::Unavailable(_)) => {
+                self.caches.records().fence(&uuid).await;
+                Err(error.into())
+            }
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    #[tracing::instrument(level = "debug", skip(self), fields(%uuid))]
+    async fn delete_user(
+        &self,
+        uuid: UserUuid,
+        if_match: Option<Version>,
+    ) -> Result<(), UserError> {
+        let deleted = self.repository.delete(uuid, if_match).await;
+        match deleted {
+            Ok(Some(user)) => {
+                self.caches.records().fence(&uuid).await;
+                self.caches.uuid_to_id().invalidate(&uuid).await;
+                self.caches.id_to_uuid().invalidate(&user.id()).await;
+                Ok(())
+            }
+            Ok(None) => Err(UserError::NotFoundByUuid(uuid)),
+            Err(error @ RepositoryError::Unavailable(_)) => {
+                self.caches.records().fence(&uuid).await;
+                Err(error.into())
+            }
+            Err(error) => Err(error.into()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -254,6 +326,8 @@ mod tests {
 
     /// A store of users 1 to 1000 that counts every query and can hold each
     /// one until `gate` opens (so concurrent requests pile up on a miss).
+    /// Writes change `written`; `pause` holds the next read after it has
+    /// read (to make a reader race a write).
     #[derive(Default)]
     struct CountingStore {
         by_uuid: AtomicUsize,
@@ -263,6 +337,14 @@ mod tests {
         uuids_asked: AtomicUsize,
         gate: Option<Arc<tokio::sync::Notify>>,
         fail: bool,
+        written: std::sync::Mutex<HashMap<u128, Option<User>>>,
+        pause: std::sync::Mutex<Option<Pause>>,
+    }
+
+    /// Holds one read between reading and answering.
+    struct Pause {
+        read: Arc<tokio::sync::Notify>,
+        go_on: Arc<tokio::sync::Notify>,
     }
 
     impl CountingStore {
@@ -275,7 +357,21 @@ mod tests {
             }
             Ok(())
         }
-        fn known(n: u128) -> Option<User> {
+        /// Answers `read` of the users as they are now, held first if a
+        /// pause is armed.
+        async fn answer<T>(&self, read: impl FnOnce(&Self) -> T) -> T {
+            let answer = read(self);
+            let pause = self.pause.lock().unwrap().take();
+            if let Some(pause) = pause {
+                pause.read.notify_one();
+                pause.go_on.notified().await;
+            }
+            answer
+        }
+        fn known(&self, n: u128) -> Option<User> {
+            if let Some(written) = self.written.lock().unwrap().get(&n) {
+                return written.clone();
+            }
             (1..=1000).contains(&n).then(|| user(n as u32))
         }
         /// The n of `uuid(n)`: its last twelve digits, read as decimal.
@@ -295,12 +391,12 @@ mod tests {
         async fn by_uuid(&self, uuid: UserUuid) -> Result<Option<User>, RepositoryError> {
             self.by_uuid.fetch_add(1, Ordering::SeqCst);
             self.wait().await?;
-            Ok(Self::known(Self::number(uuid)))
+            Ok(self.answer(|s| s.known(Self::number(uuid))).await)
         }
         async fn by_id(&self, id: UserId) -> Result<Option<User>, RepositoryError> {
             self.by_id.fetch_add(1, Ordering::SeqCst);
             self.wait().await?;
-            Ok(Self::known(id.get() as u128))
+            Ok(self.answer(|s| s.known(id.get() as u128)).await)
         }
         async fn list(&self, _: Page) -> Result<Vec<User>, RepositoryError> {
             Ok(vec![])
@@ -309,18 +405,84 @@ mod tests {
             self.by_uuids.fetch_add(1, Ordering::SeqCst);
             self.uuids_asked.fetch_add(uuids.len(), Ordering::SeqCst);
             self.wait().await?;
-            Ok(uuids
-                .iter()
-                .filter_map(|u| Self::known(Self::number(*u)))
-                .collect())
+            Ok(self
+                .answer(|s| {
+                    uuids
+                        .iter()
+                        .filter_map(|u| s.known(Self::number(*u)))
+                        .collect()
+                })
+                .await)
         }
         async fn by_ids(&self, ids: &[UserId]) -> Result<Vec<User>, RepositoryError> {
             self.by_ids.fetch_add(1, Ordering::SeqCst);
             self.wait().await?;
-            Ok(ids
-                .iter()
-                .filter_map(|id| Self::known(id.get() as u128))
+            Ok(self
+                .answer(|s| {
+                    ids.iter()
+                        .filter_map(|id| s.known(id.get() as u128))
+                        .collect()
+                })
+                .await)
+        }
+        async fn list_after(
+            &self,
+            after: Option<UserId>,
+            limit: u32,
+        ) -> Result<Vec<User>, RepositoryError> {
+            let from = after.map_or(1, |id| id.get() as u128 + 1);
+            Ok((from..=1000)
+                .filter_map(|n| self.known(n))
+                .take(limit as usize)
                 .collect())
+        }
+        async fn count(&self) -> Result<u64, RepositoryError> {
+            Ok(1000)
+        }
+        async fn create(&self, _: NewUser) -> Result<User, RepositoryError> {
+            Err(RepositoryError::Unavailable("not in this test".into()))
+        }
+        async fn update(
+            &self,
+            uuid: UserUuid,
+            changes: UserChanges,
+            expected: Option<Version>,
+        ) -> Result<Option<User>, RepositoryError> {
+            self.wait().await?;
+            let n = Self::number(uuid);
+            let Some(user) = self.known(n) else {
+                return Ok(None);
+            };
+            if expected.is_some_and(|v| v != user.version()) {
+                return Err(RepositoryError::VersionMismatch {
+                    current: user.version(),
+                });
+            }
+            let (id, uuid, first, last, email) = user.clone().into_parts();
+            let changed = User::new(
+                id,
+                uuid,
+                changes.first_name.unwrap_or(first),
+                changes.last_name.unwrap_or(last),
+                changes.email.unwrap_or(email),
+            )
+            .with_version(Version::new(user.version().get() + 1));
+            self.written
+                .lock()
+                .unwrap()
+                .insert(n, Some(changed.clone()));
+            Ok(Some(changed))
+        }
+        async fn delete(
+            &self,
+            uuid: UserUuid,
+            _: Option<Version>,
+        ) -> Result<Option<User>, RepositoryError> {
+            self.wait().await?;
+            let n = Self::number(uuid);
+            let user = self.known(n);
+            self.written.lock().unwrap().insert(n, None);
+            Ok(user)
         }
     }
 
@@ -432,7 +594,7 @@ mod tests {
             ..CountingStore::default()
         });
         let error = f.service.user_by_uuid(uuid(1)).await.unwrap_err();
-        assert!(matches!(error, UserError::Repository(_)), "{error:?}");
+        assert!(matches!(error, UserError::StoreUnavailable(_)), "{error:?}");
         assert!(f.backend.is_empty());
     }
 
@@ -622,6 +784,143 @@ mod tests {
             f.store().queries(),
             before,
             "within the negative TTL, none reaches the store"
+        );
+    }
+
+    fn renamed(last: &str) -> UserChanges {
+        UserChanges {
+            last_name: Some(Name::new("last_name", last).unwrap()),
+            ..UserChanges::default()
+        }
+    }
+
+    /// Arms the store to hold the next read after it has read.
+    fn pause_next_read(
+        store: &CountingStore,
+    ) -> (Arc<tokio::sync::Notify>, Arc<tokio::sync::Notify>) {
+        let (read, go_on) = (
+            Arc::new(tokio::sync::Notify::new()),
+            Arc::new(tokio::sync::Notify::new()),
+        );
+        *store.pause.lock().unwrap() = Some(Pause {
+            read: read.clone(),
+            go_on: go_on.clone(),
+        });
+        (read, go_on)
+    }
+
+    #[tokio::test]
+    async fn a_reader_that_loaded_before_an_update_does_not_cache_the_old_record() {
+        let f = fixture(CountingStore::default());
+        let (read, go_on) = pause_next_read(f.store());
+        let reader = {
+            let service = f.service.clone();
+            tokio::spawn(async move { service.user_by_uuid(uuid(7)).await })
+        };
+        // The reader has read version 1 and is held before it fills.
+        read.notified().await;
+        let updated = f
+            .service
+            .update_user(uuid(7), renamed("Renamed"), None)
+            .await
+            .unwrap();
+        assert_eq!(updated.version(), Version::new(2));
+        go_on.notify_one();
+        let old = reader.await.unwrap().unwrap();
+        assert_eq!(
+            old.version(),
+            Version::FIRST,
+            "its own request overlapped the write"
+        );
+        // Every read after the write returned sees the new record, however
+        // often it is asked, cache or no cache.
+        for _ in 0..3 {
+            let now = f.service.user_by_uuid(uuid(7)).await.unwrap();
+            assert_eq!(now.last_name().as_str(), "Renamed");
+            assert_eq!(now.version(), Version::new(2));
+        }
+        assert_eq!(
+            f.backend.raw(&record_key(7)).as_deref(),
+            Some(ports::WRITE_FENCE)
+        );
+    }
+
+    #[tokio::test]
+    async fn an_update_replaces_a_cached_record_for_every_later_read() {
+        let f = fixture(CountingStore::default());
+        assert_eq!(
+            f.service.user_by_uuid(uuid(8)).await.unwrap().version(),
+            Version::FIRST
+        );
+        f.service
+            .update_user(uuid(8), renamed("Later"), None)
+            .await
+            .unwrap();
+        let by_uuid = f.service.user_by_uuid(uuid(8)).await.unwrap();
+        let by_id = f.service.user_by_id(UserId::new(8).unwrap()).await.unwrap();
+        assert_eq!(by_uuid.last_name().as_str(), "Later");
+        assert_eq!(by_id, by_uuid);
+    }
+
+    #[tokio::test]
+    async fn a_deleted_user_is_gone_from_every_read_path() {
+        let f = fixture(CountingStore::default());
+        f.service.user_by_uuid(uuid(9)).await.unwrap();
+        f.service.delete_user(uuid(9), None).await.unwrap();
+        assert_eq!(
+            f.backend
+                .text("user:uuid-to-id:550e8400-e29b-41d4-a716-000000000009"),
+            None
+        );
+        assert_eq!(f.backend.text("user:id-to-uuid:9"), None);
+        assert_eq!(
+            f.service.user_by_uuid(uuid(9)).await,
+            Err(UserError::NotFoundByUuid(uuid(9)))
+        );
+        let id = UserId::new(9).unwrap();
+        assert_eq!(
+            f.service.user_by_id(id).await,
+            Err(UserError::NotFoundById(id))
+        );
+        let found = f.service.lookup(&[uuid(9)]).await.unwrap();
+        assert_eq!(found.missing, vec![uuid(9)]);
+        assert_eq!(
+            f.service.delete_user(uuid(9), None).await,
+            Err(UserError::NotFoundByUuid(uuid(9)))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stale_if_match_is_refused_and_changes_nothing() {
+        let f = fixture(CountingStore::default());
+        f.service
+            .update_user(uuid(5), renamed("First"), Some(Version::FIRST))
+            .await
+            .unwrap();
+        let refused = f
+            .service
+            .update_user(uuid(5), renamed("Second"), Some(Version::FIRST))
+            .await;
+        assert_eq!(
+            refused,
+            Err(UserError::VersionMismatch {
+                current: Version::new(2)
+            })
+        );
+        assert_eq!(
+            f.service
+                .user_by_uuid(uuid(5))
+                .await
+                .unwrap()
+                .last_name()
+                .as_str(),
+            "First"
+        );
+        assert_eq!(
+            f.service
+                .update_user(uuid(5), UserChanges::default(), None)
+                .await,
+            Err(UserError::EmptyChange)
         );
     }
 }

@@ -184,8 +184,9 @@ impl Email {
 }
 
 /// A user of the reference API. Its JSON form (`{id, uuid, first_name,
-/// last_name, email}`) is the record cache's; reading it back validates every
-/// part, so a tampered record is a decode error (a miss), never a bad user.
+/// last_name, email, version}`) is the record cache's; reading it back
+/// validates every part, so a tampered record is a decode error (a miss),
+/// never a bad user.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "UserParts")]
 pub struct User {
@@ -194,6 +195,63 @@ pub struct User {
     first_name: Name,
     last_name: Name,
     email: Email,
+    version: Version,
+}
+
+/// How many times a user has been written: 1 when created, one more with
+/// each change. HTTP's entity tag is made of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Version(u64);
+
+impl Version {
+    /// The version of a user just created.
+    pub const FIRST: Version = Version(1);
+
+    /// A version number (as stored).
+    pub fn new(n: u64) -> Self {
+        Self(n)
+    }
+
+    /// The number.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for Version {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A user to create: the store gives it its id, uuid and first version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewUser {
+    /// First name.
+    pub first_name: Name,
+    /// Last name.
+    pub last_name: Name,
+    /// E-mail address (unique among users).
+    pub email: Email,
+}
+
+/// A change to a user: the parts to replace (`None`: kept).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UserChanges {
+    /// A new first name.
+    pub first_name: Option<Name>,
+    /// A new last name.
+    pub last_name: Option<Name>,
+    /// A new e-mail address (unique among users).
+    pub email: Option<Email>,
+}
+
+impl UserChanges {
+    /// Whether nothing would change.
+    pub fn is_empty(&self) -> bool {
+        self.first_name.is_none() && self.last_name.is_none() && self.email.is_none()
+    }
 }
 
 impl User {
@@ -211,7 +269,20 @@ impl User {
             first_name,
             last_name,
             email,
+            version: Version::FIRST,
         }
+    }
+
+    /// The same user at `version`.
+    #[must_use]
+    pub fn with_version(mut self, version: Version) -> Self {
+        self.version = version;
+        self
+    }
+
+    /// How many times it has been written.
+    pub fn version(&self) -> Version {
+        self.version
     }
 
     /// The numeric id.
@@ -256,6 +327,13 @@ struct UserParts {
     first_name: String,
     last_name: String,
     email: String,
+    /// Records cached before versions existed read as the first version.
+    #[serde(default = "first_version")]
+    version: u64,
+}
+
+fn first_version() -> u64 {
+    Version::FIRST.get()
 }
 
 impl TryFrom<UserParts> for User {
@@ -267,7 +345,8 @@ impl TryFrom<UserParts> for User {
             Name::new("first_name", &parts.first_name)?,
             Name::new("last_name", &parts.last_name)?,
             Email::new(&parts.email)?,
-        ))
+        )
+        .with_version(Version::new(parts.version)))
     }
 }
 

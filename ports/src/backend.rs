@@ -11,8 +11,9 @@ use crate::error::BackendError;
 /// A backend shared by every typed cache, chosen at run time by configuration.
 pub type SharedBackend = Arc<dyn CacheBackend>;
 
-/// One entry of a multi-set: the full (namespaced) key, the encoded value and
-/// its time to live (`None` = never expires).
+/// One entry of a multi-set: the full (namespaced) key, the encoded value,
+/// its time to live (`None` = never expires), and whether it may replace a
+/// value already there.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     /// The full key, namespace included (see [`crate::full_key`]).
@@ -21,6 +22,29 @@ pub struct Entry {
     pub value: Bytes,
     /// How long the entry lives; `None` means it never expires.
     pub ttl: Option<Duration>,
+    /// Store only where the key holds nothing (Redis `SET ... NX`): how a
+    /// read-through fill never overwrites what a writer put there since the
+    /// load began (a newer value or a write fence).
+    pub only_if_absent: bool,
+}
+
+impl Entry {
+    /// An entry that replaces whatever `key` holds.
+    pub fn new(key: String, value: Bytes, ttl: Option<Duration>) -> Self {
+        Self {
+            key,
+            value,
+            ttl,
+            only_if_absent: false,
+        }
+    }
+
+    /// The same entry, stored only where `key` holds nothing.
+    #[must_use]
+    pub fn if_absent(mut self) -> Self {
+        self.only_if_absent = true;
+        self
+    }
 }
 
 /// A byte-level key-value store with expiry: the outbound port of every cache.
@@ -61,7 +85,9 @@ pub trait CacheBackend: Send + Sync {
     async fn mget(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>, BackendError>;
 
     /// Stores every entry, each with its own TTL, in ONE (pipelined) round
-    /// trip. Not atomic: on error, some entries may have been stored.
+    /// trip. An entry marked [`Entry::only_if_absent`] is stored only if its
+    /// key holds no (unexpired) value at that moment, atomically per key.
+    /// Not atomic across entries: on error, some entries may have been stored.
     async fn mset(&self, entries: &[Entry]) -> Result<(), BackendError>;
 
     /// Checks that the backend answers. Not bounded by the per-operation

@@ -35,6 +35,7 @@ pub use key::{CacheKey, full_key};
 pub use limiter::LogLimiter;
 pub use load::{CacheEvent, CacheObserver, LoadError, Timer};
 pub use policy::{
-    CachePolicy, DEFAULT_LOAD_TIMEOUT, DEFAULT_MAX_VALUE_BYTES, DEFAULT_TTL_JITTER, Ttl,
+    CachePolicy, DEFAULT_LOAD_TIMEOUT, DEFAULT_MAX_VALUE_BYTES, DEFAULT_TTL_JITTER,
+    DEFAULT_WRITE_FENCE, Ttl,
 };
-pub use typed::{CacheDefinition, Companions, LOG_WINDOW, MAX_BATCH, TypedCache};
+pub use typed::{CacheDefinition, Companions, LOG_WINDOW, MAX_BATCH, TypedCache, WRITE_FENCE};

@@ -142,6 +142,12 @@ impl<V> Flights<V> {
         }
     }
 
+    /// Stops sharing the load of `key` in flight, if any: later callers
+    /// start a new one (after a write). Its waiters still get its answer.
+    pub(crate) fn detach(&self, key: &str) {
+        self.lock().remove(key);
+    }
+
     /// Loads in flight (for tests).
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
@@ -346,11 +352,6 @@ where
         Ok(answers)
     }
 
-    /// Forgets a remembered "no such entry" for `key` (after creating it).
-    pub fn forget_absence(&self, key: &D::Key) {
-        self.negatives.forget(&self.key(key));
-    }
-
     /// Joins the load of `full` in flight, or starts one with `make`.
     fn start_or_join(
         &self,
@@ -393,7 +394,7 @@ where
                         elapsed: started.elapsed(),
                         found: true,
                     });
-                    cache.store(&full, value).await;
+                    cache.store(&full, value, started).await;
                 }
                 Ok(None) => {
                     cache.observe(crate::CacheEvent::Loaded {
@@ -449,7 +450,7 @@ where
                         elapsed: started.elapsed(),
                         found: !found.is_empty(),
                     });
-                    cache.store_many(found).await;
+                    cache.store_many(found, started).await;
                     if let Some(ttl) = cache.loading.negative_ttl {
                         for full in batch_fulls.iter().filter(|f| !found.contains_key(*f)) {
                             cache.negatives.remember(full.clone(), ttl);
@@ -527,7 +528,7 @@ mod tests {
     use crate::backend::Entry;
     use crate::codec::TextCodec;
     use crate::testing::MapBackend;
-    use crate::typed::jittered;
+    use crate::typed::{WRITE_FENCE, jittered};
 
     struct Squares;
     impl CacheDefinition for Squares {
@@ -852,11 +853,11 @@ mod tests {
     async fn a_loaded_value_goes_out_with_its_companions_in_one_round_trip() {
         let backend = Arc::new(MapBackend::default());
         let cache = cache(&backend).with_companions(Arc::new(|value: &i64| {
-            vec![Entry {
-                key: format!("test:roots:{value}"),
-                value: Bytes::from_static(b"root"),
-                ttl: None,
-            }]
+            vec![Entry::new(
+                format!("test:roots:{value}"),
+                Bytes::from_static(b"root"),
+                None,
+            )]
         }));
         let loaded = cache
             .get_or_load(&3, || async { Ok::<_, StoreDown>(Some(9)) })
@@ -865,6 +866,127 @@ mod tests {
         assert_eq!(backend.msets(), 1);
         assert_eq!(backend.text("test:squares:3").as_deref(), Some("9"));
         assert!(backend.raw("test:roots:9").is_some());
+    }
+
+    /// Starts `get_or_load(7)` with a gated loader answering `value`, and
+    /// returns once the loader has read "the store".
+    async fn load_paused_after_reading(
+        cache: &TypedCache<Squares>,
+        calls: &Arc<AtomicUsize>,
+        gate: &Arc<tokio::sync::Notify>,
+        value: i64,
+    ) -> tokio::task::JoinHandle<Result<Option<i64>, LoadError<StoreDown>>> {
+        let before = calls.load(Ordering::SeqCst);
+        let (reader, loader) = (cache.clone(), gated_loader(calls, gate, Ok(Some(value))));
+        let handle = tokio::spawn(async move { reader.get_or_load(&7, loader).await });
+        while calls.load(Ordering::SeqCst) == before {
+            tokio::task::yield_now().await;
+        }
+        handle
+    }
+
+    #[tokio::test]
+    async fn a_value_loaded_before_a_write_is_not_filled_after_its_fence() {
+        let backend = Arc::new(MapBackend::default());
+        let cache = cache(&backend);
+        let (calls, gate) = (
+            Arc::new(AtomicUsize::new(0)),
+            Arc::new(tokio::sync::Notify::new()),
+        );
+        // The reader has read the old value (48) and is paused before its fill.
+        let reader = load_paused_after_reading(&cache, &calls, &gate, 48).await;
+        // The write commits (49) and fences the key.
+        cache.fence(&7).await;
+        gate.notify_one();
+        assert_eq!(
+            reader.await.unwrap(),
+            Ok(Some(48)),
+            "its own caller overlapped the write"
+        );
+        assert_eq!(
+            backend.raw("test:squares:7").as_deref(),
+            Some(WRITE_FENCE),
+            "the fence held"
+        );
+        assert_eq!(cache.get(&7).await, None, "a fence reads as a miss");
+        let after = cache
+            .get_or_load(&7, || async { Ok::<_, StoreDown>(Some(49)) })
+            .await;
+        assert_eq!(after, Ok(Some(49)), "the next read loads the new value");
+    }
+
+    #[tokio::test]
+    async fn a_fence_is_a_miss_not_a_corrupt_entry() {
+        let backend = Arc::new(MapBackend::default());
+        let events = Arc::new(Events::default());
+        let cache = cache(&backend).with_observer(events.clone());
+        cache.set(&7, &49).await.unwrap();
+        cache.fence(&7).await;
+        assert_eq!(cache.get(&7).await, None);
+        assert_eq!(cache.mget(&[7]).await, Ok(vec![None]));
+        assert_eq!(events.count(|e| *e == CacheEvent::CorruptRemoved), 0);
+        assert_eq!(
+            backend.raw("test:squares:7").as_deref(),
+            Some(WRITE_FENCE),
+            "not removed"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_load_started_before_a_fence_is_not_joined_after_it() {
+        let backend = Arc::new(MapBackend::default());
+        let cache = cache(&backend);
+        let (calls, gate) = (
+            Arc::new(AtomicUsize::new(0)),
+            Arc::new(tokio::sync::Notify::new()),
+        );
+        let before_write = load_paused_after_reading(&cache, &calls, &gate, 48).await;
+        cache.fence(&7).await;
+        // A request that starts after the write returned runs a load of its own.
+        let after_write = cache
+            .get_or_load(&7, || async { Ok::<_, StoreDown>(Some(49)) })
+            .await;
+        assert_eq!(after_write, Ok(Some(49)));
+        gate.notify_one();
+        assert_eq!(before_write.await.unwrap(), Ok(Some(48)));
+    }
+
+    #[tokio::test]
+    async fn a_load_that_outlasts_the_fence_is_not_filled() {
+        let backend = Arc::new(MapBackend::default());
+        let cache = cache(&backend).with_write_fence(Duration::from_millis(20));
+        let (calls, gate) = (
+            Arc::new(AtomicUsize::new(0)),
+            Arc::new(tokio::sync::Notify::new()),
+        );
+        let reader = load_paused_after_reading(&cache, &calls, &gate, 48).await;
+        cache.fence(&7).await;
+        // The fence expires while the reader is still paused (the map backend
+        // keeps no TTL: remove it as Redis would after 20 ms).
+        std::thread::sleep(Duration::from_millis(25));
+        backend.remove("test:squares:7");
+        gate.notify_one();
+        assert_eq!(reader.await.unwrap(), Ok(Some(48)));
+        assert_eq!(
+            backend.raw("test:squares:7"),
+            None,
+            "the stale value was not filled"
+        );
+    }
+
+    #[tokio::test]
+    async fn mget_or_load_fills_only_keys_that_hold_nothing() {
+        let backend = Arc::new(MapBackend::default());
+        let cache = cache(&backend);
+        cache.fence(&2).await;
+        let answers = cache
+            .mget_or_load(&[1, 2], |keys: Vec<i64>| async move {
+                Ok::<_, StoreDown>(keys.into_iter().map(|k| (k, k * k)).collect())
+            })
+            .await;
+        assert_eq!(answers, Ok(vec![Some(1), Some(4)]));
+        assert_eq!(backend.text("test:squares:1").as_deref(), Some("1"));
+        assert_eq!(backend.raw("test:squares:2").as_deref(), Some(WRITE_FENCE));
     }
 
     #[tokio::test]

@@ -45,12 +45,16 @@ pub struct CachePolicy {
     negative_per_namespace: BTreeMap<String, Ttl>,
     single_flight: bool,
     load_timeout: Duration,
+    write_fence: Duration,
 }
 
 /// Each write's TTL is shortened by a random amount of up to this fraction.
 pub const DEFAULT_TTL_JITTER: f64 = 0.1;
 /// The bound on one read-through load.
 pub const DEFAULT_LOAD_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a write fence holds a key (see [`crate::TypedCache::fence`]):
+/// the load bound, and a second more for the fill that follows a load.
+pub const DEFAULT_WRITE_FENCE: Duration = Duration::from_secs(6);
 
 impl Default for CachePolicy {
     fn default() -> Self {
@@ -62,6 +66,7 @@ impl Default for CachePolicy {
             negative_per_namespace: BTreeMap::new(),
             single_flight: true,
             load_timeout: DEFAULT_LOAD_TIMEOUT,
+            write_fence: DEFAULT_WRITE_FENCE,
         }
     }
 }
@@ -142,6 +147,17 @@ impl CachePolicy {
     /// The bound on one read-through load.
     pub fn load_timeout(&self) -> Duration {
         self.load_timeout
+    }
+
+    /// The same policy with another write fence (see [`crate::TypedCache::fence`]).
+    pub fn with_write_fence(mut self, fence: Duration) -> Self {
+        self.write_fence = fence;
+        self
+    }
+
+    /// How long a write fence holds a key.
+    pub fn write_fence(&self) -> Duration {
+        self.write_fence
     }
 
     /// The TTL for the cache `namespace`, whose definition asks for `declared`.

@@ -59,6 +59,11 @@ impl MapBackend {
         self.mgets.load(Ordering::SeqCst)
     }
 
+    /// Removes `key` (as its expiry would).
+    pub fn remove(&self, key: &str) {
+        self.lock().remove(key);
+    }
+
     /// MSET (pipelined write) round trips so far.
     pub fn msets(&self) -> usize {
         self.msets.load(Ordering::SeqCst)
@@ -111,6 +116,9 @@ impl CacheBackend for MapBackend {
         self.msets.fetch_add(1, Ordering::SeqCst);
         let mut map = self.lock();
         for entry in entries {
+            if entry.only_if_absent && map.contains_key(&entry.key) {
+                continue;
+            }
             map.insert(entry.key.clone(), entry.value.clone());
         }
         Ok(())

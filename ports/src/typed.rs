@@ -20,6 +20,11 @@ use crate::policy::{CachePolicy, DEFAULT_MAX_VALUE_BYTES, Ttl};
 /// callers think about batch sizes and keeps one request from flooding Redis.
 pub const MAX_BATCH: usize = 100;
 
+/// What [`TypedCache::fence`] stores: a NUL byte no JSON or text value
+/// starts with, then a name that says what it is to whoever reads the key
+/// with `redis-cli`. Reads see it as a miss, never as a corrupt entry.
+pub const WRITE_FENCE: &[u8] = b"\x00cachemanager:write-fence";
+
 /// Everything that defines one cache, fixed at compile time.
 ///
 /// A new cache is a zero-sized type and one impl:
@@ -67,6 +72,7 @@ pub(crate) struct Loading {
     pub(crate) timer: Option<Arc<dyn Timer>>,
     pub(crate) negative_ttl: Option<Duration>,
     pub(crate) ttl_jitter: f64,
+    pub(crate) write_fence: Duration,
 }
 
 impl Default for Loading {
@@ -77,6 +83,7 @@ impl Default for Loading {
             timer: None,
             negative_ttl: None,
             ttl_jitter: 0.0,
+            write_fence: crate::policy::DEFAULT_WRITE_FENCE,
         }
     }
 }
@@ -164,7 +171,14 @@ impl<D: CacheDefinition> TypedCache<D> {
             .and_then(Ttl::expiry);
         cache.loading.single_flight = policy.single_flight();
         cache.loading.load_timeout = Some(policy.load_timeout());
+        cache.loading.write_fence = policy.write_fence();
         cache
+    }
+
+    /// The same cache fencing written keys for `fence` (see [`TypedCache::fence`]).
+    pub fn with_write_fence(mut self, fence: Duration) -> Self {
+        self.loading.write_fence = fence;
+        self
     }
 
     /// The same cache bounding its loads with `timer` (the policy's load
@@ -271,11 +285,11 @@ impl<D: CacheDefinition> TypedCache<D> {
     /// [`CacheError::Serialization`] when the value cannot be encoded;
     /// [`CacheError::ValueTooLarge`] when it is over the limit.
     pub fn entry(&self, key: &D::Key, value: &D::Value) -> Result<Entry, CacheError> {
-        Ok(Entry {
-            key: self.key(key),
-            value: self.encode(value)?,
-            ttl: self.write_expiry(),
-        })
+        Ok(Entry::new(
+            self.key(key),
+            self.encode(value)?,
+            self.write_expiry(),
+        ))
     }
 
     fn encode(&self, value: &D::Value) -> Result<Bytes, CacheError> {
@@ -315,6 +329,7 @@ impl<D: CacheDefinition> TypedCache<D> {
 
     async fn read_unobserved(&self, key: &str) -> Option<D::Value> {
         match self.backend.get(key).await {
+            Ok(Some(raw)) if raw.as_ref() == WRITE_FENCE => None,
             Ok(Some(raw)) => self.decode_or_invalidate(key, raw).await,
             Ok(None) => None,
             Err(BackendError::WrongType(reason)) => {
@@ -341,9 +356,23 @@ impl<D: CacheDefinition> TypedCache<D> {
         log_backend_error(D::NAMESPACE, operation, key, error);
     }
 
-    /// Writes a loaded value at `key` (full) with the jittered TTL. Never
-    /// fails: a value that cannot be encoded is logged and not stored.
-    pub(crate) async fn store(&self, key: &str, value: &D::Value) {
+    /// Whether a value loaded since `started` may still be filled: not once
+    /// the load has lasted as long as a write fence holds (a write that
+    /// committed after the load read the store may have fenced the key, and
+    /// that fence may be gone by now).
+    fn may_fill(&self, started: std::time::Instant, key: &str) -> bool {
+        let fresh = started.elapsed() < self.loading.write_fence;
+        if !fresh {
+            tracing::debug!(namespace = D::NAMESPACE, %key, "load outlasted the write fence; not cached");
+        }
+        fresh
+    }
+
+    /// Fills `key` (full) with a value loaded since `started`: only where
+    /// the key holds nothing (a write fence or a writer's value wins), with
+    /// the jittered TTL and the companions, in one round trip. Never fails: a
+    /// value that cannot be encoded is logged and not stored.
+    pub(crate) async fn store(&self, key: &str, value: &D::Value, started: std::time::Instant) {
         let bytes = match self.encode(value) {
             Ok(bytes) => bytes,
             Err(error) => {
@@ -351,38 +380,40 @@ impl<D: CacheDefinition> TypedCache<D> {
                 return;
             }
         };
+        if !self.may_fill(started, key) {
+            return;
+        }
         self.observe(CacheEvent::Written);
-        let written = match &self.companions {
-            None => self.backend.set(key, bytes, self.write_expiry()).await,
-            Some(companions) => {
-                let mut entries = vec![Entry {
-                    key: key.to_owned(),
-                    value: bytes,
-                    ttl: self.write_expiry(),
-                }];
-                entries.extend(companions(value));
-                self.backend.mset(&entries).await
-            }
-        };
-        if let Err(error) = written {
+        let mut entries = vec![Entry::new(key.to_owned(), bytes, self.write_expiry()).if_absent()];
+        if let Some(companions) = &self.companions {
+            entries.extend(companions(value).into_iter().map(Entry::if_absent));
+        }
+        if let Err(error) = self.backend.mset(&entries).await {
             self.swallowed("set", key, &error);
         }
     }
 
-    /// Writes loaded values (by full key), with their companions, in one
-    /// pipelined round trip.
-    pub(crate) async fn store_many(&self, values: &std::collections::HashMap<String, D::Value>) {
+    /// Fills values loaded since `started` (by full key), with their
+    /// companions, in one pipelined round trip; each only where its key holds
+    /// nothing (see [`TypedCache::fence`]).
+    pub(crate) async fn store_many(
+        &self,
+        values: &std::collections::HashMap<String, D::Value>,
+        started: std::time::Instant,
+    ) {
+        if values.is_empty() {
+            return;
+        }
+        if !self.may_fill(started, "(batch)") {
+            return;
+        }
         let mut entries = Vec::with_capacity(values.len());
         for (key, value) in values {
             match self.encode(value) {
                 Ok(bytes) => {
-                    entries.push(Entry {
-                        key: key.clone(),
-                        value: bytes,
-                        ttl: self.write_expiry(),
-                    });
+                    entries.push(Entry::new(key.clone(), bytes, self.write_expiry()).if_absent());
                     if let Some(companions) = &self.companions {
-                        entries.extend(companions(value));
+                        entries.extend(companions(value).into_iter().map(Entry::if_absent));
                     }
                 }
                 Err(error) => {
@@ -398,6 +429,52 @@ impl<D: CacheDefinition> TypedCache<D> {
         self.observe(CacheEvent::Written);
         if let Err(error) = self.backend.mset(&entries).await {
             self.swallowed("mset", &entries[0].key, &error);
+        }
+    }
+
+    /// Fills `key` with `value`, loaded from the store of record since
+    /// `started`, the way a read-through load does: only where the key holds
+    /// nothing, not once the load has outlasted the write fence, companions
+    /// included. For a loader that finds a value of this cache while loading
+    /// another (e.g. a record while resolving an id).
+    pub async fn fill(&self, key: &D::Key, value: &D::Value, started: std::time::Instant) {
+        let full = self.key(key);
+        self.negatives.forget(&full);
+        self.store(&full, value, started).await;
+    }
+
+    /// Forgets a remembered "no such entry" for `key` (after creating it).
+    pub fn forget_absence(&self, key: &D::Key) {
+        self.negatives.forget(&self.key(key));
+    }
+
+    /// Marks `key` as just written in the store of record, after the write
+    /// committed: any value there is replaced by a write fence that lives
+    /// for the cache's write fence (6 s unless set), and this process stops
+    /// sharing a load of `key` that started before.
+    ///
+    /// A fence reads as a miss. Read-through fills never replace it (they
+    /// write only where a key holds nothing), and a fill whose load lasted as
+    /// long as a fence is dropped: so a reader that loaded the old value
+    /// before the write cannot put it back after the write, however its
+    /// steps interleave with the writer's. The next reads load the new value
+    /// from the store; once the fence expires, a fill caches it.
+    ///
+    /// Only for caches whose values the codec never encodes as [`WRITE_FENCE`]
+    /// and that no other program reads (the seed's namespaces must only ever
+    /// hold values the Python service can parse: invalidate those instead).
+    pub async fn fence(&self, key: &D::Key) {
+        let full = self.key(key);
+        self.negatives.forget(&full);
+        self.flights.detach(&full);
+        self.observe(CacheEvent::Written);
+        let fence = Bytes::from_static(WRITE_FENCE);
+        if let Err(error) = self
+            .backend
+            .set(&full, fence, Some(self.loading.write_fence))
+            .await
+        {
+            self.swallowed("fence", &full, &error);
         }
     }
 
@@ -484,6 +561,7 @@ impl<D: CacheDefinition> TypedCache<D> {
         let mut values = Vec::with_capacity(raw.len());
         for (key, stored) in full_keys.iter().zip(raw) {
             let value = match stored {
+                Some(bytes) if bytes.as_ref() == WRITE_FENCE => None,
                 Some(bytes) => self.decode_or_invalidate(key, bytes).await,
                 None => None,
             };

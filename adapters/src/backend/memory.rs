@@ -198,7 +198,20 @@ impl CacheBackend for MemoryBackend {
 
     async fn mset(&self, entries: &[Entry]) -> Result<(), BackendError> {
         for entry in entries {
-            self.put(&entry.key, entry.value.clone(), entry.ttl).await;
+            if entry.only_if_absent {
+                // Under the key's write lock, so no write lands between the
+                // check and the insert (Redis `SET NX` is atomic too).
+                let _write = self.write_locks.of(&entry.key).lock().await;
+                if self.cache.get(&entry.key).await.is_none() {
+                    let stored = Stored {
+                        value: entry.value.clone(),
+                        ttl: entry.ttl,
+                    };
+                    self.cache.insert(entry.key.clone(), stored).await;
+                }
+            } else {
+                self.put(&entry.key, entry.value.clone(), entry.ttl).await;
+            }
         }
         Ok(())
     }

@@ -676,6 +676,9 @@ impl CacheBackend for RedisBackend {
             if let Some(ttl) = entry.ttl {
                 command.arg("PX").arg(ttl_millis(ttl));
             }
+            if entry.only_if_absent {
+                command.arg("NX");
+            }
             command.ignore();
         }
         self.run(|mut connection| async move { pipeline.query_async::<()>(&mut connection).await })
