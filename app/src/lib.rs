@@ -14,4 +14,7 @@ pub use settings::{
     BackendKind, CacheSettings, DEFAULT_FILE, LogFormat, LogSettings, MAX_TTL_SECS, ServerSettings,
     Settings, SettingsError, UsersSettings,
 };
-pub use startup::{Application, BuiltBackend, StartupError, build_backend, shutdown_signal};
+pub use startup::{
+    Application, BuiltBackend, Maintenance, StartupError, build_backend, maintain, open_store,
+    shutdown_signal,
+};

@@ -7,6 +7,10 @@
 //! `cachemanager healthcheck [--config FILE]`: asks a running instance (same
 //! settings) for `/health/live`; exits 0 when it answers 200, 1 otherwise.
 //! For container healthchecks in images that have no curl.
+//!
+//! `cachemanager migrate`: applies the store's schema migrations and exits.
+//! `cachemanager import FILE`: imports a JSON array of users into the store.
+//! `cachemanager import --generate N`: adds N synthetic users (benchmarks).
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -15,7 +19,7 @@ use std::process::ExitCode;
 
 use app::{Application, Settings, shutdown_signal, telemetry};
 
-const USAGE: &str = "usage: cachemanager [healthcheck] [--config FILE] | --help | --version";
+const USAGE: &str = "usage: cachemanager [healthcheck | migrate | import FILE | import --generate N] [--config FILE] | --help | --version";
 
 const HELP: &str = "\
 cachemanager: the User API over the CacheManager cache layer.
@@ -25,6 +29,10 @@ usage:
                                             config/default.toml, then the environment)
   cachemanager healthcheck [--config FILE]  exit 0 when a running instance answers
                                             /health/live, 1 otherwise
+  cachemanager migrate [--config FILE]      apply the store's schema migrations
+  cachemanager import FILE [--config FILE]  import a JSON array of users into the store
+                                            (id, uuid, first_name, last_name, email)
+  cachemanager import --generate N          add N synthetic users (benchmarks, demos)
   cachemanager --help | -h                  this text
   cachemanager --version | -V               the version
 
@@ -42,8 +50,17 @@ fn fail(code: u8, message: &str) -> ExitCode {
 
 /// What the command line asks for.
 struct Command {
-    healthcheck: bool,
+    action: Action,
     config: Option<PathBuf>,
+}
+
+/// The subcommand.
+enum Action {
+    Serve,
+    Healthcheck,
+    Migrate,
+    Import(PathBuf),
+    Generate(u64),
 }
 
 /// What to do, from the command line.
@@ -65,14 +82,25 @@ fn parse_invocation(args: &[String]) -> Result<Invocation, String> {
 }
 
 fn parse_args(args: &[String]) -> Result<Command, String> {
-    let (healthcheck, rest) = match args.split_first() {
-        Some((first, rest)) if first == "healthcheck" => (true, rest),
-        _ => (false, args),
+    let (action, rest) = match args {
+        [first, rest @ ..] if first == "healthcheck" => (Action::Healthcheck, rest),
+        [first, rest @ ..] if first == "migrate" => (Action::Migrate, rest),
+        [first, flag, n, rest @ ..] if first == "import" && flag == "--generate" => {
+            let n =
+                n.parse::<u64>().ok().filter(|n| *n > 0).ok_or_else(|| {
+                    format!("--generate takes a positive number of users, got '{n}'")
+                })?;
+            (Action::Generate(n), rest)
+        }
+        [first, file, rest @ ..] if first == "import" && !file.starts_with("--") => {
+            (Action::Import(PathBuf::from(file)), rest)
+        }
+        [first, ..] if first == "import" => {
+            return Err(format!("import needs a FILE or --generate N; {USAGE}"));
+        }
+        _ => (Action::Serve, args),
     };
-    parse_config(rest).map(|config| Command {
-        healthcheck,
-        config,
-    })
+    parse_config(rest).map(|config| Command { action, config })
 }
 
 fn parse_config(args: &[String]) -> Result<Option<PathBuf>, String> {
@@ -107,7 +135,7 @@ fn main() -> ExitCode {
         Ok(settings) => settings,
         Err(error) => return fail(2, &error.to_string()),
     };
-    if command.healthcheck {
+    if matches!(command.action, Action::Healthcheck) {
         return match app::probe_liveness(&settings, std::time::Duration::from_secs(2)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(reason) => fail(1, &format!("unhealthy: {reason}")),
@@ -123,6 +151,26 @@ fn main() -> ExitCode {
         Ok(runtime) => runtime,
         Err(error) => return fail(1, &format!("cannot start the async runtime: {error}")),
     };
+    let maintenance = match command.action {
+        Action::Migrate => Some(app::Maintenance::Migrate),
+        Action::Import(file) => Some(app::Maintenance::Import(file)),
+        Action::Generate(n) => Some(app::Maintenance::Generate(n)),
+        Action::Serve | Action::Healthcheck => None,
+    };
+    if let Some(task) = maintenance {
+        return runtime.block_on(async {
+            match app::maintain(&settings, task).await {
+                Ok(done) => {
+                    tracing::info!("{done}");
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    tracing::error!(%error, "failed");
+                    fail(1, &error.to_string())
+                }
+            }
+        });
+    }
     runtime.block_on(async {
         let application = match Application::build(settings).await {
             Ok(application) => application,

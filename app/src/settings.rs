@@ -17,8 +17,12 @@ use adapters::backend::{BreakerConfig, MemoryConfig, RedisConfig};
 use adapters::health::MonitorConfig;
 use adapters::http::HttpConfig;
 use adapters::serde_ms;
+use adapters::users::StoreConfig;
 use config::{Config, Environment, File, FileFormat};
-use ports::{CachePolicy, DEFAULT_LOAD_TIMEOUT, DEFAULT_MAX_VALUE_BYTES, DEFAULT_TTL_JITTER, Ttl};
+use ports::{
+    CachePolicy, DEFAULT_LOAD_TIMEOUT, DEFAULT_MAX_VALUE_BYTES, DEFAULT_TTL_JITTER,
+    DEFAULT_WRITE_FENCE, Ttl,
+};
 use serde::{Deserialize, Deserializer};
 use thiserror::Error;
 
@@ -207,6 +211,14 @@ pub struct ServerSettings {
     /// The largest request body (413 above).
     #[serde(deserialize_with = "serde_ms::positive_count")]
     pub max_body_bytes: usize,
+    /// The `Cache-Control` header sent with a user.
+    pub cache_control: String,
+    /// Origins browsers may call the API from (CORS), comma-separated;
+    /// empty: none.
+    pub cors_origins: String,
+    /// Response bodies of this many bytes or more are compressed (gzip or
+    /// br, as the client accepts); 0: never.
+    pub compress_from_bytes: usize,
 }
 
 impl Default for ServerSettings {
@@ -219,6 +231,9 @@ impl Default for ServerSettings {
             shutdown_delay: Duration::ZERO,
             request_timeout: http.request_timeout,
             max_body_bytes: http.max_body_bytes,
+            cache_control: http.cache_control,
+            cors_origins: String::new(),
+            compress_from_bytes: http.compress_from_bytes,
         }
     }
 }
@@ -259,6 +274,11 @@ pub struct CacheSettings {
     /// The bound on one read-through load.
     #[serde(rename = "load_timeout_ms", deserialize_with = "serde_ms::positive")]
     load_timeout: Duration,
+    /// How long a written user's record stays fenced: reads load it from the
+    /// store meanwhile, and a load that started before the write can never
+    /// put the old record back. Longer than a load may take.
+    #[serde(rename = "write_fence_ms", deserialize_with = "serde_ms::positive")]
+    write_fence: Duration,
     /// The circuit breaker over Redis.
     pub breaker: BreakerConfig,
 }
@@ -275,6 +295,7 @@ impl Default for CacheSettings {
             negative_ttl_secs: BTreeMap::new(),
             single_flight: true,
             load_timeout: DEFAULT_LOAD_TIMEOUT,
+            write_fence: DEFAULT_WRITE_FENCE,
             breaker: BreakerConfig::default(),
         }
     }
@@ -292,7 +313,8 @@ impl CacheSettings {
             .with_max_value_bytes(self.max_value_bytes)
             .with_ttl_jitter(self.ttl_jitter)
             .with_single_flight(self.single_flight)
-            .with_load_timeout(self.load_timeout);
+            .with_load_timeout(self.load_timeout)
+            .with_write_fence(self.write_fence);
         for (namespace, secs) in &self.negative_ttl_secs {
             policy = policy.with_negative_ttl_override(namespace.clone(), Ttl::from_secs(*secs));
         }
@@ -310,7 +332,8 @@ impl CacheSettings {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct UsersSettings {
-    /// A JSON file of users; `None` serves the seed's ten sample users.
+    /// A JSON file of users imported into an empty store on first start;
+    /// `None` imports the seed's ten sample users.
     pub file: Option<PathBuf>,
     /// A delay added to every store query: what a database round trip would
     /// cost, for benchmarks and demos (0: none).
@@ -353,7 +376,9 @@ pub struct Settings {
     pub redis: RedisConfig,
     /// Memory backend.
     pub memory: MemoryConfig,
-    /// Users store.
+    /// The users store (its `Debug` hides the password).
+    pub store: StoreConfig,
+    /// What fills an empty store, and a delay for benchmarks.
     pub users: UsersSettings,
     /// Health monitor.
     pub health: MonitorConfig,
@@ -362,10 +387,12 @@ pub struct Settings {
 }
 
 /// The seed's variables and the keys they set.
-const SEED_VARIABLES: [(&str, &str); 3] = [
+/// (And the ecosystem's `DATABASE_URL`.)
+const SEED_VARIABLES: [(&str, &str); 4] = [
     ("REDIS_URL", "REDIS__URL"),
     ("REDIS_PASSWORD", "REDIS__PASSWORD"),
     ("CACHE_DEFAULT_TTL", "CACHE__DEFAULT_TTL_SECS"),
+    ("DATABASE_URL", "STORE__URL"),
 ];
 
 impl Settings {
@@ -421,6 +448,16 @@ impl Settings {
             max_body_bytes: self.server.max_body_bytes,
             request_timeout: self.server.request_timeout,
             log_requests: self.log.requests,
+            cache_control: self.server.cache_control.clone(),
+            cors_origins: self
+                .server
+                .cors_origins
+                .split(',')
+                .map(str::trim)
+                .filter(|o| !o.is_empty())
+                .map(str::to_owned)
+                .collect(),
+            compress_from_bytes: self.server.compress_from_bytes,
         }
     }
 
@@ -467,6 +504,32 @@ impl Settings {
         if let Some(file) = &self.users.file {
             readable("users.file", file)?;
         }
+        self.store.password = self
+            .store
+            .password
+            .take()
+            .filter(|p| !p.expose().is_empty());
+        self.store.kind().map_err(|e| {
+            invalid(
+                "store.url",
+                format!("{e} (accepted: sqlite://PATH, postgres://user@host[:port]/db)"),
+            )
+        })?;
+        if self.server.cache_control.chars().any(|c| c.is_control()) {
+            return Err(invalid(
+                "server.cache_control",
+                "control characters cannot be sent in a header",
+            ));
+        }
+        for origin in self.server.cors_origins.split(',').map(str::trim) {
+            let web = origin.starts_with("http://") || origin.starts_with("https://");
+            if !origin.is_empty() && !web {
+                return Err(invalid(
+                    "server.cors_origins",
+                    format!("'{origin}' is not an origin (https://host[:port], comma-separated)"),
+                ));
+            }
+        }
         if self.health.slow_ping > self.health.ping_timeout {
             return Err(invalid(
                 "health.slow_ms",
@@ -503,7 +566,11 @@ fn readable(key: &str, path: &Path) -> Result<(), SettingsError> {
 /// Keeps a secret out of an error message (the config crate may quote values).
 fn scrub(message: &str, env: &HashMap<String, String>) -> String {
     let mut text = message.to_owned();
-    for key in ["REDIS_PASSWORD", "CACHEMANAGER__REDIS__PASSWORD"] {
+    for key in [
+        "REDIS_PASSWORD",
+        "CACHEMANAGER__REDIS__PASSWORD",
+        "CACHEMANAGER__STORE__PASSWORD",
+    ] {
         if let Some(secret) = env.get(key).filter(|s| !s.is_empty()) {
             text = text.replace(secret.as_str(), "***");
         }

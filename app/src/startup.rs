@@ -10,11 +10,12 @@ use adapters::backend::{
 };
 use adapters::health::{HealthMonitor, Readiness};
 use adapters::http::routes;
-use adapters::users::{InMemoryUserRepository, Latent, UserStoreError};
+use adapters::users::{InMemoryUserRepository, Latent, SqlStore, StoreSetupError, UserStoreError};
+use domain::UserRepository;
 use domain::{CacheManager, UserService};
+use poem::Server;
 use poem::endpoint::BoxEndpoint;
 use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
-use poem::{EndpointExt, Server};
 use ports::SharedBackend;
 use thiserror::Error;
 
@@ -29,6 +30,9 @@ pub enum StartupError {
     /// The users file is unusable.
     #[error(transparent)]
     Users(#[from] UserStoreError),
+    /// The users store cannot be opened, migrated or filled.
+    #[error(transparent)]
+    Store(#[from] StoreSetupError),
     /// The address could not be bound.
     #[error("cannot listen on {address}: {source}")]
     Bind {
@@ -92,6 +96,79 @@ pub fn build_backend(settings: &Settings) -> Result<BuiltBackend, StartupError> 
     Ok(BuiltBackend { backend, status })
 }
 
+/// Opens the users store, applies the migrations (unless `store.migrate` is
+/// off) and, when it holds no user, imports `users.file` or the seed's ten
+/// sample users.
+///
+/// # Errors
+/// [`StartupError::Store`] or [`StartupError::Users`].
+pub async fn open_store(settings: &Settings) -> Result<SqlStore, StartupError> {
+    let store = SqlStore::connect(&settings.store).await?;
+    if settings.store.migrate {
+        store.migrate().await?;
+    }
+    let empty = store.count().await.map_err(|e| StoreSetupError::Connect {
+        url: store.target().to_owned(),
+        reason: e.to_string(),
+    })? == 0;
+    if empty {
+        let (users, from) = match &settings.users.file {
+            Some(path) => (
+                InMemoryUserRepository::from_json_file(path)?,
+                path.display().to_string(),
+            ),
+            None => (InMemoryUserRepository::sample(), "the sample".to_owned()),
+        };
+        let added = store.import(&users.users()).await?;
+        tracing::info!(
+            added,
+            from,
+            store = store.target(),
+            "empty users store filled"
+        );
+    }
+    tracing::info!(store = store.target(), "users store open");
+    Ok(store)
+}
+
+/// A store task run by a subcommand instead of serving.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Maintenance {
+    /// Apply the schema migrations.
+    Migrate,
+    /// Import a JSON file of users.
+    Import(std::path::PathBuf),
+    /// Add this many synthetic users.
+    Generate(u64),
+}
+
+/// Runs `task` on the configured store (migrations applied first); what was
+/// done, in one line.
+///
+/// # Errors
+/// [`StartupError::Store`] or [`StartupError::Users`].
+pub async fn maintain(settings: &Settings, task: Maintenance) -> Result<String, StartupError> {
+    let store = SqlStore::connect(&settings.store).await?;
+    store.migrate().await?;
+    let target = store.target().to_owned();
+    Ok(match task {
+        Maintenance::Migrate => format!("{target}: schema up to date"),
+        Maintenance::Import(path) => {
+            let users = InMemoryUserRepository::from_json_file(&path)?;
+            let added = store.import(&users.users()).await?;
+            format!(
+                "{target}: {added} of {} users imported from {} (the others were there already)",
+                users.len(),
+                path.display()
+            )
+        }
+        Maintenance::Generate(n) => {
+            let (first, last) = store.generate(n).await?;
+            format!("{target}: {n} synthetic users added, ids {first} to {last}")
+        }
+    })
+}
+
 /// The service, built and bound, ready to run.
 pub struct Application {
     acceptor: TcpAcceptor,
@@ -109,10 +186,7 @@ impl Application {
     /// [`StartupError`]: unusable Redis settings, a bad users file, a port in use.
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
         let BuiltBackend { backend, status } = build_backend(&settings)?;
-        let users = match &settings.users.file {
-            Some(path) => InMemoryUserRepository::from_json_file(path)?,
-            None => InMemoryUserRepository::sample(),
-        };
+        let users = open_store(&settings).await?;
         let monitor = HealthMonitor::spawn(backend.clone(), status, settings.health);
         let probes = monitor.clone();
         let caches = CacheManager::with_timer(
@@ -124,7 +198,7 @@ impl Application {
             Latent::new(users, settings.users.latency),
             caches,
         ));
-        let endpoint = routes(service, monitor, settings.http()).boxed();
+        let endpoint = routes(service.clone(), service, monitor, settings.http());
 
         let address = SocketAddr::new(settings.server.host, settings.server.port);
         let acceptor = TcpListener::bind(address)

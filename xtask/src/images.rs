@@ -4,6 +4,12 @@
 //! - Redis (`cachemanager/redis:local`): the host's Debian `redis-server` and
 //!   `redis-cli`, plus busybox for `sh` and `grep` (the compose healthcheck
 //!   needs them), for when the official `redis:7-alpine` cannot be had.
+//! - PostgreSQL (`cachemanager/postgres:local`): the host's Debian
+//!   PostgreSQL 15 server (`/usr/lib/postgresql/15`, its `share/`, the
+//!   libraries `ldd` names) and busybox for the `sh` initdb needs, behind an
+//!   entry script that initialises a cluster on first start the way the
+//!   official `postgres:16-alpine` does (`POSTGRES_PASSWORD`, `POSTGRES_USER`,
+//!   `POSTGRES_DB`, data in `/var/lib/postgresql/data/pgdata`).
 //! - The app (`cachemanager/app:local`): the host's release binary, run as a
 //!   non-root user, as the Dockerfile's image would run it.
 
@@ -18,6 +24,10 @@ use anyhow::{Context, Result, bail};
 pub const OFFICIAL_REDIS: &str = "redis:7-alpine";
 /// The Redis we build when the official image cannot be had.
 pub const LOCAL_REDIS: &str = "cachemanager/redis:local";
+/// What users with a registry run.
+pub const OFFICIAL_POSTGRES: &str = "postgres:16-alpine";
+/// The PostgreSQL we build when the official image cannot be had.
+pub const LOCAL_POSTGRES: &str = "cachemanager/postgres:local";
 /// The app image built from the host's release binary.
 pub const LOCAL_APP: &str = "cachemanager/app:local";
 
@@ -172,12 +182,17 @@ impl Rootfs {
 
     /// Busybox (static) as `/bin/busybox`, with `sh` and `grep` links.
     fn busybox(&self) -> Result<()> {
+        self.busybox_with(&["sh", "grep"])
+    }
+
+    /// Busybox (static) as `/bin/busybox`, linked as each of `tools`.
+    fn busybox_with(&self, tools: &[&str]) -> Result<()> {
         let busybox = Path::new("/bin/busybox");
         if !busybox.exists() {
             bail!("/bin/busybox not found: install it with `apt-get install -y busybox-static`");
         }
         self.copy(busybox, Path::new("/bin/busybox"))?;
-        for tool in ["sh", "grep"] {
+        for tool in tools {
             std::os::unix::fs::symlink("busybox", self.root.join("bin").join(tool))?;
         }
         Ok(())
@@ -247,6 +262,128 @@ fn build_redis() -> Result<()> {
             r#"CMD ["redis-server"]"#,
         ],
     )
+}
+
+/// Makes sure a PostgreSQL image exists and returns its name: the official
+/// image if present or pullable, else the local one (built if missing or
+/// stale, or rebuilt with `force`).
+pub fn ensure_postgres(force: bool) -> Result<&'static str> {
+    require_docker()?;
+    if !force {
+        if image_exists(OFFICIAL_POSTGRES) {
+            return Ok(OFFICIAL_POSTGRES);
+        }
+        if local_image_is_current(LOCAL_POSTGRES) {
+            return Ok(LOCAL_POSTGRES);
+        }
+        let pulled = Command::new("docker")
+            .args(["pull", "--quiet", OFFICIAL_POSTGRES])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if pulled {
+            return Ok(OFFICIAL_POSTGRES);
+        }
+        println!(
+            "{OFFICIAL_POSTGRES} cannot be pulled (no registry); building {LOCAL_POSTGRES} from the host's PostgreSQL 15"
+        );
+    }
+    build_postgres()?;
+    Ok(LOCAL_POSTGRES)
+}
+
+/// The entry script of the local PostgreSQL image: initialise on first start
+/// (as the official image does), then run the server in the foreground.
+const POSTGRES_ENTRY: &str = r#"#!/bin/sh
+set -e
+bin=/usr/lib/postgresql/15/bin
+export PGDATA="${PGDATA:-/var/lib/postgresql/data/pgdata}"
+if [ ! -s "$PGDATA/PG_VERSION" ]; then
+    if [ -z "$POSTGRES_PASSWORD" ]; then
+        echo "POSTGRES_PASSWORD must be set" >&2
+        exit 1
+    fi
+    user="${POSTGRES_USER:-postgres}"
+    mkdir -p "$PGDATA"
+    printf '%s
+' "$POSTGRES_PASSWORD" > /tmp/pwfile
+    "$bin/initdb" -D "$PGDATA" -U "$user" --pwfile=/tmp/pwfile --auth=scram-sha-256         --encoding=UTF8 --locale=C > /dev/null
+    rm -f /tmp/pwfile
+    echo "host all all 0.0.0.0/0 scram-sha-256" >> "$PGDATA/pg_hba.conf"
+    echo "host all all ::/0 scram-sha-256" >> "$PGDATA/pg_hba.conf"
+    db="${POSTGRES_DB:-$user}"
+    if [ "$db" != "postgres" ]; then
+        echo "CREATE DATABASE "$db" OWNER "$user"" | "$bin/postgres" --single -D "$PGDATA" postgres > /dev/null
+    fi
+fi
+exec "$bin/postgres" -D "$PGDATA" -c listen_addresses='*' -c unix_socket_directories=/tmp     -c jit=off -c timezone=UTC -c log_timezone=UTC "$@"
+"#;
+
+/// `cachemanager/postgres:local` from Debian's PostgreSQL 15.
+fn build_postgres() -> Result<()> {
+    let home = Path::new("/usr/lib/postgresql/15");
+    if !home.join("bin/postgres").exists() {
+        bail!(
+            "/usr/lib/postgresql/15/bin/postgres not found: install it with `apt-get install -y postgresql-15`"
+        );
+    }
+    let mut rootfs = Rootfs::new("postgres")?;
+    for tool in ["postgres", "initdb", "pg_isready"] {
+        let path = home.join("bin").join(tool);
+        rootfs.binary(&path, &path.to_string_lossy())?;
+    }
+    // The procedural language and the text search dictionaries initdb loads.
+    for module in ["plpgsql.so", "dict_snowball.so"] {
+        let path = home.join("lib").join(module);
+        rootfs.binary(&path, &path.to_string_lossy())?;
+    }
+    for tree in ["/usr/share/postgresql/15", "/usr/share/zoneinfo"] {
+        copy_tree(&rootfs, Path::new(tree))?;
+    }
+    rootfs.busybox_with(&["sh", "mkdir", "rm", "cat"])?;
+    let entry = rootfs.root.join("usr/local/bin/postgres-entry");
+    fs::create_dir_all(entry.parent().context("entry has a parent")?)?;
+    fs::write(&entry, POSTGRES_ENTRY)?;
+    fs::set_permissions(&entry, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let mut passwd = fs::read_to_string(rootfs.root.join("etc/passwd"))?;
+    passwd.push_str("postgres:x:70:70:postgres:/var/lib/postgresql:/bin/sh\n");
+    fs::write(rootfs.root.join("etc/passwd"), passwd)?;
+    let mut group = fs::read_to_string(rootfs.root.join("etc/group"))?;
+    group.push_str("postgres:x:70:\n");
+    fs::write(rootfs.root.join("etc/group"), group)?;
+    // Writable by the server's user whatever owns it (the image's files are
+    // root's); initdb makes the data directory itself below it, 0700.
+    let data = rootfs.root.join("var/lib/postgresql/data");
+    fs::create_dir_all(&data)?;
+    for dir in [data.as_path(), &rootfs.root.join("var/lib/postgresql")] {
+        fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o1777))?;
+    }
+    rootfs.import(
+        LOCAL_POSTGRES,
+        &[
+            "ENV PATH=/usr/lib/postgresql/15/bin:/usr/local/bin:/bin",
+            "ENV TZ=UTC",
+            "USER 70:70",
+            "EXPOSE 5432",
+            r#"ENTRYPOINT ["/usr/local/bin/postgres-entry"]"#,
+        ],
+    )
+}
+
+/// Copies the tree at `source` into the image at the same path.
+fn copy_tree(rootfs: &Rootfs, source: &Path) -> Result<()> {
+    for entry in
+        fs::read_dir(source).with_context(|| format!("cannot read {}", source.display()))?
+    {
+        let path = entry?.path();
+        if path.is_dir() {
+            copy_tree(rootfs, &path)?;
+        } else if path.is_file() {
+            rootfs.copy(&path, &path)?;
+        }
+    }
+    Ok(())
 }
 
 /// `cachemanager/app:local` from a release build of the host's binary.

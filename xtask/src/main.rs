@@ -36,8 +36,11 @@ commands:
                         (apt-get), or name it in one line
   redis-image [--force] make sure a Redis image exists for the integration suite
                         (official redis:7-alpine, else build cachemanager/redis:local)
-  images [--force]      the Redis image above, and cachemanager/app:local from a
-                        release build of the host's binary (no registry needed)
+  postgres-image [--force]
+                        make sure a PostgreSQL image exists (official postgres:16-alpine,
+                        else build cachemanager/postgres:local from Debian's PostgreSQL 15)
+  images [--force]      the Redis and PostgreSQL images above, and cachemanager/app:local
+                        from a release build of the host's binary (no registry needed)
   bench [--quick] [--redis-url URL] [--only CASE-PREFIX]
                         the service under wrk, each case beside the ceiling of the
                         same binary; JSON in target/bench/, a markdown table printed
@@ -64,10 +67,17 @@ fn main() -> ExitCode {
                 println!("redis image for the integration suite: {image}");
             })
         }
+        Some("postgres-image") => {
+            images::ensure_postgres(args.iter().any(|a| a == "--force")).map(|image| {
+                println!("postgres image for the integration suite: {image}");
+            })
+        }
         Some("images") => {
-            images::ensure_redis(args.iter().any(|a| a == "--force")).and_then(|redis| {
+            let force = args.iter().any(|a| a == "--force");
+            images::ensure_redis(force).and_then(|redis| {
+                let postgres = images::ensure_postgres(force)?;
                 let app = images::build_app()?;
-                println!("images: {redis} and {app}");
+                println!("images: {redis}, {postgres} and {app}");
                 Ok(())
             })
         }
@@ -168,7 +178,10 @@ fn ci() -> Result<()> {
             "unit tests",
             cargo(&["test", "--workspace", "--exclude", "tests", "--locked"]),
         ),
-        step("redis image", || images::ensure_redis(false).map(drop)),
+        step("images", || {
+            images::ensure_redis(false)?;
+            images::ensure_postgres(false).map(drop)
+        }),
         step(
             "integration tests",
             cargo(&[

@@ -87,6 +87,11 @@ const NEEDS: &[Need] = &[
         present: || file("/bin/busybox"),
     },
     Need {
+        why: "the local PostgreSQL image (no registry)",
+        package: "postgresql-15",
+        present: || file("/usr/lib/postgresql/15/bin/postgres"),
+    },
+    Need {
         why: "the TLS tests' throwaway CA",
         package: "openssl",
         present: || on_path("openssl"),

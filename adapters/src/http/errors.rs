@@ -30,6 +30,17 @@ pub enum ErrorCode {
     PayloadTooLarge,
     /// The request took longer than the server's request timeout.
     Timeout,
+    /// A field of the body breaks a rule (names 1 to 100 characters, an
+    /// e-mail address `local@domain.tld`), or a change changes nothing.
+    InvalidField,
+    /// A cursor this service did not make.
+    InvalidCursor,
+    /// Another user has this e-mail address.
+    Conflict,
+    /// `If-Match` names a version the user is no longer at.
+    PreconditionFailed,
+    /// The user store is down or too slow; retry later.
+    StoreUnavailable,
     /// A failure inside the service; the cause is in its logs.
     Internal,
 }
@@ -97,9 +108,11 @@ pub fn bad_request<T: WithBadRequest>(error: poem::Error) -> T {
 }
 
 /// What each parameter accepts, as the document states it.
-const ACCEPTED: [(&str, &str); 2] = [
+const ACCEPTED: [(&str, &str); 4] = [
     ("limit", "an integer from 1 to 1000 (default 100)"),
     ("offset", "an integer from 0 to 4294967295 (default 0)"),
+    ("count", "true or false"),
+    ("cursor", "the next_cursor of a previous page"),
 ];
 
 fn parse_failure(error: &poem::Error) -> String {
@@ -198,6 +211,10 @@ impl Guard {
             None => self.ids.make(),
         };
         let path = request.uri().path().to_owned();
+        let coding = match self.config.compress_from_bytes {
+            0 => None,
+            _ => accepted_coding(request.headers()),
+        };
         let limit = self.config.request_timeout;
         // Boxed: the endpoint's future is several kilobytes, and moving it
         // through each layer's state was a memcpy of that size per request
@@ -222,6 +239,9 @@ impl Guard {
             response
                 .headers_mut()
                 .insert(poem::http::header::ALLOW, value);
+        }
+        if let Some(coding) = coding {
+            response = compressed(response, coding, self.config.compress_from_bytes).await;
         }
         if method == poem::http::Method::HEAD {
             let length = response
@@ -248,6 +268,77 @@ impl Guard {
         }
         Ok(response)
     }
+}
+
+/// The coding to compress a response with, from `Accept-Encoding`: br when
+/// accepted, else gzip; `None` when the client accepts neither.
+fn accepted_coding(headers: &poem::http::HeaderMap) -> Option<poem::web::CompressionAlgo> {
+    let accepted = headers
+        .get(poem::http::header::ACCEPT_ENCODING)?
+        .to_str()
+        .ok()?;
+    let mut best = None;
+    for item in accepted.split(',') {
+        let mut parts = item.split(';');
+        let name = parts.next().unwrap_or("").trim();
+        let refused = parts.any(|p| {
+            p.trim()
+                .strip_prefix("q=")
+                .and_then(|q| q.trim().parse::<f32>().ok())
+                .is_some_and(|q| q <= 0.0)
+        });
+        match name {
+            _ if refused => {}
+            "br" => return Some(poem::web::CompressionAlgo::BR),
+            "gzip" => best = Some(poem::web::CompressionAlgo::GZIP),
+            _ => {}
+        }
+    }
+    best
+}
+
+/// `response`, compressed with `coding` when its body is `from_bytes` or
+/// more and not encoded yet; `Vary: Accept-Encoding` on every response that
+/// could have been. A small body (one user, ~150 bytes) is sent as it is:
+/// compressing it costs more than it saves, and keeps its `ETag` strong.
+async fn compressed(
+    mut response: Response,
+    coding: poem::web::CompressionAlgo,
+    from_bytes: usize,
+) -> Response {
+    if response
+        .headers()
+        .contains_key(poem::http::header::CONTENT_ENCODING)
+        || matches!(
+            response.status(),
+            StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED
+        )
+    {
+        return response;
+    }
+    let body = match response.take_body().into_bytes().await {
+        Ok(body) => body,
+        Err(error) => {
+            tracing::error!(%error, "cannot read a response body to compress it");
+            return error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ErrorCode::Internal,
+                ErrorBody::internal().message,
+            );
+        }
+    };
+    response.headers_mut().append(
+        poem::http::header::VARY,
+        poem::http::HeaderValue::from_static("accept-encoding"),
+    );
+    let large = body.len() >= from_bytes;
+    response.set_body(body);
+    if !large {
+        return response;
+    }
+    poem::web::Compress::new(response, coding)
+        .with_quality(poem::web::CompressionLevel::Precise(4))
+        .into_response()
 }
 
 /// `/users/` is `/users` (the seed's path): trailing slashes are trimmed

@@ -15,8 +15,9 @@ mod users;
 use std::sync::Arc;
 use std::time::Duration;
 
-use domain::UserQueries;
-use poem::{Endpoint, EndpointExt, Route};
+use domain::{UserCommands, UserQueries};
+use poem::middleware::Cors;
+use poem::{EndpointExt, Route};
 use poem_openapi::OpenApiService;
 
 use crate::health::HealthMonitor;
@@ -28,7 +29,7 @@ pub use root::RootApi;
 pub use users::UsersApi;
 
 /// Settings of the HTTP API.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpConfig {
     /// The largest request body accepted; larger is a 413.
     pub max_body_bytes: usize,
@@ -37,6 +38,14 @@ pub struct HttpConfig {
     /// One log line per request at info (method, route template, status,
     /// latency, request id).
     pub log_requests: bool,
+    /// The `Cache-Control` sent with a user (`no-cache`: clients may keep
+    /// it, and revalidate with its `ETag` before using it).
+    pub cache_control: String,
+    /// Origins a browser may call the API from (CORS); none by default.
+    pub cors_origins: Vec<String>,
+    /// Bodies from this many bytes are compressed (gzip or br, as the
+    /// client accepts); 0 turns compression off.
+    pub compress_from_bytes: usize,
 }
 
 impl Default for HttpConfig {
@@ -45,17 +54,26 @@ impl Default for HttpConfig {
             max_body_bytes: 64 * 1024,
             request_timeout: Duration::from_secs(10),
             log_requests: true,
+            cache_control: "no-cache".into(),
+            cors_origins: Vec::new(),
+            compress_from_bytes: 1024,
         }
     }
 }
 
 /// The OpenAPI service: every operation, for the routes and for the spec.
-pub fn api<S: UserQueries>(
-    service: Arc<S>,
+pub fn api<Q: UserQueries, C: UserCommands>(
+    queries: Arc<Q>,
+    commands: Arc<C>,
     monitor: HealthMonitor,
-) -> OpenApiService<(RootApi, UsersApi<S>, HealthApi), ()> {
+    cache_control: String,
+) -> OpenApiService<(RootApi, UsersApi<Q, C>, HealthApi), ()> {
     OpenApiService::new(
-        (RootApi, UsersApi::new(service), HealthApi::new(monitor)),
+        (
+            RootApi,
+            UsersApi::new(queries, commands, cache_control),
+            HealthApi::new(monitor),
+        ),
         "CacheManager User API",
         env!("CARGO_PKG_VERSION"),
     )
@@ -71,13 +89,16 @@ pub fn api<S: UserQueries>(
 /// The guard around every operation refuses bodies over `max_body_bytes`
 /// (413), cuts requests at `request_timeout` (503), answers a 405 with
 /// `Allow`, tags each request with an `x-request-id` and logs it; every
-/// error is JSON.
-pub fn routes<S: UserQueries>(
-    service: Arc<S>,
+/// error is JSON. Bodies of `compress_from_bytes` or more are compressed as
+/// the client accepts; with `cors_origins`, browsers on those origins may
+/// call the API (preflights answered, `ETag` and `Location` exposed).
+pub fn routes<Q: UserQueries, C: UserCommands>(
+    queries: Arc<Q>,
+    commands: Arc<C>,
     monitor: HealthMonitor,
     config: HttpConfig,
-) -> impl Endpoint<Output = poem::Response> + 'static {
-    let api = api(service, monitor);
+) -> poem::endpoint::BoxEndpoint<'static, poem::Response> {
+    let api = api(queries, commands, monitor, config.cache_control.clone());
     let generated = api.spec();
     let (document, table) = match spec::complete(&generated) {
         Ok(completed) => completed,
@@ -88,8 +109,9 @@ pub fn routes<S: UserQueries>(
         }
     };
     let swagger = spec::swagger_with(&api.swagger_ui_html(), &document);
+    let cors = cors(&config.cors_origins);
     let guard = Arc::new(errors::Guard::new(config, table));
-    Route::new()
+    let endpoint = Route::new()
         .at(
             "/openapi.json",
             poem::get(poem::endpoint::make_sync(move |_| {
@@ -110,7 +132,26 @@ pub fn routes<S: UserQueries>(
             async move { guard.call(endpoint, request).await }
         })
         .catch_all_error(errors::json_error)
-        .map_to_response()
+        .map_to_response();
+    match cors {
+        Some(cors) => endpoint.with(cors).map_to_response().boxed(),
+        None => endpoint.boxed(),
+    }
+}
+
+/// CORS for `origins` (`None` when there are none: no CORS headers at all).
+fn cors(origins: &[String]) -> Option<Cors> {
+    if origins.is_empty() {
+        return None;
+    }
+    Some(
+        Cors::new()
+            .allow_origins(origins.iter().map(String::as_str))
+            .allow_methods(["GET", "HEAD", "POST", "PATCH", "DELETE"])
+            .allow_headers(["content-type", "if-match", "if-none-match", "x-request-id"])
+            .expose_headers(["etag", "location", "x-request-id"])
+            .max_age(600),
+    )
 }
 
 #[cfg(test)]

@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use domain::{
-    Email, Lookup, MockUserQueries, Name, RepositoryError, User, UserError, UserId, UserUuid,
+    Email, Lookup, MockUserCommands, MockUserQueries, Name, NewUser, User, UserChanges, UserError,
+    UserId, UserUuid, Version,
 };
 use poem::http::StatusCode;
 use poem::test::TestClient;
@@ -51,6 +52,23 @@ async fn client_and_monitor(
     queries: MockUserQueries,
     backend: SharedBackend,
 ) -> (TestClient<impl poem::Endpoint>, HealthMonitor) {
+    client_of(
+        queries,
+        MockUserCommands::new(),
+        backend,
+        HttpConfig::default(),
+    )
+    .await
+}
+
+/// A client over mocks of both domain ports, with `config` (its body limit
+/// and timeout lowered for the tests).
+async fn client_of(
+    queries: MockUserQueries,
+    commands: MockUserCommands,
+    backend: SharedBackend,
+    config: HttpConfig,
+) -> (TestClient<impl poem::Endpoint>, HealthMonitor) {
     let monitor = HealthMonitor::spawn(
         backend,
         StatusSignal::new(),
@@ -66,10 +84,15 @@ async fn client_and_monitor(
     let config = HttpConfig {
         max_body_bytes: 16 * 1024,
         request_timeout: Duration::from_secs(5),
-        ..HttpConfig::default()
+        ..config
     };
     (
-        TestClient::new(routes(Arc::new(queries), monitor.clone(), config)),
+        TestClient::new(routes(
+            Arc::new(queries),
+            Arc::new(commands),
+            monitor.clone(),
+            config,
+        )),
         monitor,
     )
 }
@@ -161,19 +184,22 @@ async fn get_malformed_uuid_answers_400_without_asking_the_domain() {
 }
 
 #[tokio::test]
-async fn a_store_failure_answers_500_without_its_cause() {
+async fn a_store_failure_answers_503_store_unavailable_without_its_cause() {
     let mut queries = MockUserQueries::new();
-    queries.expect_user_by_uuid().returning(|_| {
-        Err(UserError::Repository(RepositoryError::Unavailable(
-            "db at 10.0.0.5 down".into(),
-        )))
-    });
+    queries
+        .expect_user_by_uuid()
+        .returning(|_| Err(UserError::StoreUnavailable("db at 10.0.0.5 down".into())));
     let response = client_with(queries)
         .await
         .get("/users/550e8400-e29b-41d4-a716-446655440001")
         .send()
         .await;
-    let body = assert_error(response, StatusCode::INTERNAL_SERVER_ERROR, "internal").await;
+    let body = assert_error(
+        response,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "store_unavailable",
+    )
+    .await;
     assert!(!body.to_string().contains("10.0.0.5"));
 }
 
@@ -518,7 +544,12 @@ fn slow_client() -> TestClient<impl poem::Endpoint> {
         request_timeout: Duration::from_millis(100),
         ..HttpConfig::default()
     };
-    TestClient::new(routes(Arc::new(SlowQueries), monitor, config))
+    TestClient::new(routes(
+        Arc::new(SlowQueries),
+        Arc::new(MockUserCommands::new()),
+        monitor,
+        config,
+    ))
 }
 
 /// A domain that takes 5 s to list users.
@@ -537,6 +568,12 @@ impl domain::UserQueries for SlowQueries {
     }
     async fn lookup(&self, _: &[UserUuid]) -> Result<Lookup, UserError> {
         Ok(Lookup::default())
+    }
+    async fn list_users_after(&self, _: Option<UserId>, _: u32) -> Result<Vec<User>, UserError> {
+        Ok(vec![])
+    }
+    async fn count_users(&self) -> Result<u64, UserError> {
+        Ok(0)
     }
 }
 
@@ -612,6 +649,15 @@ fn every_body_is_sent_as_its_schema_documents_it() {
         users: vec![dto.clone(), UserDto::from(user(2))],
         limit: 100,
         offset: 0,
+        next_cursor: Some("u2".into()),
+        total: Some(2),
+    });
+    assert_same_json(&UserList {
+        users: vec![],
+        limit: 100,
+        offset: 0,
+        next_cursor: None,
+        total: None,
     });
     assert_same_json(&LookupResponseBody {
         users: vec![dto],
@@ -789,7 +835,7 @@ mod contract {
         let client = client_with(MockUserQueries::new()).await;
         let response = client.delete("/users").send().await;
         response.assert_status(StatusCode::METHOD_NOT_ALLOWED);
-        response.assert_header("allow", "GET, HEAD");
+        response.assert_header("allow", "GET, POST, HEAD");
         assert_error(
             response,
             StatusCode::METHOD_NOT_ALLOWED,
@@ -867,5 +913,312 @@ mod contract {
             .send()
             .await;
         assert_ne!(id(&response), long);
+    }
+}
+
+mod writes {
+    use super::*;
+
+    async fn writer(commands: MockUserCommands) -> TestClient<impl poem::Endpoint> {
+        client_of(
+            MockUserQueries::new(),
+            commands,
+            healthy_backend(),
+            HttpConfig::default(),
+        )
+        .await
+        .0
+    }
+
+    fn header(response: &poem::test::TestResponse, name: &str) -> Option<String> {
+        response
+            .0
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    }
+
+    #[tokio::test]
+    async fn post_creates_a_user_answering_201_with_location_and_etag() {
+        let mut commands = MockUserCommands::new();
+        commands
+            .expect_create_user()
+            .withf(|u: &NewUser| {
+                u.email.as_str() == "ada@example.com" && u.first_name.as_str() == "Ada"
+            })
+            .returning(|_| Ok(user(11)));
+        let response = writer(commands)
+            .await
+            .post("/users")
+            .body_json(&json!({"first_name": " Ada ", "last_name": "Lovelace", "email": "ada@example.com"}))
+            .send()
+            .await;
+        response.assert_status(StatusCode::CREATED);
+        assert_eq!(
+            header(&response, "location").as_deref(),
+            Some("/users/550e8400-e29b-41d4-a716-446655440011")
+        );
+        assert_eq!(header(&response, "etag").as_deref(), Some("\"1\""));
+        let body = json_of(response).await;
+        assert!(
+            body.get("id").is_none(),
+            "the internal id stays inside: {body}"
+        );
+    }
+
+    #[tokio::test]
+    async fn post_with_a_bad_field_is_400_naming_it_and_a_taken_email_is_409() {
+        let mut commands = MockUserCommands::new();
+        commands
+            .expect_create_user()
+            .returning(|u| Err(UserError::DuplicateEmail(u.email.into_string())));
+        let client = writer(commands).await;
+        let bad = client
+            .post("/users")
+            .body_json(&json!({"first_name": "Ada", "last_name": "L", "email": "no-at-sign"}))
+            .send()
+            .await;
+        let body = assert_error(bad, StatusCode::BAD_REQUEST, "invalid_field").await;
+        assert!(
+            body["message"].as_str().unwrap().contains("e-mail"),
+            "{body}"
+        );
+        let blank = client
+            .post("/users")
+            .body_json(&json!({"first_name": "   ", "last_name": "L", "email": "a@b.co"}))
+            .send()
+            .await;
+        assert_error(blank, StatusCode::BAD_REQUEST, "invalid_field").await;
+        let taken = client
+            .post("/users")
+            .body_json(&json!({"first_name": "Ada", "last_name": "L", "email": "a@b.co"}))
+            .send()
+            .await;
+        assert_error(taken, StatusCode::CONFLICT, "conflict").await;
+    }
+
+    #[tokio::test]
+    async fn patch_passes_if_match_and_answers_the_new_etag_or_412() {
+        let mut commands = MockUserCommands::new();
+        commands
+            .expect_update_user()
+            .withf(|_, c: &UserChanges, v| {
+                c.last_name.is_some() && c.first_name.is_none() && *v == Some(Version::new(1))
+            })
+            .returning(|_, _, _| Ok(user(1).with_version(Version::new(2))));
+        commands
+            .expect_update_user()
+            .withf(|_, _, v| *v == Some(Version::new(7)))
+            .returning(|_, _, _| {
+                Err(UserError::VersionMismatch {
+                    current: Version::new(2),
+                })
+            });
+        let client = writer(commands).await;
+        let ok = client
+            .patch("/users/550e8400-e29b-41d4-a716-446655440001")
+            .header("if-match", "\"1\"")
+            .body_json(&json!({"last_name": "King"}))
+            .send()
+            .await;
+        ok.assert_status_is_ok();
+        assert_eq!(header(&ok, "etag").as_deref(), Some("\"2\""));
+        let stale = client
+            .patch("/users/550e8400-e29b-41d4-a716-446655440001")
+            .header("if-match", "\"7\"")
+            .body_json(&json!({"last_name": "King"}))
+            .send()
+            .await;
+        assert_error(
+            stale,
+            StatusCode::PRECONDITION_FAILED,
+            "precondition_failed",
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn patch_with_nothing_to_change_or_a_bad_uuid_is_400() {
+        let mut commands = MockUserCommands::new();
+        commands
+            .expect_update_user()
+            .returning(|_, _, _| Err(UserError::EmptyChange));
+        let client = writer(commands).await;
+        let empty = client
+            .patch("/users/550e8400-e29b-41d4-a716-446655440001")
+            .body_json(&json!({}))
+            .send()
+            .await;
+        assert_error(empty, StatusCode::BAD_REQUEST, "invalid_field").await;
+        let bad = client
+            .patch("/users/nope")
+            .body_json(&json!({"last_name": "King"}))
+            .send()
+            .await;
+        assert_error(bad, StatusCode::BAD_REQUEST, "invalid_uuid").await;
+    }
+
+    #[tokio::test]
+    async fn delete_answers_204_then_404() {
+        let mut commands = MockUserCommands::new();
+        let mut calls = 0;
+        commands.expect_delete_user().returning(move |uuid, _| {
+            calls += 1;
+            if calls == 1 {
+                Ok(())
+            } else {
+                Err(UserError::NotFoundByUuid(uuid))
+            }
+        });
+        let client = writer(commands).await;
+        let path = "/users/550e8400-e29b-41d4-a716-446655440001";
+        client
+            .delete(path)
+            .send()
+            .await
+            .assert_status(StatusCode::NO_CONTENT);
+        assert_error(
+            client.delete(path).send().await,
+            StatusCode::NOT_FOUND,
+            "not_found",
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn get_answers_304_when_if_none_match_names_the_current_version() {
+        let mut queries = MockUserQueries::new();
+        queries
+            .expect_user_by_uuid()
+            .returning(|_| Ok(user(1).with_version(Version::new(3))));
+        let client = client_with(queries).await;
+        let path = "/users/550e8400-e29b-41d4-a716-446655440001";
+        let current = client
+            .get(path)
+            .header("if-none-match", "W/\"2\", \"3\"")
+            .send()
+            .await;
+        current.assert_status(StatusCode::NOT_MODIFIED);
+        assert_eq!(header(&current, "etag").as_deref(), Some("\"3\""));
+        assert_eq!(
+            header(&current, "cache-control").as_deref(),
+            Some("no-cache")
+        );
+        assert!(current.0.into_body().into_bytes().await.unwrap().is_empty());
+        let old = client
+            .get(path)
+            .header("if-none-match", "\"2\"")
+            .send()
+            .await;
+        old.assert_status_is_ok();
+        assert_eq!(header(&old, "etag").as_deref(), Some("\"3\""));
+    }
+
+    #[tokio::test]
+    async fn lists_page_by_cursor_and_count_on_request() {
+        let mut queries = MockUserQueries::new();
+        queries
+            .expect_list_users()
+            .returning(|_| Ok(vec![user(1), user(2)]));
+        queries
+            .expect_list_users_after()
+            .withf(|after, limit| *after == Some(UserId::new(2).unwrap()) && *limit == 2)
+            .returning(|_, _| Ok(vec![user(3)]));
+        queries.expect_count_users().returning(|| Ok(3));
+        let client = client_with(queries).await;
+        let first = json_of(client.get("/users?limit=2&count=true").send().await).await;
+        assert_eq!(first["total"], 3);
+        let cursor = first["next_cursor"].as_str().unwrap().to_owned();
+        let second = json_of(
+            client
+                .get(format!("/users?limit=2&cursor={cursor}"))
+                .send()
+                .await,
+        )
+        .await;
+        assert_eq!(second["users"].as_array().unwrap().len(), 1);
+        assert!(
+            second.get("next_cursor").is_none(),
+            "the last page: {second}"
+        );
+        let forged = client.get("/users?cursor=42").send().await;
+        assert_error(forged, StatusCode::BAD_REQUEST, "invalid_cursor").await;
+        let both = client
+            .get(format!("/users?offset=1&cursor={cursor}"))
+            .send()
+            .await;
+        assert_error(both, StatusCode::BAD_REQUEST, "bad_request").await;
+    }
+
+    #[tokio::test]
+    async fn large_bodies_are_compressed_as_accepted_and_a_user_never_is() {
+        let mut queries = MockUserQueries::new();
+        queries
+            .expect_list_users()
+            .returning(|_| Ok((1..=50).map(user).collect()));
+        queries.expect_user_by_uuid().returning(|_| Ok(user(1)));
+        let client = client_with(queries).await;
+        let list = client
+            .get("/users")
+            .header("accept-encoding", "gzip, br;q=0")
+            .send()
+            .await;
+        list.assert_status_is_ok();
+        assert_eq!(header(&list, "content-encoding").as_deref(), Some("gzip"));
+        assert_eq!(header(&list, "vary").as_deref(), Some("accept-encoding"));
+        let plain = client.get("/users").send().await;
+        assert_eq!(header(&plain, "content-encoding"), None);
+        let one = client
+            .get("/users/550e8400-e29b-41d4-a716-446655440001")
+            .header("accept-encoding", "br, gzip")
+            .send()
+            .await;
+        assert_eq!(
+            header(&one, "content-encoding"),
+            None,
+            "small: sent as it is"
+        );
+    }
+
+    #[tokio::test]
+    async fn cors_answers_preflights_only_for_the_configured_origins() {
+        let config = HttpConfig {
+            cors_origins: vec!["https://app.example.com".into()],
+            ..HttpConfig::default()
+        };
+        let (client, _) = client_of(
+            MockUserQueries::new(),
+            MockUserCommands::new(),
+            healthy_backend(),
+            config,
+        )
+        .await;
+        let preflight = client
+            .options("/users/550e8400-e29b-41d4-a716-446655440001")
+            .header("origin", "https://app.example.com")
+            .header("access-control-request-method", "PATCH")
+            .header("access-control-request-headers", "if-match, content-type")
+            .send()
+            .await;
+        preflight.assert_status_is_ok();
+        assert_eq!(
+            header(&preflight, "access-control-allow-origin").as_deref(),
+            Some("https://app.example.com")
+        );
+        let stranger = client
+            .options("/users")
+            .header("origin", "https://evil.example")
+            .header("access-control-request-method", "POST")
+            .send()
+            .await;
+        assert_eq!(header(&stranger, "access-control-allow-origin"), None);
+        let off = client_with(MockUserQueries::new()).await;
+        let response = off
+            .get("/")
+            .header("origin", "https://app.example.com")
+            .send()
+            .await;
+        assert_eq!(header(&response, "access-control-allow-origin"), None);
     }
 }

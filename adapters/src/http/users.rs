@@ -1,9 +1,13 @@
-//! `/users`: list, get by UUID, and batch lookup.
+//! `/users`: list, get by UUID, batch lookup, and the writes (create,
+//! change, delete), with entity tags for conditional requests.
 
 use std::sync::Arc;
 
-use domain::{MAX_LOOKUP, Page, User, UserError, UserQueries, UserUuid};
-use poem_openapi::param::{Path, Query};
+use domain::{
+    Email, MAX_LOOKUP, Name, NewUser, Page, User, UserChanges, UserCommands, UserError, UserId,
+    UserQueries, UserUuid, ValidationError, Version,
+};
+use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::types::Example;
 use poem_openapi::{ApiResponse, Object, OpenApi, Tags};
@@ -67,8 +71,68 @@ pub struct UserList {
     pub users: Vec<UserDto>,
     /// The limit applied.
     pub limit: u32,
-    /// The offset applied.
+    /// The offset applied (0 when paging by cursor).
     pub offset: u32,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    #[oai(skip_serializing_if_is_none)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+    /// How many users there are, when asked for with `count=true`.
+    #[oai(skip_serializing_if_is_none)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub total: Option<u64>,
+}
+
+/// A user to create.
+#[derive(Debug, Object)]
+#[oai(example)]
+pub struct CreateUser {
+    /// First name: 1 to 100 characters, not blank (trimmed).
+    #[oai(validator(min_length = 1, max_length = 100))]
+    pub first_name: String,
+    /// Last name: 1 to 100 characters, not blank (trimmed).
+    #[oai(validator(min_length = 1, max_length = 100))]
+    pub last_name: String,
+    /// E-mail address, unique among users: `local@domain.tld`, at most 254
+    /// characters, no spaces.
+    #[oai(validator(min_length = 3, max_length = 254))]
+    pub email: String,
+}
+
+impl Example for CreateUser {
+    fn example() -> Self {
+        Self {
+            first_name: "Ada".into(),
+            last_name: "Lovelace".into(),
+            email: "ada.lovelace@example.com".into(),
+        }
+    }
+}
+
+/// A change to a user: the fields given are replaced, the others kept. At
+/// least one is needed.
+#[derive(Debug, Object)]
+#[oai(example)]
+pub struct UpdateUser {
+    /// A new first name: 1 to 100 characters, not blank.
+    #[oai(validator(min_length = 1, max_length = 100))]
+    pub first_name: Option<String>,
+    /// A new last name: 1 to 100 characters, not blank.
+    #[oai(validator(min_length = 1, max_length = 100))]
+    pub last_name: Option<String>,
+    /// A new e-mail address, unique among users.
+    #[oai(validator(min_length = 3, max_length = 254))]
+    pub email: Option<String>,
+}
+
+impl Example for UpdateUser {
+    fn example() -> Self {
+        Self {
+            first_name: None,
+            last_name: Some("King".into()),
+            email: None,
+        }
+    }
 }
 
 /// A batch lookup: up to 100 UUIDs.
@@ -101,35 +165,98 @@ pub struct LookupResponseBody {
     pub missing: Vec<Uuid>,
 }
 
+/// The entity tag of a user at `version`: strong (the same bytes for the
+/// same version: a user body is never compressed, being small).
+fn etag(version: Version) -> String {
+    format!("\"{version}\"")
+}
+
+/// The entity tags of an `If-None-Match` or `If-Match` header: `None` for
+/// `*`, else each tag's version (weak tags compared weakly for
+/// `If-None-Match`; a tag this service did not make is version 0, which no
+/// user ever has).
+fn tags(header: &str) -> Option<Vec<Version>> {
+    if header.trim() == "*" {
+        return None;
+    }
+    Some(
+        header
+            .split(',')
+            .map(|tag| {
+                let tag = tag.trim();
+                let tag = tag.strip_prefix("W/").unwrap_or(tag);
+                tag.strip_prefix('"')
+                    .and_then(|t| t.strip_suffix('"'))
+                    .and_then(|t| t.parse::<u64>().ok())
+                    .map_or(Version::new(0), Version::new)
+            })
+            .collect(),
+    )
+}
+
+/// A cursor: the position after the last user of a page. Opaque to clients
+/// (`u` and a hexadecimal number); only ever made by this service.
+fn cursor_of(id: UserId) -> String {
+    format!("u{:x}", id.get())
+}
+
+fn cursor_from(text: &str) -> Option<UserId> {
+    let hex = text.strip_prefix('u')?;
+    if hex.is_empty() || hex.len() > 16 {
+        return None;
+    }
+    UserId::new(i64::from_str_radix(hex, 16).ok()?).ok()
+}
+
 #[derive(ApiResponse)]
 #[oai(bad_request_handler = "bad_request")]
 enum ListResponse {
     /// A page of users.
     #[oai(status = 200)]
     Ok(JsonBody<UserList>),
-    /// A bad `limit` or `offset`.
+    /// A bad `limit`, `offset` or `cursor` (`invalid_cursor`), or both an
+    /// offset and a cursor.
     #[oai(status = 400)]
     BadRequest(Json<ErrorBody>),
-    /// The user store failed.
-    #[oai(status = 500)]
-    Internal(Json<ErrorBody>),
+    /// The user store is down or too slow (`store_unavailable`).
+    #[oai(status = 503)]
+    Unavailable(Json<ErrorBody>),
 }
 
 #[derive(ApiResponse)]
 #[oai(bad_request_handler = "bad_request")]
 enum GetResponse {
-    /// The user.
+    /// The user, with its entity tag.
     #[oai(status = 200)]
-    Ok(JsonBody<UserDto>),
+    Ok(
+        JsonBody<UserDto>,
+        /// The user's version, for `If-None-Match` and `If-Match`.
+        #[oai(header = "ETag")]
+        String,
+        /// How clients and proxies may keep it (`http.cache_control`).
+        #[oai(header = "Cache-Control")]
+        String,
+    ),
+    /// `If-None-Match` names the current version: the client's copy is current.
+    #[oai(status = 304)]
+    NotModified(
+        /// The user's version.
+        #[oai(header = "ETag")]
+        String,
+        /// How clients and proxies may keep it.
+        #[oai(header = "Cache-Control")]
+        String,
+    ),
     /// Not a UUID (`invalid_uuid`).
     #[oai(status = 400)]
     BadRequest(Json<ErrorBody>),
     /// No user has this UUID (`not_found`).
     #[oai(status = 404)]
     NotFound(Json<ErrorBody>),
-    /// The user store failed.
-    #[oai(status = 500)]
-    Internal(Json<ErrorBody>),
+    /// The user is not cached and the user store is down or too slow
+    /// (`store_unavailable`).
+    #[oai(status = 503)]
+    Unavailable(Json<ErrorBody>),
 }
 
 #[derive(ApiResponse)]
@@ -143,9 +270,86 @@ enum LookupResponse {
     /// that is not the documented JSON (`bad_request`).
     #[oai(status = 400)]
     BadRequest(Json<ErrorBody>),
-    /// The user store failed.
-    #[oai(status = 500)]
-    Internal(Json<ErrorBody>),
+    /// Some users are not cached and the user store is down or too slow
+    /// (`store_unavailable`).
+    #[oai(status = 503)]
+    Unavailable(Json<ErrorBody>),
+}
+
+#[derive(ApiResponse)]
+#[oai(bad_request_handler = "bad_request")]
+enum CreateResponse {
+    /// Created: the user, where it lives, and its entity tag.
+    #[oai(status = 201)]
+    Created(
+        JsonBody<UserDto>,
+        /// `/users/{uuid}` of the new user.
+        #[oai(header = "Location")]
+        String,
+        /// The user's version.
+        #[oai(header = "ETag")]
+        String,
+    ),
+    /// A field breaks a rule (`invalid_field`) or the body is not the
+    /// documented JSON (`bad_request`).
+    #[oai(status = 400)]
+    BadRequest(Json<ErrorBody>),
+    /// Another user has this e-mail address (`conflict`).
+    #[oai(status = 409)]
+    Conflict(Json<ErrorBody>),
+    /// The user store is down or too slow (`store_unavailable`); nothing was created.
+    #[oai(status = 503)]
+    Unavailable(Json<ErrorBody>),
+}
+
+#[derive(ApiResponse)]
+#[oai(bad_request_handler = "bad_request")]
+enum UpdateResponse {
+    /// The user as changed, with its new entity tag.
+    #[oai(status = 200)]
+    Ok(
+        JsonBody<UserDto>,
+        /// The user's new version.
+        #[oai(header = "ETag")]
+        String,
+    ),
+    /// Not a UUID (`invalid_uuid`), a field that breaks a rule or no field
+    /// at all (`invalid_field`), or a body that is not the documented JSON.
+    #[oai(status = 400)]
+    BadRequest(Json<ErrorBody>),
+    /// No user has this UUID (`not_found`).
+    #[oai(status = 404)]
+    NotFound(Json<ErrorBody>),
+    /// Another user has this e-mail address (`conflict`).
+    #[oai(status = 409)]
+    Conflict(Json<ErrorBody>),
+    /// `If-Match` names another version (`precondition_failed`): someone
+    /// changed the user since it was read. Nothing was changed.
+    #[oai(status = 412)]
+    PreconditionFailed(Json<ErrorBody>),
+    /// The user store is down or too slow (`store_unavailable`).
+    #[oai(status = 503)]
+    Unavailable(Json<ErrorBody>),
+}
+
+#[derive(ApiResponse)]
+#[oai(bad_request_handler = "bad_request")]
+enum DeleteResponse {
+    /// Deleted.
+    #[oai(status = 204)]
+    Deleted,
+    /// Not a UUID (`invalid_uuid`).
+    #[oai(status = 400)]
+    BadRequest(Json<ErrorBody>),
+    /// No user has this UUID (`not_found`).
+    #[oai(status = 404)]
+    NotFound(Json<ErrorBody>),
+    /// `If-Match` names another version (`precondition_failed`).
+    #[oai(status = 412)]
+    PreconditionFailed(Json<ErrorBody>),
+    /// The user store is down or too slow (`store_unavailable`).
+    #[oai(status = 503)]
+    Unavailable(Json<ErrorBody>),
 }
 
 macro_rules! with_bad_request {
@@ -157,58 +361,119 @@ macro_rules! with_bad_request {
         }
     )*};
 }
-with_bad_request!(ListResponse, GetResponse, LookupResponse);
+with_bad_request!(
+    ListResponse,
+    GetResponse,
+    LookupResponse,
+    CreateResponse,
+    UpdateResponse,
+    DeleteResponse
+);
 
 /// Which response a domain error becomes.
 enum Failure {
     BadRequest(ErrorBody),
     NotFound(ErrorBody),
-    Internal,
+    Conflict(ErrorBody),
+    PreconditionFailed(ErrorBody),
+    Unavailable(ErrorBody),
 }
 
 impl From<UserError> for Failure {
     fn from(error: UserError) -> Self {
+        let message = error.to_string();
         match error {
             UserError::NotFoundByUuid(_) | UserError::NotFoundById(_) => {
-                Failure::NotFound(ErrorBody::new(ErrorCode::NotFound, error.to_string()))
+                Failure::NotFound(ErrorBody::new(ErrorCode::NotFound, message))
             }
             UserError::TooManyUuids { .. } => {
-                Failure::BadRequest(ErrorBody::new(ErrorCode::TooManyUuids, error.to_string()))
+                Failure::BadRequest(ErrorBody::new(ErrorCode::TooManyUuids, message))
             }
-            UserError::Invalid(ref invalid) => {
-                let code = match invalid {
-                    domain::ValidationError::MalformedUuid(_) => ErrorCode::InvalidUuid,
-                    _ => ErrorCode::BadRequest,
-                };
-                Failure::BadRequest(ErrorBody::new(code, error.to_string()))
+            UserError::Invalid(ValidationError::MalformedUuid(_)) => {
+                Failure::BadRequest(ErrorBody::new(ErrorCode::InvalidUuid, message))
             }
-            UserError::Repository(cause) => {
+            UserError::Invalid(ValidationError::BadLimit { .. }) => {
+                Failure::BadRequest(ErrorBody::new(ErrorCode::BadRequest, message))
+            }
+            UserError::Invalid(_) | UserError::EmptyChange => {
+                Failure::BadRequest(ErrorBody::new(ErrorCode::InvalidField, message))
+            }
+            UserError::DuplicateEmail(_) => {
+                Failure::Conflict(ErrorBody::new(ErrorCode::Conflict, message))
+            }
+            UserError::VersionMismatch { .. } => {
+                Failure::PreconditionFailed(ErrorBody::new(ErrorCode::PreconditionFailed, message))
+            }
+            UserError::StoreUnavailable(cause) => {
                 tracing::error!(error = %cause, "user store failed");
-                Failure::Internal
+                Failure::Unavailable(ErrorBody::new(
+                    ErrorCode::StoreUnavailable,
+                    "the user store is unavailable; retry later",
+                ))
             }
         }
     }
+}
+
+/// The answer to a failure for an operation that cannot fail that way (a
+/// list never finds "no such user"): a 503 says the truth without a cause.
+fn unexpected(body: &ErrorBody) -> ErrorBody {
+    tracing::error!(?body, "unexpected failure for this operation");
+    ErrorBody::new(
+        ErrorCode::StoreUnavailable,
+        "the user store is unavailable; retry later",
+    )
 }
 
 fn default_limit() -> u32 {
     Page::DEFAULT_LIMIT
 }
 
-/// The users operations, generic over the domain's inbound port.
-pub struct UsersApi<S> {
-    service: Arc<S>,
+fn invalid_uuid(invalid: ValidationError) -> ErrorBody {
+    ErrorBody::new(ErrorCode::InvalidUuid, invalid.to_string())
 }
 
-impl<S> UsersApi<S> {
-    /// The API over `service`.
-    pub fn new(service: Arc<S>) -> Self {
-        Self { service }
+fn invalid_field(invalid: ValidationError) -> ErrorBody {
+    ErrorBody::new(ErrorCode::InvalidField, invalid.to_string())
+}
+
+/// The users operations, generic over the domain's inbound ports.
+pub struct UsersApi<Q, C> {
+    queries: Arc<Q>,
+    commands: Arc<C>,
+    cache_control: String,
+}
+
+impl<Q, C> UsersApi<Q, C> {
+    /// The API over `queries` and `commands`; `cache_control` is sent with
+    /// every user.
+    pub fn new(queries: Arc<Q>, commands: Arc<C>, cache_control: String) -> Self {
+        Self {
+            queries,
+            commands,
+            cache_control,
+        }
+    }
+}
+
+/// Applies `If-Match` to a write: `None` for none or `*`, the one version
+/// named, or a 400 for several (a client edits one version at a time).
+fn if_match(header: Option<&str>) -> Result<Option<Version>, ErrorBody> {
+    match header.and_then(tags) {
+        None => Ok(None),
+        Some(versions) if versions.len() == 1 => Ok(versions.first().copied()),
+        Some(_) => Err(ErrorBody::new(
+            ErrorCode::BadRequest,
+            "If-Match must name one entity tag (the ETag of the version you read)",
+        )),
     }
 }
 
 #[OpenApi]
-impl<S: UserQueries> UsersApi<S> {
-    /// List users, ordered by id (`limit` 1 to 1000, default 100; `offset` default 0).
+impl<Q: UserQueries, C: UserCommands> UsersApi<Q, C> {
+    /// List users, ordered by id: `limit` (1 to 1000, default 100) from
+    /// `offset`, or after `cursor` (the `next_cursor` of the previous page:
+    /// as cheap deep in the list as at its start). `count=true` adds the total.
     #[oai(
         path = "/users",
         method = "get",
@@ -223,12 +488,18 @@ impl<S: UserQueries> UsersApi<S> {
             validator(minimum(value = "1"), maximum(value = "1000"))
         )]
         limit: Query<u32>,
-        /// How many users to skip, in id order.
+        /// How many users to skip, in id order (not with `cursor`).
         #[oai(
             default,
             validator(minimum(value = "0"), maximum(value = "4294967295"))
         )]
         offset: Query<u32>,
+        /// Where the previous page ended: its `next_cursor`.
+        #[oai(validator(max_length = 17))]
+        cursor: Query<Option<String>>,
+        /// Whether to count every user (`total`); costs a scan of the table.
+        #[oai(default)]
+        count: Query<bool>,
     ) -> ListResponse {
         let page = match Page::new(limit.0, offset.0) {
             Ok(page) => page,
@@ -239,23 +510,55 @@ impl<S: UserQueries> UsersApi<S> {
                 )));
             }
         };
-        match self.service.list_users(page).await {
-            Ok(users) => ListResponse::Ok(JsonBody(UserList {
-                users: users.into_iter().map(UserDto::from).collect(),
-                limit: page.limit(),
-                offset: page.offset(),
-            })),
-            Err(error) => match Failure::from(error) {
-                Failure::BadRequest(body) => ListResponse::BadRequest(Json(body)),
-                Failure::NotFound(_) | Failure::Internal => {
-                    ListResponse::Internal(Json(ErrorBody::internal()))
+        let listed = match cursor.0.as_deref() {
+            None => self.queries.list_users(page).await,
+            Some(_) if page.offset() != 0 => {
+                return ListResponse::BadRequest(Json(ErrorBody::new(
+                    ErrorCode::BadRequest,
+                    "give either offset or cursor, not both",
+                )));
+            }
+            Some(text) => match cursor_from(text) {
+                Some(after) => {
+                    self.queries
+                        .list_users_after(Some(after), page.limit())
+                        .await
+                }
+                None => {
+                    return ListResponse::BadRequest(Json(ErrorBody::new(
+                        ErrorCode::InvalidCursor,
+                        "cursor is not one this service made; pass a page's next_cursor as it is",
+                    )));
                 }
             },
+        };
+        let total = if count.0 {
+            match self.queries.count_users().await {
+                Ok(total) => Some(total),
+                Err(error) => return list_failed(error),
+            }
+        } else {
+            None
+        };
+        match listed {
+            Ok(users) => {
+                let full = users.len() == page.limit() as usize;
+                let next_cursor = users.last().filter(|_| full).map(|u| cursor_of(u.id()));
+                ListResponse::Ok(JsonBody(UserList {
+                    users: users.into_iter().map(UserDto::from).collect(),
+                    limit: page.limit(),
+                    offset: page.offset(),
+                    next_cursor,
+                    total,
+                }))
+            }
+            Err(error) => list_failed(error),
         }
     }
 
-    /// Get one user by UUID. Cache-aside: a cached UUID-to-id mapping lets
-    /// the store be read by id; a miss reads it by UUID and fills both caches.
+    /// Get one user by UUID, with its `ETag`. Read-through: a warm hit is one
+    /// cache round trip and no store query. `If-None-Match` with the current
+    /// tag is answered 304 without a body.
     #[oai(
         path = "/users/:uuid",
         method = "get",
@@ -266,22 +569,151 @@ impl<S: UserQueries> UsersApi<S> {
         &self,
         /// The user's uuid.
         uuid: Path<UuidText>,
+        /// Entity tags of copies the client holds.
+        #[oai(name = "If-None-Match")]
+        if_none_match: Header<Option<String>>,
     ) -> GetResponse {
         let uuid = match UserUuid::parse(&uuid.0.0) {
             Ok(uuid) => uuid,
-            Err(invalid) => {
-                return GetResponse::BadRequest(Json(ErrorBody::new(
-                    ErrorCode::InvalidUuid,
-                    invalid.to_string(),
-                )));
-            }
+            Err(invalid) => return GetResponse::BadRequest(Json(invalid_uuid(invalid))),
         };
-        match self.service.user_by_uuid(uuid).await {
-            Ok(user) => GetResponse::Ok(JsonBody(UserDto::from(user))),
+        match self.queries.user_by_uuid(uuid).await {
+            Ok(user) => {
+                let version = user.version();
+                let current = match if_none_match.0.as_deref().map(tags) {
+                    Some(None) => true,
+                    Some(Some(held)) => held.contains(&version),
+                    None => false,
+                };
+                if current {
+                    GetResponse::NotModified(etag(version), self.cache_control.clone())
+                } else {
+                    GetResponse::Ok(
+                        JsonBody(UserDto::from(user)),
+                        etag(version),
+                        self.cache_control.clone(),
+                    )
+                }
+            }
             Err(error) => match Failure::from(error) {
                 Failure::BadRequest(body) => GetResponse::BadRequest(Json(body)),
                 Failure::NotFound(body) => GetResponse::NotFound(Json(body)),
-                Failure::Internal => GetResponse::Internal(Json(ErrorBody::internal())),
+                Failure::Unavailable(body) => GetResponse::Unavailable(Json(body)),
+                Failure::Conflict(body) | Failure::PreconditionFailed(body) => {
+                    GetResponse::Unavailable(Json(unexpected(&body)))
+                }
+            },
+        }
+    }
+
+    /// Create a user. The service gives it its uuid; `Location` says where
+    /// it lives.
+    #[oai(
+        path = "/users",
+        method = "post",
+        tag = "Tag::Users",
+        operation_id = "createUser"
+    )]
+    async fn create(&self, body: Json<CreateUser>) -> CreateResponse {
+        let body = body.0;
+        let user = match new_user(&body) {
+            Ok(user) => user,
+            Err(invalid) => return CreateResponse::BadRequest(Json(invalid_field(invalid))),
+        };
+        match self.commands.create_user(user).await {
+            Ok(user) => {
+                let location = format!("/users/{}", user.uuid());
+                let tag = etag(user.version());
+                CreateResponse::Created(JsonBody(UserDto::from(user)), location, tag)
+            }
+            Err(error) => match Failure::from(error) {
+                Failure::BadRequest(body) => CreateResponse::BadRequest(Json(body)),
+                Failure::Conflict(body) => CreateResponse::Conflict(Json(body)),
+                Failure::Unavailable(body) => CreateResponse::Unavailable(Json(body)),
+                Failure::NotFound(body) | Failure::PreconditionFailed(body) => {
+                    CreateResponse::Unavailable(Json(unexpected(&body)))
+                }
+            },
+        }
+    }
+
+    /// Change a user: the fields given are replaced. With `If-Match` (the
+    /// `ETag` you read), only if nobody changed it since: 412 otherwise.
+    /// Every instance serves the new version once this returns.
+    #[oai(
+        path = "/users/:uuid",
+        method = "patch",
+        tag = "Tag::Users",
+        operation_id = "updateUser"
+    )]
+    async fn update(
+        &self,
+        /// The user's uuid.
+        uuid: Path<UuidText>,
+        /// The `ETag` of the version the change is based on.
+        #[oai(name = "If-Match")]
+        if_match_header: Header<Option<String>>,
+        body: Json<UpdateUser>,
+    ) -> UpdateResponse {
+        let uuid = match UserUuid::parse(&uuid.0.0) {
+            Ok(uuid) => uuid,
+            Err(invalid) => return UpdateResponse::BadRequest(Json(invalid_uuid(invalid))),
+        };
+        let expected = match if_match(if_match_header.0.as_deref()) {
+            Ok(expected) => expected,
+            Err(body) => return UpdateResponse::BadRequest(Json(body)),
+        };
+        let changes = match changes(&body.0) {
+            Ok(changes) => changes,
+            Err(invalid) => return UpdateResponse::BadRequest(Json(invalid_field(invalid))),
+        };
+        match self.commands.update_user(uuid, changes, expected).await {
+            Ok(user) => {
+                let tag = etag(user.version());
+                UpdateResponse::Ok(JsonBody(UserDto::from(user)), tag)
+            }
+            Err(error) => match Failure::from(error) {
+                Failure::BadRequest(body) => UpdateResponse::BadRequest(Json(body)),
+                Failure::NotFound(body) => UpdateResponse::NotFound(Json(body)),
+                Failure::Conflict(body) => UpdateResponse::Conflict(Json(body)),
+                Failure::PreconditionFailed(body) => UpdateResponse::PreconditionFailed(Json(body)),
+                Failure::Unavailable(body) => UpdateResponse::Unavailable(Json(body)),
+            },
+        }
+    }
+
+    /// Delete a user (with `If-Match`, only at that version). Every instance
+    /// answers 404 for it once this returns.
+    #[oai(
+        path = "/users/:uuid",
+        method = "delete",
+        tag = "Tag::Users",
+        operation_id = "deleteUser"
+    )]
+    async fn delete(
+        &self,
+        /// The user's uuid.
+        uuid: Path<UuidText>,
+        /// The `ETag` of the version to delete.
+        #[oai(name = "If-Match")]
+        if_match_header: Header<Option<String>>,
+    ) -> DeleteResponse {
+        let uuid = match UserUuid::parse(&uuid.0.0) {
+            Ok(uuid) => uuid,
+            Err(invalid) => return DeleteResponse::BadRequest(Json(invalid_uuid(invalid))),
+        };
+        let expected = match if_match(if_match_header.0.as_deref()) {
+            Ok(expected) => expected,
+            Err(body) => return DeleteResponse::BadRequest(Json(body)),
+        };
+        match self.commands.delete_user(uuid, expected).await {
+            Ok(()) => DeleteResponse::Deleted,
+            Err(error) => match Failure::from(error) {
+                Failure::BadRequest(body) => DeleteResponse::BadRequest(Json(body)),
+                Failure::NotFound(body) => DeleteResponse::NotFound(Json(body)),
+                Failure::PreconditionFailed(body) => DeleteResponse::PreconditionFailed(Json(body)),
+                Failure::Unavailable(body) => DeleteResponse::Unavailable(Json(body)),
+                Failure::Conflict(body) => DeleteResponse::Unavailable(Json(unexpected(&body))),
             },
         }
     }
@@ -320,25 +752,87 @@ impl<S: UserQueries> UsersApi<S> {
                     )));
                 }
                 Ok(uuid) => uuids.push(uuid),
-                Err(invalid) => {
-                    return LookupResponse::BadRequest(Json(ErrorBody::new(
-                        ErrorCode::InvalidUuid,
-                        invalid.to_string(),
-                    )));
-                }
+                Err(invalid) => return LookupResponse::BadRequest(Json(invalid_uuid(invalid))),
             }
         }
-        match self.service.lookup(&uuids).await {
+        match self.queries.lookup(&uuids).await {
             Ok(found) => LookupResponse::Ok(JsonBody(LookupResponseBody {
                 users: found.users.into_iter().map(UserDto::from).collect(),
                 missing: found.missing.iter().map(|uuid| uuid.get()).collect(),
             })),
             Err(error) => match Failure::from(error) {
                 Failure::BadRequest(body) => LookupResponse::BadRequest(Json(body)),
-                Failure::NotFound(_) | Failure::Internal => {
-                    LookupResponse::Internal(Json(ErrorBody::internal()))
+                Failure::Unavailable(body) => LookupResponse::Unavailable(Json(body)),
+                Failure::NotFound(body)
+                | Failure::Conflict(body)
+                | Failure::PreconditionFailed(body) => {
+                    LookupResponse::Unavailable(Json(unexpected(&body)))
                 }
             },
+        }
+    }
+}
+
+fn list_failed(error: UserError) -> ListResponse {
+    match Failure::from(error) {
+        Failure::BadRequest(body) => ListResponse::BadRequest(Json(body)),
+        Failure::Unavailable(body) => ListResponse::Unavailable(Json(body)),
+        Failure::NotFound(body) | Failure::Conflict(body) | Failure::PreconditionFailed(body) => {
+            ListResponse::Unavailable(Json(unexpected(&body)))
+        }
+    }
+}
+
+fn new_user(body: &CreateUser) -> Result<NewUser, ValidationError> {
+    Ok(NewUser {
+        first_name: Name::new("first_name", &body.first_name)?,
+        last_name: Name::new("last_name", &body.last_name)?,
+        email: Email::new(&body.email)?,
+    })
+}
+
+fn changes(body: &UpdateUser) -> Result<UserChanges, ValidationError> {
+    Ok(UserChanges {
+        first_name: body
+            .first_name
+            .as_deref()
+            .map(|n| Name::new("first_name", n))
+            .transpose()?,
+        last_name: body
+            .last_name
+            .as_deref()
+            .map(|n| Name::new("last_name", n))
+            .transpose()?,
+        email: body.email.as_deref().map(Email::new).transpose()?,
+    })
+}
+
+#[cfg(test)]
+mod unit {
+    use super::*;
+
+    #[test]
+    fn entity_tags_parse_strong_weak_lists_and_star() {
+        assert_eq!(tags("\"3\""), Some(vec![Version::new(3)]));
+        assert_eq!(
+            tags("W/\"3\", \"4\""),
+            Some(vec![Version::new(3), Version::new(4)])
+        );
+        assert_eq!(tags("*"), None);
+        assert_eq!(
+            tags("\"abc\""),
+            Some(vec![Version::new(0)]),
+            "never matches"
+        );
+        assert_eq!(etag(Version::new(7)), "\"7\"");
+    }
+
+    #[test]
+    fn cursors_round_trip_and_foreign_ones_are_refused() {
+        let id = UserId::new(1_000_000).unwrap();
+        assert_eq!(cursor_from(&cursor_of(id)), Some(id));
+        for bad in ["", "u", "x10", "u-1", "u0", "uzz", "u12345678901234567"] {
+            assert_eq!(cursor_from(bad), None, "{bad:?}");
         }
     }
 }

@@ -5,7 +5,9 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use domain::{Page, RepositoryError, User, UserId, UserRepository, UserUuid};
+use domain::{
+    NewUser, Page, RepositoryError, User, UserChanges, UserId, UserRepository, UserUuid, Version,
+};
 
 /// `inner`, each query answered `latency` later (no delay when zero).
 #[derive(Debug, Clone)]
@@ -48,6 +50,39 @@ impl<R: UserRepository> UserRepository for Latent<R> {
     async fn by_ids(&self, ids: &[UserId]) -> Result<Vec<User>, RepositoryError> {
         self.pause().await;
         self.inner.by_ids(ids).await
+    }
+    async fn list_after(
+        &self,
+        after: Option<UserId>,
+        limit: u32,
+    ) -> Result<Vec<User>, RepositoryError> {
+        self.pause().await;
+        self.inner.list_after(after, limit).await
+    }
+    async fn count(&self) -> Result<u64, RepositoryError> {
+        self.pause().await;
+        self.inner.count().await
+    }
+    async fn create(&self, user: NewUser) -> Result<User, RepositoryError> {
+        self.pause().await;
+        self.inner.create(user).await
+    }
+    async fn update(
+        &self,
+        uuid: UserUuid,
+        changes: UserChanges,
+        expected: Option<Version>,
+    ) -> Result<Option<User>, RepositoryError> {
+        self.pause().await;
+        self.inner.update(uuid, changes, expected).await
+    }
+    async fn delete(
+        &self,
+        uuid: UserUuid,
+        expected: Option<Version>,
+    ) -> Result<Option<User>, RepositoryError> {
+        self.pause().await;
+        self.inner.delete(uuid, expected).await
     }
 }
 

@@ -3,15 +3,21 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
-use domain::{Email, Name, Page, RepositoryError, User, UserId, UserRepository, UserUuid};
+use domain::{
+    Email, Name, NewUser, Page, RepositoryError, User, UserChanges, UserId, UserRepository,
+    UserUuid, Version,
+};
 use serde::Deserialize;
 use thiserror::Error;
 
 mod latent;
+mod sql;
 
 pub use latent::Latent;
+pub use sql::{SqlStore, StoreConfig, StoreKind, StoreSetupError, synthetic_uuid};
 
 /// Why a users file could not be loaded. Names the file and the record.
 #[derive(Debug, Error)]
@@ -82,11 +88,46 @@ const SAMPLE: [(&str, &str); 10] = [
     ("Hannah", "Taylor"),
 ];
 
-/// Users held in memory, indexed by id and by UUID.
+/// Users held in memory, indexed by id and by UUID: for unit tests and
+/// demos (the service itself runs on [`SqlStore`]). Clones share the users.
 #[derive(Debug, Clone, Default)]
 pub struct InMemoryUserRepository {
+    state: Arc<RwLock<Users>>,
+}
+
+#[derive(Debug, Default)]
+struct Users {
     by_id: BTreeMap<UserId, User>,
     id_of: HashMap<UserUuid, UserId>,
+}
+
+impl Users {
+    fn by_uuid(&self, uuid: &UserUuid) -> Option<&User> {
+        self.id_of.get(uuid).and_then(|id| self.by_id.get(id))
+    }
+
+    fn email_taken(&self, email: &Email, by_other_than: Option<UserUuid>) -> bool {
+        self.by_id
+            .values()
+            .any(|u| u.email() == email && Some(u.uuid()) != by_other_than)
+    }
+
+    /// The user with `uuid`, checked against `expected`.
+    fn current(
+        &self,
+        uuid: UserUuid,
+        expected: Option<Version>,
+    ) -> Result<Option<User>, RepositoryError> {
+        let Some(user) = self.by_uuid(&uuid) else {
+            return Ok(None);
+        };
+        match expected {
+            Some(version) if version != user.version() => Err(RepositoryError::VersionMismatch {
+                current: user.version(),
+            }),
+            _ => Ok(Some(user.clone())),
+        }
+    }
 }
 
 impl InMemoryUserRepository {
@@ -95,7 +136,7 @@ impl InMemoryUserRepository {
     /// # Errors
     /// A message naming the first duplicate id or UUID.
     pub fn new(users: impl IntoIterator<Item = User>) -> Result<Self, String> {
-        let mut store = Self::default();
+        let mut store = Users::default();
         for user in users {
             if store.by_id.contains_key(&user.id()) {
                 return Err(format!("duplicate id {}", user.id()));
@@ -105,7 +146,24 @@ impl InMemoryUserRepository {
             }
             store.by_id.insert(user.id(), user);
         }
-        Ok(store)
+        Ok(Self {
+            state: Arc::new(RwLock::new(store)),
+        })
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Users> {
+        // Writers leave the maps consistent at every step; a poisoned lock
+        // still holds a usable state.
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Users> {
+        self.state.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Every user, ordered by id (to import them elsewhere).
+    pub fn users(&self) -> Vec<User> {
+        self.read().by_id.values().cloned().collect()
     }
 
     /// The seed's ten sample users.
@@ -165,33 +223,30 @@ impl InMemoryUserRepository {
 
     /// How many users the store holds.
     pub fn len(&self) -> usize {
-        self.by_id.len()
+        self.read().by_id.len()
     }
 
     /// Whether the store is empty.
     pub fn is_empty(&self) -> bool {
-        self.by_id.is_empty()
+        self.read().by_id.is_empty()
     }
 }
 
 #[async_trait]
 impl UserRepository for InMemoryUserRepository {
     async fn by_uuid(&self, uuid: UserUuid) -> Result<Option<User>, RepositoryError> {
-        Ok(self
-            .id_of
-            .get(&uuid)
-            .and_then(|id| self.by_id.get(id))
-            .cloned())
+        Ok(self.read().by_uuid(&uuid).cloned())
     }
 
     async fn by_id(&self, id: UserId) -> Result<Option<User>, RepositoryError> {
-        Ok(self.by_id.get(&id).cloned())
+        Ok(self.read().by_id.get(&id).cloned())
     }
 
     async fn list(&self, page: Page) -> Result<Vec<User>, RepositoryError> {
         let offset = usize::try_from(page.offset()).unwrap_or(usize::MAX);
         let limit = usize::try_from(page.limit()).unwrap_or(usize::MAX);
         Ok(self
+            .read()
             .by_id
             .values()
             .skip(offset)
@@ -201,21 +256,97 @@ impl UserRepository for InMemoryUserRepository {
     }
 
     async fn by_uuids(&self, uuids: &[UserUuid]) -> Result<Vec<User>, RepositoryError> {
-        let mut found = Vec::with_capacity(uuids.len());
-        for uuid in uuids {
-            if let Some(user) = self.id_of.get(uuid).and_then(|id| self.by_id.get(id)) {
-                found.push(user.clone());
-            }
-        }
-        Ok(found)
+        let users = self.read();
+        Ok(uuids
+            .iter()
+            .filter_map(|uuid| users.by_uuid(uuid))
+            .cloned()
+            .collect())
     }
 
     async fn by_ids(&self, ids: &[UserId]) -> Result<Vec<User>, RepositoryError> {
+        let users = self.read();
         Ok(ids
             .iter()
-            .filter_map(|id| self.by_id.get(id))
+            .filter_map(|id| users.by_id.get(id))
             .cloned()
             .collect())
+    }
+
+    async fn list_after(
+        &self,
+        after: Option<UserId>,
+        limit: u32,
+    ) -> Result<Vec<User>, RepositoryError> {
+        let users = self.read();
+        let range = match after {
+            Some(id) => users
+                .by_id
+                .range((std::ops::Bound::Excluded(id), std::ops::Bound::Unbounded)),
+            None => users.by_id.range(..),
+        };
+        Ok(range.take(limit as usize).map(|(_, u)| u.clone()).collect())
+    }
+
+    async fn count(&self) -> Result<u64, RepositoryError> {
+        Ok(self.read().by_id.len() as u64)
+    }
+
+    async fn create(&self, user: NewUser) -> Result<User, RepositoryError> {
+        let mut users = self.write();
+        if users.email_taken(&user.email, None) {
+            return Err(RepositoryError::DuplicateEmail(user.email.into_string()));
+        }
+        let next = users.by_id.keys().next_back().map_or(1, |id| id.get() + 1);
+        let id = UserId::new(next).map_err(|e| RepositoryError::Unavailable(e.to_string()))?;
+        let uuid = UserUuid::new(uuid::Uuid::new_v4());
+        let created = User::new(id, uuid, user.first_name, user.last_name, user.email);
+        users.id_of.insert(uuid, id);
+        users.by_id.insert(id, created.clone());
+        Ok(created)
+    }
+
+    async fn update(
+        &self,
+        uuid: UserUuid,
+        changes: UserChanges,
+        expected: Option<Version>,
+    ) -> Result<Option<User>, RepositoryError> {
+        let mut users = self.write();
+        let Some(user) = users.current(uuid, expected)? else {
+            return Ok(None);
+        };
+        if let Some(email) = &changes.email
+            && users.email_taken(email, Some(uuid))
+        {
+            return Err(RepositoryError::DuplicateEmail(email.as_str().to_owned()));
+        }
+        let version = Version::new(user.version().get() + 1);
+        let (id, uuid, first, last, email) = user.into_parts();
+        let changed = User::new(
+            id,
+            uuid,
+            changes.first_name.unwrap_or(first),
+            changes.last_name.unwrap_or(last),
+            changes.email.unwrap_or(email),
+        )
+        .with_version(version);
+        users.by_id.insert(id, changed.clone());
+        Ok(Some(changed))
+    }
+
+    async fn delete(
+        &self,
+        uuid: UserUuid,
+        expected: Option<Version>,
+    ) -> Result<Option<User>, RepositoryError> {
+        let mut users = self.write();
+        let Some(user) = users.current(uuid, expected)? else {
+            return Ok(None);
+        };
+        users.id_of.remove(&uuid);
+        users.by_id.remove(&user.id());
+        Ok(Some(user))
     }
 }
 
