@@ -9,7 +9,10 @@
 //!
 //! Each test starts its own container: tests share no connection and no keys.
 
+mod postgres;
 pub mod proxy;
+
+pub use postgres::{PID_LABEL, TestPostgres};
 
 use std::collections::HashMap;
 use std::process::{Command, Stdio};
@@ -297,6 +300,15 @@ pub struct TestApp {
     pub client: reqwest::Client,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    /// The SQLite file made for it, removed on drop.
+    database: Option<std::path::PathBuf>,
+}
+
+/// A fresh SQLite file path in the temp dir, for one service.
+fn fresh_sqlite() -> std::path::PathBuf {
+    std::env::temp_dir()
+        .join("cachemanager-tests")
+        .join(format!("{}.db", uuid::Uuid::new_v4().simple()))
 }
 
 impl TestApp {
@@ -357,11 +369,19 @@ impl Drop for TestApp {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+        if let Some(file) = self.database.take() {
+            for suffix in ["", "-wal", "-shm"] {
+                let mut path = file.clone().into_os_string();
+                path.push(suffix);
+                let _ = std::fs::remove_file(path);
+            }
+        }
     }
 }
 
 /// Starts the service on a free port with these settings variables (on top of
 /// `CACHEMANAGER__SERVER__PORT=0`), e.g. `[("CACHEMANAGER__CACHE__BACKEND", "redis")]`.
+/// Unless the variables name a store, it gets a fresh SQLite file of its own.
 pub async fn spawn_app(vars: &[(&str, &str)]) -> TestApp {
     init_test_logging();
     let mut env: HashMap<String, String> = vars
@@ -370,6 +390,15 @@ pub async fn spawn_app(vars: &[(&str, &str)]) -> TestApp {
         .collect();
     env.entry("CACHEMANAGER__SERVER__PORT".into())
         .or_insert_with(|| "0".into());
+    let mut database = None;
+    if !env.contains_key("CACHEMANAGER__STORE__URL") && !env.contains_key("DATABASE_URL") {
+        let file = fresh_sqlite();
+        env.insert(
+            "CACHEMANAGER__STORE__URL".into(),
+            format!("sqlite://{}", file.display()),
+        );
+        database = Some(file);
+    }
     let settings = match Settings::load(None, &env) {
         Ok(settings) => settings,
         Err(error) => panic!("test settings rejected: {error}"),
@@ -391,6 +420,7 @@ pub async fn spawn_app(vars: &[(&str, &str)]) -> TestApp {
             .expect("a client"),
         stop: Some(stop),
         server: Some(server),
+        database,
     }
 }
 

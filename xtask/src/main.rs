@@ -109,6 +109,26 @@ fn main() -> ExitCode {
     }
 }
 
+/// Removes the containers the integration suite keeps for a whole test
+/// binary (its PostgreSQL): labelled with the test process's pid.
+fn remove_test_containers() -> Result<()> {
+    let output = Command::new("docker")
+        .args(["ps", "-aq", "--filter", "label=cachemanager.test.pid"])
+        .output()
+        .context("cannot run docker ps")?;
+    let ids: Vec<String> = String::from_utf8_lossy(&output.stdout)
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    if !ids.is_empty() {
+        let mut args = vec!["rm".to_owned(), "-f".to_owned()];
+        args.extend(ids);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run("docker", &args, &[])?;
+    }
+    Ok(())
+}
+
 /// Runs `program args...` from the workspace root with `envs`, streaming its output.
 pub(crate) fn run(program: &str, args: &[&str], envs: &[(&str, &str)]) -> Result<()> {
     let status = Command::new(program)
@@ -202,6 +222,7 @@ fn ci() -> Result<()> {
                 "--show-output",
             ]),
         ),
+        step("test containers removed", remove_test_containers),
         step("compose smoke", compose::smoke),
         step("k8s manifests", k8s::check),
         step("api contract", || api::check(&[])),

@@ -128,21 +128,17 @@ mod bodies {
 
     pub async fn mset_stores_every_entry_with_its_own_ttl(b: SharedBackend) {
         let entries = vec![
-            Entry {
-                key: "c:a".into(),
-                value: Bytes::from_static(b"a"),
-                ttl: Some(Duration::from_millis(200)),
-            },
-            Entry {
-                key: "c:b".into(),
-                value: Bytes::from_static(b"b"),
-                ttl: None,
-            },
-            Entry {
-                key: "c:c".into(),
-                value: Bytes::from_static(b"c"),
-                ttl: Some(Duration::from_secs(60)),
-            },
+            Entry::new(
+                "c:a".into(),
+                Bytes::from_static(b"a"),
+                Some(Duration::from_millis(200)),
+            ),
+            Entry::new("c:b".into(), Bytes::from_static(b"b"), None),
+            Entry::new(
+                "c:c".into(),
+                Bytes::from_static(b"c"),
+                Some(Duration::from_secs(60)),
+            ),
         ];
         b.mset(&entries).await.unwrap();
         let keys: Vec<String> = entries.iter().map(|e| e.key.clone()).collect();
@@ -169,6 +165,47 @@ mod bodies {
         }
     }
 
+    pub async fn mset_if_absent_never_replaces_a_value(b: SharedBackend) {
+        b.set("c:taken", Bytes::from_static(b"writer"), None)
+            .await
+            .unwrap();
+        b.mset(&[
+            Entry::new("c:taken".into(), Bytes::from_static(b"fill"), None).if_absent(),
+            Entry::new(
+                "c:free".into(),
+                Bytes::from_static(b"fill"),
+                Some(Duration::from_secs(60)),
+            )
+            .if_absent(),
+        ])
+        .await
+        .unwrap();
+        let keys = vec!["c:taken".to_owned(), "c:free".to_owned()];
+        assert_eq!(
+            b.mget(&keys).await.unwrap(),
+            vec![
+                Some(Bytes::from_static(b"writer")),
+                Some(Bytes::from_static(b"fill"))
+            ]
+        );
+        // An expired entry is absent: a fill may take its place.
+        b.set(
+            "c:old",
+            Bytes::from_static(b"old"),
+            Some(Duration::from_millis(100)),
+        )
+        .await
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        b.mset(&[Entry::new("c:old".into(), Bytes::from_static(b"new"), None).if_absent()])
+            .await
+            .unwrap();
+        assert_eq!(
+            b.get("c:old").await.unwrap(),
+            Some(Bytes::from_static(b"new"))
+        );
+    }
+
     pub async fn ping_answers(b: SharedBackend) {
         b.ping().await.unwrap();
     }
@@ -185,7 +222,8 @@ macro_rules! contract_suite {
                 set_overwrites_the_value, an_entry_expires_after_its_ttl, overwriting_without_ttl_removes_the_expiry,
                 delete_reports_whether_it_removed, compare_and_delete_removes_only_the_expected_value,
                 mget_answers_in_order_with_none_for_misses, mset_stores_every_entry_with_its_own_ttl,
-                many_concurrent_writers_and_readers_agree, ping_answers);
+                many_concurrent_writers_and_readers_agree, mset_if_absent_never_replaces_a_value,
+                ping_answers);
         }
     };
     (@tests $make:expr; $($body:ident),*) => {$(
@@ -218,13 +256,9 @@ mod noop {
         assert_eq!(b.get("c:k").await.unwrap(), None);
         assert!(!b.delete("c:k").await.unwrap());
         assert!(!b.compare_and_delete("c:k", b"v").await.unwrap());
-        b.mset(&[Entry {
-            key: "c:k".into(),
-            value: Bytes::new(),
-            ttl: None,
-        }])
-        .await
-        .unwrap();
+        b.mset(&[Entry::new("c:k".into(), Bytes::new(), None)])
+            .await
+            .unwrap();
         let keys = vec!["c:a".to_owned(), "c:b".to_owned()];
         assert_eq!(
             b.mget(&keys).await.unwrap(),

@@ -16,5 +16,6 @@ mod http_e2e;
 mod outage;
 mod round_trips;
 mod security;
+mod store;
 mod tls;
 mod typed_cache;

@@ -1,0 +1,184 @@
+//! One PostgreSQL per test binary, a fresh database per test.
+//!
+//! The container is started (testcontainers) on first use by a thread of its
+//! own that holds it for the life of the process: each `#[tokio::test]` has
+//! its own runtime, and a container or a pool must not outlive the runtime it
+//! was made in. Each test gets its own database (`CREATE DATABASE`), so
+//! tests share the server, never data. Containers carry the label
+//! [`PID_LABEL`] with the test process's pid: a later run removes those whose
+//! process is gone, and `cargo xtask ci` removes them after the suite.
+
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use sqlx::Connection;
+use testcontainers::core::{ContainerPort, WaitFor};
+use testcontainers::runners::AsyncRunner;
+use testcontainers::{GenericImage, ImageExt};
+
+/// The official image, used when present.
+pub const OFFICIAL_POSTGRES: (&str, &str) = ("postgres", "16-alpine");
+/// The image `cargo xtask postgres-image` builds from Debian's PostgreSQL.
+pub const LOCAL_POSTGRES: (&str, &str) = ("cachemanager/postgres", "local");
+/// Overrides the choice: `name:tag`.
+pub const POSTGRES_IMAGE_VARIABLE: &str = "CACHEMANAGER_TEST_POSTGRES_IMAGE";
+/// The label naming the test process that started a container.
+pub const PID_LABEL: &str = "cachemanager.test.pid";
+
+/// The shared server: where it listens and its superuser's password.
+#[derive(Debug, Clone)]
+pub struct TestPostgres {
+    /// The host port mapped to 5432.
+    pub port: u16,
+    /// The `postgres` user's password.
+    pub password: String,
+}
+
+fn postgres_image() -> Result<(String, String), String> {
+    if let Ok(image) = std::env::var(POSTGRES_IMAGE_VARIABLE) {
+        let (name, tag) = image.rsplit_once(':').unwrap_or((image.as_str(), "latest"));
+        return Ok((name.to_owned(), tag.to_owned()));
+    }
+    for (name, tag) in [OFFICIAL_POSTGRES, LOCAL_POSTGRES] {
+        let present = Command::new("docker")
+            .args(["image", "inspect", &format!("{name}:{tag}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if present {
+            return Ok((name.to_owned(), tag.to_owned()));
+        }
+    }
+    Err(
+        "no PostgreSQL image: run `cargo xtask postgres-image` (pulls postgres:16-alpine, or \
+         builds cachemanager/postgres:local from Debian's PostgreSQL 15) and run the suite again"
+            .into(),
+    )
+}
+
+/// Removes containers of earlier test processes that are gone.
+fn remove_orphans() {
+    let format = format!("{{{{.ID}}}} {{{{.Label \"{PID_LABEL}\"}}}}");
+    let Ok(output) = Command::new("docker")
+        .args([
+            "ps",
+            "-a",
+            "--filter",
+            &format!("label={PID_LABEL}"),
+            "--format",
+            &format,
+        ])
+        .output()
+    else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        let Some((id, pid)) = line.split_once(' ') else {
+            continue;
+        };
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = Command::new("docker")
+                .args(["rm", "-f", id])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+impl TestPostgres {
+    /// The server of this test binary, started on first use.
+    ///
+    /// # Panics
+    /// With one line saying how to fix it, when no image exists or the
+    /// server does not start.
+    pub fn shared() -> &'static TestPostgres {
+        static SERVER: OnceLock<Result<TestPostgres, String>> = OnceLock::new();
+        let server = SERVER.get_or_init(|| {
+            remove_orphans();
+            let (name, tag) = postgres_image()?;
+            let (sender, receiver) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(error) => {
+                        let _ = sender.send(Err(format!("no runtime for PostgreSQL: {error}")));
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    let password = format!("pg-{}", uuid::Uuid::new_v4().simple());
+                    let started = GenericImage::new(name, tag)
+                        .with_exposed_port(ContainerPort::Tcp(5432))
+                        .with_wait_for(WaitFor::message_on_stderr(
+                            "database system is ready to accept connections",
+                        ))
+                        .with_env_var("POSTGRES_PASSWORD", &password)
+                        .with_label(PID_LABEL, std::process::id().to_string())
+                        .with_startup_timeout(Duration::from_secs(60))
+                        .start()
+                        .await;
+                    let container = match started {
+                        Ok(container) => container,
+                        Err(error) => {
+                            let _ = sender.send(Err(format!("cannot start PostgreSQL: {error}")));
+                            return;
+                        }
+                    };
+                    match container.get_host_port_ipv4(5432).await {
+                        Ok(port) => {
+                            let _ = sender.send(Ok(TestPostgres { port, password }));
+                        }
+                        Err(error) => {
+                            let _ = sender.send(Err(format!(
+                                "the PostgreSQL container has no mapped port: {error}"
+                            )));
+                            return;
+                        }
+                    }
+                    // Held until the process ends.
+                    std::future::pending::<()>().await;
+                    drop(container);
+                });
+            });
+            receiver
+                .recv()
+                .map_err(|_| "the PostgreSQL thread died".to_owned())?
+        });
+        match server {
+            Ok(server) => server,
+            Err(message) => panic!("{message}"),
+        }
+    }
+
+    /// The URL of database `name` on this server (the password apart).
+    pub fn url_of(&self, name: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{name}", self.port)
+    }
+
+    /// A new, empty database of its own; its URL (without the password).
+    ///
+    /// # Panics
+    /// When the server refuses.
+    pub async fn fresh_database(&self) -> String {
+        let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+        let admin = format!(
+            "postgres://postgres:{}@127.0.0.1:{}/postgres",
+            self.password, self.port
+        );
+        let mut connection = sqlx::PgConnection::connect(&admin)
+            .await
+            .unwrap_or_else(|e| panic!("cannot reach the test PostgreSQL: {e}"));
+        sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+            .execute(&mut connection)
+            .await
+            .unwrap_or_else(|e| panic!("cannot create a test database: {e}"));
+        let _ = connection.close().await;
+        self.url_of(&name)
+    }
+}

@@ -1,0 +1,307 @@
+//! The repository contract, written once and run against SQLite and
+//! PostgreSQL (one server per test binary, a database per test): what the
+//! domain may rely on from any store of record.
+
+use std::time::Duration;
+
+use adapters::Secret;
+use adapters::users::{InMemoryUserRepository, SqlStore, StoreConfig};
+use domain::{
+    Email, Name, NewUser, Page, RepositoryError, UserChanges, UserId, UserRepository, UserUuid,
+    Version,
+};
+use tests::TestPostgres;
+
+fn new_user(n: u32) -> NewUser {
+    NewUser {
+        first_name: Name::new("first_name", "Test").unwrap(),
+        last_name: Name::new("last_name", &format!("User{n}")).unwrap(),
+        email: Email::new(&format!("user{n}@example.com")).unwrap(),
+    }
+}
+
+fn renamed(last: &str) -> UserChanges {
+    UserChanges {
+        last_name: Some(Name::new("last_name", last).unwrap()),
+        ..UserChanges::default()
+    }
+}
+
+/// A store over a fresh SQLite file; the guard removes it.
+pub async fn sqlite_store() -> (SqlStore, TempFile) {
+    let file = TempFile::new();
+    let config = StoreConfig {
+        url: format!("sqlite://{}", file.0.display()),
+        ..StoreConfig::default()
+    };
+    let store = SqlStore::connect(&config).await.unwrap();
+    store.migrate().await.unwrap();
+    (store, file)
+}
+
+/// A store over a fresh database of the shared PostgreSQL.
+pub async fn postgres_store() -> (SqlStore, ()) {
+    postgres_store_with(|_| {}).await
+}
+
+/// [`postgres_store`] with its configuration changed by `change`.
+pub async fn postgres_store_with(change: impl FnOnce(&mut StoreConfig)) -> (SqlStore, ()) {
+    let server = TestPostgres::shared();
+    let mut config = StoreConfig {
+        url: server.fresh_database().await,
+        password: Some(Secret::new(server.password.clone())),
+        ..StoreConfig::default()
+    };
+    change(&mut config);
+    let store = SqlStore::connect(&config).await.unwrap();
+    store.migrate().await.unwrap();
+    (store, ())
+}
+
+/// A file path removed (with SQLite's -wal and -shm) on drop.
+pub struct TempFile(pub std::path::PathBuf);
+
+impl TempFile {
+    pub fn new() -> Self {
+        Self(
+            std::env::temp_dir()
+                .join("cachemanager-tests")
+                .join(format!("{}.db", uuid::Uuid::new_v4().simple())),
+        )
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        for suffix in ["", "-wal", "-shm"] {
+            let mut path = self.0.clone().into_os_string();
+            path.push(suffix);
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+mod bodies {
+    use super::*;
+
+    pub async fn a_created_user_is_found_by_every_read(s: SqlStore) {
+        let created = s.create(new_user(1)).await.unwrap();
+        assert_eq!(created.version(), Version::FIRST);
+        assert_eq!(created.last_name().as_str(), "User1");
+        assert_eq!(
+            s.by_uuid(created.uuid()).await.unwrap(),
+            Some(created.clone())
+        );
+        assert_eq!(s.by_id(created.id()).await.unwrap(), Some(created.clone()));
+        assert_eq!(
+            s.by_uuids(&[created.uuid()]).await.unwrap(),
+            vec![created.clone()]
+        );
+        assert_eq!(s.by_ids(&[created.id()]).await.unwrap(), vec![created]);
+    }
+
+    pub async fn absence_is_none_or_shorter_never_an_error(s: SqlStore) {
+        let unknown = UserUuid::new(uuid::Uuid::new_v4());
+        assert_eq!(s.by_uuid(unknown).await.unwrap(), None);
+        assert_eq!(s.by_id(UserId::new(999_999).unwrap()).await.unwrap(), None);
+        let known = s.create(new_user(1)).await.unwrap();
+        let found = s.by_uuids(&[unknown, known.uuid()]).await.unwrap();
+        assert_eq!(found, vec![known]);
+        assert!(s.by_uuids(&[]).await.unwrap().is_empty());
+        assert!(s.by_ids(&[]).await.unwrap().is_empty());
+        assert_eq!(s.update(unknown, renamed("X"), None).await.unwrap(), None);
+        assert_eq!(s.delete(unknown, None).await.unwrap(), None);
+    }
+
+    pub async fn pages_by_offset_and_by_keyset_agree(s: SqlStore) {
+        let mut ids = Vec::new();
+        for n in 0..7 {
+            ids.push(s.create(new_user(n)).await.unwrap().id());
+        }
+        let by_offset: Vec<UserId> = s
+            .list(Page::new(3, 2).unwrap())
+            .await
+            .unwrap()
+            .iter()
+            .map(|u| u.id())
+            .collect();
+        assert_eq!(by_offset, ids[2..5].to_vec());
+        let after: Vec<UserId> = s
+            .list_after(Some(ids[1]), 3)
+            .await
+            .unwrap()
+            .iter()
+            .map(|u| u.id())
+            .collect();
+        assert_eq!(after, by_offset, "the same page either way");
+        let first = s.list_after(None, 2).await.unwrap();
+        assert_eq!(
+            first.iter().map(|u| u.id()).collect::<Vec<_>>(),
+            ids[..2].to_vec()
+        );
+        assert!(s.list_after(Some(ids[6]), 10).await.unwrap().is_empty());
+        assert_eq!(s.count().await.unwrap(), 7);
+    }
+
+    pub async fn each_write_raises_the_version_and_if_match_guards_it(s: SqlStore) {
+        let user = s.create(new_user(1)).await.unwrap();
+        let changed = s
+            .update(user.uuid(), renamed("Second"), Some(Version::FIRST))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(changed.version(), Version::new(2));
+        assert_eq!(changed.last_name().as_str(), "Second");
+        assert_eq!(
+            changed.first_name(),
+            user.first_name(),
+            "untouched fields kept"
+        );
+        let stale = s
+            .update(user.uuid(), renamed("Third"), Some(Version::FIRST))
+            .await;
+        assert_eq!(
+            stale,
+            Err(RepositoryError::VersionMismatch {
+                current: Version::new(2)
+            })
+        );
+        let stale_delete = s.delete(user.uuid(), Some(Version::FIRST)).await;
+        assert_eq!(
+            stale_delete,
+            Err(RepositoryError::VersionMismatch {
+                current: Version::new(2)
+            })
+        );
+        assert_eq!(s.by_uuid(user.uuid()).await.unwrap(), Some(changed.clone()));
+        let deleted = s.delete(user.uuid(), Some(Version::new(2))).await.unwrap();
+        assert_eq!(deleted, Some(changed));
+        assert_eq!(s.by_uuid(user.uuid()).await.unwrap(), None);
+    }
+
+    pub async fn email_addresses_are_unique(s: SqlStore) {
+        let first = s.create(new_user(1)).await.unwrap();
+        let second = s.create(new_user(2)).await.unwrap();
+        assert_eq!(
+            s.create(new_user(1)).await,
+            Err(RepositoryError::DuplicateEmail("user1@example.com".into()))
+        );
+        let taking = UserChanges {
+            email: Some(first.email().clone()),
+            ..UserChanges::default()
+        };
+        assert_eq!(
+            s.update(second.uuid(), taking, None).await,
+            Err(RepositoryError::DuplicateEmail("user1@example.com".into()))
+        );
+        assert_eq!(s.count().await.unwrap(), 2);
+    }
+
+    pub async fn an_import_keeps_ids_and_uuids_and_new_users_come_after(s: SqlStore) {
+        let sample = InMemoryUserRepository::sample().users();
+        assert_eq!(s.import(&sample).await.unwrap(), 10);
+        assert_eq!(s.import(&sample).await.unwrap(), 0, "imported once");
+        let john = s.by_uuid(sample[0].uuid()).await.unwrap().unwrap();
+        assert_eq!(john, sample[0]);
+        let created = s.create(new_user(1)).await.unwrap();
+        assert_eq!(
+            created.id().get(),
+            11,
+            "ids continue after the imported ones"
+        );
+        let (first, last) = s.generate(3).await.unwrap();
+        assert_eq!((first, last), (12, 14));
+        let generated = s
+            .by_uuid(UserUuid::new(adapters::users::synthetic_uuid(13)))
+            .await
+            .unwrap();
+        assert_eq!(generated.map(|u| u.id().get()), Some(13));
+    }
+
+    pub async fn migrations_apply_once_and_again_without_harm(s: SqlStore) {
+        s.migrate().await.unwrap();
+        s.migrate().await.unwrap();
+        s.ping().await.unwrap();
+    }
+
+    pub async fn concurrent_conditional_writes_let_exactly_one_win(s: SqlStore) {
+        let uuid = s.create(new_user(1)).await.unwrap().uuid();
+        let mut tasks = Vec::new();
+        for n in 0..8 {
+            let s = s.clone();
+            tasks.push(tokio::spawn(async move {
+                s.update(uuid, renamed(&format!("Writer{n}")), Some(Version::FIRST))
+                    .await
+            }));
+        }
+        let mut won = 0;
+        for task in tasks {
+            match task.await.unwrap() {
+                Ok(Some(_)) => won += 1,
+                Err(RepositoryError::VersionMismatch { current }) => {
+                    assert_eq!(current, Version::new(2));
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(
+            won, 1,
+            "one writer of version 1 wins, the others see version 2"
+        );
+    }
+}
+
+macro_rules! store_suite {
+    ($name:ident, $make:expr) => {
+        mod $name {
+            use super::*;
+            store_suite!(@tests $make;
+                a_created_user_is_found_by_every_read, absence_is_none_or_shorter_never_an_error,
+                pages_by_offset_and_by_keyset_agree, each_write_raises_the_version_and_if_match_guards_it,
+                email_addresses_are_unique, an_import_keeps_ids_and_uuids_and_new_users_come_after,
+                migrations_apply_once_and_again_without_harm,
+                concurrent_conditional_writes_let_exactly_one_win);
+        }
+    };
+    (@tests $make:expr; $($body:ident),*) => {$(
+        #[tokio::test]
+        async fn $body() {
+            #[allow(clippy::redundant_closure_call)]
+            let (store, _guard) = ($make)().await;
+            bodies::$body(store).await;
+        }
+    )*};
+}
+
+store_suite!(sqlite, sqlite_store);
+store_suite!(postgres, postgres_store);
+
+#[tokio::test]
+async fn a_database_that_does_not_answer_is_unavailable_within_the_statement_timeout() {
+    let server = TestPostgres::shared();
+    let upstream: std::net::SocketAddr = format!("127.0.0.1:{}", server.port).parse().unwrap();
+    let proxy = tests::proxy::FaultProxy::start(upstream).await;
+    let url = server.fresh_database().await;
+    let through_proxy = url.replace(
+        &format!(":{}/", server.port),
+        &format!(":{}/", proxy.address.port()),
+    );
+    let config = StoreConfig {
+        url: through_proxy,
+        password: Some(Secret::new(server.password.clone())),
+        statement_timeout: Duration::from_millis(300),
+        ..StoreConfig::default()
+    };
+    let store = SqlStore::connect(&config).await.unwrap();
+    store.migrate().await.unwrap();
+    proxy.set_latency(Duration::from_secs(30));
+    let started = std::time::Instant::now();
+    let answer = store.by_id(UserId::new(1).unwrap()).await;
+    let took = started.elapsed();
+    assert!(
+        matches!(answer, Err(RepositoryError::Unavailable(_))),
+        "{answer:?}"
+    );
+    assert!(took < Duration::from_secs(2), "answered after {took:?}");
+    proxy.set_latency(Duration::ZERO);
+}
