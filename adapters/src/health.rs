@@ -1,6 +1,10 @@
-//! The health monitor: a background task that pings the cache backend, keeps
-//! its state, feeds `/health`, and logs each transition once.
+//! The health monitor: a background task that pings the cache backend (and
+//! one that pings the store of record, when there is one), keeps their
+//! state, feeds `/health`, and logs each transition once.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ports::{BackendError, SharedBackend};
@@ -91,12 +95,37 @@ pub enum Readiness {
     Stopping,
 }
 
+/// A store of record the monitor pings beside the cache.
+pub trait StoreProbe: Send + Sync + 'static {
+    /// What it is (`sqlite`, `postgres`).
+    fn kind(&self) -> &'static str;
+    /// Answers `Ok` when the store answers a trivial query; the reason (never
+    /// a secret) when it does not.
+    fn check(&self) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>>;
+}
+
+/// The store's state, as `/health` reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoreSnapshot {
+    /// What the store is.
+    pub kind: &'static str,
+    /// Healthy, Degraded (slow) or Down (no answer in time, or an error).
+    pub status: HealthStatus,
+    /// How long the last answered check took.
+    pub latency: Option<Duration>,
+    /// Why it is down.
+    pub error: Option<String>,
+    /// When the state last changed.
+    pub since: Instant,
+}
+
 /// A handle on the monitor task. Cheap to clone; the task stops when the last
 /// handle is dropped.
 #[derive(Clone)]
 pub struct HealthMonitor {
     snapshot: watch::Receiver<HealthSnapshot>,
     readiness: std::sync::Arc<watch::Sender<Readiness>>,
+    store: Option<watch::Receiver<StoreSnapshot>>,
 }
 
 impl HealthMonitor {
@@ -118,7 +147,30 @@ impl HealthMonitor {
         Self {
             snapshot,
             readiness: std::sync::Arc::new(readiness),
+            store: None,
         }
+    }
+
+    /// The same monitor, also checking `store` (with the same intervals and
+    /// bounds as the cache). A store that is down makes `/health` unhealthy
+    /// but never the service unready: every instance shares the store, and
+    /// taking them all out would also stop the reads the cache still answers.
+    pub fn with_store(mut self, store: Arc<dyn StoreProbe>, config: MonitorConfig) -> Self {
+        let (sender, receiver) = watch::channel(StoreSnapshot {
+            kind: store.kind(),
+            status: HealthStatus::Down,
+            latency: None,
+            error: Some("not checked yet".into()),
+            since: Instant::now(),
+        });
+        tokio::spawn(run_store(store, config, sender));
+        self.store = Some(receiver);
+        self
+    }
+
+    /// What the last check of the store found, when there is a store.
+    pub fn store_snapshot(&self) -> Option<StoreSnapshot> {
+        self.store.as_ref().map(|s| s.borrow().clone())
     }
 
     /// Whether the service takes traffic.
@@ -253,6 +305,64 @@ async fn run(
             () = tokio::time::sleep(pause) => {}
             () = stack_changed => {}
             // Every handle is gone: stop.
+            () = sender.closed() => return,
+        }
+    }
+}
+
+async fn run_store(
+    store: Arc<dyn StoreProbe>,
+    config: MonitorConfig,
+    sender: watch::Sender<StoreSnapshot>,
+) {
+    let mut first = true;
+    loop {
+        let started = Instant::now();
+        let (status, latency, error) =
+            match tokio::time::timeout(config.ping_timeout, store.check()).await {
+                Ok(Ok(())) if started.elapsed() > config.slow_ping => {
+                    (HealthStatus::Degraded, Some(started.elapsed()), None)
+                }
+                Ok(Ok(())) => (HealthStatus::Healthy, Some(started.elapsed()), None),
+                Ok(Err(error)) => (HealthStatus::Down, None, Some(error)),
+                Err(_) => (
+                    HealthStatus::Down,
+                    None,
+                    Some(format!("no answer within {:?}", config.ping_timeout)),
+                ),
+            };
+        let previous = sender.borrow().clone();
+        let changed = first || previous.status != status;
+        if changed {
+            match status {
+                HealthStatus::Down => tracing::error!(
+                    store = store.kind(),
+                    error = error.as_deref().unwrap_or(""),
+                    "user store down: cache hits are still served, misses and writes answer 503"
+                ),
+                HealthStatus::Degraded => tracing::warn!(store = store.kind(), "user store slow"),
+                _ => tracing::info!(store = store.kind(), "user store healthy"),
+            }
+        }
+        sender.send_replace(StoreSnapshot {
+            kind: store.kind(),
+            status,
+            latency,
+            error,
+            since: if changed {
+                Instant::now()
+            } else {
+                previous.since
+            },
+        });
+        first = false;
+        let pause = if status == HealthStatus::Healthy {
+            config.interval
+        } else {
+            config.down_interval
+        };
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
             () = sender.closed() => return,
         }
     }

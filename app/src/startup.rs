@@ -187,7 +187,8 @@ impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
         let BuiltBackend { backend, status } = build_backend(&settings)?;
         let users = open_store(&settings).await?;
-        let monitor = HealthMonitor::spawn(backend.clone(), status, settings.health);
+        let monitor = HealthMonitor::spawn(backend.clone(), status, settings.health)
+            .with_store(Arc::new(users.clone()), settings.health);
         let probes = monitor.clone();
         let caches = CacheManager::with_timer(
             backend,

@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use super::json::JsonBody;
 
-use crate::health::{HealthMonitor, HealthSnapshot, HealthStatus, Readiness};
+use crate::health::{HealthMonitor, HealthSnapshot, HealthStatus, Readiness, StoreSnapshot};
 
 #[derive(Tags)]
 enum Tag {
@@ -37,11 +37,50 @@ pub struct CacheHealth {
 /// The service's health.
 #[derive(Debug, Clone, Object, Serialize)]
 pub struct HealthBody {
-    /// `healthy`, `degraded` (the cache answers slowly, or refuses some
-    /// commands) or `unhealthy`.
+    /// `healthy`, `degraded` (the cache or the store answers slowly, or the
+    /// cache refuses some commands) or `unhealthy` (the cache or the store
+    /// does not answer).
     pub status: String,
     /// The cache backend.
     pub cache: CacheHealth,
+    /// The user store.
+    #[oai(skip_serializing_if_is_none)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store: Option<StoreHealth>,
+}
+
+/// The user store, as the health monitor last found it.
+#[derive(Debug, Clone, Object, Serialize)]
+pub struct StoreHealth {
+    /// `sqlite` or `postgres`.
+    pub kind: String,
+    /// `up`, `slow` or `down`.
+    pub status: String,
+    /// Seconds since the status last changed.
+    pub since_secs: f64,
+    /// How long the last check took, in milliseconds (absent without an answer).
+    #[oai(skip_serializing_if_is_none)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<f64>,
+    /// Why it is down (never a secret).
+    #[oai(skip_serializing_if_is_none)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+fn store_health(snapshot: StoreSnapshot) -> StoreHealth {
+    let status = match snapshot.status {
+        HealthStatus::Healthy => "up",
+        HealthStatus::Degraded | HealthStatus::Refusing => "slow",
+        HealthStatus::Down => "down",
+    };
+    StoreHealth {
+        kind: snapshot.kind.into(),
+        status: status.into(),
+        since_secs: snapshot.since.elapsed().as_secs_f64(),
+        latency_ms: snapshot.latency.map(|l| l.as_secs_f64() * 1000.0),
+        error: snapshot.error,
+    }
 }
 
 /// Whether the service takes traffic.
@@ -112,9 +151,10 @@ impl HealthApi {
 
 #[OpenApi]
 impl HealthApi {
-    /// The cache's health, as the seed's `/health`: 200 when the cache
-    /// backend answered its last ping within the bound (2 s by default), 503
-    /// when it did not or its circuit is open. Requests are served either
+    /// The cache's and the store's health, as the seed's `/health`: 200 when
+    /// the cache backend and the user store answered their last checks
+    /// within the bound (2 s by default), 503 when either did not (or the
+    /// cache's circuit is open). Requests are served either
     /// way: use `/health/ready` for a readiness probe, not this. Answers from
     /// the health monitor's last check: it never touches the backend, so any
     /// number of probes costs Redis nothing.
@@ -126,15 +166,18 @@ impl HealthApi {
     )]
     async fn health(&self) -> HealthResponse {
         let snapshot = self.monitor.snapshot();
-        let down = snapshot.status == HealthStatus::Down;
-        let status = match snapshot.status {
-            HealthStatus::Healthy => "healthy",
-            HealthStatus::Degraded | HealthStatus::Refusing => "degraded",
-            HealthStatus::Down => "unhealthy",
+        let store = self.monitor.store_snapshot();
+        let store_status = store.as_ref().map_or(HealthStatus::Healthy, |s| s.status);
+        let down = snapshot.status == HealthStatus::Down || store_status == HealthStatus::Down;
+        let status = match (snapshot.status, store_status) {
+            _ if down => "unhealthy",
+            (HealthStatus::Healthy, HealthStatus::Healthy) => "healthy",
+            _ => "degraded",
         };
         let body = HealthBody {
             status: status.into(),
             cache: cache_health(snapshot),
+            store: store.map(store_health),
         };
         if down {
             HealthResponse::Unhealthy(JsonBody(body))

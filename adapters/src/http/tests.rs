@@ -638,7 +638,7 @@ mod properties {
 
 #[test]
 fn every_body_is_sent_as_its_schema_documents_it() {
-    use super::health::{CacheHealth, HealthBody, LiveBody};
+    use super::health::{CacheHealth, HealthBody, LiveBody, StoreHealth};
     use super::json::agreement::assert_same_json;
     use super::root::ServiceInfo;
     use super::users::{LookupResponseBody, UserDto, UserList};
@@ -671,8 +671,15 @@ fn every_body_is_sent_as_its_schema_documents_it() {
                 status: "up".into(),
                 since_secs: 12.5,
                 latency_ms,
-                error,
+                error: error.clone(),
             },
+            store: Some(StoreHealth {
+                kind: "postgres".into(),
+                status: "down".into(),
+                since_secs: 1.0,
+                latency_ms,
+                error,
+            }),
         });
     }
     assert_same_json(&LiveBody {

@@ -659,3 +659,16 @@ impl UserRepository for SqlStore {
         }
     }
 }
+
+impl crate::health::StoreProbe for SqlStore {
+    fn kind(&self) -> &'static str {
+        match self.kind() {
+            StoreKind::Sqlite => "sqlite",
+            StoreKind::Postgres => "postgres",
+        }
+    }
+
+    fn check(&self) -> std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
+        Box::pin(async move { self.ping().await.map_err(|e| e.to_string()) })
+    }
+}

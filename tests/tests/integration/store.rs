@@ -305,3 +305,99 @@ async fn a_database_that_does_not_answer_is_unavailable_within_the_statement_tim
     assert!(took < Duration::from_secs(2), "answered after {took:?}");
     proxy.set_latency(Duration::ZERO);
 }
+
+/// The database stops answering under a running service over Redis.
+#[tokio::test]
+async fn while_the_database_does_not_answer_warm_hits_serve_and_the_rest_is_503_within_the_bound() {
+    let server = TestPostgres::shared();
+    let upstream: std::net::SocketAddr = format!("127.0.0.1:{}", server.port).parse().unwrap();
+    let proxy = tests::proxy::FaultProxy::start(upstream).await;
+    let url = server.fresh_database().await.replace(
+        &format!(":{}/", server.port),
+        &format!(":{}/", proxy.address.port()),
+    );
+    let redis = tests::TestRedis::start().await;
+    let app = tests::spawn_app_on_redis(
+        &redis,
+        &[
+            ("CACHEMANAGER__STORE__URL", url.as_str()),
+            ("CACHEMANAGER__STORE__PASSWORD", server.password.as_str()),
+            ("CACHEMANAGER__STORE__STATEMENT_TIMEOUT_MS", "500"),
+            ("CACHEMANAGER__STORE__ACQUIRE_TIMEOUT_MS", "500"),
+            ("CACHEMANAGER__HEALTH__TIMEOUT_MS", "300"),
+            ("CACHEMANAGER__HEALTH__SLOW_MS", "200"),
+            ("CACHEMANAGER__HEALTH__DOWN_INTERVAL_MS", "100"),
+            ("CACHEMANAGER__HEALTH__INTERVAL_MS", "100"),
+        ],
+    )
+    .await;
+    let warm = "/users/550e8400-e29b-41d4-a716-446655440001";
+    assert_eq!(app.get(warm).await.status(), 200);
+    let health: serde_json::Value = app.get("/health").await.json().await.unwrap();
+    assert_eq!(health["store"]["status"], "up", "{health}");
+
+    proxy.set_latency(Duration::from_secs(30));
+    for _ in 0..5 {
+        let started = std::time::Instant::now();
+        assert_eq!(
+            app.get(warm).await.status(),
+            200,
+            "a warm hit needs no database"
+        );
+        assert!(started.elapsed() < Duration::from_millis(300));
+    }
+    let started = std::time::Instant::now();
+    let miss = app.get("/users/550e8400-e29b-41d4-a716-446655440002").await;
+    let took = started.elapsed();
+    assert_eq!(miss.status(), 503);
+    let body: serde_json::Value = miss.json().await.unwrap();
+    assert_eq!(body["error"], "store_unavailable");
+    assert!(
+        took < Duration::from_millis(1500),
+        "a miss answered after {took:?}"
+    );
+    let patch = app
+        .client
+        .patch(format!("{}{warm}", app.address))
+        .json(&serde_json::json!({"last_name": "Down"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(patch.status(), 503);
+    let mut reported = false;
+    for _ in 0..50 {
+        let health = app.get("/health").await;
+        if health.status() == 503 {
+            let body: serde_json::Value = health.json().await.unwrap();
+            assert_eq!(body["store"]["status"], "down", "{body}");
+            reported = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(reported, "/health did not report the store down");
+    assert_eq!(
+        app.get("/health/ready").await.status(),
+        200,
+        "still ready: hits are served"
+    );
+
+    proxy.set_latency(Duration::ZERO);
+    let mut recovered = false;
+    for _ in 0..50 {
+        if app
+            .get("/users/550e8400-e29b-41d4-a716-446655440002")
+            .await
+            .status()
+            == 200
+        {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        recovered,
+        "misses are served again once the database answers"
+    );
+}
