@@ -13,6 +13,9 @@ COPY --from=build /src/target/release/cachemanager /usr/local/bin/cachemanager
 ENV CACHEMANAGER__SERVER__HOST=0.0.0.0
 EXPOSE 8000
 USER nonroot:nonroot
+# Where the embedded SQLite store lives when no DATABASE_URL is given
+# (data/cachemanager.db): mount a volume here to keep it.
+WORKDIR /home/nonroot
 # No curl in the image: the binary probes /health/live itself.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
   CMD ["/usr/local/bin/cachemanager", "healthcheck"]

@@ -199,7 +199,9 @@ impl<D: CacheDefinition> TypedCache<D> {
 
     /// The same cache writing, with each value a read-through load stores,
     /// the entries `companions` makes of it (other caches' entries, e.g.
-    /// index mappings), all in one pipelined round trip.
+    /// index mappings), all in one pipelined round trip. Companion entries
+    /// replace what their keys hold (they are not fills: see
+    /// [`TypedCache::fence`] for why the cache's own entry is).
     pub fn with_companions(mut self, companions: Companions<D::Value>) -> Self {
         self.companions = Some(companions);
         self
@@ -370,7 +372,10 @@ impl<D: CacheDefinition> TypedCache<D> {
 
     /// Fills `key` (full) with a value loaded since `started`: only where
     /// the key holds nothing (a write fence or a writer's value wins), with
-    /// the jittered TTL and the companions, in one round trip. Never fails: a
+    /// the jittered TTL and the companions, in one round trip. Companions are
+    /// written as they are (replacing what is there, whatever its type): they
+    /// are index entries of unfenced caches, facts that do not change while
+    /// their value exists. Never fails: a
     /// value that cannot be encoded is logged and not stored.
     pub(crate) async fn store(&self, key: &str, value: &D::Value, started: std::time::Instant) {
         let bytes = match self.encode(value) {
@@ -386,7 +391,7 @@ impl<D: CacheDefinition> TypedCache<D> {
         self.observe(CacheEvent::Written);
         let mut entries = vec![Entry::new(key.to_owned(), bytes, self.write_expiry()).if_absent()];
         if let Some(companions) = &self.companions {
-            entries.extend(companions(value).into_iter().map(Entry::if_absent));
+            entries.extend(companions(value));
         }
         if let Err(error) = self.backend.mset(&entries).await {
             self.swallowed("set", key, &error);
@@ -413,7 +418,7 @@ impl<D: CacheDefinition> TypedCache<D> {
                 Ok(bytes) => {
                     entries.push(Entry::new(key.clone(), bytes, self.write_expiry()).if_absent());
                     if let Some(companions) = &self.companions {
-                        entries.extend(companions(value).into_iter().map(Entry::if_absent));
+                        entries.extend(companions(value));
                     }
                 }
                 Err(error) => {

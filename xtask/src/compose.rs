@@ -105,11 +105,30 @@ fn free_port() -> Result<u16> {
 
 /// One HTTP/1.1 request on a fresh connection: (status, body).
 fn http(port: u16, method: &str, path: &str) -> Result<(u16, String)> {
+    http_with(port, method, path, None).map(|(status, _, body)| (status, body))
+}
+
+/// One HTTP/1.1 request with an optional JSON body: (status, head, body).
+fn http_with(
+    port: u16,
+    method: &str,
+    path: &str,
+    json: Option<&str>,
+) -> Result<(u16, String, String)> {
     let mut stream = TcpStream::connect(("127.0.0.1", port))?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let body = json.unwrap_or("");
+    let content = if json.is_some() {
+        format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        )
+    } else {
+        String::new()
+    };
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{content}\r\n{body}"
     )?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
@@ -117,11 +136,11 @@ fn http(port: u16, method: &str, path: &str) -> Result<(u16, String)> {
         .get(9..12)
         .and_then(|s| s.parse().ok())
         .context("not an HTTP answer")?;
-    let body = response
+    let (head, body) = response
         .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
+        .map(|(h, b)| (h.to_owned(), b.to_owned()))
         .unwrap_or_default();
-    Ok((status, body))
+    Ok((status, head, body))
 }
 
 fn wait_until(what: &str, limit: Duration, mut check: impl FnMut() -> bool) -> Result<Duration> {
@@ -158,9 +177,69 @@ fn health(app_port: u16) -> u16 {
         .unwrap_or(0)
 }
 
+/// A user created, read through the cache, changed, and deleted, over
+/// PostgreSQL and Redis.
+fn writes(get: &dyn Fn(&str) -> Result<String>, app_port: u16) -> Result<()> {
+    let (status, head, body) = http_with(
+        app_port,
+        "POST",
+        "/users",
+        Some(r#"{"first_name":"Ada","last_name":"Lovelace","email":"ada@smoke.example.com"}"#),
+    )?;
+    let location = head
+        .lines()
+        .find_map(|l| l.strip_prefix("location: "))
+        .unwrap_or("")
+        .trim()
+        .to_owned();
+    check(
+        "POST /users creates a user: 201 with Location",
+        status == 201 && location.starts_with("/users/"),
+        format!("{status} {location:?} {body}"),
+    )?;
+    let uuid = location.trim_start_matches("/users/").to_owned();
+    for _ in 0..2 {
+        let (status, body) = http(app_port, "GET", &location)?;
+        check(
+            "GET reads the new user",
+            status == 200 && body.contains("Lovelace"),
+            format!("{status} {body}"),
+        )?;
+    }
+    let record = get(&format!("user:record:{uuid}"))?;
+    check(
+        "the read went through the cache (user:record:<uuid> in Redis)",
+        record.contains("Lovelace"),
+        format!("found {record:?}"),
+    )?;
+    let (status, _, body) = http_with(
+        app_port,
+        "PATCH",
+        &location,
+        Some(r#"{"last_name":"King"}"#),
+    )?;
+    check(
+        "PATCH changes it",
+        status == 200 && body.contains("King"),
+        format!("{status} {body}"),
+    )?;
+    let (status, body) = http(app_port, "GET", &location)?;
+    check(
+        "the next GET sees the change",
+        status == 200 && body.contains("King"),
+        format!("{status} {body}"),
+    )?;
+    let (status, _) = http(app_port, "DELETE", &location)?;
+    check("DELETE answers 204", status == 204, status)?;
+    let (status, _) = http(app_port, "GET", &location)?;
+    check("the deleted user is gone (404)", status == 404, status)?;
+    Ok(())
+}
+
 /// Brings the stack up, checks it, and always takes it down again.
 pub fn smoke() -> Result<()> {
     let redis_image = images::ensure_redis(false)?;
+    let postgres_image = images::ensure_postgres(false)?;
     let app_image = images::build_app()?;
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -170,13 +249,15 @@ pub fn smoke() -> Result<()> {
     let (app_port, redis_port) = (free_port()?, free_port()?);
     let env = vec![
         ("REDIS_IMAGE".to_owned(), redis_image.to_owned()),
+        ("POSTGRES_IMAGE".to_owned(), postgres_image.to_owned()),
+        ("POSTGRES_PASSWORD".to_owned(), format!("pg-{password}")),
         ("APP_IMAGE".to_owned(), app_image.to_owned()),
         ("REDIS_PASSWORD".to_owned(), password.clone()),
         ("APP_PORT".to_owned(), app_port.to_string()),
         ("REDIS_PORT".to_owned(), redis_port.to_string()),
     ];
     let compose = Compose::detect(env)?;
-    println!("compose smoke: {redis_image} + {app_image}, API on :{app_port}");
+    println!("compose smoke: {redis_image} + {postgres_image} + {app_image}, API on :{app_port}");
     let outcome = checks(&compose, &password, app_port, redis_port);
     if outcome.is_err() {
         let _ = compose.run(&["logs", "--tail", "50"]);
@@ -215,15 +296,21 @@ fn checks(compose: &Compose, password: &str, app_port: u16, redis_port: u16) -> 
     compose.run(&["down", "-v", "--remove-orphans"])?;
     compose.run(&["up", "-d", "--no-build"])?;
     let (redis, app) = (compose.container("redis")?, compose.container("app")?);
+    let postgres = compose.container("postgres")?;
     let took = wait_until(
-        "both healthchecks healthy",
+        "every healthcheck healthy",
         Duration::from_secs(120),
         || {
-            inspect(&redis, "{{.State.Health.Status}}") == "healthy"
-                && inspect(&app, "{{.State.Health.Status}}") == "healthy"
+            [&redis, &postgres, &app]
+                .iter()
+                .all(|c| inspect(c, "{{.State.Health.Status}}") == "healthy")
         },
     )?;
-    check("redis and app report healthy", true, format!("{took:?}"))?;
+    check(
+        "redis, postgres and app report healthy",
+        true,
+        format!("{took:?}"),
+    )?;
 
     john_answers(app_port)?;
     check("GET /users/{uuid} answers 200 over Redis", true, "")?;
@@ -253,6 +340,8 @@ fn checks(compose: &Compose, password: &str, app_port: u16, redis_port: u16) -> 
         uuid == JOHN,
         format!("found {uuid:?}"),
     )?;
+
+    writes(&get, app_port)?;
 
     let mut raw = TcpStream::connect(("127.0.0.1", redis_port))?;
     raw.set_read_timeout(Some(Duration::from_secs(5)))?;

@@ -407,7 +407,11 @@ pub fn build_app() -> Result<&'static str> {
     if !stripped {
         println!("strip is not available; the app image keeps its debug line tables");
     }
-    fs::create_dir_all(rootfs.root.join("home/nonroot"))?;
+    // The embedded SQLite store's directory (data/) is made here at first
+    // start, by the non-root user: the home must be writable to it.
+    let home = rootfs.root.join("home/nonroot");
+    fs::create_dir_all(&home)?;
+    fs::set_permissions(&home, std::os::unix::fs::PermissionsExt::from_mode(0o1777))?;
     rootfs.import(
         LOCAL_APP,
         &[
