@@ -80,9 +80,6 @@ pub enum UserError {
         /// The version the store holds.
         current: Version,
     },
-    /// A change with nothing to change.
-    #[error("nothing to change: give at least one of first_name, last_name, email")]
-    EmptyChange,
     /// The user store failed; the cache cannot stand in for it.
     #[error("user store unavailable: {0}")]
     StoreUnavailable(String),

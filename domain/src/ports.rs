@@ -104,8 +104,9 @@ pub trait UserCommands: Send + Sync + 'static {
     /// Creates a user; [`UserError::DuplicateEmail`] if its address is taken.
     async fn create_user(&self, user: NewUser) -> Result<User, UserError>;
     /// Changes a user (only if at `if_match`, when given): the user as
-    /// written, [`UserError::NotFoundByUuid`], [`UserError::VersionMismatch`],
-    /// [`UserError::DuplicateEmail`] or [`UserError::EmptyChange`].
+    /// written, [`UserError::NotFoundByUuid`], [`UserError::VersionMismatch`]
+    /// or [`UserError::DuplicateEmail`]. No changes at all: the user as it
+    /// is (still checked against `if_match`).
     async fn update_user(
         &self,
         uuid: UserUuid,

@@ -257,7 +257,21 @@ impl<R: UserRepository + 'static> UserCommands for UserService<R> {
         if_match: Option<Version>,
     ) -> Result<User, UserError> {
         if changes.is_empty() {
-            return Err(UserError::EmptyChange);
+            // A merge patch of nothing: the user as the store holds it,
+            // still subject to `if_match`.
+            let user = self
+                .repository
+                .by_uuid(uuid)
+                .await?
+                .ok_or(UserError::NotFoundByUuid(uuid))?;
+            if let Some(expected) = if_match
+                && expected != user.version()
+            {
+                return Err(UserError::VersionMismatch {
+                    current: user.version(),
+                });
+            }
+            return Ok(user);
         }
         let written = self.repository.update(uuid, changes, if_match).await;
         // Fence even when the write failed: a timed-out write may still have
@@ -916,11 +930,22 @@ mod tests {
                 .as_str(),
             "First"
         );
+        let unchanged = f
+            .service
+            .update_user(uuid(5), UserChanges::default(), None)
+            .await;
+        assert_eq!(
+            unchanged.map(|u| u.version()),
+            Ok(Version::new(2)),
+            "an empty change changes nothing"
+        );
         assert_eq!(
             f.service
-                .update_user(uuid(5), UserChanges::default(), None)
+                .update_user(uuid(5), UserChanges::default(), Some(Version::FIRST))
                 .await,
-            Err(UserError::EmptyChange)
+            Err(UserError::VersionMismatch {
+                current: Version::new(2)
+            })
         );
     }
 }

@@ -155,7 +155,7 @@ impl Email {
     /// sides, a dot in the domain, no white space, and at most 254 characters.
     pub fn new(text: &str) -> Result<Self, ValidationError> {
         let bad = || ValidationError::BadEmail(text.chars().take(64).collect());
-        if text.len() > Self::MAX || text.chars().any(char::is_whitespace) {
+        if text.chars().count() > Self::MAX || text.chars().any(char::is_whitespace) {
             return Err(bad());
         }
         match text.split_once('@') {

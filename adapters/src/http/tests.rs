@@ -1046,24 +1046,61 @@ mod writes {
     }
 
     #[tokio::test]
-    async fn patch_with_nothing_to_change_or_a_bad_uuid_is_400() {
+    async fn patch_with_a_bad_field_type_or_a_bad_uuid_is_400() {
         let mut commands = MockUserCommands::new();
-        commands
-            .expect_update_user()
-            .returning(|_, _, _| Err(UserError::EmptyChange));
+        commands.expect_update_user().never();
         let client = writer(commands).await;
-        let empty = client
+        let not_text = client
             .patch("/users/550e8400-e29b-41d4-a716-446655440001")
-            .body_json(&json!({}))
+            .body_json(&json!({"last_name": false}))
             .send()
             .await;
-        assert_error(empty, StatusCode::BAD_REQUEST, "invalid_field").await;
+        assert_error(not_text, StatusCode::BAD_REQUEST, "bad_request").await;
         let bad = client
             .patch("/users/nope")
             .body_json(&json!({"last_name": "King"}))
             .send()
             .await;
         assert_error(bad, StatusCode::BAD_REQUEST, "invalid_uuid").await;
+    }
+
+    #[tokio::test]
+    async fn if_match_with_several_tags_writes_at_any_of_them_and_only_weak_ones_never() {
+        let mut commands = MockUserCommands::new();
+        commands
+            .expect_delete_user()
+            .withf(|_, v| *v == Some(Version::new(3)))
+            .returning(|_, _| {
+                Err(UserError::VersionMismatch {
+                    current: Version::new(4),
+                })
+            });
+        commands
+            .expect_delete_user()
+            .withf(|_, v| *v == Some(Version::new(4)))
+            .returning(|_, _| Ok(()));
+        commands
+            .expect_delete_user()
+            .withf(|_, v| *v == Some(Version::new(0)))
+            .returning(|_, _| {
+                Err(UserError::VersionMismatch {
+                    current: Version::new(4),
+                })
+            });
+        let client = writer(commands).await;
+        let path = "/users/550e8400-e29b-41d4-a716-446655440001";
+        let listed = client
+            .delete(path)
+            .header("if-match", "\"3\", W/\"9\", \"4\"")
+            .send()
+            .await;
+        listed.assert_status(StatusCode::NO_CONTENT);
+        let weak = client
+            .delete(path)
+            .header("if-match", "W/\"4\"")
+            .send()
+            .await;
+        assert_error(weak, StatusCode::PRECONDITION_FAILED, "precondition_failed").await;
     }
 
     #[tokio::test]
@@ -1152,10 +1189,11 @@ mod writes {
         let forged = client.get("/users?cursor=42").send().await;
         assert_error(forged, StatusCode::BAD_REQUEST, "invalid_cursor").await;
         let both = client
-            .get(format!("/users?offset=1&cursor={cursor}"))
+            .get(format!("/users?offset=1&limit=2&cursor={cursor}"))
             .send()
             .await;
-        assert_error(both, StatusCode::BAD_REQUEST, "bad_request").await;
+        let both = json_of(both).await;
+        assert_eq!(both["offset"], 0, "a cursor wins over an offset: {both}");
     }
 
     #[tokio::test]

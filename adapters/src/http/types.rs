@@ -1,5 +1,6 @@
 //! Request types whose document states the rule and whose parser lets the
-//! handler enforce it: a uuid path parameter and a list of uuids.
+//! handler enforce it: a uuid path parameter, a list of uuids, names, an
+//! e-mail address and a page cursor.
 //!
 //! poem-openapi enforces what a schema declares (`format: uuid`, `maxItems`,
 //! `uniqueItems`) with its own generic 400. These types declare the same rules
@@ -134,3 +135,153 @@ impl ToJSON for UuidList {
         ))
     }
 }
+
+/// A JSON string field whose document states its rule (lengths, a pattern)
+/// and whose parser takes any string and nothing else (poem-openapi's own
+/// `String` would take `false` as `"false"`): the domain checks the rule and
+/// answers `invalid_field` naming it.
+macro_rules! text_field {
+    ($name:ident, $schema:literal, $min:expr, $max:expr, $pattern:expr, $example:literal) => {
+        text_field!($name, $schema, $min, $max, $pattern, $example, false);
+    };
+    ($name:ident, $schema:literal, $min:expr, $max:expr, $pattern:expr, $example:literal, $nullable:expr) => {
+        #[doc = concat!("A `", $schema, "` as the client wrote it; checked by the domain.")]
+        #[derive(Debug, Clone, PartialEq, Eq)]
+        pub struct $name(pub String);
+
+        impl Type for $name {
+            const IS_REQUIRED: bool = true;
+            type RawValueType = Self;
+            type RawElementValueType = Self;
+
+            fn name() -> Cow<'static, str> {
+                $schema.into()
+            }
+
+            fn schema_ref() -> MetaSchemaRef {
+                MetaSchemaRef::Inline(Box::new(MetaSchema {
+                    min_length: Some($min),
+                    max_length: Some($max),
+                    pattern: Some($pattern.into()),
+                    example: Some(Value::String($example.into())),
+                    nullable: $nullable,
+                    ..MetaSchema::new("string")
+                }))
+            }
+
+            fn as_raw_value(&self) -> Option<&Self::RawValueType> {
+                Some(self)
+            }
+
+            fn raw_element_iter<'a>(
+                &'a self,
+            ) -> Box<dyn Iterator<Item = &'a Self::RawElementValueType> + 'a> {
+                Box::new(self.as_raw_value().into_iter())
+            }
+        }
+
+        impl ParseFromJSON for $name {
+            fn parse_from_json(value: Option<Value>) -> ParseResult<Self> {
+                match value {
+                    Some(Value::String(text)) => Ok(Self(text)),
+                    other => Err(ParseError::expected_type(other.unwrap_or_default())),
+                }
+            }
+        }
+
+        impl ToJSON for $name {
+            fn to_json(&self) -> Option<Value> {
+                Some(Value::String(self.0.clone()))
+            }
+        }
+
+        impl ParseFromParameter for $name {
+            fn parse_from_parameter(value: &str) -> ParseResult<Self> {
+                Ok(Self(value.to_owned()))
+            }
+        }
+    };
+}
+
+// A page cursor: what a page's `next_cursor` holds.
+text_field!(
+    CursorText,
+    "string_cursor",
+    2,
+    16,
+    "^u[0-9a-f]{1,15}$",
+    "u2a"
+);
+
+/// What the domain counts as white space (Unicode's White_Space, as
+/// `char::is_whitespace`), spelled out for the document's patterns so a
+/// client's validator and the service agree on every character.
+macro_rules! white_space {
+    () => {
+        r"\t\n\u000b\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+    };
+}
+
+// A name: 1 to 100 characters, at least one not white space.
+text_field!(
+    NameText,
+    "string_name",
+    1,
+    100,
+    concat!("[^", white_space!(), "]"),
+    "Ada"
+);
+// The same in a change, where `null` keeps the name.
+text_field!(
+    NameChange,
+    "string_name_or_null",
+    1,
+    100,
+    concat!("[^", white_space!(), "]"),
+    "Ada",
+    true
+);
+// An e-mail address: one `@`, text before it, a dotted domain after it that
+// neither starts nor ends with a dot, no white space; at most 254 characters.
+text_field!(
+    EmailText,
+    "string_email",
+    3,
+    254,
+    concat!(
+        "^[^@",
+        white_space!(),
+        "]+@[^@.",
+        white_space!(),
+        "][^@",
+        white_space!(),
+        "]*\\.[^@",
+        white_space!(),
+        "]*[^@.",
+        white_space!(),
+        "]$"
+    ),
+    "ada.lovelace@example.com"
+);
+// The same in a change, where `null` keeps the address.
+text_field!(
+    EmailChange,
+    "string_email_or_null",
+    3,
+    254,
+    concat!(
+        "^[^@",
+        white_space!(),
+        "]+@[^@.",
+        white_space!(),
+        "][^@",
+        white_space!(),
+        "]*\\.[^@",
+        white_space!(),
+        "]*[^@.",
+        white_space!(),
+        "]$"
+    ),
+    "ada.lovelace@example.com",
+    true
+);

@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use super::errors::{ErrorBody, ErrorCode, WithBadRequest, bad_request};
 use super::json::JsonBody;
-use super::types::{UuidList, UuidText};
+use super::types::{CursorText, EmailChange, EmailText, NameChange, NameText, UuidList, UuidText};
 
 #[derive(Tags)]
 enum Tag {
@@ -88,48 +88,43 @@ pub struct UserList {
 #[oai(example)]
 pub struct CreateUser {
     /// First name: 1 to 100 characters, not blank (trimmed).
-    #[oai(validator(min_length = 1, max_length = 100))]
-    pub first_name: String,
+    pub first_name: NameText,
     /// Last name: 1 to 100 characters, not blank (trimmed).
-    #[oai(validator(min_length = 1, max_length = 100))]
-    pub last_name: String,
+    pub last_name: NameText,
     /// E-mail address, unique among users: `local@domain.tld`, at most 254
     /// characters, no spaces.
-    #[oai(validator(min_length = 3, max_length = 254))]
-    pub email: String,
+    pub email: EmailText,
 }
 
 impl Example for CreateUser {
     fn example() -> Self {
         Self {
-            first_name: "Ada".into(),
-            last_name: "Lovelace".into(),
-            email: "ada.lovelace@example.com".into(),
+            first_name: NameText("Ada".into()),
+            last_name: NameText("Lovelace".into()),
+            email: EmailText("ada.lovelace@example.com".into()),
         }
     }
 }
 
-/// A change to a user: the fields given are replaced, the others kept. At
-/// least one is needed.
+/// A change to a user (a JSON merge patch): the fields given are replaced,
+/// the others (absent or `null`) kept; `{}` changes nothing and answers the
+/// user as it is.
 #[derive(Debug, Object)]
 #[oai(example)]
 pub struct UpdateUser {
     /// A new first name: 1 to 100 characters, not blank.
-    #[oai(validator(min_length = 1, max_length = 100))]
-    pub first_name: Option<String>,
+    pub first_name: Option<NameChange>,
     /// A new last name: 1 to 100 characters, not blank.
-    #[oai(validator(min_length = 1, max_length = 100))]
-    pub last_name: Option<String>,
+    pub last_name: Option<NameChange>,
     /// A new e-mail address, unique among users.
-    #[oai(validator(min_length = 3, max_length = 254))]
-    pub email: Option<String>,
+    pub email: Option<EmailChange>,
 }
 
 impl Example for UpdateUser {
     fn example() -> Self {
         Self {
             first_name: None,
-            last_name: Some("King".into()),
+            last_name: Some(NameChange("King".into())),
             email: None,
         }
     }
@@ -200,12 +195,16 @@ fn cursor_of(id: UserId) -> String {
     format!("u{:x}", id.get())
 }
 
-fn cursor_from(text: &str) -> Option<UserId> {
+/// The position a cursor names: `Some(None)` is the start (`u0`).
+fn cursor_from(text: &str) -> Option<Option<UserId>> {
     let hex = text.strip_prefix('u')?;
-    if hex.is_empty() || hex.len() > 16 {
+    if hex.is_empty() || hex.len() > 15 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
-    UserId::new(i64::from_str_radix(hex, 16).ok()?).ok()
+    match i64::from_str_radix(hex, 16).ok()? {
+        0 => Some(None),
+        n => UserId::new(n).ok().map(Some),
+    }
 }
 
 #[derive(ApiResponse)]
@@ -313,8 +312,8 @@ enum UpdateResponse {
         #[oai(header = "ETag")]
         String,
     ),
-    /// Not a UUID (`invalid_uuid`), a field that breaks a rule or no field
-    /// at all (`invalid_field`), or a body that is not the documented JSON.
+    /// Not a UUID (`invalid_uuid`), a field that breaks a rule
+    /// (`invalid_field`), or a body that is not the documented JSON.
     #[oai(status = 400)]
     BadRequest(Json<ErrorBody>),
     /// No user has this UUID (`not_found`).
@@ -395,7 +394,7 @@ impl From<UserError> for Failure {
             UserError::Invalid(ValidationError::BadLimit { .. }) => {
                 Failure::BadRequest(ErrorBody::new(ErrorCode::BadRequest, message))
             }
-            UserError::Invalid(_) | UserError::EmptyChange => {
+            UserError::Invalid(_) => {
                 Failure::BadRequest(ErrorBody::new(ErrorCode::InvalidField, message))
             }
             UserError::DuplicateEmail(_) => {
@@ -456,17 +455,55 @@ impl<Q, C> UsersApi<Q, C> {
     }
 }
 
-/// Applies `If-Match` to a write: `None` for none or `*`, the one version
-/// named, or a 400 for several (a client edits one version at a time).
-fn if_match(header: Option<&str>) -> Result<Option<Version>, ErrorBody> {
-    match header.and_then(tags) {
-        None => Ok(None),
-        Some(versions) if versions.len() == 1 => Ok(versions.first().copied()),
-        Some(_) => Err(ErrorBody::new(
-            ErrorCode::BadRequest,
-            "If-Match must name one entity tag (the ETag of the version you read)",
-        )),
+/// The versions an `If-Match` allows a write at: `None` for none or `*`;
+/// else each strong tag's version (RFC 9110 compares `If-Match` strongly: a
+/// weak tag, like a tag this service did not make, matches nothing, so a
+/// header of only those allows no version and the write answers 412).
+fn if_match(header: Option<&str>) -> Option<Vec<Version>> {
+    let header = header?;
+    if header.trim() == "*" {
+        return None;
     }
+    Some(
+        header
+            .split(',')
+            .map(str::trim)
+            .filter(|tag| !tag.starts_with("W/"))
+            .map(|tag| {
+                tag.strip_prefix('"')
+                    .and_then(|t| t.strip_suffix('"'))
+                    .and_then(|t| t.parse::<u64>().ok())
+                    .map_or(Version::new(0), Version::new)
+            })
+            .collect(),
+    )
+}
+
+/// Runs `write` once without a condition, or once per version `allowed`
+/// until one is at the version the store holds: each attempt is atomic in
+/// the store, so the write happens only at a version the client named.
+async fn conditionally<T, F, Fut>(allowed: Option<Vec<Version>>, write: F) -> Result<T, UserError>
+where
+    F: Fn(Option<Version>) -> Fut,
+    Fut: std::future::Future<Output = Result<T, UserError>>,
+{
+    let Some(versions) = allowed else {
+        return write(None).await;
+    };
+    let mut outcome = Err(UserError::VersionMismatch {
+        current: Version::new(0),
+    });
+    for version in if versions.is_empty() {
+        vec![Version::new(0)]
+    } else {
+        versions
+    } {
+        outcome = write(Some(version)).await;
+        if !matches!(outcome, Err(UserError::VersionMismatch { .. })) {
+            break;
+        }
+    }
+    outcome
 }
 
 #[OpenApi]
@@ -488,15 +525,14 @@ impl<Q: UserQueries, C: UserCommands> UsersApi<Q, C> {
             validator(minimum(value = "1"), maximum(value = "1000"))
         )]
         limit: Query<u32>,
-        /// How many users to skip, in id order (not with `cursor`).
+        /// How many users to skip, in id order (ignored with `cursor`).
         #[oai(
             default,
             validator(minimum(value = "0"), maximum(value = "4294967295"))
         )]
         offset: Query<u32>,
         /// Where the previous page ended: its `next_cursor`.
-        #[oai(validator(max_length = 17))]
-        cursor: Query<Option<String>>,
+        cursor: Query<Option<CursorText>>,
         /// Whether to count every user (`total`); costs a scan of the table.
         #[oai(default)]
         count: Query<bool>,
@@ -510,20 +546,10 @@ impl<Q: UserQueries, C: UserCommands> UsersApi<Q, C> {
                 )));
             }
         };
-        let listed = match cursor.0.as_deref() {
+        let listed = match cursor.0.as_ref().map(|c| c.0.as_str()) {
             None => self.queries.list_users(page).await,
-            Some(_) if page.offset() != 0 => {
-                return ListResponse::BadRequest(Json(ErrorBody::new(
-                    ErrorCode::BadRequest,
-                    "give either offset or cursor, not both",
-                )));
-            }
             Some(text) => match cursor_from(text) {
-                Some(after) => {
-                    self.queries
-                        .list_users_after(Some(after), page.limit())
-                        .await
-                }
+                Some(after) => self.queries.list_users_after(after, page.limit()).await,
                 None => {
                     return ListResponse::BadRequest(Json(ErrorBody::new(
                         ErrorCode::InvalidCursor,
@@ -547,7 +573,7 @@ impl<Q: UserQueries, C: UserCommands> UsersApi<Q, C> {
                 ListResponse::Ok(JsonBody(UserList {
                     users: users.into_iter().map(UserDto::from).collect(),
                     limit: page.limit(),
-                    offset: page.offset(),
+                    offset: if cursor.0.is_some() { 0 } else { page.offset() },
                     next_cursor,
                     total,
                 }))
@@ -659,15 +685,16 @@ impl<Q: UserQueries, C: UserCommands> UsersApi<Q, C> {
             Ok(uuid) => uuid,
             Err(invalid) => return UpdateResponse::BadRequest(Json(invalid_uuid(invalid))),
         };
-        let expected = match if_match(if_match_header.0.as_deref()) {
-            Ok(expected) => expected,
-            Err(body) => return UpdateResponse::BadRequest(Json(body)),
-        };
+        let allowed = if_match(if_match_header.0.as_deref());
         let changes = match changes(&body.0) {
             Ok(changes) => changes,
             Err(invalid) => return UpdateResponse::BadRequest(Json(invalid_field(invalid))),
         };
-        match self.commands.update_user(uuid, changes, expected).await {
+        let written = conditionally(allowed, |expected| {
+            self.commands.update_user(uuid, changes.clone(), expected)
+        })
+        .await;
+        match written {
             Ok(user) => {
                 let tag = etag(user.version());
                 UpdateResponse::Ok(JsonBody(UserDto::from(user)), tag)
@@ -702,11 +729,12 @@ impl<Q: UserQueries, C: UserCommands> UsersApi<Q, C> {
             Ok(uuid) => uuid,
             Err(invalid) => return DeleteResponse::BadRequest(Json(invalid_uuid(invalid))),
         };
-        let expected = match if_match(if_match_header.0.as_deref()) {
-            Ok(expected) => expected,
-            Err(body) => return DeleteResponse::BadRequest(Json(body)),
-        };
-        match self.commands.delete_user(uuid, expected).await {
+        let allowed = if_match(if_match_header.0.as_deref());
+        let deleted = conditionally(allowed, |expected| {
+            self.commands.delete_user(uuid, expected)
+        })
+        .await;
+        match deleted {
             Ok(()) => DeleteResponse::Deleted,
             Err(error) => match Failure::from(error) {
                 Failure::BadRequest(body) => DeleteResponse::BadRequest(Json(body)),
@@ -785,9 +813,9 @@ fn list_failed(error: UserError) -> ListResponse {
 
 fn new_user(body: &CreateUser) -> Result<NewUser, ValidationError> {
     Ok(NewUser {
-        first_name: Name::new("first_name", &body.first_name)?,
-        last_name: Name::new("last_name", &body.last_name)?,
-        email: Email::new(&body.email)?,
+        first_name: Name::new("first_name", &body.first_name.0)?,
+        last_name: Name::new("last_name", &body.last_name.0)?,
+        email: Email::new(&body.email.0)?,
     })
 }
 
@@ -795,15 +823,15 @@ fn changes(body: &UpdateUser) -> Result<UserChanges, ValidationError> {
     Ok(UserChanges {
         first_name: body
             .first_name
-            .as_deref()
-            .map(|n| Name::new("first_name", n))
+            .as_ref()
+            .map(|n| Name::new("first_name", &n.0))
             .transpose()?,
         last_name: body
             .last_name
-            .as_deref()
-            .map(|n| Name::new("last_name", n))
+            .as_ref()
+            .map(|n| Name::new("last_name", &n.0))
             .transpose()?,
-        email: body.email.as_deref().map(Email::new).transpose()?,
+        email: body.email.as_ref().map(|e| Email::new(&e.0)).transpose()?,
     })
 }
 
@@ -830,8 +858,9 @@ mod unit {
     #[test]
     fn cursors_round_trip_and_foreign_ones_are_refused() {
         let id = UserId::new(1_000_000).unwrap();
-        assert_eq!(cursor_from(&cursor_of(id)), Some(id));
-        for bad in ["", "u", "x10", "u-1", "u0", "uzz", "u12345678901234567"] {
+        assert_eq!(cursor_from(&cursor_of(id)), Some(Some(id)));
+        assert_eq!(cursor_from("u0"), Some(None), "the start");
+        for bad in ["", "u", "x10", "u-1", "u+1", "uzz", "u1234567890123456"] {
             assert_eq!(cursor_from(bad), None, "{bad:?}");
         }
     }
