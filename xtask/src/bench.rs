@@ -248,8 +248,21 @@ impl Service {
     ) -> Result<Self> {
         let port = free_port()?;
         let mut command = Command::new(binary);
+        command.env_clear();
+        if !extra.iter().any(|(k, _)| *k == "DATABASE_URL") {
+            // A database of its own, made afresh (and filled from the users file).
+            let file = crate::target_dir().join(format!("bench/store-{port}.db"));
+            for suffix in ["", "-wal", "-shm"] {
+                let mut path = file.clone().into_os_string();
+                path.push(suffix);
+                let _ = fs::remove_file(path);
+            }
+            command.env(
+                "CACHEMANAGER__STORE__URL",
+                format!("sqlite://{}", file.display()),
+            );
+        }
         command
-            .env_clear()
             .envs(extra.iter().copied())
             .env("CACHEMANAGER__SERVER__PORT", port.to_string())
             .env("CACHEMANAGER__CACHE__BACKEND", backend)
@@ -578,6 +591,21 @@ pub fn bench(args: &[String]) -> Result<()> {
             result.peak_rss_mb = rss;
         }
     }
+    if options
+        .only
+        .as_ref()
+        .is_none_or(|p| p.starts_with("pg") || "pg/".starts_with(p.as_str()))
+    {
+        store_cases(
+            &binary,
+            &redis,
+            &ceiling,
+            &dir,
+            (runs, seconds, options.quick),
+            options.only.as_deref(),
+            &mut results,
+        )?;
+    }
     report(&results, &dir, runs, seconds, options.quick)?;
     if options
         .only
@@ -586,6 +614,263 @@ pub fn bench(args: &[String]) -> Result<()> {
     {
         storm(&binary, &redis, &users_file, &dir, runs)?;
     }
+    Ok(())
+}
+
+/// A PostgreSQL for the bench: a container on the host's network, removed on drop.
+pub(crate) struct BenchPostgres {
+    pub(crate) url: String,
+    pub(crate) password: String,
+    container: String,
+}
+
+impl BenchPostgres {
+    pub(crate) fn start() -> Result<Self> {
+        let image = images::ensure_postgres(false)?;
+        let port = free_port()?;
+        let password = "bench-password".to_owned();
+        let output = Command::new("docker")
+            .args(["run", "-d", "--rm", "--network", "host"])
+            .args(["-e", &format!("POSTGRES_PASSWORD={password}"), image])
+            .args([
+                "-c",
+                &format!("port={port}"),
+                "-c",
+                "listen_addresses=127.0.0.1",
+            ])
+            .output()
+            .context("cannot run docker")?;
+        if !output.status.success() {
+            bail!(
+                "cannot start PostgreSQL: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        let container = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+        let postgres = Self {
+            url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+            password,
+            container,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ready = Command::new("docker")
+                .args([
+                    "exec",
+                    &postgres.container,
+                    "pg_isready",
+                    "-q",
+                    "-h",
+                    "127.0.0.1",
+                ])
+                .args(["-p", &port.to_string()])
+                .status()
+                .is_ok_and(|s| s.success());
+            if ready {
+                return Ok(postgres);
+            }
+            if Instant::now() > deadline {
+                bail!("PostgreSQL did not start within 60 s");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn env(&self) -> [(&str, &str); 2] {
+        [
+            ("DATABASE_URL", self.url.as_str()),
+            ("CACHEMANAGER__STORE__PASSWORD", self.password.as_str()),
+        ]
+    }
+}
+
+impl Drop for BenchPostgres {
+    fn drop(&mut self) {
+        let _ = Command::new("docker")
+            .args(["rm", "-f", &self.container])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Fills the store `env` names with `users` synthetic users with the service's
+/// own `import --generate`; how long it took.
+pub(crate) fn seed(binary: &Path, env: &[(&str, &str)], users: u64) -> Result<Duration> {
+    let started = Instant::now();
+    let status = Command::new(binary)
+        .env_clear()
+        .envs(env.iter().copied())
+        .env("RUST_LOG", "warn")
+        .args(["import", "--generate", &users.to_string()])
+        .current_dir(std::env::temp_dir())
+        .status()
+        .context("cannot run cachemanager import")?;
+    if !status.success() {
+        bail!("cachemanager import --generate {users} failed ({status})");
+    }
+    Ok(started.elapsed())
+}
+
+/// The users a store case reads: the first `hot` are warm, any of `total` is
+/// a likely miss.
+const HOT_USERS: u64 = 1000;
+
+/// The store cases, on PostgreSQL with a million users (20,000 with
+/// `--quick`): a warm hit over Redis, a miss over Redis (Redis flushed before
+/// each run; random users), no cache at all (`noop`, random users), and
+/// `PATCH` of random users over Redis. Then the targets, checked
+/// against this run's medians.
+fn store_cases(
+    binary: &Path,
+    redis: &BenchRedis,
+    ceiling: &Path,
+    dir: &Path,
+    (runs, seconds, quick): (usize, u32, bool),
+    only: Option<&str>,
+    results: &mut Vec<CaseResult>,
+) -> Result<()> {
+    let total: u64 = if quick { 20_000 } else { 1_000_000 };
+    let postgres = BenchPostgres::start()?;
+    let env = postgres.env();
+    let took = seed(binary, &env, total)?;
+    println!(
+        "  seeded {total} users into PostgreSQL in {:.1} s ({:.0} users/s)",
+        took.as_secs_f64(),
+        total as f64 / took.as_secs_f64()
+    );
+    let random_get = format!(
+        "init = function(args)\n  math.randomseed(tid * 7919 + 17)\nend\nrequest = function()\n  return wrk.format(nil, string.format(\"/users/5eed0000-0000-4000-8000-%012x\", math.random(1, {total})))\nend"
+    );
+    let hot_get = format!(
+        "request = function()\n  i = i + 1\n  return wrk.format(nil, string.format(\"/users/5eed0000-0000-4000-8000-%012x\", (tid * 500 + i) % {HOT_USERS} + 1))\nend"
+    );
+    let patch = format!(
+        "init = function(args)\n  math.randomseed(tid * 7919 + 29)\nend\nlocal headers = {{[\"Content-Type\"] = \"application/json\"}}\nrequest = function()\n  i = i + 1\n  local body = string.format('{{\"last_name\":\"Patched%d\"}}', i)\n  return wrk.format(\"PATCH\", string.format(\"/users/5eed0000-0000-4000-8000-%012x\", math.random(1, {total})), headers, body)\nend"
+    );
+    let scripts = [
+        ("pg/hit/redis", "redis", script(dir, "pg-hit", &hot_get)?),
+        (
+            "pg/miss/redis",
+            "redis",
+            script(dir, "pg-miss", &random_get)?,
+        ),
+        ("pg/noop", "noop", script(dir, "pg-noop", &random_get)?),
+        ("pg/patch/redis", "redis", script(dir, "pg-patch", &patch)?),
+    ];
+    for (name, backend, case_script) in &scripts {
+        if only.is_some_and(|p| !name.starts_with(p)) {
+            continue;
+        }
+        let service = Service::start(binary, backend, redis, None, false, &env)?;
+        if name.starts_with("pg/hit") {
+            for n in 1..=HOT_USERS {
+                let path = format!("/users/5eed0000-0000-4000-8000-{n:012x}");
+                let status = get(service.port, &path)?;
+                if status != 200 {
+                    bail!("{path} answered {status}: the store was not seeded");
+                }
+            }
+        }
+        for connections in CONNECTIONS {
+            let mut pairs = Vec::new();
+            for _ in 0..runs {
+                let base = wrk(service.port, ceiling, connections, seconds)?;
+                if name.starts_with("pg/miss") {
+                    let answer = redis.command("FLUSHDB")?;
+                    if !answer.starts_with("+OK") {
+                        bail!("FLUSHDB failed: {answer}");
+                    }
+                }
+                let run = wrk(service.port, case_script, connections, seconds)?;
+                pairs.push((run, base));
+            }
+            println!(
+                "  {name:<16} c={connections:<3} {:>9.0} req/s",
+                median(pairs.iter().map(|(r, _)| r.rps).collect()).0
+            );
+            results.push(CaseResult {
+                name: (*name).to_owned(),
+                connections,
+                runs: pairs,
+                peak_rss_mb: 0.0,
+            });
+        }
+        let rss = service.peak_rss_mb();
+        for result in results.iter_mut().filter(|r| r.name == *name) {
+            result.peak_rss_mb = rss;
+        }
+    }
+    store_targets(results, dir, total, took)
+}
+
+/// The store issue's targets against this run's medians, written to
+/// `store-targets.md` and printed. Reported, not enforced: timings on a
+/// shared 2-core machine are evidence, not a test.
+fn store_targets(results: &[CaseResult], dir: &Path, total: u64, seeding: Duration) -> Result<()> {
+    let find = |name: &str, connections: u32| {
+        results
+            .iter()
+            .find(|r| r.name == name && r.connections == connections)
+    };
+    let rps = |r: &CaseResult| median(r.runs.iter().map(|(run, _)| run.rps).collect()).0;
+    let mut lines = vec![format!(
+        "PostgreSQL with {total} users (seeded in {:.1} s); medians of this run\n",
+        seeding.as_secs_f64()
+    )];
+    lines.push("| target | connections | measured | met |".into());
+    lines.push("| --- | ---: | ---: | :---: |".into());
+    for connections in CONNECTIONS {
+        if let (Some(hit), Some(noop)) = (
+            find("pg/hit/redis", connections),
+            find("pg/noop", connections),
+        ) {
+            let ratio = rps(hit) / rps(noop).max(1.0);
+            lines.push(format!(
+                "| warm hit >= 3x no cache | {connections} | {ratio:.2}x | {} |",
+                if ratio >= 3.0 { "yes" } else { "no" }
+            ));
+        }
+        if let (Some(miss), Some(noop)) = (
+            find("pg/miss/redis", connections),
+            find("pg/noop", connections),
+        ) {
+            let cost = rps(noop) / rps(miss).max(1.0);
+            lines.push(format!(
+                "| miss costs <= 1.25x no cache | {connections} | {cost:.2}x | {} |",
+                if cost <= 1.25 { "yes" } else { "no" }
+            ));
+        }
+    }
+    if let Some(hit) = find("pg/hit/redis", 64) {
+        let p99 = median(hit.runs.iter().map(|(r, _)| r.p99_ms).collect()).0;
+        lines.push(format!(
+            "| warm hit p99 < 5 ms | 64 | {p99:.2} ms | {} |",
+            if p99 < 5.0 { "yes" } else { "no" }
+        ));
+    }
+    for connections in CONNECTIONS {
+        if let Some(patch) = find("pg/patch/redis", connections) {
+            let errors: u64 = patch.runs.iter().map(|(r, _)| r.errors).sum();
+            let writes = rps(patch);
+            lines.push(format!(
+                "| PATCH >= 2,000/s, 0 errors | {connections} | {writes:.0}/s, {errors} errors | {} |",
+                if writes >= 2000.0 && errors == 0 { "yes" } else { "no" }
+            ));
+        }
+    }
+    let peak = results
+        .iter()
+        .filter(|r| r.name.starts_with("pg/"))
+        .map(|r| r.peak_rss_mb)
+        .fold(0.0, f64::max);
+    lines.push(format!(
+        "| peak RSS < 64 MB | all | {peak:.1} MB | {} |",
+        if peak < 64.0 { "yes" } else { "no" }
+    ));
+    let table = lines.join("\n") + "\n";
+    println!("\n{table}");
+    fs::write(dir.join("store-targets.md"), table)?;
     Ok(())
 }
 
