@@ -30,10 +30,12 @@ pub struct Lookup {
 /// a warm hit is one cache round trip and no store query. A miss is loaded
 /// once per process however many requests ask at once (single-flight), and an
 /// unknown uuid is remembered for a while in this process (negative caching).
-/// A load fills the record and the seed's two mappings in one round trip, and
-/// reads the seed's uuid-to-id mapping first, so a Python service sharing the
-/// Redis and this one use what the other cached. A cache that fails or lies
-/// (a stale mapping) never changes the answer, only its cost.
+/// A load asks the store by uuid (an indexed column) and fills the record and
+/// the seed's two mappings in one round trip, so a Python service sharing the
+/// Redis gets hits from what we load; by id, the seed's id-to-uuid mapping
+/// (ours or the Python service's) resolves the uuid. A cache that fails or
+/// lies (a stale mapping) never changes the answer, only its cost. Writes
+/// fence the record after they commit (see [`UserCommands`]).
 #[derive(Debug)]
 pub struct UserService<R> {
     repository: Arc<R>,
@@ -70,60 +72,23 @@ impl<R: UserRepository + 'static> UserService<R> {
         }
     }
 
-    /// Loads the users of `uuids` from the store, the cheap way where the
-    /// seed's mapping knows their id (ours, or the Python service's). The one
-    /// place users are loaded by uuid; the record cache then writes each
-    /// record with both mappings in one round trip.
+    /// Loads the users of `uuids` from the store in one query by uuid (an
+    /// indexed column: a mapping read first would cost a cache round trip
+    /// on every miss and save the store nothing). The one place users are
+    /// loaded by uuid; the record cache then writes each record with both
+    /// seed mappings in one round trip.
     async fn load_by_uuids(
         repository: Arc<R>,
-        caches: CacheManager,
         uuids: Vec<UserUuid>,
     ) -> Result<Vec<(UserUuid, User)>, RepositoryError> {
-        let mapped = caches
-            .uuid_to_id()
-            .mget(&uuids)
-            .await
-            .unwrap_or_else(|_| vec![None; uuids.len()]);
-        let mut by_id: HashMap<UserId, UserUuid> = HashMap::new();
-        let mut by_uuid: Vec<UserUuid> = Vec::new();
-        for (uuid, id) in uuids.iter().zip(mapped) {
-            match id {
-                // Two uuids cached under one id: at most one is right, so the
-                // second is asked for by uuid rather than dropped.
-                Some(id) if !by_id.contains_key(&id) => {
-                    by_id.insert(id, *uuid);
-                }
-                _ => by_uuid.push(*uuid),
-            }
-        }
-        let mut found: Vec<User> = Vec::with_capacity(uuids.len());
-        if !by_id.is_empty() {
-            let ids: Vec<UserId> = by_id.keys().copied().collect();
-            for user in repository.by_ids(&ids).await? {
-                if by_id.get(&user.id()) == Some(&user.uuid()) {
-                    by_id.remove(&user.id());
-                    found.push(user);
-                }
-            }
-            // What is left was a stale mapping: drop it and ask by uuid.
-            for (id, uuid) in by_id {
-                tracing::info!(%id, %uuid, "stale uuid-to-id entry; invalidating");
-                caches.uuid_to_id().invalidate(&uuid).await;
-                by_uuid.push(uuid);
-            }
-        }
-        if !by_uuid.is_empty() {
-            let wanted: HashSet<UserUuid> = by_uuid.iter().copied().collect();
-            found.extend(
-                repository
-                    .by_uuids(&by_uuid)
-                    .await?
-                    .into_iter()
-                    .filter(|user| wanted.contains(&user.uuid())),
-            );
-        }
-        // The record cache writes each record with both mappings.
-        Ok(found.into_iter().map(|user| (user.uuid(), user)).collect())
+        let wanted: HashSet<UserUuid> = uuids.iter().copied().collect();
+        Ok(repository
+            .by_uuids(&uuids)
+            .await?
+            .into_iter()
+            .filter(|user| wanted.contains(&user.uuid()))
+            .map(|user| (user.uuid(), user))
+            .collect())
     }
 }
 
@@ -131,12 +96,12 @@ impl<R: UserRepository + 'static> UserService<R> {
 impl<R: UserRepository + 'static> UserQueries for UserService<R> {
     #[tracing::instrument(level = "debug", skip(self), fields(%uuid))]
     async fn user_by_uuid(&self, uuid: UserUuid) -> Result<User, UserError> {
-        let (repository, caches) = (self.repository.clone(), self.caches.clone());
+        let repository = self.repository.clone();
         let user = self
             .caches
             .records()
             .get_or_load(&uuid, move || async move {
-                let mut found = Self::load_by_uuids(repository, caches, vec![uuid]).await?;
+                let mut found = Self::load_by_uuids(repository, vec![uuid]).await?;
                 Ok(found.pop().map(|(_, user)| user))
             })
             .await
@@ -214,12 +179,12 @@ impl<R: UserRepository + 'static> UserQueries for UserService<R> {
         if unique.is_empty() {
             return Ok(Lookup::default());
         }
-        let (repository, caches) = (self.repository.clone(), self.caches.clone());
+        let repository = self.repository.clone();
         let found = self
             .caches
             .records()
             .mget_or_load(&unique, move |missing| {
-                Self::load_by_uuids(repository, caches, missing)
+                Self::load_by_uuids(repository, missing)
             })
             .await
             .map_err(load_failed)?;
@@ -560,16 +525,31 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_mapping_written_by_the_python_service_is_used_to_ask_by_id() {
+    async fn a_miss_by_uuid_is_one_store_query_by_uuid_and_reads_no_mapping() {
         let f = fixture(CountingStore::default());
         f.backend.put(&format!("user:uuid-to-id:{}", uuid(5)), "5");
         assert_eq!(f.service.user_by_uuid(uuid(5)).await, Ok(user(5)));
-        assert_eq!(f.store().by_ids.load(Ordering::SeqCst), 1);
-        assert_eq!(f.store().by_uuids.load(Ordering::SeqCst), 0);
+        assert_eq!(f.store().by_uuids.load(Ordering::SeqCst), 1);
+        assert_eq!(f.store().queries(), 1);
+        assert_eq!(f.backend.mgets(), 0, "no mapping read on the miss path");
     }
 
     #[tokio::test]
-    async fn a_stale_mapping_is_invalidated_and_the_user_found_by_uuid() {
+    async fn a_mapping_written_by_the_python_service_is_used_by_id() {
+        let f = fixture(CountingStore::default());
+        f.backend.put("user:id-to-uuid:5", &uuid(5).to_string());
+        let id = UserId::new(5).unwrap();
+        assert_eq!(f.service.user_by_id(id).await, Ok(user(5)));
+        assert_eq!(
+            f.store().by_id.load(Ordering::SeqCst),
+            0,
+            "the id was resolved by the cache"
+        );
+        assert_eq!(f.store().by_uuids.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_stale_mapping_does_not_matter_to_a_read_by_uuid_and_is_repaired() {
         let f = fixture(CountingStore::default());
         // uuid 6 mapped to user 7's id.
         f.backend.put(&format!("user:uuid-to-id:{}", uuid(6)), "7");
@@ -680,8 +660,8 @@ mod tests {
         let lookup = f.service.lookup(&asked).await.unwrap();
         assert_eq!(lookup.users, vec![user(3), user(1), user(2)]);
         assert_eq!(lookup.missing, vec![uuid(5000)]);
-        // One MGET of records, one of the seed mapping inside the load.
-        assert_eq!(f.backend.mgets() - mgets, 2);
+        // One MGET of records; the load reads no mapping.
+        assert_eq!(f.backend.mgets() - mgets, 1);
         assert_eq!(
             f.store().by_uuids.load(Ordering::SeqCst),
             2,

@@ -45,6 +45,10 @@ commands:
                         the service under wrk, each case beside the ceiling of the
                         same binary; JSON in target/bench/, a markdown table printed
   bench-chart [FILE]    redraw the chart of a run from its results.json
+  seed-db --users N [--url URL]
+                        add N synthetic users to a store (URL, else DATABASE_URL, else
+                        the default SQLite file data/cachemanager.db); the password
+                        from CACHEMANAGER__STORE__PASSWORD
   microbench [--quick] [--redis-url URL]
                         criterion benchmarks of the cache core (codecs, keys, typed
                         cache against raw moka and a raw Redis GET), with a table
@@ -90,6 +94,7 @@ fn main() -> ExitCode {
             .and_then(|()| setup::ensure_tools()),
         Some("bench") => bench::bench(&args[1..]),
         Some("bench-chart") => bench::chart_from_json(&args[1..]),
+        Some("seed-db") => seed_db(&args[1..]),
         Some("microbench") => microbench::microbench(&args[1..]),
         Some("help" | "--help" | "-h") | None => {
             print!("{HELP}");
@@ -107,6 +112,51 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `cargo xtask seed-db --users N [--url URL]`: the service's own
+/// `import --generate N` (batched inserts, one transaction per 5,000 users)
+/// from a release build, timed.
+fn seed_db(args: &[String]) -> Result<()> {
+    let mut users: Option<u64> = None;
+    let mut url = std::env::var("DATABASE_URL").ok();
+    let mut rest = args.iter();
+    while let Some(arg) = rest.next() {
+        match arg.as_str() {
+            "--users" => {
+                users = Some(
+                    rest.next()
+                        .and_then(|n| n.parse().ok())
+                        .filter(|n| *n > 0)
+                        .context("--users needs a positive number")?,
+                );
+            }
+            "--url" => url = Some(rest.next().context("--url needs a URL")?.clone()),
+            other => bail!("unknown seed-db option {other}"),
+        }
+    }
+    let users = users.context("seed-db needs --users N")?;
+    run(
+        "cargo",
+        &["build", "--release", "--locked", "-p", "app"],
+        &[],
+    )?;
+    let binary = target_dir().join("release/cachemanager");
+    let root = workspace_root();
+    let url =
+        url.unwrap_or_else(|| format!("sqlite://{}", root.join("data/cachemanager.db").display()));
+    let password = std::env::var("CACHEMANAGER__STORE__PASSWORD").unwrap_or_default();
+    let env = [
+        ("CACHEMANAGER__STORE__URL", url.as_str()),
+        ("CACHEMANAGER__STORE__PASSWORD", password.as_str()),
+    ];
+    let took = bench::seed(&binary, &env, users)?;
+    println!(
+        "{users} users added in {:.1} s ({:.0} users/s)",
+        took.as_secs_f64(),
+        users as f64 / took.as_secs_f64()
+    );
+    Ok(())
 }
 
 /// Removes the containers the integration suite keeps for a whole test

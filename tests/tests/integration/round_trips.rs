@@ -112,7 +112,7 @@ fn user(n: u32) -> User {
 }
 
 #[tokio::test]
-async fn a_hit_is_one_get_a_miss_three_round_trips() {
+async fn a_hit_is_one_get_a_miss_two_round_trips() {
     let redis = TestRedis::start().await;
     let counting = Arc::new(Counting {
         inner: redis.shared_backend(Duration::from_secs(1)).await,
@@ -128,18 +128,17 @@ async fn a_hit_is_one_get_a_miss_three_round_trips() {
     counting.calls.store(0, Ordering::SeqCst);
     service.user_by_uuid(john).await.unwrap();
     let after = commandstats(&redis).await;
-    // The record's GET; the seed's mapping (ours or the Python service's),
-    // which would let the store be asked by id; one pipelined write of the
-    // record and both mappings.
+    // The record's GET; then (the store asked by uuid) one pipelined write
+    // of the record and both seed mappings.
     assert_eq!(
         ran(&before, &after),
-        counts(&[("get", 1), ("mget", 1), ("set", 3)]),
+        counts(&[("get", 1), ("set", 3)]),
         "a miss"
     );
     assert_eq!(
         counting.calls.load(Ordering::SeqCst),
-        3,
-        "a miss: the GET, the mapping, then one pipelined write"
+        2,
+        "a miss: the GET, then one pipelined write"
     );
 
     let before = commandstats(&redis).await;
@@ -155,7 +154,7 @@ async fn a_hit_is_one_get_a_miss_three_round_trips() {
 }
 
 #[tokio::test]
-async fn a_lookup_of_100_is_one_mget_warm_and_three_round_trips_cold() {
+async fn a_lookup_of_100_is_one_mget_warm_and_two_round_trips_cold() {
     let redis = TestRedis::start().await;
     let counting = Arc::new(Counting {
         inner: redis.shared_backend(Duration::from_secs(1)).await,
@@ -168,8 +167,8 @@ async fn a_lookup_of_100_is_one_mget_warm_and_three_round_trips_cold() {
         CacheManager::new(counting.clone(), &CachePolicy::new()),
     );
 
-    // Cold: every uuid misses; the records' MGET, the mappings' MGET, then
-    // the 100 records and both directions of each go out in one write.
+    // Cold: every uuid misses; the records' MGET, then the 100 records and
+    // both directions of each go out in one write.
     let before = commandstats(&redis).await;
     counting.calls.store(0, Ordering::SeqCst);
     let found = service.lookup(&uuids).await.unwrap();
@@ -177,13 +176,13 @@ async fn a_lookup_of_100_is_one_mget_warm_and_three_round_trips_cold() {
     assert_eq!(found.users.len(), 100);
     assert_eq!(
         ran(&before, &after),
-        counts(&[("mget", 2), ("set", 300)]),
+        counts(&[("mget", 1), ("set", 300)]),
         "a cold lookup"
     );
     assert_eq!(
         counting.calls.load(Ordering::SeqCst),
-        3,
-        "two MGETs, one pipelined write"
+        2,
+        "one MGET, one pipelined write"
     );
 
     // Warm: every uuid hits; nothing is written.
