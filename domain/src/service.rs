@@ -1,7 +1,7 @@
 //! The user service: read-through flows over a repository and the user
 //! caches, with single-flight loading everywhere.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -316,7 +316,7 @@ mod tests {
         uuids_asked: AtomicUsize,
         gate: Option<Arc<tokio::sync::Notify>>,
         fail: bool,
-        written: std::sync::Mutex<HashMap<u128, Option<User>>>,
+        written: std::sync::Mutex<std::collections::HashMap<u128, Option<User>>>,
         pause: std::sync::Mutex<Option<Pause>>,
     }
 
