@@ -4,6 +4,8 @@
 //! Cases, each at 8 and 64 connections, each run interleaved with the ceiling
 //! (`GET /health/live`: no I/O) so drift hits both, median of the runs:
 //! - `hit/<backend>`: `GET /users/{uuid}` over 10 warm users, for memory, redis, noop;
+//!   `hit/memory+accept-gzip` the same from a client that accepts compression;
+//! - `pg/*`: the store cases on PostgreSQL with a million users (see `store_cases`);
 //! - `miss/redis`: `GET /users/{uuid}` over 50,000 users, each asked once per run,
 //!   Redis flushed before each run: every request is a GET miss, a store read
 //!   and one pipelined write of both directions;
@@ -480,6 +482,17 @@ pub fn bench(args: &[String]) -> Result<()> {
             hit_paths.join(",")
         ),
     )?;
+    // The same requests from a client that accepts compression: what the
+    // negotiation costs on the hit path (a user's body is below the
+    // compression threshold, so only the check and the body's read remain).
+    let hit_gzip = script(
+        &dir,
+        "hit-gzip",
+        &format!(
+            "local paths = {{{}}}\nlocal headers = {{[\"Accept-Encoding\"] = \"gzip, br\"}}\nrequest = function()\n  i = i + 1\n  return wrk.format(nil, paths[(i % #paths) + 1], headers)\nend",
+            hit_paths.join(",")
+        ),
+    )?;
     let ceiling = script(
         &dir,
         "ceiling",
@@ -511,8 +524,9 @@ pub fn bench(args: &[String]) -> Result<()> {
 
     let redis = BenchRedis::start(options.redis_url.clone())?;
     let mut results: Vec<CaseResult> = Vec::new();
-    let cases: [(&str, &str, &PathBuf, bool); 7] = [
+    let cases: [(&str, &str, &PathBuf, bool); 8] = [
         ("hit/memory", "memory", &hit, false),
+        ("hit/memory+accept-gzip", "memory", &hit_gzip, false),
         // The same with the default request log (a line per request, at info).
         (REQUEST_LOG_CASE, "memory", &hit, false),
         ("hit/redis", "redis", &hit, false),
