@@ -77,29 +77,45 @@ pub fn require_docker() -> Result<()> {
 /// if present or pullable, else the local one (built if missing or stale, or
 /// rebuilt with `force`).
 pub fn ensure_redis(force: bool) -> Result<&'static str> {
+    ensure_image(
+        force,
+        OFFICIAL_REDIS,
+        LOCAL_REDIS,
+        "the host's redis-server",
+        build_redis,
+    )
+}
+
+/// The official image if present or pullable (unless `force`), else the
+/// local one, built by `build` when missing, stale or forced.
+fn ensure_image(
+    force: bool,
+    official: &'static str,
+    local: &'static str,
+    from: &str,
+    build: fn() -> Result<()>,
+) -> Result<&'static str> {
     require_docker()?;
     if !force {
-        if image_exists(OFFICIAL_REDIS) {
-            return Ok(OFFICIAL_REDIS);
+        if image_exists(official) {
+            return Ok(official);
         }
-        if local_image_is_current(LOCAL_REDIS) {
-            return Ok(LOCAL_REDIS);
+        if local_image_is_current(local) {
+            return Ok(local);
         }
         let pulled = Command::new("docker")
-            .args(["pull", "--quiet", OFFICIAL_REDIS])
+            .args(["pull", "--quiet", official])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
             .is_ok_and(|s| s.success());
         if pulled {
-            return Ok(OFFICIAL_REDIS);
+            return Ok(official);
         }
-        println!(
-            "{OFFICIAL_REDIS} cannot be pulled (no registry); building {LOCAL_REDIS} from the host's redis-server"
-        );
+        println!("{official} cannot be pulled (no registry); building {local} from {from}");
     }
-    build_redis()?;
-    Ok(LOCAL_REDIS)
+    build()?;
+    Ok(local)
 }
 
 /// The shared libraries `binary` loads, with the dynamic loader, from `ldd`.
@@ -268,29 +284,13 @@ fn build_redis() -> Result<()> {
 /// image if present or pullable, else the local one (built if missing or
 /// stale, or rebuilt with `force`).
 pub fn ensure_postgres(force: bool) -> Result<&'static str> {
-    require_docker()?;
-    if !force {
-        if image_exists(OFFICIAL_POSTGRES) {
-            return Ok(OFFICIAL_POSTGRES);
-        }
-        if local_image_is_current(LOCAL_POSTGRES) {
-            return Ok(LOCAL_POSTGRES);
-        }
-        let pulled = Command::new("docker")
-            .args(["pull", "--quiet", OFFICIAL_POSTGRES])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if pulled {
-            return Ok(OFFICIAL_POSTGRES);
-        }
-        println!(
-            "{OFFICIAL_POSTGRES} cannot be pulled (no registry); building {LOCAL_POSTGRES} from the host's PostgreSQL 15"
-        );
-    }
-    build_postgres()?;
-    Ok(LOCAL_POSTGRES)
+    ensure_image(
+        force,
+        OFFICIAL_POSTGRES,
+        LOCAL_POSTGRES,
+        "the host's PostgreSQL 15",
+        build_postgres,
+    )
 }
 
 /// The entry script of the local PostgreSQL image: initialise on first start

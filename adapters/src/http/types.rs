@@ -241,26 +241,34 @@ text_field!(
     "Ada",
     true
 );
-// An e-mail address: one `@`, text before it, a dotted domain after it that
-// neither starts nor ends with a dot, no white space; at most 254 characters.
+/// The document's pattern for an e-mail address: one `@`, text before it, a
+/// dotted domain after it that neither starts nor ends with a dot, no white
+/// space (the domain's `Email` rule).
+macro_rules! email_pattern {
+    () => {
+        concat!(
+            "^[^@",
+            white_space!(),
+            "]+@[^@.",
+            white_space!(),
+            "][^@",
+            white_space!(),
+            "]*\\.[^@",
+            white_space!(),
+            "]*[^@.",
+            white_space!(),
+            "]$"
+        )
+    };
+}
+
+// An e-mail address, at most 254 characters.
 text_field!(
     EmailText,
     "string_email",
     3,
     254,
-    concat!(
-        "^[^@",
-        white_space!(),
-        "]+@[^@.",
-        white_space!(),
-        "][^@",
-        white_space!(),
-        "]*\\.[^@",
-        white_space!(),
-        "]*[^@.",
-        white_space!(),
-        "]$"
-    ),
+    email_pattern!(),
     "ada.lovelace@example.com"
 );
 // The same in a change, where `null` keeps the address.
@@ -269,19 +277,7 @@ text_field!(
     "string_email_or_null",
     3,
     254,
-    concat!(
-        "^[^@",
-        white_space!(),
-        "]+@[^@.",
-        white_space!(),
-        "][^@",
-        white_space!(),
-        "]*\\.[^@",
-        white_space!(),
-        "]*[^@.",
-        white_space!(),
-        "]$"
-    ),
+    email_pattern!(),
     "ada.lovelace@example.com",
     true
 );

@@ -402,8 +402,14 @@ async fn an_acl_user_that_may_only_read_keeps_hitting_and_health_says_why() {
         ],
     )
     .await;
-    // John's mappings, written by someone who may write.
+    // John's record and mappings, written by someone who may write.
     let mut raw = redis.raw().await;
+    let record = format!(
+        r#"{{"id":1,"uuid":"{JOHN}","first_name":"John","last_name":"Doe","email":"john.doe@example.com","version":1}}"#
+    );
+    let _: () = redis::AsyncCommands::set(&mut raw, format!("user:record:{JOHN}"), record)
+        .await
+        .unwrap();
     let _: () = redis::AsyncCommands::set(&mut raw, format!("user:uuid-to-id:{JOHN}"), "1")
         .await
         .unwrap();
