@@ -187,8 +187,7 @@ impl Email {
 /// last_name, email, version}`) is the record cache's; reading it back
 /// validates every part, so a tampered record is a decode error (a miss),
 /// never a bad user.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "UserParts")]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct User {
     id: UserId,
     uuid: UserUuid,
@@ -319,14 +318,19 @@ impl User {
     }
 }
 
-/// A user as stored, before validation.
+/// A user as stored, before validation. Its text borrows from the input
+/// where it can (no escapes): each part is copied once, into the `User`.
 #[derive(Deserialize)]
-struct UserParts {
+struct UserParts<'a> {
     id: i64,
-    uuid: String,
-    first_name: String,
-    last_name: String,
-    email: String,
+    #[serde(borrow)]
+    uuid: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    first_name: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    last_name: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    email: std::borrow::Cow<'a, str>,
     /// Records cached before versions existed read as the first version.
     #[serde(default = "first_version")]
     version: u64,
@@ -336,9 +340,9 @@ fn first_version() -> u64 {
     Version::FIRST.get()
 }
 
-impl TryFrom<UserParts> for User {
+impl TryFrom<UserParts<'_>> for User {
     type Error = ValidationError;
-    fn try_from(parts: UserParts) -> Result<Self, ValidationError> {
+    fn try_from(parts: UserParts<'_>) -> Result<Self, ValidationError> {
         Ok(User::new(
             UserId::new(parts.id)?,
             UserUuid::parse(&parts.uuid)?,
@@ -347,6 +351,14 @@ impl TryFrom<UserParts> for User {
             Email::new(&parts.email)?,
         )
         .with_version(Version::new(parts.version)))
+    }
+}
+
+/// Every part validated (see [`User`]); a rule broken is a decode error.
+impl<'de> Deserialize<'de> for User {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let parts = UserParts::deserialize(deserializer)?;
+        User::try_from(parts).map_err(serde::de::Error::custom)
     }
 }
 
@@ -449,6 +461,21 @@ mod tests {
         ] {
             assert!(Email::new(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn a_record_decodes_with_and_without_escapes_and_a_broken_rule_is_an_error() {
+        let plain = r#"{"id":1,"uuid":"550e8400-e29b-41d4-a716-446655440001","first_name":"Jo","last_name":"Doe","email":"jo@example.com","version":3}"#;
+        let user: User = serde_json::from_str(plain).unwrap();
+        assert_eq!((user.first_name().as_str(), user.version()), ("Jo", Version::new(3)));
+        let escaped = plain.replace("\"Jo\"", "\"Jo\\u00e3o\"");
+        let user: User = serde_json::from_str(&escaped).unwrap();
+        assert_eq!(user.first_name().as_str(), "Jo\u{e3}o");
+        let old = plain.replace(",\"version\":3", "");
+        let user: User = serde_json::from_str(&old).unwrap();
+        assert_eq!(user.version(), Version::FIRST, "records from before versions");
+        let blank = plain.replace("\"Jo\"", "\"  \"");
+        assert!(serde_json::from_str::<User>(&blank).is_err());
     }
 
     #[test]

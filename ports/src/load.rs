@@ -566,6 +566,12 @@ mod tests {
         TypedCache::new(backend.clone() as crate::SharedBackend)
     }
 
+    /// Another instance's cache over the same backend (its own flights,
+    /// negatives and pending fences).
+    fn cache_of(backend: &Arc<MapBackend>) -> TypedCache<Squares> {
+        cache(backend)
+    }
+
     /// A loader that counts its calls and answers once `gate` opens.
     fn gated_loader(
         calls: &Arc<AtomicUsize>,
@@ -972,6 +978,29 @@ mod tests {
             None,
             "the stale value was not filled"
         );
+    }
+
+    #[tokio::test]
+    async fn a_fence_lost_to_an_outage_is_written_before_the_cache_serves_again() {
+        let backend = Arc::new(MapBackend::default());
+        let cache = cache(&backend);
+        cache.set(&7, &48).await.unwrap();
+        backend.set_down(true);
+        cache.fence(&7).await;
+        backend.set_down(false);
+        // The old value is still stored; this cache must not serve it, and
+        // its first read writes the fence every other instance will see.
+        assert_eq!(cache.get(&7).await, None);
+        assert_eq!(backend.raw("test:squares:7").as_deref(), Some(WRITE_FENCE));
+        let another_instance = cache_of(&backend);
+        assert_eq!(another_instance.get(&7).await, None);
+        // Once written, loads fill again after the fence as usual.
+        backend.remove("test:squares:7");
+        let loaded = cache
+            .get_or_load(&7, || async { Ok::<_, StoreDown>(Some(49)) })
+            .await;
+        assert_eq!(loaded, Ok(Some(49)));
+        assert_eq!(backend.text("test:squares:7").as_deref(), Some("49"));
     }
 
     #[tokio::test]

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -19,6 +19,7 @@ pub struct MapBackend {
     mgets: AtomicUsize,
     msets: AtomicUsize,
     ttls: Mutex<Vec<Option<Duration>>>,
+    down: AtomicBool,
 }
 
 impl MapBackend {
@@ -59,6 +60,18 @@ impl MapBackend {
         self.mgets.load(Ordering::SeqCst)
     }
 
+    /// Every operation fails (`true`) or works again (`false`): an outage.
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+    }
+
+    fn up(&self) -> Result<(), BackendError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(BackendError::Unavailable("the map is down".into()));
+        }
+        Ok(())
+    }
+
     /// Removes `key` (as its expiry would).
     pub fn remove(&self, key: &str) {
         self.lock().remove(key);
@@ -81,6 +94,7 @@ impl CacheBackend for MapBackend {
         "map"
     }
     async fn get(&self, key: &str) -> Result<Option<Bytes>, BackendError> {
+        self.up()?;
         Ok(self.lock().get(key).cloned())
     }
     async fn set(
@@ -89,6 +103,7 @@ impl CacheBackend for MapBackend {
         value: Bytes,
         ttl: Option<Duration>,
     ) -> Result<(), BackendError> {
+        self.up()?;
         self.ttls
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -97,6 +112,7 @@ impl CacheBackend for MapBackend {
         Ok(())
     }
     async fn delete(&self, key: &str) -> Result<bool, BackendError> {
+        self.up()?;
         Ok(self.lock().remove(key).is_some())
     }
     async fn compare_and_delete(&self, key: &str, expected: &[u8]) -> Result<bool, BackendError> {
@@ -108,11 +124,13 @@ impl CacheBackend for MapBackend {
         Ok(false)
     }
     async fn mget(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>, BackendError> {
+        self.up()?;
         self.mgets.fetch_add(1, Ordering::SeqCst);
         let map = self.lock();
         Ok(keys.iter().map(|k| map.get(k).cloned()).collect())
     }
     async fn mset(&self, entries: &[Entry]) -> Result<(), BackendError> {
+        self.up()?;
         self.msets.fetch_add(1, Ordering::SeqCst);
         let mut map = self.lock();
         for entry in entries {

@@ -25,6 +25,53 @@ pub const MAX_BATCH: usize = 100;
 /// with `redis-cli`. Reads see it as a miss, never as a corrupt entry.
 pub const WRITE_FENCE: &[u8] = b"\x00cachemanager:write-fence";
 
+/// The most fences one cache remembers while the backend refuses them.
+const MAX_PENDING_FENCES: usize = 10_000;
+
+/// Fences the backend could not store (it was failing). Until each is
+/// written, its key is a miss here and is never filled; the first read after
+/// the outage writes them all, so every instance stops serving the old
+/// values as soon as this one touches the cache again.
+#[derive(Default)]
+struct PendingFences {
+    any: std::sync::atomic::AtomicBool,
+    keys: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+impl PendingFences {
+    fn keys(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
+        self.keys.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether any fence waits: one relaxed load on every read.
+    #[inline]
+    fn any(&self) -> bool {
+        self.any.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn add(&self, key: String) -> bool {
+        let mut keys = self.keys();
+        if keys.len() >= MAX_PENDING_FENCES {
+            return false;
+        }
+        keys.insert(key);
+        self.any.store(true, std::sync::atomic::Ordering::Relaxed);
+        true
+    }
+
+    fn contains(&self, key: &str) -> bool {
+        self.any() && self.keys().contains(key)
+    }
+
+    fn remove(&self, key: &str) {
+        let mut keys = self.keys();
+        keys.remove(key);
+        if keys.is_empty() {
+            self.any.store(false, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
 /// Everything that defines one cache, fixed at compile time.
 ///
 /// A new cache is a zero-sized type and one impl:
@@ -101,6 +148,8 @@ pub struct TypedCache<D: CacheDefinition> {
     /// Loads in flight and remembered absences: shared by clones.
     pub(crate) flights: Arc<Flights<D::Value>>,
     pub(crate) negatives: Arc<Negatives>,
+    /// Fences the backend refused (an outage): written before anything is served again.
+    pending: Arc<PendingFences>,
     observer: Option<Arc<dyn CacheObserver>>,
     companions: Option<Companions<D::Value>>,
     _definition: PhantomData<fn() -> D>,
@@ -119,6 +168,7 @@ impl<D: CacheDefinition> Clone for TypedCache<D> {
             loading: self.loading.clone(),
             flights: self.flights.clone(),
             negatives: self.negatives.clone(),
+            pending: self.pending.clone(),
             observer: self.observer.clone(),
             companions: self.companions.clone(),
             _definition: PhantomData,
@@ -153,6 +203,7 @@ impl<D: CacheDefinition> TypedCache<D> {
             },
             flights: Arc::default(),
             negatives: Arc::default(),
+            pending: Arc::default(),
             observer: None,
             companions: None,
             _definition: PhantomData,
@@ -330,6 +381,12 @@ impl<D: CacheDefinition> TypedCache<D> {
     }
 
     async fn read_unobserved(&self, key: &str) -> Option<D::Value> {
+        if self.pending.any() {
+            self.write_pending_fences().await;
+            if self.pending.contains(key) {
+                return None;
+            }
+        }
         match self.backend.get(key).await {
             Ok(Some(raw)) if raw.as_ref() == WRITE_FENCE => None,
             Ok(Some(raw)) => self.decode_or_invalidate(key, raw).await,
@@ -363,6 +420,9 @@ impl<D: CacheDefinition> TypedCache<D> {
     /// committed after the load read the store may have fenced the key, and
     /// that fence may be gone by now).
     fn may_fill(&self, started: std::time::Instant, key: &str) -> bool {
+        if self.pending.contains(key) {
+            return false;
+        }
         let fresh = started.elapsed() < self.loading.write_fence;
         if !fresh {
             tracing::debug!(namespace = D::NAMESPACE, %key, "load outlasted the write fence; not cached");
@@ -414,6 +474,9 @@ impl<D: CacheDefinition> TypedCache<D> {
         }
         let mut entries = Vec::with_capacity(values.len());
         for (key, value) in values {
+            if self.pending.contains(key) {
+                continue;
+            }
             match self.encode(value) {
                 Ok(bytes) => {
                     entries.push(Entry::new(key.clone(), bytes, self.write_expiry()).if_absent());
@@ -480,6 +543,28 @@ impl<D: CacheDefinition> TypedCache<D> {
             .await
         {
             self.swallowed("fence", &full, &error);
+            if self.pending.add(full.clone()) {
+                tracing::warn!(namespace = D::NAMESPACE, key = %full, "write fence not stored; written before this cache serves again");
+            } else {
+                tracing::error!(namespace = D::NAMESPACE, key = %full, "write fence lost: too many pending; the old value may be served until its TTL");
+            }
+        }
+    }
+
+    /// Writes the fences the backend refused earlier; stops at the first
+    /// that fails again (still down).
+    async fn write_pending_fences(&self) {
+        let keys: Vec<String> = self.pending.keys().iter().cloned().collect();
+        for key in keys {
+            let fence = Bytes::from_static(WRITE_FENCE);
+            match self
+                .backend
+                .set(&key, fence, Some(self.loading.write_fence))
+                .await
+            {
+                Ok(()) => self.pending.remove(&key),
+                Err(_) => return,
+            }
         }
     }
 
@@ -544,6 +629,9 @@ impl<D: CacheDefinition> TypedCache<D> {
             return Ok(Vec::new());
         }
         let full_keys: Vec<String> = keys.iter().map(|k| self.key(k)).collect();
+        if self.pending.any() {
+            self.write_pending_fences().await;
+        }
         let raw = match self.backend.mget(&full_keys).await {
             Ok(raw) if raw.len() == full_keys.len() => raw,
             Ok(raw) => {
@@ -566,6 +654,7 @@ impl<D: CacheDefinition> TypedCache<D> {
         let mut values = Vec::with_capacity(raw.len());
         for (key, stored) in full_keys.iter().zip(raw) {
             let value = match stored {
+                _ if self.pending.contains(key) => None,
                 Some(bytes) if bytes.as_ref() == WRITE_FENCE => None,
                 Some(bytes) => self.decode_or_invalidate(key, bytes).await,
                 None => None,
