@@ -98,7 +98,8 @@ pub fn build_backend(settings: &Settings) -> Result<BuiltBackend, StartupError> 
 
 /// Opens the users store, applies the migrations (unless `store.migrate` is
 /// off) and, when it holds no user, imports `users.file` or the seed's ten
-/// sample users.
+/// sample users. With migrations off, a database that does not answer is
+/// logged and the service starts anyway (what the cache holds is served).
 ///
 /// # Errors
 /// [`StartupError::Store`] or [`StartupError::Users`].
@@ -107,10 +108,22 @@ pub async fn open_store(settings: &Settings) -> Result<SqlStore, StartupError> {
     if settings.store.migrate {
         store.migrate().await?;
     }
-    let empty = store.count().await.map_err(|e| StoreSetupError::Connect {
-        url: store.target().to_owned(),
-        reason: e.to_string(),
-    })? == 0;
+    let empty = match store.count().await {
+        Ok(count) => count == 0,
+        // Without migrations at start, a database that is down does not stop
+        // the service: it serves what the cache holds and answers the rest 503.
+        Err(error) if !settings.store.migrate => {
+            tracing::warn!(%error, store = store.target(), "users store unreachable at start; serving what the cache holds");
+            false
+        }
+        Err(error) => {
+            return Err(StoreSetupError::Connect {
+                url: store.target().to_owned(),
+                reason: error.to_string(),
+            }
+            .into());
+        }
+    };
     if empty {
         let (users, from) = match &settings.users.file {
             Some(path) => (

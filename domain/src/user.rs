@@ -467,13 +467,20 @@ mod tests {
     fn a_record_decodes_with_and_without_escapes_and_a_broken_rule_is_an_error() {
         let plain = r#"{"id":1,"uuid":"550e8400-e29b-41d4-a716-446655440001","first_name":"Jo","last_name":"Doe","email":"jo@example.com","version":3}"#;
         let user: User = serde_json::from_str(plain).unwrap();
-        assert_eq!((user.first_name().as_str(), user.version()), ("Jo", Version::new(3)));
+        assert_eq!(
+            (user.first_name().as_str(), user.version()),
+            ("Jo", Version::new(3))
+        );
         let escaped = plain.replace("\"Jo\"", "\"Jo\\u00e3o\"");
         let user: User = serde_json::from_str(&escaped).unwrap();
         assert_eq!(user.first_name().as_str(), "Jo\u{e3}o");
         let old = plain.replace(",\"version\":3", "");
         let user: User = serde_json::from_str(&old).unwrap();
-        assert_eq!(user.version(), Version::FIRST, "records from before versions");
+        assert_eq!(
+            user.version(),
+            Version::FIRST,
+            "records from before versions"
+        );
         let blank = plain.replace("\"Jo\"", "\"  \"");
         assert!(serde_json::from_str::<User>(&blank).is_err());
     }

@@ -401,3 +401,29 @@ async fn while_the_database_does_not_answer_warm_hits_serve_and_the_rest_is_503_
         "misses are served again once the database answers"
     );
 }
+
+/// With migrations left to a deploy step, the service starts while its
+/// database does not answer, and says so per request (503), not by dying.
+#[tokio::test]
+async fn without_migrations_at_start_the_service_starts_while_the_database_does_not_answer() {
+    let server = TestPostgres::shared();
+    let upstream: std::net::SocketAddr = format!("127.0.0.1:{}", server.port).parse().unwrap();
+    let proxy = tests::proxy::FaultProxy::start(upstream).await;
+    let url = server.fresh_database().await.replace(
+        &format!(":{}/", server.port),
+        &format!(":{}/", proxy.address.port()),
+    );
+    proxy.set_latency(Duration::from_secs(30));
+    let app = tests::spawn_app(&[
+        ("CACHEMANAGER__STORE__URL", url.as_str()),
+        ("CACHEMANAGER__STORE__PASSWORD", server.password.as_str()),
+        ("CACHEMANAGER__STORE__MIGRATE", "false"),
+        ("CACHEMANAGER__STORE__STATEMENT_TIMEOUT_MS", "300"),
+        ("CACHEMANAGER__STORE__ACQUIRE_TIMEOUT_MS", "300"),
+    ])
+    .await;
+    assert_eq!(app.get("/health/ready").await.status(), 200);
+    let answer = app.get("/users/550e8400-e29b-41d4-a716-446655440001").await;
+    assert_eq!(answer.status(), 503);
+    proxy.set_latency(Duration::ZERO);
+}
