@@ -402,9 +402,11 @@ impl SqlStore {
             }
             if self.kind() == StoreKind::Postgres {
                 // Explicit ids leave the identity behind: move it past them.
+                // On an empty table: 1, not yet used, so the next id is 1.
                 sqlx::query(
                     "SELECT setval(pg_get_serial_sequence('users', 'id'), \
-                     GREATEST((SELECT MAX(id) FROM users), 1))",
+                     COALESCE((SELECT MAX(id) FROM users), 1), \
+                     (SELECT MAX(id) FROM users) IS NOT NULL)",
                 )
                 .execute(&mut *tx)
                 .await

@@ -218,6 +218,11 @@ mod bodies {
         assert_eq!(generated.map(|u| u.id().get()), Some(13));
     }
 
+    pub async fn an_empty_import_leaves_the_first_id_at_one(s: SqlStore) {
+        assert_eq!(s.import(&[]).await.unwrap(), 0);
+        assert_eq!(s.create(new_user(1)).await.unwrap().id().get(), 1);
+    }
+
     pub async fn migrations_apply_once_and_again_without_harm(s: SqlStore) {
         s.migrate().await.unwrap();
         s.migrate().await.unwrap();
@@ -259,7 +264,7 @@ macro_rules! store_suite {
                 a_created_user_is_found_by_every_read, absence_is_none_or_shorter_never_an_error,
                 pages_by_offset_and_by_keyset_agree, each_write_raises_the_version_and_if_match_guards_it,
                 email_addresses_are_unique, an_import_keeps_ids_and_uuids_and_new_users_come_after,
-                migrations_apply_once_and_again_without_harm,
+                migrations_apply_once_and_again_without_harm, an_empty_import_leaves_the_first_id_at_one,
                 concurrent_conditional_writes_let_exactly_one_win);
         }
     };
