@@ -301,14 +301,43 @@ pub struct TestApp {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     /// The SQLite file made for it, removed on drop.
-    database: Option<std::path::PathBuf>,
+    _database: Option<SqliteFile>,
 }
 
-/// A fresh SQLite file path in the temp dir, for one service.
-fn fresh_sqlite() -> std::path::PathBuf {
-    std::env::temp_dir()
-        .join("cachemanager-tests")
-        .join(format!("{}.db", uuid::Uuid::new_v4().simple()))
+/// A fresh SQLite database path in the temp dir; the file (with its `-wal`
+/// and `-shm`) is removed on drop.
+pub struct SqliteFile(pub std::path::PathBuf);
+
+impl SqliteFile {
+    /// A path no other test uses.
+    pub fn new() -> Self {
+        Self(
+            std::env::temp_dir()
+                .join("cachemanager-tests")
+                .join(format!("{}.db", uuid::Uuid::new_v4().simple())),
+        )
+    }
+
+    /// `sqlite://{path}`.
+    pub fn url(&self) -> String {
+        format!("sqlite://{}", self.0.display())
+    }
+}
+
+impl Default for SqliteFile {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for SqliteFile {
+    fn drop(&mut self) {
+        for suffix in ["", "-wal", "-shm"] {
+            let mut path = self.0.as_os_str().to_owned();
+            path.push(suffix);
+            let _ = std::fs::remove_file(path);
+        }
+    }
 }
 
 impl TestApp {
@@ -369,13 +398,6 @@ impl Drop for TestApp {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        if let Some(file) = self.database.take() {
-            for suffix in ["", "-wal", "-shm"] {
-                let mut path = file.clone().into_os_string();
-                path.push(suffix);
-                let _ = std::fs::remove_file(path);
-            }
-        }
     }
 }
 
@@ -392,11 +414,8 @@ pub async fn spawn_app(vars: &[(&str, &str)]) -> TestApp {
         .or_insert_with(|| "0".into());
     let mut database = None;
     if !env.contains_key("CACHEMANAGER__STORE__URL") && !env.contains_key("DATABASE_URL") {
-        let file = fresh_sqlite();
-        env.insert(
-            "CACHEMANAGER__STORE__URL".into(),
-            format!("sqlite://{}", file.display()),
-        );
+        let file = SqliteFile::new();
+        env.insert("CACHEMANAGER__STORE__URL".into(), file.url());
         database = Some(file);
     }
     let settings = match Settings::load(None, &env) {
@@ -420,7 +439,7 @@ pub async fn spawn_app(vars: &[(&str, &str)]) -> TestApp {
             .expect("a client"),
         stop: Some(stop),
         server: Some(server),
-        database,
+        _database: database,
     }
 }
 

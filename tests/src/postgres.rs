@@ -181,4 +181,19 @@ impl TestPostgres {
         let _ = connection.close().await;
         self.url_of(&name)
     }
+
+    /// A new, empty database reached through a fault proxy (to stall or
+    /// black-hole it): the proxy, and the database's URL through it.
+    ///
+    /// # Panics
+    /// When the server refuses.
+    pub async fn fresh_database_behind_proxy(&self) -> (crate::proxy::FaultProxy, String) {
+        let upstream = std::net::SocketAddr::from(([127, 0, 0, 1], self.port));
+        let proxy = crate::proxy::FaultProxy::start(upstream).await;
+        let url = self.fresh_database().await.replace(
+            &format!(":{}/", self.port),
+            &format!(":{}/", proxy.address.port()),
+        );
+        (proxy, url)
+    }
 }

@@ -43,11 +43,7 @@ pub fn check(args: &[String]) -> Result<()> {
     let binary = crate::target_dir().join("debug/cachemanager");
     // A database of its own, made afresh: generated writes must not pile up.
     let database = crate::target_dir().join("xtask/api-check.db");
-    for suffix in ["", "-wal", "-shm"] {
-        let mut path = database.clone().into_os_string();
-        path.push(suffix);
-        let _ = std::fs::remove_file(path);
-    }
+    crate::remove_sqlite(&database);
     let _service = Service(
         Command::new(&binary)
             .env_clear()

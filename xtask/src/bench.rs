@@ -254,11 +254,7 @@ impl Service {
         if !extra.iter().any(|(k, _)| *k == "DATABASE_URL") {
             // A database of its own, made afresh (and filled from the users file).
             let file = crate::target_dir().join(format!("bench/store-{port}.db"));
-            for suffix in ["", "-wal", "-shm"] {
-                let mut path = file.clone().into_os_string();
-                path.push(suffix);
-                let _ = fs::remove_file(path);
-            }
+            crate::remove_sqlite(&file);
             command.env(
                 "CACHEMANAGER__STORE__URL",
                 format!("sqlite://{}", file.display()),

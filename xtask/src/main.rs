@@ -179,6 +179,16 @@ fn remove_test_containers() -> Result<()> {
     Ok(())
 }
 
+/// Removes the SQLite database at `file` with its `-wal` and `-shm` files,
+/// so a service made to use it starts on an empty store.
+pub(crate) fn remove_sqlite(file: &std::path::Path) {
+    for suffix in ["", "-wal", "-shm"] {
+        let mut path = file.as_os_str().to_owned();
+        path.push(suffix);
+        let _ = std::fs::remove_file(path);
+    }
+}
+
 /// Runs `program args...` from the workspace root with `envs`, streaming its output.
 pub(crate) fn run(program: &str, args: &[&str], envs: &[(&str, &str)]) -> Result<()> {
     let status = Command::new(program)

@@ -166,20 +166,32 @@ fn etag(version: Version) -> String {
     format!("\"{version}\"")
 }
 
+/// How a header's weak tags compare (RFC 9110, 8.8.3.2): weakly for
+/// `If-None-Match`, strongly for `If-Match`, where a weak tag matches nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Compare {
+    Weak,
+    Strong,
+}
+
 /// The entity tags of an `If-None-Match` or `If-Match` header: `None` for
-/// `*`, else each tag's version (weak tags compared weakly for
-/// `If-None-Match`; a tag this service did not make is version 0, which no
-/// user ever has).
-fn tags(header: &str) -> Option<Vec<Version>> {
+/// `*`, else each tag's version (a tag this service did not make is version
+/// 0, which no user ever has; with [`Compare::Strong`] weak tags are left
+/// out, so a header of only those names no version).
+fn tags(header: &str, compare: Compare) -> Option<Vec<Version>> {
     if header.trim() == "*" {
         return None;
     }
     Some(
         header
             .split(',')
+            .map(str::trim)
+            .filter_map(|tag| match tag.strip_prefix("W/") {
+                Some(_) if compare == Compare::Strong => None,
+                Some(weak) => Some(weak),
+                None => Some(tag),
+            })
             .map(|tag| {
-                let tag = tag.trim();
-                let tag = tag.strip_prefix("W/").unwrap_or(tag);
                 tag.strip_prefix('"')
                     .and_then(|t| t.strip_suffix('"'))
                     .and_then(|t| t.parse::<u64>().ok())
@@ -456,27 +468,10 @@ impl<Q, C> UsersApi<Q, C> {
 }
 
 /// The versions an `If-Match` allows a write at: `None` for none or `*`;
-/// else each strong tag's version (RFC 9110 compares `If-Match` strongly: a
-/// weak tag, like a tag this service did not make, matches nothing, so a
-/// header of only those allows no version and the write answers 412).
+/// else each strong tag's version (a header of only weak or foreign tags
+/// allows no version, and the write answers 412).
 fn if_match(header: Option<&str>) -> Option<Vec<Version>> {
-    let header = header?;
-    if header.trim() == "*" {
-        return None;
-    }
-    Some(
-        header
-            .split(',')
-            .map(str::trim)
-            .filter(|tag| !tag.starts_with("W/"))
-            .map(|tag| {
-                tag.strip_prefix('"')
-                    .and_then(|t| t.strip_suffix('"'))
-                    .and_then(|t| t.parse::<u64>().ok())
-                    .map_or(Version::new(0), Version::new)
-            })
-            .collect(),
-    )
+    header.and_then(|h| tags(h, Compare::Strong))
 }
 
 /// Runs `write` once without a condition, or once per version `allowed`
@@ -606,7 +601,7 @@ impl<Q: UserQueries, C: UserCommands> UsersApi<Q, C> {
         match self.queries.user_by_uuid(uuid).await {
             Ok(user) => {
                 let version = user.version();
-                let current = match if_none_match.0.as_deref().map(tags) {
+                let current = match if_none_match.0.as_deref().map(|h| tags(h, Compare::Weak)) {
                     Some(None) => true,
                     Some(Some(held)) => held.contains(&version),
                     None => false,
@@ -841,17 +836,26 @@ mod unit {
 
     #[test]
     fn entity_tags_parse_strong_weak_lists_and_star() {
-        assert_eq!(tags("\"3\""), Some(vec![Version::new(3)]));
+        let weak = Compare::Weak;
+        assert_eq!(tags("\"3\"", weak), Some(vec![Version::new(3)]));
         assert_eq!(
-            tags("W/\"3\", \"4\""),
+            tags("W/\"3\", \"4\"", weak),
             Some(vec![Version::new(3), Version::new(4)])
         );
-        assert_eq!(tags("*"), None);
+        assert_eq!(tags("*", weak), None);
         assert_eq!(
-            tags("\"abc\""),
+            tags("\"abc\"", weak),
             Some(vec![Version::new(0)]),
             "never matches"
         );
+        assert_eq!(
+            tags("W/\"3\", \"4\"", Compare::Strong),
+            Some(vec![Version::new(4)]),
+            "If-Match compares strongly"
+        );
+        assert_eq!(if_match(Some("W/\"3\"")), Some(vec![]));
+        assert_eq!(if_match(Some("*")), None);
+        assert_eq!(if_match(None), None);
         assert_eq!(etag(Version::new(7)), "\"7\"");
     }
 

@@ -10,7 +10,7 @@ use domain::{
     Email, Name, NewUser, Page, RepositoryError, UserChanges, UserId, UserRepository, UserUuid,
     Version,
 };
-use tests::TestPostgres;
+use tests::{SqliteFile, TestPostgres};
 
 fn new_user(n: u32) -> NewUser {
     NewUser {
@@ -28,10 +28,10 @@ fn renamed(last: &str) -> UserChanges {
 }
 
 /// A store over a fresh SQLite file; the guard removes it.
-pub async fn sqlite_store() -> (SqlStore, TempFile) {
-    let file = TempFile::new();
+pub async fn sqlite_store() -> (SqlStore, SqliteFile) {
+    let file = SqliteFile::new();
     let config = StoreConfig {
-        url: format!("sqlite://{}", file.0.display()),
+        url: file.url(),
         ..StoreConfig::default()
     };
     let store = SqlStore::connect(&config).await.unwrap();
@@ -56,29 +56,6 @@ pub async fn postgres_store_with(change: impl FnOnce(&mut StoreConfig)) -> (SqlS
     let store = SqlStore::connect(&config).await.unwrap();
     store.migrate().await.unwrap();
     (store, ())
-}
-
-/// A file path removed (with SQLite's -wal and -shm) on drop.
-pub struct TempFile(pub std::path::PathBuf);
-
-impl TempFile {
-    pub fn new() -> Self {
-        Self(
-            std::env::temp_dir()
-                .join("cachemanager-tests")
-                .join(format!("{}.db", uuid::Uuid::new_v4().simple())),
-        )
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        for suffix in ["", "-wal", "-shm"] {
-            let mut path = self.0.clone().into_os_string();
-            path.push(suffix);
-            let _ = std::fs::remove_file(path);
-        }
-    }
 }
 
 mod bodies {
@@ -284,15 +261,9 @@ store_suite!(postgres, postgres_store);
 #[tokio::test]
 async fn a_database_that_does_not_answer_is_unavailable_within_the_statement_timeout() {
     let server = TestPostgres::shared();
-    let upstream: std::net::SocketAddr = format!("127.0.0.1:{}", server.port).parse().unwrap();
-    let proxy = tests::proxy::FaultProxy::start(upstream).await;
-    let url = server.fresh_database().await;
-    let through_proxy = url.replace(
-        &format!(":{}/", server.port),
-        &format!(":{}/", proxy.address.port()),
-    );
+    let (proxy, url) = server.fresh_database_behind_proxy().await;
     let config = StoreConfig {
-        url: through_proxy,
+        url,
         password: Some(Secret::new(server.password.clone())),
         statement_timeout: Duration::from_millis(300),
         ..StoreConfig::default()
@@ -315,12 +286,7 @@ async fn a_database_that_does_not_answer_is_unavailable_within_the_statement_tim
 #[tokio::test]
 async fn while_the_database_does_not_answer_warm_hits_serve_and_the_rest_is_503_within_the_bound() {
     let server = TestPostgres::shared();
-    let upstream: std::net::SocketAddr = format!("127.0.0.1:{}", server.port).parse().unwrap();
-    let proxy = tests::proxy::FaultProxy::start(upstream).await;
-    let url = server.fresh_database().await.replace(
-        &format!(":{}/", server.port),
-        &format!(":{}/", proxy.address.port()),
-    );
+    let (proxy, url) = server.fresh_database_behind_proxy().await;
     let redis = tests::TestRedis::start().await;
     let app = tests::spawn_app_on_redis(
         &redis,
@@ -412,12 +378,7 @@ async fn while_the_database_does_not_answer_warm_hits_serve_and_the_rest_is_503_
 #[tokio::test]
 async fn without_migrations_at_start_the_service_starts_while_the_database_does_not_answer() {
     let server = TestPostgres::shared();
-    let upstream: std::net::SocketAddr = format!("127.0.0.1:{}", server.port).parse().unwrap();
-    let proxy = tests::proxy::FaultProxy::start(upstream).await;
-    let url = server.fresh_database().await.replace(
-        &format!(":{}/", server.port),
-        &format!(":{}/", proxy.address.port()),
-    );
+    let (proxy, url) = server.fresh_database_behind_proxy().await;
     proxy.set_latency(Duration::from_secs(30));
     let app = tests::spawn_app(&[
         ("CACHEMANAGER__STORE__URL", url.as_str()),
