@@ -3,7 +3,10 @@
 
 use std::sync::Arc;
 
-use ports::{BackendError, CachePolicy, Entry, SharedBackend, Timer, TypedCache, WriteBatch};
+use ports::{
+    BackendError, CacheObserver, CachePolicy, Entry, ManagedCache, SharedBackend, Timer,
+    TypedCache, WriteBatch,
+};
 
 use crate::User;
 use crate::caches::{
@@ -85,6 +88,31 @@ impl CacheManager {
             id_to_uuid,
             backend,
         }
+    }
+
+    /// The same caches reporting every outcome to `observer` (metrics).
+    pub fn observed_by(mut self, observer: Arc<dyn CacheObserver>) -> Self {
+        self.records = self.records.with_observer(observer.clone());
+        self.uuid_to_id = self.uuid_to_id.with_observer(observer.clone());
+        self.id_to_uuid = self.id_to_uuid.with_observer(observer);
+        self
+    }
+
+    /// The namespace of every cache, for observers that resolve them once.
+    pub const NAMESPACES: [&'static str; 3] = [
+        <UserRecords as ports::CacheDefinition>::NAMESPACE,
+        <UuidToId as ports::CacheDefinition>::NAMESPACE,
+        <IdToUuid as ports::CacheDefinition>::NAMESPACE,
+    ];
+
+    /// Every cache, erased, for operators (the admin API): what each is
+    /// configured with, and removing entries.
+    pub fn managed(&self) -> Vec<Arc<dyn ManagedCache>> {
+        vec![
+            Arc::new(self.records.clone()),
+            Arc::new(self.uuid_to_id.clone()),
+            Arc::new(self.id_to_uuid.clone()),
+        ]
     }
 
     /// The user record cache.

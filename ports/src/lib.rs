@@ -20,7 +20,9 @@ mod error;
 mod key;
 mod limiter;
 mod load;
+mod managed;
 mod policy;
+mod redact;
 #[cfg(any(test, feature = "mocks"))]
 pub mod testing;
 mod typed;
@@ -34,8 +36,10 @@ pub use error::{BackendError, CacheError, CodecError};
 pub use key::{CacheKey, full_key};
 pub use limiter::LogLimiter;
 pub use load::{CacheEvent, CacheObserver, LoadError, Timer};
+pub use managed::{CacheInfo, ManagedCache};
 pub use policy::{
     CachePolicy, DEFAULT_LOAD_TIMEOUT, DEFAULT_MAX_VALUE_BYTES, DEFAULT_TTL_JITTER,
     DEFAULT_WRITE_FENCE, Ttl,
 };
+pub use redact::{LoggedKey, show_keys_in_logs};
 pub use typed::{CacheDefinition, Companions, LOG_WINDOW, MAX_BATCH, TypedCache, WRITE_FENCE};

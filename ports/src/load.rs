@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
+use tracing::Instrument as _;
 
 use crate::error::CacheError;
 use crate::typed::{CacheDefinition, TypedCache, check_batch};
@@ -385,9 +386,22 @@ where
     ) -> SharedLoad<D::Value> {
         let cache = self.clone();
         let flights: Weak<Flights<D::Value>> = Arc::downgrade(&self.flights);
+        // The load's span: a child of the request that started it.
+        let span = crate::typed::cache_span(D::NAMESPACE, "load", self.backend(), &full);
+        let traced = span.clone();
         async move {
             let started = Instant::now();
             let result = cache.bounded(loader).await;
+            if !span.is_disabled() {
+                span.record(
+                    "cache.outcome",
+                    match &result {
+                        Ok(Some(_)) => "found",
+                        Ok(None) => "absent",
+                        Err(_) => "failed",
+                    },
+                );
+            }
             match &result {
                 Ok(Some(value)) => {
                     cache.observe(crate::CacheEvent::Loaded {
@@ -414,6 +428,7 @@ where
             }
             result
         }
+        .instrument(traced)
         .boxed()
         .shared()
     }

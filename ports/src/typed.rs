@@ -15,6 +15,7 @@ use crate::key::{CacheKey, full_key};
 use crate::limiter::LogLimiter;
 use crate::load::{CacheEvent, CacheObserver, Flights, Negatives, Timer};
 use crate::policy::{CachePolicy, DEFAULT_MAX_VALUE_BYTES, Ttl};
+use crate::redact::LoggedKey;
 
 /// The most entries one `mget` or `mset` may carry (the seed's limit): it makes
 /// callers think about batch sizes and keeps one request from flooding Redis.
@@ -321,6 +322,11 @@ impl<D: CacheDefinition> TypedCache<D> {
         self.ttl
     }
 
+    /// The backend it stores into.
+    pub(crate) fn backend(&self) -> &SharedBackend {
+        &self.backend
+    }
+
     /// This cache's namespace.
     pub fn namespace(&self) -> &'static str {
         D::NAMESPACE
@@ -370,8 +376,23 @@ impl<D: CacheDefinition> TypedCache<D> {
     }
 
     /// [`TypedCache::get`] by full key, observed.
+    ///
+    /// Runs in a `cache` span at debug (`cache.namespace`, `cache.operation`,
+    /// `cache.outcome`, `db.system` the backend, `cache.key` only when keys
+    /// may be logged); no cost but a check when debug is off.
     pub(crate) async fn read(&self, key: &str) -> Option<D::Value> {
-        let value = self.read_unobserved(key).await;
+        let span = cache_span(D::NAMESPACE, "get", &self.backend, key);
+        let value = if span.is_disabled() {
+            self.read_unobserved(key).await
+        } else {
+            use tracing::Instrument as _;
+            let value = self.read_unobserved(key).instrument(span.clone()).await;
+            span.record(
+                "cache.outcome",
+                if value.is_some() { "hit" } else { "miss" },
+            );
+            value
+        };
         self.observe(if value.is_some() {
             CacheEvent::Hit
         } else {
@@ -392,7 +413,7 @@ impl<D: CacheDefinition> TypedCache<D> {
             Ok(Some(raw)) => self.decode_or_invalidate(key, raw).await,
             Ok(None) => None,
             Err(BackendError::WrongType(reason)) => {
-                tracing::warn!(namespace = D::NAMESPACE, %key, %reason, "cache key holds the wrong kind of value; invalidating");
+                tracing::warn!(namespace = D::NAMESPACE, key = %LoggedKey(key), %reason, "cache key holds the wrong kind of value; invalidating");
                 self.observe(CacheEvent::CorruptRemoved);
                 // A plain delete: such a value cannot be compared. Should a
                 // valid value land in between, it costs one later miss.
@@ -425,7 +446,7 @@ impl<D: CacheDefinition> TypedCache<D> {
         }
         let fresh = started.elapsed() < self.loading.write_fence;
         if !fresh {
-            tracing::debug!(namespace = D::NAMESPACE, %key, "load outlasted the write fence; not cached");
+            tracing::debug!(namespace = D::NAMESPACE, key = %LoggedKey(key), "load outlasted the write fence; not cached");
         }
         fresh
     }
@@ -441,7 +462,7 @@ impl<D: CacheDefinition> TypedCache<D> {
         let bytes = match self.encode(value) {
             Ok(bytes) => bytes,
             Err(error) => {
-                tracing::error!(namespace = D::NAMESPACE, %key, %error, "loaded value not cached");
+                tracing::error!(namespace = D::NAMESPACE, key = %LoggedKey(key), %error, "loaded value not cached");
                 return;
             }
         };
@@ -485,7 +506,7 @@ impl<D: CacheDefinition> TypedCache<D> {
                     }
                 }
                 Err(error) => {
-                    tracing::error!(namespace = D::NAMESPACE, %key, %error, "loaded value not cached");
+                    tracing::error!(namespace = D::NAMESPACE, key = %LoggedKey(key), %error, "loaded value not cached");
                 }
             }
         }
@@ -544,9 +565,9 @@ impl<D: CacheDefinition> TypedCache<D> {
         {
             self.swallowed("fence", &full, &error);
             if self.pending.add(full.clone()) {
-                tracing::warn!(namespace = D::NAMESPACE, key = %full, "write fence not stored; written before this cache serves again");
+                tracing::warn!(namespace = D::NAMESPACE, key = %LoggedKey(&full), "write fence not stored; written before this cache serves again");
             } else {
-                tracing::error!(namespace = D::NAMESPACE, key = %full, "write fence lost: too many pending; the old value may be served until its TTL");
+                tracing::error!(namespace = D::NAMESPACE, key = %LoggedKey(&full), "write fence lost: too many pending; the old value may be served until its TTL");
             }
         }
     }
@@ -697,7 +718,7 @@ impl<D: CacheDefinition> TypedCache<D> {
         match D::Codec::decode(&raw) {
             Ok(value) => Some(value),
             Err(error) => {
-                tracing::warn!(namespace = D::NAMESPACE, %key, %error, len = raw.len(), "corrupt cache entry; invalidating");
+                tracing::warn!(namespace = D::NAMESPACE, key = %LoggedKey(key), %error, len = raw.len(), "corrupt cache entry; invalidating");
                 self.observe(CacheEvent::CorruptRemoved);
                 // Compare-and-delete: a valid value written meanwhile survives.
                 if let Err(error) = self.backend.compare_and_delete(key, &raw).await {
@@ -707,6 +728,32 @@ impl<D: CacheDefinition> TypedCache<D> {
             }
         }
     }
+}
+
+/// The span of one cache operation (debug level), with OpenTelemetry-style
+/// field names; `cache.outcome` is recorded when it is known. The key is
+/// recorded only when keys may be logged ([`crate::show_keys_in_logs`]).
+pub(crate) fn cache_span(
+    namespace: &'static str,
+    operation: &'static str,
+    backend: &SharedBackend,
+    key: &str,
+) -> tracing::Span {
+    let span = tracing::debug_span!(
+        "cache",
+        cache.namespace = namespace,
+        cache.operation = operation,
+        cache.outcome = tracing::field::Empty,
+        db.system = tracing::field::Empty,
+        cache.key = tracing::field::Empty,
+    );
+    if !span.is_disabled() {
+        span.record("db.system", backend.name());
+        if crate::redact::keys_shown() {
+            span.record("cache.key", key);
+        }
+    }
+    span
 }
 
 /// Logs a swallowed backend error, at most once per [`LOG_WINDOW`] for each
@@ -722,16 +769,16 @@ pub(crate) fn log_backend_error(
     static LIMITERS: [LogLimiter; BackendError::KINDS] =
         [const { LogLimiter::new(LOG_WINDOW) }; BackendError::KINDS];
     if matches!(error, BackendError::CircuitOpen) {
-        tracing::debug!(namespace, operation, %key, "cache skipped: circuit open");
+        tracing::debug!(namespace, operation, key = %LoggedKey(key), "cache skipped: circuit open");
         return;
     }
     let Some(suppressed) = LIMITERS[error.kind_index()].allow() else {
         return;
     };
     if error.is_backend_failure() {
-        tracing::error!(namespace, operation, %key, %error, suppressed, "cache operation failed; served without the cache");
+        tracing::error!(namespace, operation, key = %LoggedKey(key), %error, suppressed, "cache operation failed; served without the cache");
     } else {
-        tracing::warn!(namespace, operation, %key, %error, suppressed, "cache command refused; served without the cache");
+        tracing::warn!(namespace, operation, key = %LoggedKey(key), %error, suppressed, "cache command refused; served without the cache");
     }
 }
 
