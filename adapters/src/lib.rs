@@ -6,12 +6,15 @@
 //! - [`health`]: the health monitor that feeds `/health`.
 //! - [`users`]: the users store ([`users::InMemoryUserRepository`]).
 //! - [`http`]: the poem-openapi HTTP API (inbound adapter).
+//! - [`metrics`]: Prometheus metrics (`prometheus-client`) and the decorators
+//!   and observer that feed them.
 //! - [`Secret`]: a string that never shows itself in logs or `Debug`.
 
 pub mod backend;
 mod deadline;
 pub mod health;
 pub mod http;
+pub mod metrics;
 mod secret;
 pub mod serde_ms;
 mod timer;

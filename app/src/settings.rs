@@ -16,8 +16,8 @@ use std::time::Duration;
 use adapters::backend::{BreakerConfig, MemoryConfig, RedisConfig};
 use adapters::health::MonitorConfig;
 use adapters::http::HttpConfig;
-use adapters::serde_ms;
 use adapters::users::StoreConfig;
+use adapters::{Secret, serde_ms};
 use config::{Config, Environment, File, FileFormat};
 use ports::{
     CachePolicy, DEFAULT_LOAD_TIMEOUT, DEFAULT_MAX_VALUE_BYTES, DEFAULT_TTL_JITTER,
@@ -351,6 +351,9 @@ pub struct LogSettings {
     pub filter: String,
     /// One line per request at info.
     pub requests: bool,
+    /// Whether whole cache keys appear in logs and spans; off, only their
+    /// namespace does (keys may carry personal data).
+    pub keys: bool,
 }
 
 impl Default for LogSettings {
@@ -359,9 +362,36 @@ impl Default for LogSettings {
             format: LogFormat::Text,
             filter: "info".into(),
             requests: true,
+            keys: false,
         }
     }
 }
+
+/// Prometheus metrics.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// `GET /metrics`, and the counters and histograms behind it.
+    pub enabled: bool,
+}
+
+impl Default for MetricsSettings {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
+}
+
+/// The admin API.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminSettings {
+    /// The bearer token that opens `/admin/...`; unset, the admin API is
+    /// off (every admin path answers 404). A secret: never logged.
+    pub token: Option<Secret>,
+}
+
+/// The shortest admin token accepted: a guessable token would open the caches.
+pub const MIN_ADMIN_TOKEN: usize = 16;
 
 /// Every setting, validated.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -384,6 +414,10 @@ pub struct Settings {
     pub health: MonitorConfig,
     /// Logging.
     pub log: LogSettings,
+    /// Metrics.
+    pub metrics: MetricsSettings,
+    /// The admin API (its `Debug` hides the token).
+    pub admin: AdminSettings,
 }
 
 /// The seed's variables and the keys they set.
@@ -515,6 +549,18 @@ impl Settings {
                 format!("{e} (accepted: sqlite://PATH, postgres://user@host[:port]/db)"),
             )
         })?;
+        self.admin.token = self.admin.token.take().filter(|t| !t.expose().is_empty());
+        if let Some(token) = &self.admin.token
+            && (token.expose().len() < MIN_ADMIN_TOKEN
+                || !token.expose().bytes().all(|b| b.is_ascii_graphic()))
+        {
+            return Err(invalid(
+                "admin.token",
+                format!(
+                    "not accepted: at least {MIN_ADMIN_TOKEN} visible ASCII characters (e.g. `openssl rand -hex 32`)"
+                ),
+            ));
+        }
         if self.server.cache_control.chars().any(|c| c.is_control()) {
             return Err(invalid(
                 "server.cache_control",

@@ -9,7 +9,8 @@ use adapters::backend::{
     TimeoutBackend,
 };
 use adapters::health::{HealthMonitor, Readiness};
-use adapters::http::routes;
+use adapters::http::{Admin, Operations, routes};
+use adapters::metrics::Metrics;
 use adapters::users::{InMemoryUserRepository, Latent, SqlStore, StoreSetupError, UserStoreError};
 use domain::UserRepository;
 use domain::{CacheManager, UserService};
@@ -198,21 +199,62 @@ impl Application {
     /// # Errors
     /// [`StartupError`]: unusable Redis settings, a bad users file, a port in use.
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        ports::show_keys_in_logs(settings.log.keys);
         let BuiltBackend { backend, status } = build_backend(&settings)?;
+        let metrics = settings
+            .metrics
+            .enabled
+            .then(|| Metrics::new(&CacheManager::NAMESPACES));
+        // Metered outermost: it sees what callers see (breaker refusals too).
+        let backend = match &metrics {
+            Some(metrics) => {
+                metrics.watch_status(&status);
+                metrics.backend(backend)
+            }
+            None => backend,
+        };
         let users = open_store(&settings).await?;
-        let monitor = HealthMonitor::spawn(backend.clone(), status, settings.health)
+        let monitor = HealthMonitor::spawn(backend.clone(), status.clone(), settings.health)
             .with_store(Arc::new(users.clone()), settings.health);
         let probes = monitor.clone();
-        let caches = CacheManager::with_timer(
-            backend,
+        let mut caches = CacheManager::with_timer(
+            backend.clone(),
             &settings.cache.policy(),
             Arc::new(adapters::TokioTimer),
         );
-        let service = Arc::new(UserService::new(
-            Latent::new(users, settings.users.latency),
-            caches,
-        ));
-        let endpoint = routes(service.clone(), service, monitor, settings.http());
+        if let Some(metrics) = &metrics {
+            caches = caches.observed_by(metrics.cache_observer());
+            metrics.watch_health(monitor.clone());
+            let pool = users.clone();
+            metrics.watch_pool(move || pool.pool_connections());
+        }
+        let admin = settings
+            .admin
+            .token
+            .clone()
+            .map(|token| Admin::new(token, caches.managed(), backend.name(), status.clone()));
+        let store = Latent::new(users, settings.users.latency);
+        let http = settings.http();
+        let endpoint = match metrics.clone() {
+            Some(meter) => serve(
+                UserService::new(meter.store(store), caches),
+                monitor,
+                http,
+                Operations {
+                    metrics: Some(meter),
+                    admin,
+                },
+            ),
+            None => serve(
+                UserService::new(store, caches),
+                monitor,
+                http,
+                Operations {
+                    metrics: None,
+                    admin,
+                },
+            ),
+        };
 
         let address = SocketAddr::new(settings.server.host, settings.server.port);
         let acceptor = TcpListener::bind(address)
@@ -277,6 +319,17 @@ impl Application {
             )
             .await
     }
+}
+
+/// The HTTP endpoint over `service` (generic: the store is metered or not).
+fn serve<R: UserRepository>(
+    service: UserService<R>,
+    monitor: HealthMonitor,
+    http: adapters::http::HttpConfig,
+    operations: Operations,
+) -> BoxEndpoint<'static> {
+    let service = Arc::new(service);
+    routes(service.clone(), service, monitor, http, operations)
 }
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM.

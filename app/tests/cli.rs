@@ -37,6 +37,7 @@ fn a_bad_setting_prints_one_line_naming_the_key_and_exits_2() {
         ),
         ("CACHEMANAGER__CACHE__TLL", "60", "cache.tll"),
         ("CACHEMANAGER__LOG__FILTER", "app=notalevel", "log.filter"),
+        ("CACHEMANAGER__ADMIN__TOKEN", "short", "admin.token"),
     ];
     for (var, value, key) in cases {
         let output = run_with(&[(var, value)]);
@@ -235,4 +236,69 @@ fn healthcheck_exits_0_against_a_live_instance() {
     let _ = child.kill();
     let _ = child.wait();
     assert!(live, "healthcheck never succeeded against a live instance");
+}
+
+/// One raw request; the whole answer.
+fn request(port: u16, head: &str) -> Option<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "{head}\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    Some(response)
+}
+
+#[cfg(unix)]
+#[test]
+fn json_logs_carry_the_request_span_and_never_the_admin_token() {
+    let port = free_port();
+    let token = "json-log-test-token-0123456789";
+    let mut child = Command::new(BIN)
+        .env_clear()
+        .env("CACHEMANAGER__SERVER__PORT", port.to_string())
+        .env("CACHEMANAGER__LOG__FORMAT", "json")
+        .env("CACHEMANAGER__ADMIN__TOKEN", token)
+        .current_dir(std::env::temp_dir())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    get_until(port, "/health/live", "the service answers", |_| true);
+    let user = "550e8400-e29b-41d4-a716-446655440001";
+    let _ = get(port, &format!("/users/{user}"));
+    let answer = request(
+        port,
+        &format!(
+            "DELETE /admin/caches/user:record/keys/{user} HTTP/1.1\r\nAuthorization: Bearer {token}\r\nX-Request-Id: span-test-1"
+        ),
+    )
+    .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    sigterm(&child);
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    let _ = child.wait();
+    let removed: serde_json::Value = stderr
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find(|line| line["message"] == "cache entries removed by an operator")
+        .unwrap_or_else(|| panic!("no removal line in:\n{stderr}"));
+    // Logged inside the request: the request span's fields come with it.
+    let span = &removed["span"];
+    assert_eq!(span["request_id"], "span-test-1", "{removed}");
+    assert_eq!(
+        span["http.route"], "/admin/caches/{namespace}/keys/{key}",
+        "{removed}"
+    );
+    assert_eq!(span["http.request.method"], "DELETE", "{removed}");
+    assert!(!stderr.contains(token), "the token was logged");
 }

@@ -102,6 +102,11 @@ const NEEDS: &[Need] = &[
         present: compose_present,
     },
     Need {
+        why: "promtool (the metrics check) and the observability profile's Prometheus image",
+        package: "prometheus",
+        present: || on_path("promtool") && file("/usr/bin/prometheus"),
+    },
+    Need {
         why: "the load generator of `cargo xtask bench`",
         package: "wrk",
         present: || on_path("wrk"),

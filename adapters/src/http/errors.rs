@@ -41,6 +41,10 @@ pub enum ErrorCode {
     PreconditionFailed,
     /// The user store is down or too slow; retry later.
     StoreUnavailable,
+    /// No bearer token, or not the configured one (admin API).
+    Unauthorized,
+    /// The cache backend failed an operator's request (admin API).
+    CacheUnavailable,
     /// A failure inside the service; the cause is in its logs.
     Internal,
 }
@@ -137,11 +141,14 @@ fn parse_failure(error: &poem::Error) -> String {
 }
 
 /// What every request passes through: body limit, deadline, request id,
-/// `Allow` on a 405, and the request's log line.
+/// `Allow` on a 405, the request's span, metrics and log line.
 pub struct Guard {
     config: super::HttpConfig,
     routes: super::spec::RouteTable,
     ids: RequestIds,
+    metrics: Option<crate::metrics::HttpMetrics>,
+    /// Whether `/admin/...` is served; off, it answers 404.
+    admin: bool,
 }
 
 /// The request id header, taken from the request or made, and echoed.
@@ -184,7 +191,22 @@ impl Guard {
             config,
             routes,
             ids: RequestIds::new(),
+            metrics: None,
+            admin: false,
         }
+    }
+
+    /// The same guard serving the admin API (`admin.token` is set) or
+    /// answering 404 on every admin path (it is not).
+    pub fn with_admin(mut self, on: bool) -> Self {
+        self.admin = on;
+        self
+    }
+
+    /// The same guard recording each request into `metrics`.
+    pub fn with_metrics(mut self, metrics: Option<crate::metrics::HttpMetrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Guards one request: a body over `max_body_bytes` is refused with 413
@@ -193,12 +215,23 @@ impl Guard {
     /// timeout, its body's arrival included, is answered 503 `timeout`: a
     /// client trickling a chunked body cannot hold a connection longer than
     /// any other request.
+    ///
+    /// Each request runs in a span (`request`, at info) carrying
+    /// OpenTelemetry's field names: `http.request.method`, `http.route` (the
+    /// template, never the raw path), `http.response.status_code`, and the
+    /// `request_id` and `latency_ms`; what is logged while serving it (JSON
+    /// logs) carries them.
     pub async fn call<E: poem::Endpoint>(
         &self,
         endpoint: std::sync::Arc<E>,
         mut request: poem::Request,
     ) -> poem::Result<Response> {
+        use tracing::Instrument as _;
         let started = std::time::Instant::now();
+        let _in_flight = self
+            .metrics
+            .as_ref()
+            .map(crate::metrics::HttpMetrics::start);
         trim_trailing_slash(&mut request);
         let method = request.method().clone();
         // HEAD is answered as GET without the body, so that its headers
@@ -211,6 +244,16 @@ impl Guard {
             None => self.ids.make(),
         };
         let path = request.uri().path().to_owned();
+        let route = self.routes.route(&path);
+        let span = tracing::info_span!(
+            "request",
+            otel.kind = "server",
+            http.request.method = %method,
+            http.route = route.map_or("(unknown)", |r| &**r),
+            http.response.status_code = tracing::field::Empty,
+            latency_ms = tracing::field::Empty,
+            request_id = %id,
+        );
         let coding = match self.config.compress_from_bytes {
             0 => None,
             _ => accepted_coding(request.headers()),
@@ -220,7 +263,18 @@ impl Guard {
         // through each layer's state was a memcpy of that size per request
         // (callgrind: half the instructions of `/health/live`).
         let guarded = Box::pin(guarded(endpoint, request, self.config.max_body_bytes));
-        let mut response = match crate::deadline::within(limit, guarded).await {
+        let admin_off = !self.admin && route.is_some_and(|r| r.starts_with("/admin/"));
+        let answer = async {
+            if admin_off {
+                return Some(Ok(error_response(
+                    StatusCode::NOT_FOUND,
+                    ErrorCode::NotFound,
+                    "the admin API is off (admin.token is not set)",
+                )));
+            }
+            crate::deadline::within(limit, guarded).await
+        };
+        let mut response = match answer.instrument(span.clone()).await {
             Some(Ok(response)) => response,
             Some(Err(error)) => json_error(error).await,
             None => {
@@ -256,14 +310,35 @@ impl Guard {
         if let Ok(value) = poem::http::HeaderValue::from_str(&id) {
             response.headers_mut().insert(REQUEST_ID, value);
         }
+        let status = response.status().as_u16();
+        let elapsed = started.elapsed();
+        if let Some(metrics) = &self.metrics {
+            metrics.record(&method, route, status, elapsed);
+        }
+        let latency_ms = elapsed.as_secs_f64() * 1000.0;
+        if !span.is_disabled() {
+            span.record("http.response.status_code", status);
+            span.record("latency_ms", latency_ms);
+        }
+        // Both lines outside the span: they carry its fields themselves.
         if self.config.log_requests {
             tracing::info!(
                 http.request.method = %method,
-                http.route = self.routes.template(&path).unwrap_or("(unknown)"),
-                http.response.status_code = response.status().as_u16(),
-                latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+                http.route = route.map_or("(unknown)", |r| &**r),
+                http.response.status_code = status,
+                latency_ms,
                 request_id = %id,
                 "request"
+            );
+        }
+        if route.is_some_and(|r| r.starts_with("/admin")) {
+            // Every admin call, with its outcome (never its token).
+            tracing::info!(
+                http.request.method = %method,
+                http.route = route.map_or("(unknown)", |r| &**r),
+                http.response.status_code = status,
+                request_id = %id,
+                "admin call"
             );
         }
         Ok(response)
@@ -418,6 +493,7 @@ pub async fn json_error(error: poem::Error) -> Response {
         StatusCode::NOT_FOUND => ErrorCode::NotFound,
         StatusCode::METHOD_NOT_ALLOWED => ErrorCode::MethodNotAllowed,
         StatusCode::PAYLOAD_TOO_LARGE => ErrorCode::PayloadTooLarge,
+        StatusCode::UNAUTHORIZED => ErrorCode::Unauthorized,
         s if s.is_server_error() => ErrorCode::Internal,
         _ => ErrorCode::BadRequest,
     };
@@ -432,6 +508,19 @@ pub async fn json_error(error: poem::Error) -> Response {
             "this path does not accept this method; the Allow header lists those it does",
         ),
         ErrorCode::PayloadTooLarge => ErrorBody::new(code, error.to_string()),
+        ErrorCode::Unauthorized => {
+            let mut response = Json(ErrorBody::new(
+                code,
+                "this needs `Authorization: Bearer <admin.token>`",
+            ))
+            .with_status(status)
+            .into_response();
+            response.headers_mut().insert(
+                poem::http::header::WWW_AUTHENTICATE,
+                poem::http::HeaderValue::from_static("Bearer"),
+            );
+            return response;
+        }
         _ => ErrorBody::new(code, parse_failure(&error)),
     };
     Json(body).with_status(status).into_response()

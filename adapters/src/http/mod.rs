@@ -7,6 +7,7 @@
 mod errors;
 mod health;
 mod json;
+mod ops;
 mod root;
 pub mod spec;
 mod types;
@@ -21,10 +22,12 @@ use poem::{EndpointExt, Route};
 use poem_openapi::OpenApiService;
 
 use crate::health::HealthMonitor;
+use crate::metrics::Metrics;
 
 pub use errors::{ErrorBody, ErrorCode};
 pub use health::HealthApi;
 pub use json::JsonBody;
+pub use ops::{Admin, OpsApi};
 pub use root::RootApi;
 pub use users::UsersApi;
 
@@ -61,18 +64,30 @@ impl Default for HttpConfig {
     }
 }
 
+/// What operators get beside the API: metrics and the admin API, each
+/// off when `None`.
+#[derive(Debug, Clone, Default)]
+pub struct Operations {
+    /// `/metrics`, and the HTTP metrics recorded by the guard.
+    pub metrics: Option<Metrics>,
+    /// `/admin/...`; without it every admin path answers 404.
+    pub admin: Option<Admin>,
+}
+
 /// The OpenAPI service: every operation, for the routes and for the spec.
 pub fn api<Q: UserQueries, C: UserCommands>(
     queries: Arc<Q>,
     commands: Arc<C>,
     monitor: HealthMonitor,
     cache_control: String,
-) -> OpenApiService<(RootApi, UsersApi<Q, C>, HealthApi), ()> {
+    operations: Operations,
+) -> OpenApiService<(RootApi, UsersApi<Q, C>, HealthApi, OpsApi), ()> {
     OpenApiService::new(
         (
             RootApi,
             UsersApi::new(queries, commands, cache_control),
             HealthApi::new(monitor),
+            OpsApi::new(operations.metrics, operations.admin),
         ),
         "CacheManager User API",
         env!("CARGO_PKG_VERSION"),
@@ -97,8 +112,17 @@ pub fn routes<Q: UserQueries, C: UserCommands>(
     commands: Arc<C>,
     monitor: HealthMonitor,
     config: HttpConfig,
+    operations: Operations,
 ) -> poem::endpoint::BoxEndpoint<'static, poem::Response> {
-    let api = api(queries, commands, monitor, config.cache_control.clone());
+    let http_metrics = operations.metrics.as_ref().map(Metrics::http);
+    let admin_on = operations.admin.is_some();
+    let api = api(
+        queries,
+        commands,
+        monitor,
+        config.cache_control.clone(),
+        operations,
+    );
     let generated = api.spec();
     let (document, table) = match spec::complete(&generated) {
         Ok(completed) => completed,
@@ -110,7 +134,11 @@ pub fn routes<Q: UserQueries, C: UserCommands>(
     };
     let swagger = spec::swagger_with(&api.swagger_ui_html(), &document);
     let cors = cors(&config.cors_origins);
-    let guard = Arc::new(errors::Guard::new(config, table));
+    let guard = Arc::new(
+        errors::Guard::new(config, table)
+            .with_metrics(http_metrics)
+            .with_admin(admin_on),
+    );
     let endpoint = Route::new()
         .at(
             "/openapi.json",

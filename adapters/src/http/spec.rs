@@ -14,8 +14,8 @@ use serde_json::{Map, Value, json};
 /// One path of the API: its template and the methods it accepts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct RouteInfo {
-    /// `/users/{uuid}`.
-    template: String,
+    /// `/users/{uuid}` (shared: it is a metrics label value).
+    template: std::sync::Arc<str>,
     /// The template's segments; `None` for a parameter.
     segments: Vec<Option<String>>,
     methods: Vec<Method>,
@@ -31,16 +31,17 @@ impl RouteTable {
     /// The route a path belongs to: literal segments win over parameters,
     /// as the router decides.
     fn find(&self, path: &str) -> Option<&RouteInfo> {
-        let parts: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+        let path = path.trim_end_matches('/');
+        let count = path.split('/').count();
         self.routes
             .iter()
             .filter(|route| {
-                route.segments.len() == parts.len()
+                route.segments.len() == count
                     && route
                         .segments
                         .iter()
-                        .zip(&parts)
-                        .all(|(segment, part)| segment.as_deref().is_none_or(|s| s == *part))
+                        .zip(path.split('/'))
+                        .all(|(segment, part)| segment.as_deref().is_none_or(|s| s == part))
             })
             .max_by_key(|route| route.segments.iter().filter(|s| s.is_some()).count())
     }
@@ -49,7 +50,12 @@ impl RouteTable {
     /// `None` for a path outside the API. Never the raw path: it may carry
     /// personal data, and each uuid would be a new label or log value.
     pub fn template(&self, path: &str) -> Option<&str> {
-        self.find(path).map(|route| route.template.as_str())
+        self.find(path).map(|route| &*route.template)
+    }
+
+    /// The same template, shared (for a label value without a copy).
+    pub fn route(&self, path: &str) -> Option<&std::sync::Arc<str>> {
+        self.find(path).map(|route| &route.template)
     }
 
     /// The `Allow` header for `path`: the methods it accepts (HEAD with GET).
@@ -104,7 +110,7 @@ pub fn complete(generated: &str) -> Result<(String, RouteTable), serde_json::Err
                 .map(|s| (!s.starts_with('{')).then(|| s.to_owned()))
                 .collect();
             table.routes.push(RouteInfo {
-                template: template.clone(),
+                template: std::sync::Arc::from(template.as_str()),
                 segments,
                 methods,
             });

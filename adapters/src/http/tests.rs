@@ -92,6 +92,7 @@ async fn client_of(
             Arc::new(commands),
             monitor.clone(),
             config,
+            super::Operations::default(),
         )),
         monitor,
     )
@@ -549,6 +550,7 @@ fn slow_client() -> TestClient<impl poem::Endpoint> {
         Arc::new(MockUserCommands::new()),
         monitor,
         config,
+        super::Operations::default(),
     ))
 }
 

@@ -344,6 +344,13 @@ impl SqlStore {
         }
     }
 
+    /// The pool's connections: `(in_use, idle)`, for metrics.
+    pub fn pool_connections(&self) -> (u64, u64) {
+        let (size, idle) = on_pool!(self, pool => (pool.size(), pool.num_idle()));
+        let idle = idle as u64;
+        (u64::from(size).saturating_sub(idle), idle)
+    }
+
     /// Brings the schema up to date (sqlx migrations, embedded in the binary;
     /// applied ones are recorded in `_sqlx_migrations` and never re-run).
     ///
