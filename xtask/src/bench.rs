@@ -5,6 +5,9 @@
 //! (`GET /health/live`: no I/O) so drift hits both, median of the runs:
 //! - `hit/<backend>`: `GET /users/{uuid}` over 10 warm users, for memory, redis, noop;
 //!   `hit/memory+accept-gzip` the same from a client that accepts compression;
+//! - `metrics cost`: `hit/memory` with metrics on (the default) and off, two
+//!   services side by side, their runs alternated, the cost the median of
+//!   the paired ratios (see `metrics_cost`);
 //! - `pg/*`: the store cases on PostgreSQL with a million users (see `store_cases`);
 //! - `miss/redis`: `GET /users/{uuid}` over 50,000 users, each asked once per run,
 //!   Redis flushed before each run: every request is a GET miss, a store read
@@ -34,6 +37,8 @@ const MISS_USERS: u32 = 50_000;
 const BARE_CASE: &str = "reference: bare GET";
 /// `hit/memory` with the request log on, as the service runs by default.
 const REQUEST_LOG_CASE: &str = "hit/memory+reqlog";
+/// What metrics cost on the hit path (`metrics_cost`).
+const METRICS_COST_CASE: &str = "hit/memory metrics on/off";
 const CONNECTIONS: [u32; 2] = [8, 64];
 
 struct Options {
@@ -601,6 +606,16 @@ pub fn bench(args: &[String]) -> Result<()> {
             result.peak_rss_mb = rss;
         }
     }
+    let cost = if options
+        .only
+        .as_ref()
+        .is_none_or(|p| METRICS_COST_CASE.starts_with(p.as_str()))
+    {
+        let pairs = if options.quick { 1 } else { 6 };
+        metrics_cost(&binary, &redis, &hit, (pairs, seconds.min(5)))?
+    } else {
+        String::new()
+    };
     if options
         .only
         .as_ref()
@@ -617,6 +632,10 @@ pub fn bench(args: &[String]) -> Result<()> {
         )?;
     }
     report(&results, &dir, runs, seconds, options.quick)?;
+    if !cost.is_empty() {
+        println!("{cost}");
+        fs::write(dir.join("metrics-cost.md"), &cost)?;
+    }
     if options
         .only
         .as_ref()
@@ -1003,6 +1022,73 @@ fn chart_of(json: &Path) -> Result<PathBuf> {
     let png = json.with_extension("png");
     chart::draw(&bars, &title, &png)?;
     Ok(png)
+}
+
+/// What metrics cost on the hit path: two memory services, metrics on and
+/// off, warmed alike; at each connection count, `pairs` pairs of runs, the
+/// order alternating within a pair so drift favours neither; the cost is
+/// the median of the paired ratios on/off (a pair shares its seconds of
+/// machine noise, which separate ceilings did not: ratios to two ceilings
+/// differed by more than the bound from run to run).
+fn metrics_cost(
+    binary: &Path,
+    redis: &BenchRedis,
+    hit: &Path,
+    (pairs, seconds): (usize, u32),
+) -> Result<String> {
+    let on = Service::start(binary, "memory", redis, None, false, &[])?;
+    let off = Service::start(
+        binary,
+        "memory",
+        redis,
+        None,
+        false,
+        &[("CACHEMANAGER__METRICS__ENABLED", "false")],
+    )?;
+    for service in [&on, &off] {
+        for n in 1..=10 {
+            let _ = get(service.port, &format!("/users/{}", uuid(n)))?;
+        }
+    }
+    let mut out = String::new();
+    for connections in CONNECTIONS {
+        let mut ratios = Vec::new();
+        let (mut on_rps, mut off_rps) = (Vec::new(), Vec::new());
+        for pair in 0..pairs {
+            let (a, b) = if pair % 2 == 0 {
+                (&on, &off)
+            } else {
+                (&off, &on)
+            };
+            let first = wrk(a.port, hit, connections, seconds)?;
+            let second = wrk(b.port, hit, connections, seconds)?;
+            let (with, without) = if pair % 2 == 0 {
+                (first, second)
+            } else {
+                (second, first)
+            };
+            if with.errors + without.errors > 0 {
+                bail!("requests failed while measuring what metrics cost");
+            }
+            if without.rps > 0.0 {
+                ratios.push(with.rps / without.rps);
+            }
+            on_rps.push(with.rps);
+            off_rps.push(without.rps);
+        }
+        let ratio = median(ratios);
+        let line = format!(
+            "{METRICS_COST_CASE}, c={connections}: {:.0} req/s with metrics, {:.0} without; cost {:+.1} % (paired median of {pairs}, {:+.1} to {:+.1}; bound -3 %)",
+            median(on_rps).0,
+            median(off_rps).0,
+            100.0 * (ratio.0 - 1.0),
+            100.0 * (ratio.1 - 1.0),
+            100.0 * (ratio.2 - 1.0),
+        );
+        println!("  {line}");
+        let _ = writeln!(out, "\n{line}");
+    }
+    Ok(out)
 }
 
 fn report(

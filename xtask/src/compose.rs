@@ -108,6 +108,22 @@ fn http(port: u16, method: &str, path: &str) -> Result<(u16, String)> {
     http_with(port, method, path, None).map(|(status, _, body)| (status, body))
 }
 
+/// One HTTP/1.1 request with a bearer token: (status, head, body).
+fn http_with_auth(
+    port: u16,
+    method: &str,
+    path: &str,
+    token: &str,
+) -> Result<(u16, String, String)> {
+    request(
+        port,
+        method,
+        path,
+        &format!("Authorization: Bearer {token}\r\n"),
+        "",
+    )
+}
+
 /// One HTTP/1.1 request with an optional JSON body: (status, head, body).
 fn http_with(
     port: u16,
@@ -115,8 +131,6 @@ fn http_with(
     path: &str,
     json: Option<&str>,
 ) -> Result<(u16, String, String)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     let body = json.unwrap_or("");
     let content = if json.is_some() {
         format!(
@@ -126,6 +140,19 @@ fn http_with(
     } else {
         String::new()
     };
+    request(port, method, path, &content, body)
+}
+
+/// One HTTP/1.1 request with these header lines and body: (status, head, body).
+fn request(
+    port: u16,
+    method: &str,
+    path: &str,
+    content: &str,
+    body: &str,
+) -> Result<(u16, String, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     write!(
         stream,
         "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{content}\r\n{body}"
@@ -240,13 +267,15 @@ fn writes(get: &dyn Fn(&str) -> Result<String>, app_port: u16) -> Result<()> {
 pub fn smoke() -> Result<()> {
     let redis_image = images::ensure_redis(false)?;
     let postgres_image = images::ensure_postgres(false)?;
+    let prometheus_image = images::ensure_prometheus(false)?;
     let app_image = images::build_app()?;
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
     let password = format!("smoke-{}-{nanos}", std::process::id());
-    let (app_port, redis_port) = (free_port()?, free_port()?);
+    let (app_port, redis_port, prometheus_port) = (free_port()?, free_port()?, free_port()?);
+    let admin_token = format!("admin-{password}");
     let env = vec![
         ("REDIS_IMAGE".to_owned(), redis_image.to_owned()),
         ("POSTGRES_IMAGE".to_owned(), postgres_image.to_owned()),
@@ -255,10 +284,21 @@ pub fn smoke() -> Result<()> {
         ("REDIS_PASSWORD".to_owned(), password.clone()),
         ("APP_PORT".to_owned(), app_port.to_string()),
         ("REDIS_PORT".to_owned(), redis_port.to_string()),
+        ("PROMETHEUS_IMAGE".to_owned(), prometheus_image.to_owned()),
+        ("PROMETHEUS_PORT".to_owned(), prometheus_port.to_string()),
+        ("COMPOSE_PROFILES".to_owned(), "observability".to_owned()),
+        ("ADMIN_TOKEN".to_owned(), admin_token.clone()),
     ];
     let compose = Compose::detect(env)?;
-    println!("compose smoke: {redis_image} + {postgres_image} + {app_image}, API on :{app_port}");
-    let outcome = checks(&compose, &password, app_port, redis_port);
+    println!(
+        "compose smoke: {redis_image} + {postgres_image} + {app_image} + {prometheus_image}, API on :{app_port}"
+    );
+    let ports = Ports {
+        app: app_port,
+        redis: redis_port,
+        prometheus: prometheus_port,
+    };
+    let outcome = checks(&compose, &password, &admin_token, &ports);
     if outcome.is_err() {
         let _ = compose.run(&["logs", "--tail", "50"]);
     }
@@ -291,7 +331,75 @@ pub fn smoke() -> Result<()> {
     Ok(())
 }
 
-fn checks(compose: &Compose, password: &str, app_port: u16, redis_port: u16) -> Result<()> {
+/// The host ports of the stack.
+struct Ports {
+    app: u16,
+    redis: u16,
+    prometheus: u16,
+}
+
+/// The observability profile: the admin API answers with the token, and
+/// Prometheus scrapes the app (target `up`) and has seen its cache hits.
+fn observability(app_port: u16, prometheus_port: u16, token: &str) -> Result<()> {
+    // Hits for Prometheus to see: John is cached by now.
+    john_answers(app_port)?;
+    john_answers(app_port)?;
+    let (status, _, body) = http_with_auth(app_port, "GET", "/admin/caches", token)?;
+    check(
+        "GET /admin/caches with the token: 200, the caches listed",
+        status == 200 && body.contains("user:record"),
+        format!("{status} {body}"),
+    )?;
+    let (status, _) = http(app_port, "GET", "/admin/caches")?;
+    check(
+        "GET /admin/caches without the token: 401",
+        status == 401,
+        status,
+    )?;
+    let took = wait_until(
+        "Prometheus reports the app's target up",
+        Duration::from_secs(60),
+        || {
+            http(prometheus_port, "GET", "/api/v1/targets")
+                .is_ok_and(|(status, body)| status == 200 && body.contains("\"health\":\"up\""))
+        },
+    )?;
+    check("Prometheus: target app:8000 up", true, format!("{took:?}"))?;
+    // A scrape after the hits above (every 5 s) shows them.
+    let query = "/api/v1/query?query=sum(cachemanager_cache_hits_total)";
+    let mut last = String::new();
+    let took = wait_until(
+        "Prometheus has a non-zero hit counter",
+        Duration::from_secs(60),
+        || {
+            let Ok((_, body)) = http(prometheus_port, "GET", query) else {
+                return false;
+            };
+            last = body;
+            hits_in(&last).is_some_and(|hits| hits > 0.0)
+        },
+    )
+    .with_context(|| format!("last answer: {last}"))?;
+    check(
+        "Prometheus: sum(cachemanager_cache_hits_total) > 0",
+        true,
+        format!("{} after {took:?}", hits_in(&last).unwrap_or(0.0)),
+    )
+}
+
+/// The value of a one-sample instant-query answer:
+/// `{"data":{"result":[{"value":[<time>,"<value>"]}]}}`.
+fn hits_in(body: &str) -> Option<f64> {
+    let after = body.split("\"value\":[").nth(1)?;
+    let value = after.split(',').nth(1)?;
+    value
+        .trim_matches(|c| c == '"' || c == ']' || c == '}')
+        .parse()
+        .ok()
+}
+
+fn checks(compose: &Compose, password: &str, token: &str, ports: &Ports) -> Result<()> {
+    let (app_port, redis_port) = (ports.app, ports.redis);
     // A run killed half-way may have left the project behind: start clean.
     compose.run(&["down", "-v", "--remove-orphans"])?;
     compose.run(&["up", "-d", "--no-build"])?;
@@ -342,6 +450,7 @@ fn checks(compose: &Compose, password: &str, app_port: u16, redis_port: u16) -> 
     )?;
 
     writes(&get, app_port)?;
+    observability(app_port, ports.prometheus, token)?;
 
     let mut raw = TcpStream::connect(("127.0.0.1", redis_port))?;
     raw.set_read_timeout(Some(Duration::from_secs(5)))?;

@@ -30,6 +30,10 @@ pub const OFFICIAL_POSTGRES: &str = "postgres:16-alpine";
 pub const LOCAL_POSTGRES: &str = "cachemanager/postgres:local";
 /// The app image built from the host's release binary.
 pub const LOCAL_APP: &str = "cachemanager/app:local";
+/// What the compose file's `observability` profile names by default.
+pub const OFFICIAL_PROMETHEUS: &str = "prom/prometheus:v2.53.0";
+/// Built from Debian's `prometheus` package when no registry is reachable.
+pub const LOCAL_PROMETHEUS: &str = "cachemanager/prometheus:local";
 
 /// Bumped when what goes into a local image changes, so older ones are rebuilt.
 const IMAGE_VERSION: &str = "2";
@@ -384,6 +388,45 @@ fn copy_tree(rootfs: &Rootfs, source: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Makes sure a Prometheus image exists and returns its name: the official
+/// image if present or pullable, else the local one (built if missing or
+/// stale, or rebuilt with `force`).
+pub fn ensure_prometheus(force: bool) -> Result<&'static str> {
+    ensure_image(
+        force,
+        OFFICIAL_PROMETHEUS,
+        LOCAL_PROMETHEUS,
+        "the host's prometheus",
+        build_prometheus,
+    )
+}
+
+/// `cachemanager/prometheus:local`: Debian's Prometheus binary (Go, libc
+/// only), its data in `/prometheus`; like the official image, the entry
+/// point is the binary and the command its flags.
+fn build_prometheus() -> Result<()> {
+    let binary = Path::new("/usr/bin/prometheus");
+    if !binary.exists() {
+        bail!("/usr/bin/prometheus not found: install it with `apt-get install -y prometheus`");
+    }
+    let mut rootfs = Rootfs::new("prometheus")?;
+    rootfs.binary(binary, "/bin/prometheus")?;
+    rootfs.busybox_with(&["sh", "wget"])?;
+    let data = rootfs.root.join("prometheus");
+    fs::create_dir_all(&data)?;
+    fs::set_permissions(&data, std::os::unix::fs::PermissionsExt::from_mode(0o1777))?;
+    fs::create_dir_all(rootfs.root.join("etc/prometheus"))?;
+    rootfs.import(
+        LOCAL_PROMETHEUS,
+        &[
+            "EXPOSE 9090",
+            "WORKDIR /prometheus",
+            r#"ENTRYPOINT ["/bin/prometheus"]"#,
+            r#"CMD ["--config.file=/etc/prometheus/prometheus.yml", "--storage.tsdb.path=/prometheus"]"#,
+        ],
+    )
 }
 
 /// `cachemanager/app:local` from a release build of the host's binary.

@@ -39,8 +39,10 @@ commands:
   postgres-image [--force]
                         make sure a PostgreSQL image exists (official postgres:16-alpine,
                         else build cachemanager/postgres:local from Debian's PostgreSQL 15)
-  images [--force]      the Redis and PostgreSQL images above, and cachemanager/app:local
-                        from a release build of the host's binary (no registry needed)
+  images [--force]      the Redis and PostgreSQL images above, Prometheus (official
+                        prom/prometheus, else cachemanager/prometheus:local from Debian's),
+                        and cachemanager/app:local from a release build of the host's
+                        binary (no registry needed)
   bench [--quick] [--redis-url URL] [--only CASE-PREFIX]
                         the service under wrk, each case beside the ceiling of the
                         same binary; JSON in target/bench/, a markdown table printed
@@ -59,7 +61,8 @@ commands:
   k8s-check             validate docs/kubernetes/*.yaml against the Kubernetes
                         schemas (kubernetes-validate from PyPI, strict)
   compose-smoke         bring docker-compose.yml up with those images and check it
-                        end to end (lookups, keys in Redis, Redis stop and start)
+                        end to end (lookups, keys in Redis, writes, the admin API,
+                        Prometheus scraping the app, Redis stop and start)
 ";
 
 fn main() -> ExitCode {
@@ -80,8 +83,9 @@ fn main() -> ExitCode {
             let force = args.iter().any(|a| a == "--force");
             images::ensure_redis(force).and_then(|redis| {
                 let postgres = images::ensure_postgres(force)?;
+                let prometheus = images::ensure_prometheus(force)?;
                 let app = images::build_app()?;
-                println!("images: {redis}, {postgres} and {app}");
+                println!("images: {redis}, {postgres}, {prometheus} and {app}");
                 Ok(())
             })
         }
@@ -260,7 +264,8 @@ fn ci() -> Result<()> {
         ),
         step("images", || {
             images::ensure_redis(false)?;
-            images::ensure_postgres(false).map(drop)
+            images::ensure_postgres(false)?;
+            images::ensure_prometheus(false).map(drop)
         }),
         step(
             "integration tests",

@@ -8,10 +8,9 @@ use bytes::Bytes;
 use ports::{BackendError, CacheBackend, Entry, SharedBackend};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
-use super::LATENCY_BUCKETS;
+use super::LatencyHistogram;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(super) struct OperationLabels {
@@ -21,11 +20,7 @@ pub(super) struct OperationLabels {
     outcome: &'static str,
 }
 
-type Durations = Family<OperationLabels, Histogram, fn() -> Histogram>;
-
-fn latency_histogram() -> Histogram {
-    Histogram::new(LATENCY_BUCKETS)
-}
+type Durations = Family<OperationLabels, LatencyHistogram>;
 
 /// The backend families of a registry.
 #[derive(Clone)]
@@ -35,7 +30,7 @@ pub(super) struct BackendFamilies {
 
 impl BackendFamilies {
     pub(super) fn register(registry: &mut Registry) -> Self {
-        let durations: Durations = Family::new_with_constructor(latency_histogram);
+        let durations: Durations = Family::default();
         registry.register_with_unit(
             "backend_operation_duration",
             "Cache backend operations, by backend, operation and outcome (ok, timeout, \
@@ -70,8 +65,8 @@ pub struct MeteredBackend {
     name: &'static str,
     families: BackendFamilies,
     /// `get` and `mget` that succeed: the hit path, resolved once.
-    get_ok: Histogram,
-    mget_ok: Histogram,
+    get_ok: LatencyHistogram,
+    mget_ok: LatencyHistogram,
 }
 
 impl MeteredBackend {
@@ -92,10 +87,9 @@ impl MeteredBackend {
     }
 
     fn record<T>(&self, operation: &'static str, result: &Result<T, BackendError>, took: Duration) {
-        let seconds = took.as_secs_f64();
         match (operation, result) {
-            ("get", Ok(_)) => self.get_ok.observe(seconds),
-            ("mget", Ok(_)) => self.mget_ok.observe(seconds),
+            ("get", Ok(_)) => self.get_ok.observe(took),
+            ("mget", Ok(_)) => self.mget_ok.observe(took),
             _ => self
                 .families
                 .durations
@@ -104,7 +98,7 @@ impl MeteredBackend {
                     operation,
                     outcome: outcome(result),
                 })
-                .observe(seconds),
+                .observe(took),
         }
     }
 

@@ -1,15 +1,12 @@
 //! Per-cache counters: the observer every typed cache reports to.
 
-use std::time::Duration;
-
 use ports::{CacheEvent, CacheObserver};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
-use super::LATENCY_BUCKETS;
+use super::LatencyHistogram;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Namespace {
@@ -23,11 +20,7 @@ struct LoadLabels {
     result: &'static str,
 }
 
-type Histograms = Family<Namespace, Histogram, fn() -> Histogram>;
-
-fn latency_histogram() -> Histogram {
-    Histogram::new(LATENCY_BUCKETS)
-}
+type Histograms = Family<Namespace, LatencyHistogram>;
 
 /// The families, by event.
 #[derive(Clone)]
@@ -56,7 +49,7 @@ struct Handles {
     corrupt: Counter,
     writes: Counter,
     backend_errors: Counter,
-    load_duration: Histogram,
+    load_duration: LatencyHistogram,
 }
 
 impl Families {
@@ -120,7 +113,7 @@ impl CacheMetrics {
             corrupt: Family::default(),
             writes: Family::default(),
             backend_errors: Family::default(),
-            load_duration: Family::new_with_constructor(latency_histogram),
+            load_duration: Family::default(),
         };
         let counters: [(&str, &str, &Family<Namespace, Counter>); 7] = [
             (
@@ -208,10 +201,6 @@ impl CacheMetrics {
     }
 }
 
-fn seconds(elapsed: Duration) -> f64 {
-    elapsed.as_secs_f64()
-}
-
 impl CacheObserver for CacheMetrics {
     fn observe(&self, namespace: &'static str, event: CacheEvent) {
         self.with_handles(namespace, |h| match event {
@@ -226,11 +215,11 @@ impl CacheObserver for CacheMetrics {
             }
             CacheEvent::Loaded { elapsed, found } => {
                 if found { &h.found } else { &h.absent }.inc();
-                h.load_duration.observe(seconds(elapsed));
+                h.load_duration.observe(elapsed);
             }
             CacheEvent::LoadFailed { elapsed } => {
                 h.failed.inc();
-                h.load_duration.observe(seconds(elapsed));
+                h.load_duration.observe(elapsed);
             }
             CacheEvent::Coalesced => {
                 h.coalesced.inc();

@@ -8,10 +8,9 @@ use poem::http::Method;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
-use super::LATENCY_BUCKETS;
+use super::LatencyHistogram;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -21,11 +20,7 @@ struct RequestLabels {
     http_response_status_code: u16,
 }
 
-type Durations = Family<RequestLabels, Histogram, fn() -> Histogram>;
-
-fn latency_histogram() -> Histogram {
-    Histogram::new(LATENCY_BUCKETS)
-}
+type Durations = Family<RequestLabels, LatencyHistogram>;
 
 /// Records each request; cheap to clone.
 #[derive(Clone)]
@@ -33,6 +28,9 @@ pub struct HttpMetrics {
     durations: Durations,
     active: Gauge,
     unmatched: Arc<str>,
+    /// Tells this recorder's handles apart in the per-thread cache (never
+    /// reused, unlike an address).
+    id: u64,
 }
 
 impl std::fmt::Debug for HttpMetrics {
@@ -44,9 +42,9 @@ impl std::fmt::Debug for HttpMetrics {
 /// A request in flight: counted until dropped (also when the client goes
 /// away and the request is cancelled).
 #[derive(Debug)]
-pub struct InFlight(Gauge);
+pub struct InFlight<'a>(&'a Gauge);
 
-impl Drop for InFlight {
+impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.dec();
     }
@@ -69,9 +67,32 @@ fn method_label(method: &Method) -> &'static str {
     }
 }
 
+/// A handle resolved recently on this thread, by recorder, method, status
+/// and route.
+struct Recent {
+    id: u64,
+    method: &'static str,
+    status: u16,
+    route: Arc<str>,
+    histogram: LatencyHistogram,
+}
+
+/// How many handles each thread keeps (the routes, methods and statuses a
+/// service mostly answers fit in it).
+const RECENT: usize = 16;
+
+thread_local! {
+    /// Handles resolved on this thread: a request finds its series here
+    /// without the family's lock and hash (a read lock taken by every
+    /// request from every worker was a shared cache line).
+    static HANDLES: std::cell::RefCell<Vec<Recent>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 impl HttpMetrics {
     pub(super) fn register(registry: &mut Registry) -> Self {
-        let durations: Durations = Family::new_with_constructor(latency_histogram);
+        let durations: Durations = Family::default();
         let active = Gauge::default();
         registry.register_with_unit(
             "request_duration",
@@ -89,13 +110,14 @@ impl HttpMetrics {
             durations,
             active,
             unmatched: Arc::from("unmatched"),
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         }
     }
 
     /// Counts a request in flight until the returned guard is dropped.
-    pub fn start(&self) -> InFlight {
+    pub fn start(&self) -> InFlight<'_> {
         self.active.inc();
-        InFlight(self.active.clone())
+        InFlight(&self.active)
     }
 
     /// Records a request answered with `status` after `elapsed`; `route` is
@@ -107,12 +129,32 @@ impl HttpMetrics {
         status: u16,
         elapsed: Duration,
     ) {
-        self.durations
-            .get_or_create(&RequestLabels {
-                http_request_method: method_label(method),
-                http_route: route.unwrap_or(&self.unmatched).clone(),
+        let method = method_label(method);
+        let route = route.unwrap_or(&self.unmatched);
+        HANDLES.with_borrow_mut(|recent| {
+            let found = recent.iter().find(|r| {
+                r.id == self.id && r.status == status && r.method == method && r.route == *route
+            });
+            if let Some(found) = found {
+                found.histogram.observe(elapsed);
+                return;
+            }
+            let histogram = self.durations.get_or_create_owned(&RequestLabels {
+                http_request_method: method,
+                http_route: route.clone(),
                 http_response_status_code: status,
-            })
-            .observe(elapsed.as_secs_f64());
+            });
+            histogram.observe(elapsed);
+            if recent.len() == RECENT {
+                recent.remove(0);
+            }
+            recent.push(Recent {
+                id: self.id,
+                method,
+                status,
+                route: route.clone(),
+                histogram,
+            });
+        });
     }
 }

@@ -17,6 +17,7 @@
 
 mod backend;
 mod cache;
+mod histogram;
 mod http;
 mod store;
 
@@ -28,18 +29,13 @@ use prometheus_client::registry::Registry;
 
 pub use backend::MeteredBackend;
 pub use cache::{CacheCounts, CacheMetrics};
-pub use http::HttpMetrics;
+pub use http::{HttpMetrics, InFlight};
 pub use store::MeteredStore;
 
 use crate::backend::{Circuit, StatusSignal};
 use crate::health::{HealthMonitor, HealthStatus};
 
-/// Latency buckets for operations that take microseconds to seconds (cache
-/// and store operations, requests): 100 µs to 10 s.
-pub(crate) const LATENCY_BUCKETS: [f64; 16] = [
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-    5.0, 10.0,
-];
+pub use histogram::LatencyHistogram;
 
 /// The media type of the Prometheus text format.
 pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -221,6 +217,10 @@ impl Metrics {
         let mut receiver = signal.subscribe();
         let first = receiver.borrow_and_update().clone();
         set_circuit(&families, first.circuit);
+        // Every series from zero, so that rate() sees the first transition.
+        for (_, state) in CIRCUITS {
+            drop(families.transitions.get_or_create_owned(&StateLabel { state }));
+        }
         families.rebuilds.inc_by(first.rebuilds);
         let (mut circuit, mut rebuilds) = (first.circuit, first.rebuilds);
         tokio::spawn(async move {

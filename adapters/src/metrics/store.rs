@@ -10,10 +10,9 @@ use domain::{
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
-use super::LATENCY_BUCKETS;
+use super::LatencyHistogram;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(super) struct QueryLabels {
@@ -28,11 +27,7 @@ pub(super) struct ConnectionLabel {
     pub(super) state: &'static str,
 }
 
-type Durations = Family<QueryLabels, Histogram, fn() -> Histogram>;
-
-fn latency_histogram() -> Histogram {
-    Histogram::new(LATENCY_BUCKETS)
-}
+type Durations = Family<QueryLabels, LatencyHistogram>;
 
 /// The store families of a registry.
 #[derive(Clone)]
@@ -43,7 +38,7 @@ pub(super) struct StoreFamilies {
 
 impl StoreFamilies {
     pub(super) fn register(registry: &mut Registry) -> Self {
-        let durations: Durations = Family::new_with_constructor(latency_histogram);
+        let durations: Durations = Family::default();
         let connections = Family::<ConnectionLabel, Gauge>::default();
         registry.register_with_unit(
             "store_query_duration",
@@ -104,7 +99,7 @@ impl<R> MeteredStore<R> {
                 operation,
                 outcome: outcome(&result),
             })
-            .observe(started.elapsed().as_secs_f64());
+            .observe(started.elapsed());
         result
     }
 }

@@ -390,3 +390,46 @@ async fn without_a_token_setting_every_admin_path_answers_404() {
     assert_eq!(status, 404);
     app.stop().await;
 }
+
+/// The dashboard shipped in docs/ queries only metrics a running service
+/// exposes: a renamed family must not leave a panel silently empty.
+#[tokio::test]
+async fn every_metric_the_dashboard_queries_is_exposed_by_a_running_service() {
+    let dashboard: serde_json::Value = serde_json::from_str(include_str!(
+        "../../../docs/observability/grafana-dashboard.json"
+    ))
+    .unwrap();
+    let redis = TestRedis::start().await;
+    let app = spawn_app_on_redis(&redis, &[]).await;
+    let _ = app.get(&format!("/users/{USER}")).await;
+    let _ = app.get(&format!("/users/{USER}")).await;
+    let text = scrape(&app).await;
+    let families: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .collect();
+    let mut queried = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            let words = expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'));
+            for word in
+                words.filter(|w| w.starts_with("cachemanager_") || w.starts_with("http_server_"))
+            {
+                let family = ["_bucket", "_count", "_sum"]
+                    .iter()
+                    .find_map(|suffix| word.strip_suffix(suffix))
+                    .unwrap_or(word);
+                assert!(
+                    families.contains(&family),
+                    "panel {} queries {word}, which the service does not expose:\n{text}",
+                    panel["title"]
+                );
+                queried += 1;
+            }
+        }
+    }
+    assert!(queried > 10, "the dashboard queries {queried} metrics");
+    app.stop().await;
+}
