@@ -21,6 +21,8 @@ const CONFIG: &str = r#"[checks.positive_data_acceptance]
 expected-statuses = ["2xx", "3xx", "401", "403", "404", "409", "412", "429", "5xx"]
 "#;
 const SEED: &str = "20261124";
+/// The admin token of the instance under test (a throwaway).
+const ADMIN_TOKEN: &str = "api-check-admin-token-0123456789";
 
 /// Stops the service when dropped.
 struct Service(std::process::Child);
@@ -53,6 +55,9 @@ pub fn check(args: &[String]) -> Result<()> {
                 format!("sqlite://{}", database.display()),
             )
             .env("CACHEMANAGER__LOG__REQUESTS", "false")
+            // The admin API on, and its token given to schemathesis: its
+            // operations are checked too (with and without the token).
+            .env("CACHEMANAGER__ADMIN__TOKEN", ADMIN_TOKEN)
             .env("RUST_LOG", "warn")
             .current_dir(std::env::temp_dir())
             .stdout(Stdio::null())
@@ -70,6 +75,7 @@ pub fn check(args: &[String]) -> Result<()> {
     let config = crate::target_dir().join("xtask/schemathesis.toml");
     std::fs::write(&config, CONFIG)?;
     let config = config.display().to_string();
+    let authorization = format!("Authorization: Bearer {ADMIN_TOKEN}");
     let mut st_args = vec![
         "--config-file",
         config.as_str(),
@@ -79,6 +85,8 @@ pub fn check(args: &[String]) -> Result<()> {
         "all",
         "--max-examples",
         "50",
+        "--header",
+        authorization.as_str(),
     ];
     if !random {
         st_args.extend(["--seed", SEED]);

@@ -14,6 +14,7 @@ use serde::Serialize;
 use subtle::ConstantTimeEq as _;
 
 use super::errors::{ErrorBody, ErrorCode};
+use super::types::CacheKeyText;
 use crate::Secret;
 use crate::backend::{Circuit, StatusSignal};
 use crate::metrics::{Metrics, OPENMETRICS_TEXT, PROMETHEUS_TEXT, wants_openmetrics};
@@ -134,9 +135,10 @@ pub struct CachesBody {
 /// Keys to remove from one cache.
 #[derive(Debug, Clone, Object)]
 pub struct InvalidateRequest {
-    /// Keys as they appear after the namespace (a uuid, a number), 1 to 100.
+    /// Keys as they appear after the namespace (a uuid, a number), 1 to 100,
+    /// each 1 to 512 characters.
     #[oai(validator(min_items = 1, max_items = 100))]
-    pub keys: Vec<String>,
+    pub keys: Vec<CacheKeyText>,
 }
 
 /// What an invalidation removed.
@@ -154,6 +156,10 @@ enum CachesResponse {
     /// No token, or not the configured one.
     #[oai(status = 401)]
     Unauthorized(Json<ErrorBody>, #[oai(header = "WWW-Authenticate")] String),
+    /// The admin API is off (`admin.token` is not set; the guard answers).
+    #[oai(status = 404)]
+    #[allow(dead_code)]
+    Off(Json<ErrorBody>),
 }
 
 #[derive(ApiResponse)]
@@ -161,13 +167,13 @@ enum RemoveResponse {
     /// Removed (or already absent).
     #[oai(status = 200)]
     Ok(Json<Removed>),
-    /// More than 100 keys, or none.
+    /// More than 100 keys, none, or a key of more than 512 characters.
     #[oai(status = 400)]
     BadRequest(Json<ErrorBody>),
     /// No token, or not the configured one.
     #[oai(status = 401)]
     Unauthorized(Json<ErrorBody>, #[oai(header = "WWW-Authenticate")] String),
-    /// No cache has this namespace.
+    /// No cache has this namespace, or the admin API is off.
     #[oai(status = 404)]
     NotFound(Json<ErrorBody>),
     /// The cache backend failed: the entries may still be there.
@@ -241,6 +247,13 @@ impl OpsApi {
             .as_ref()
             .filter(|admin| admin.accepts(&token.0.token))
     }
+}
+
+/// The longest key the admin API takes, in characters.
+const MAX_KEY_CHARS: usize = 512;
+
+fn key_fits(key: &str) -> bool {
+    !key.is_empty() && key.chars().count() <= MAX_KEY_CHARS
 }
 
 fn unauthorized() -> (Json<ErrorBody>, String) {
@@ -375,12 +388,20 @@ impl OpsApi {
         &self,
         token: AdminToken,
         namespace: Path<String>,
+        /// The key's text after the namespace, 1 to 512 characters.
+        #[oai(validator(min_length = 1, max_length = 512))]
         key: Path<String>,
     ) -> RemoveResponse {
         let Some(admin) = self.authorized(&token) else {
             let (body, challenge) = unauthorized();
             return RemoveResponse::Unauthorized(body, challenge);
         };
+        if !key_fits(&key.0) {
+            return RemoveResponse::BadRequest(Json(ErrorBody::new(
+                ErrorCode::BadRequest,
+                format!("a key holds 1 to {MAX_KEY_CHARS} characters"),
+            )));
+        }
         remove(admin, &namespace.0, std::slice::from_ref(&key.0)).await
     }
 
@@ -401,12 +422,13 @@ impl OpsApi {
             let (body, challenge) = unauthorized();
             return RemoveResponse::Unauthorized(body, challenge);
         };
-        if body.0.keys.is_empty() || body.0.keys.len() > MAX_BATCH {
+        let keys: Vec<String> = body.0.keys.into_iter().map(|key| key.0).collect();
+        if keys.is_empty() || keys.len() > MAX_BATCH || keys.iter().any(|k| !key_fits(k)) {
             return RemoveResponse::BadRequest(Json(ErrorBody::new(
                 ErrorCode::BadRequest,
-                format!("`keys` holds 1 to {MAX_BATCH} keys"),
+                format!("`keys` holds 1 to {MAX_BATCH} keys of 1 to {MAX_KEY_CHARS} characters"),
             )));
         }
-        remove(admin, &namespace.0, &body.0.keys).await
+        remove(admin, &namespace.0, &keys).await
     }
 }

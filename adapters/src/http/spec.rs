@@ -134,6 +134,12 @@ fn add_guard_responses(responses: &mut Map<String, Value>, has_body: bool) {
                 "content": error_content(),
             })
         });
+        responses.entry("415").or_insert_with(|| {
+            json!({
+                "description": "The body is not sent as `content-type: application/json` (`bad_request`).",
+                "content": error_content(),
+            })
+        });
     }
     let timeout =
         "The request took longer than the server's request timeout (`timeout`, 10 s by default).";
@@ -256,6 +262,10 @@ mod tests {
         assert!(a.get("413").is_none(), "no body, no 413");
         let b = &document["paths"]["/b"]["post"]["responses"];
         assert!(b["413"].is_object());
+        assert!(
+            b["415"].is_object(),
+            "a body sent as another type is refused"
+        );
         assert_eq!(
             b["503"]["content"]["application/json"]["schema"]["oneOf"][1]["$ref"],
             "#/components/schemas/ErrorBody"

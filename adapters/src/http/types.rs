@@ -203,6 +203,17 @@ macro_rules! text_field {
     };
 }
 
+// A cache key as the admin API takes it: any text of 1 to 512 characters
+// (escaped into its namespace by the cache, never a pattern).
+text_field!(
+    CacheKeyText,
+    "string_cache_key",
+    1,
+    512,
+    "^[\\s\\S]+$",
+    "550e8400-e29b-41d4-a716-446655440001"
+);
+
 // A page cursor: what a page's `next_cursor` holds.
 text_field!(
     CursorText,

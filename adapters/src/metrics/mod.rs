@@ -219,7 +219,11 @@ impl Metrics {
         set_circuit(&families, first.circuit);
         // Every series from zero, so that rate() sees the first transition.
         for (_, state) in CIRCUITS {
-            drop(families.transitions.get_or_create_owned(&StateLabel { state }));
+            drop(
+                families
+                    .transitions
+                    .get_or_create_owned(&StateLabel { state }),
+            );
         }
         families.rebuilds.inc_by(first.rebuilds);
         let (mut circuit, mut rebuilds) = (first.circuit, first.rebuilds);
