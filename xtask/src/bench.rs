@@ -611,7 +611,7 @@ pub fn bench(args: &[String]) -> Result<()> {
         .as_ref()
         .is_none_or(|p| METRICS_COST_CASE.starts_with(p.as_str()))
     {
-        let pairs = if options.quick { 1 } else { 6 };
+        let pairs = if options.quick { 1 } else { 10 };
         metrics_cost(&binary, &redis, &hit, (pairs, seconds.min(5)))?
     } else {
         String::new()
