@@ -270,6 +270,12 @@ fn json_logs_carry_the_request_span_and_never_the_admin_token() {
     get_until(port, "/health/live", "the service answers", |_| true);
     let user = "550e8400-e29b-41d4-a716-446655440001";
     let _ = get(port, &format!("/users/{user}"));
+    let refused = request(
+        port,
+        &format!("DELETE /admin/caches/user:record/keys/{user} HTTP/1.1\r\nAuthorization: Bearer not-{token}"),
+    )
+    .unwrap();
+    assert!(refused.starts_with("HTTP/1.1 401"), "{refused}");
     let answer = request(
         port,
         &format!(
@@ -300,5 +306,16 @@ fn json_logs_carry_the_request_span_and_never_the_admin_token() {
         "{removed}"
     );
     assert_eq!(span["http.request.method"], "DELETE", "{removed}");
+    // Every admin call is logged with its outcome, the refused one too.
+    let calls: Vec<serde_json::Value> = stderr
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|line| line["message"] == "admin call")
+        .collect();
+    let statuses: Vec<u64> = calls
+        .iter()
+        .filter_map(|c| c["http.response.status_code"].as_u64())
+        .collect();
+    assert_eq!(statuses, [401, 200], "{stderr}");
     assert!(!stderr.contains(token), "the token was logged");
 }

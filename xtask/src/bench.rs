@@ -5,9 +5,9 @@
 //! (`GET /health/live`: no I/O) so drift hits both, median of the runs:
 //! - `hit/<backend>`: `GET /users/{uuid}` over 10 warm users, for memory, redis, noop;
 //!   `hit/memory+accept-gzip` the same from a client that accepts compression;
-//! - `metrics cost`: `hit/memory` with metrics on (the default) and off, two
-//!   services side by side, their runs alternated, the cost the median of
-//!   the paired ratios (see `metrics_cost`);
+//! - `metrics cost`: `hit/memory` with metrics on (the default) and off,
+//!   beside a second service with metrics off (the noise alone), their runs
+//!   rotated, the cost the median of the per-round ratios (see `metrics_cost`);
 //! - `pg/*`: the store cases on PostgreSQL with a million users (see `store_cases`);
 //! - `miss/redis`: `GET /users/{uuid}` over 50,000 users, each asked once per run,
 //!   Redis flushed before each run: every request is a GET miss, a store read
@@ -611,8 +611,8 @@ pub fn bench(args: &[String]) -> Result<()> {
         .as_ref()
         .is_none_or(|p| METRICS_COST_CASE.starts_with(p.as_str()))
     {
-        let pairs = if options.quick { 1 } else { 10 };
-        metrics_cost(&binary, &redis, &hit, (pairs, seconds.min(5)))?
+        let rounds = if options.quick { 1 } else { 10 };
+        metrics_cost(&binary, &redis, &hit, (rounds, seconds.min(5)))?
     } else {
         String::new()
     };
@@ -1024,66 +1024,64 @@ fn chart_of(json: &Path) -> Result<PathBuf> {
     Ok(png)
 }
 
-/// What metrics cost on the hit path: two memory services, metrics on and
-/// off, warmed alike; at each connection count, `pairs` pairs of runs, the
-/// order alternating within a pair so drift favours neither; the cost is
-/// the median of the paired ratios on/off (a pair shares its seconds of
-/// machine noise, which separate ceilings did not: ratios to two ceilings
-/// differed by more than the bound from run to run).
+/// What metrics cost on the hit path: three memory services, warmed alike:
+/// metrics on, metrics off, and a second one with metrics off (the null
+/// case: two identical services, what the machine's noise alone makes of a
+/// comparison). At each connection count, `rounds` rounds run each service
+/// once, the order rotating from round to round so drift favours none; the
+/// cost is the median of the per-round ratios on/off, beside the median of
+/// off/off (a round shares its seconds of machine noise, which separate
+/// ceilings did not: ratios to two ceilings differed by more than the bound
+/// from run to run).
 fn metrics_cost(
     binary: &Path,
     redis: &BenchRedis,
     hit: &Path,
-    (pairs, seconds): (usize, u32),
+    (rounds, seconds): (usize, u32),
 ) -> Result<String> {
-    let on = Service::start(binary, "memory", redis, None, false, &[])?;
-    let off = Service::start(
-        binary,
-        "memory",
-        redis,
-        None,
-        false,
-        &[("CACHEMANAGER__METRICS__ENABLED", "false")],
-    )?;
-    for service in [&on, &off] {
+    let off_env = [("CACHEMANAGER__METRICS__ENABLED", "false")];
+    let services = [
+        Service::start(binary, "memory", redis, None, false, &[])?,
+        Service::start(binary, "memory", redis, None, false, &off_env)?,
+        Service::start(binary, "memory", redis, None, false, &off_env)?,
+    ];
+    for service in &services {
         for n in 1..=10 {
             let _ = get(service.port, &format!("/users/{}", uuid(n)))?;
         }
     }
     let mut out = String::new();
     for connections in CONNECTIONS {
-        let mut ratios = Vec::new();
-        let (mut on_rps, mut off_rps) = (Vec::new(), Vec::new());
-        for pair in 0..pairs {
-            let (a, b) = if pair % 2 == 0 {
-                (&on, &off)
-            } else {
-                (&off, &on)
-            };
-            let first = wrk(a.port, hit, connections, seconds)?;
-            let second = wrk(b.port, hit, connections, seconds)?;
-            let (with, without) = if pair % 2 == 0 {
-                (first, second)
-            } else {
-                (second, first)
-            };
-            if with.errors + without.errors > 0 {
-                bail!("requests failed while measuring what metrics cost");
+        let (mut cost, mut null) = (Vec::new(), Vec::new());
+        let mut rps = [Vec::new(), Vec::new(), Vec::new()];
+        for round in 0..rounds {
+            let mut this = [0.0; 3];
+            for step in 0..3 {
+                let which = (round + step) % 3;
+                let run = wrk(services[which].port, hit, connections, seconds)?;
+                if run.errors > 0 {
+                    bail!("requests failed while measuring what metrics cost");
+                }
+                this[which] = run.rps;
+                rps[which].push(run.rps);
             }
-            if without.rps > 0.0 {
-                ratios.push(with.rps / without.rps);
+            if this[1] > 0.0 {
+                cost.push(this[0] / this[1]);
+                null.push(this[2] / this[1]);
             }
-            on_rps.push(with.rps);
-            off_rps.push(without.rps);
         }
-        let ratio = median(ratios);
+        let (cost, null) = (median(cost), median(null));
+        let percent = |r: f64| 100.0 * (r - 1.0);
         let line = format!(
-            "{METRICS_COST_CASE}, c={connections}: {:.0} req/s with metrics, {:.0} without; cost {:+.1} % (paired median of {pairs}, {:+.1} to {:+.1}; bound -3 %)",
-            median(on_rps).0,
-            median(off_rps).0,
-            100.0 * (ratio.0 - 1.0),
-            100.0 * (ratio.1 - 1.0),
-            100.0 * (ratio.2 - 1.0),
+            "{METRICS_COST_CASE}, c={connections}: {:.0} req/s with metrics, {:.0} without; cost {:+.1} % ({:+.1} to {:+.1}); the same comparison of two services without metrics: {:+.1} % ({:+.1} to {:+.1}); medians of {rounds} rounds; bound -3 %",
+            median(rps[0].clone()).0,
+            median(rps[1].clone()).0,
+            percent(cost.0),
+            percent(cost.1),
+            percent(cost.2),
+            percent(null.0),
+            percent(null.1),
+            percent(null.2),
         );
         println!("  {line}");
         let _ = writeln!(out, "\n{line}");

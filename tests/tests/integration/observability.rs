@@ -286,10 +286,12 @@ async fn the_admin_api_refuses_without_its_token_and_works_with_it() {
     .await;
     assert_eq!((status, body["removed"].as_u64()), (200, Some(1)), "{body}");
 
+    // That every admin call is logged is checked on the binary's own JSON
+    // logs (app/tests/cli.rs): a capture on this thread can miss a line
+    // whose call site another test's thread registered at the same moment.
     let text = logs.text();
     assert!(!text.contains(TOKEN), "the token was logged");
     assert!(!text.contains(wrong), "an offered token was logged");
-    assert!(text.contains("admin call"), "admin calls are logged");
     app.stop().await;
 }
 
