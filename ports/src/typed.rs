@@ -644,7 +644,29 @@ impl<D: CacheDefinition> TypedCache<D> {
     ///
     /// # Errors
     /// [`CacheError::BatchTooLarge`] for more than [`MAX_BATCH`] keys.
+    ///
+    /// Runs in a `cache` span at debug (`cache.operation = "mget"`,
+    /// `cache.outcome` = `hit`, `miss` or `partial`).
     pub async fn mget(&self, keys: &[D::Key]) -> Result<Vec<Option<D::Value>>, CacheError> {
+        let span = cache_span(D::NAMESPACE, "mget", &self.backend, "");
+        if span.is_disabled() {
+            return self.mget_unspanned(keys).await;
+        }
+        use tracing::Instrument as _;
+        let result = self.mget_unspanned(keys).instrument(span.clone()).await;
+        if let Ok(values) = &result {
+            let hits = values.iter().filter(|v| v.is_some()).count();
+            let outcome = match hits {
+                0 => "miss",
+                n if n == values.len() => "hit",
+                _ => "partial",
+            };
+            span.record("cache.outcome", outcome);
+        }
+        result
+    }
+
+    async fn mget_unspanned(&self, keys: &[D::Key]) -> Result<Vec<Option<D::Value>>, CacheError> {
         check_batch(keys.len())?;
         if keys.is_empty() {
             return Ok(Vec::new());
@@ -731,8 +753,9 @@ impl<D: CacheDefinition> TypedCache<D> {
 }
 
 /// The span of one cache operation (debug level), with OpenTelemetry-style
-/// field names; `cache.outcome` is recorded when it is known. The key is
-/// recorded only when keys may be logged ([`crate::show_keys_in_logs`]).
+/// field names; `cache.outcome` is recorded when it is known. The key (none
+/// for a batch: `""`) is recorded only when keys may be logged
+/// ([`crate::show_keys_in_logs`]).
 pub(crate) fn cache_span(
     namespace: &'static str,
     operation: &'static str,
@@ -749,7 +772,7 @@ pub(crate) fn cache_span(
     );
     if !span.is_disabled() {
         span.record("db.system", backend.name());
-        if crate::redact::keys_shown() {
+        if crate::redact::keys_shown() && !key.is_empty() {
             span.record("cache.key", key);
         }
     }
@@ -863,6 +886,59 @@ mod tests {
 
     fn some(s: &'static str) -> Option<Bytes> {
         Some(Bytes::from_static(s.as_bytes()))
+    }
+
+    // --- spans ---------------------------------------------------------------
+
+    /// Every span's fields at its close, as the fmt layer writes them.
+    #[derive(Clone, Default)]
+    struct Spans(Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Spans {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            if let Ok(mut buffer) = self.0.lock() {
+                buffer.extend_from_slice(bytes);
+            }
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn reads_run_in_a_cache_span_with_their_outcome_and_no_key() {
+        let spans = Spans::default();
+        let writer = spans.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
+            .with_writer(move || writer.clone())
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let map = Arc::new(crate::testing::MapBackend::default());
+        let cache = TypedCache::<IdCache>::new(map);
+        cache.set(&7, &49).await.unwrap();
+        assert_eq!(cache.get(&7).await, Some(49));
+        assert_eq!(cache.get(&8).await, None);
+        assert_eq!(cache.mget(&[7, 8]).await.unwrap(), vec![Some(49), None]);
+        let text = String::from_utf8_lossy(&spans.0.lock().unwrap()).into_owned();
+        let closed: Vec<&str> = text.lines().filter(|l| l.contains("close")).collect();
+        let has = |operation: &str, outcome: &str| {
+            closed.iter().any(|l| {
+                l.contains("cache.namespace=\"test:ids\"")
+                    && l.contains(&format!("cache.operation=\"{operation}\""))
+                    && l.contains(&format!("cache.outcome=\"{outcome}\""))
+                    && l.contains("db.system=")
+            })
+        };
+        assert!(has("get", "hit"), "{text}");
+        assert!(has("get", "miss"), "{text}");
+        assert!(has("mget", "partial"), "{text}");
+        assert!(
+            !text.contains("test:ids:7"),
+            "a key reached the spans: {text}"
+        );
     }
 
     // --- get -----------------------------------------------------------------
