@@ -6,68 +6,10 @@
 // A failed unwrap in a test is a failed test, with its cause.
 #![allow(clippy::unwrap_used)]
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use async_trait::async_trait;
-use bytes::Bytes;
-use ports::{BackendError, CacheBackend, CacheDefinition, Entry, TextCodec, TypedCache};
-
-/// A map as a backend; `down` makes every operation fail.
-#[derive(Default)]
-struct Map {
-    entries: Mutex<HashMap<String, Bytes>>,
-    down: std::sync::atomic::AtomicBool,
-}
-
-impl Map {
-    fn check(&self) -> Result<(), BackendError> {
-        if self.down.load(std::sync::atomic::Ordering::Relaxed) {
-            return Err(BackendError::Unavailable("down".into()));
-        }
-        Ok(())
-    }
-}
-
-#[async_trait]
-impl CacheBackend for Map {
-    fn name(&self) -> &'static str {
-        "map"
-    }
-    async fn get(&self, key: &str) -> Result<Option<Bytes>, BackendError> {
-        self.check()?;
-        Ok(self.entries.lock().unwrap().get(key).cloned())
-    }
-    async fn set(&self, key: &str, value: Bytes, _: Option<Duration>) -> Result<(), BackendError> {
-        self.check()?;
-        self.entries.lock().unwrap().insert(key.to_owned(), value);
-        Ok(())
-    }
-    async fn delete(&self, key: &str) -> Result<bool, BackendError> {
-        self.check()?;
-        Ok(self.entries.lock().unwrap().remove(key).is_some())
-    }
-    async fn compare_and_delete(&self, key: &str, _: &[u8]) -> Result<bool, BackendError> {
-        self.delete(key).await
-    }
-    async fn mget(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>, BackendError> {
-        self.check()?;
-        let entries = self.entries.lock().unwrap();
-        Ok(keys.iter().map(|k| entries.get(k).cloned()).collect())
-    }
-    async fn mset(&self, entries: &[Entry]) -> Result<(), BackendError> {
-        self.check()?;
-        let mut map = self.entries.lock().unwrap();
-        for entry in entries {
-            map.insert(entry.key.clone(), entry.value.clone());
-        }
-        Ok(())
-    }
-    async fn ping(&self) -> Result<(), BackendError> {
-        self.check()
-    }
-}
+use ports::testing::MapBackend;
+use ports::{CacheDefinition, TextCodec, TypedCache};
 
 struct Squares;
 impl CacheDefinition for Squares {
@@ -101,13 +43,13 @@ async fn operations_run_in_cache_spans_with_their_outcome_and_no_key() {
         .with_writer(move || writer.clone())
         .finish();
     let _guard = tracing::subscriber::set_default(subscriber);
-    let map = Arc::new(Map::default());
+    let map = Arc::new(MapBackend::default());
     let cache = TypedCache::<Squares>::new(map.clone());
     cache.set(&7, &49).await.unwrap();
     assert_eq!(cache.get(&7).await, Some(49));
     assert_eq!(cache.get(&8).await, None);
     assert_eq!(cache.mget(&[7, 8]).await.unwrap(), vec![Some(49), None]);
-    map.down.store(true, std::sync::atomic::Ordering::Relaxed);
+    map.set_down(true);
     cache.invalidate(&7).await;
 
     let text = String::from_utf8_lossy(&written.0.lock().unwrap()).into_owned();

@@ -345,15 +345,10 @@ impl Guard {
     }
 }
 
-/// The coding to compress a response with, from `Accept-Encoding`: br when
-/// accepted, else gzip; `None` when the client accepts neither.
-fn accepted_coding(headers: &poem::http::HeaderMap) -> Option<poem::web::CompressionAlgo> {
-    let accepted = headers
-        .get(poem::http::header::ACCEPT_ENCODING)?
-        .to_str()
-        .ok()?;
-    let mut best = None;
-    for item in accepted.split(',') {
+/// The names an `Accept`-style header (`Accept`, `Accept-Encoding`) lists,
+/// trimmed, without their parameters, leaving out those refused with `q=0`.
+pub(crate) fn accepted(header: &str) -> impl Iterator<Item = &str> {
+    header.split(',').filter_map(|item| {
         let mut parts = item.split(';');
         let name = parts.next().unwrap_or("").trim();
         let refused = parts.any(|p| {
@@ -362,8 +357,20 @@ fn accepted_coding(headers: &poem::http::HeaderMap) -> Option<poem::web::Compres
                 .and_then(|q| q.trim().parse::<f32>().ok())
                 .is_some_and(|q| q <= 0.0)
         });
+        (!refused).then_some(name)
+    })
+}
+
+/// The coding to compress a response with, from `Accept-Encoding`: br when
+/// accepted, else gzip; `None` when the client accepts neither.
+fn accepted_coding(headers: &poem::http::HeaderMap) -> Option<poem::web::CompressionAlgo> {
+    let accepted_header = headers
+        .get(poem::http::header::ACCEPT_ENCODING)?
+        .to_str()
+        .ok()?;
+    let mut best = None;
+    for name in accepted(accepted_header) {
         match name {
-            _ if refused => {}
             "br" => return Some(poem::web::CompressionAlgo::BR),
             "gzip" => best = Some(poem::web::CompressionAlgo::GZIP),
             _ => {}

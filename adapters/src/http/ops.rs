@@ -17,7 +17,7 @@ use super::errors::{ErrorBody, ErrorCode};
 use super::types::CacheKeyText;
 use crate::Secret;
 use crate::backend::{Circuit, StatusSignal};
-use crate::metrics::{Metrics, OPENMETRICS_TEXT, PROMETHEUS_TEXT, wants_openmetrics};
+use crate::metrics::{CacheCounts, Metrics, OPENMETRICS_TEXT, PROMETHEUS_TEXT};
 
 #[derive(Tags)]
 enum Tag {
@@ -25,6 +25,15 @@ enum Tag {
     Metrics,
     /// Operating the caches (off unless `admin.token` is set; bearer token).
     Admin,
+}
+
+/// Whether an `Accept` header asks for OpenMetrics (as Prometheus does when
+/// it prefers it); anything else gets the Prometheus text format.
+fn wants_openmetrics(accept: Option<&str>) -> bool {
+    accept.is_some_and(|accept| {
+        super::errors::accepted(accept)
+            .any(|name| name.eq_ignore_ascii_case("application/openmetrics-text"))
+    })
 }
 
 /// The metrics exposition, in the format the client asked for.
@@ -94,30 +103,7 @@ pub struct CacheView {
     /// What it counted since start (absent when metrics are off).
     #[oai(skip_serializing_if_is_none)]
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub counters: Option<CacheCounters>,
-}
-
-/// A cache's counters since start.
-#[derive(Debug, Clone, Object, Serialize)]
-pub struct CacheCounters {
-    /// Reads that found a value.
-    pub hits: u64,
-    /// Reads that found nothing.
-    pub misses: u64,
-    /// Reads answered by a remembered absence.
-    pub negative_hits: u64,
-    /// Read-through loads.
-    pub loads: u64,
-    /// Loads that failed or timed out.
-    pub load_failures: u64,
-    /// Callers that waited for another caller's load.
-    pub coalesced_waits: u64,
-    /// Stored values that did not decode and were removed.
-    pub corrupt_removed: u64,
-    /// Values written.
-    pub writes: u64,
-    /// Backend errors swallowed.
-    pub backend_errors: u64,
+    pub counters: Option<CacheCounts>,
 }
 
 /// Every cache, and the backend they share.
@@ -351,20 +337,10 @@ impl OpsApi {
                     ttl_secs: info.ttl.expiry().map_or(0, |ttl| ttl.as_secs()),
                     ttl_jitter: info.ttl_jitter,
                     negative_ttl_secs: info.negative_ttl.map(|ttl| ttl.as_secs_f64()),
-                    counters: self.metrics.as_ref().map(|metrics| {
-                        let c = metrics.cache_counts(info.namespace);
-                        CacheCounters {
-                            hits: c.hits,
-                            misses: c.misses,
-                            negative_hits: c.negative_hits,
-                            loads: c.loads,
-                            load_failures: c.load_failures,
-                            coalesced_waits: c.coalesced_waits,
-                            corrupt_removed: c.corrupt_removed,
-                            writes: c.writes,
-                            backend_errors: c.backend_errors,
-                        }
-                    }),
+                    counters: self
+                        .metrics
+                        .as_ref()
+                        .map(|metrics| metrics.cache_counts(info.namespace)),
                 }
             })
             .collect();
@@ -430,5 +406,21 @@ impl OpsApi {
             )));
         }
         remove(admin, &namespace.0, &keys).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openmetrics_is_chosen_only_when_accept_asks_for_it() {
+        assert!(!wants_openmetrics(None));
+        assert!(!wants_openmetrics(Some("text/plain")));
+        assert!(!wants_openmetrics(Some("*/*")));
+        assert!(wants_openmetrics(Some(
+            "application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.4"
+        )));
+        assert!(!wants_openmetrics(Some("application/openmetrics-text;q=0")));
     }
 }

@@ -50,7 +50,7 @@ impl RouteTable {
     /// `None` for a path outside the API. Never the raw path: it may carry
     /// personal data, and each uuid would be a new label or log value.
     pub fn template(&self, path: &str) -> Option<&str> {
-        self.find(path).map(|route| &*route.template)
+        self.route(path).map(|template| &**template)
     }
 
     /// The same template, shared (for a label value without a copy).

@@ -72,8 +72,8 @@ impl Families {
     }
 }
 
-/// What one cache has counted, for the admin API.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// What one cache has counted since start; the admin API sends it as it is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, poem_openapi::Object, serde::Serialize)]
 pub struct CacheCounts {
     /// Reads that found a value.
     pub hits: u64,

@@ -249,7 +249,7 @@ impl Metrics {
     }
 
     /// The exposition: OpenMetrics when `openmetrics`, else the Prometheus
-    /// text format (what `Accept` asked for; see [`wants_openmetrics`]).
+    /// text format (what the scraper's `Accept` asked for).
     pub fn encode(&self, openmetrics: bool) -> String {
         for sampler in self.samplers().iter() {
             sampler();
@@ -273,24 +273,6 @@ impl Metrics {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
-}
-
-/// Whether an `Accept` header asks for OpenMetrics (as Prometheus does when
-/// it prefers it); anything else gets the Prometheus text format.
-pub fn wants_openmetrics(accept: Option<&str>) -> bool {
-    accept.is_some_and(|accept| {
-        accept.split(',').any(|item| {
-            let mut parts = item.split(';');
-            let name = parts.next().unwrap_or("").trim();
-            let refused = parts.any(|p| {
-                p.trim()
-                    .strip_prefix("q=")
-                    .and_then(|q| q.trim().parse::<f32>().ok())
-                    .is_some_and(|q| q <= 0.0)
-            });
-            name.eq_ignore_ascii_case("application/openmetrics-text") && !refused
-        })
-    })
 }
 
 fn circuit_name(circuit: Circuit) -> &'static str {

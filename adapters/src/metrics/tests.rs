@@ -144,17 +144,6 @@ async fn the_breaker_gauge_transitions_and_rebuilds_follow_the_status_signal() {
 }
 
 #[test]
-fn openmetrics_is_chosen_only_when_accept_asks_for_it() {
-    assert!(!wants_openmetrics(None));
-    assert!(!wants_openmetrics(Some("text/plain")));
-    assert!(!wants_openmetrics(Some("*/*")));
-    assert!(wants_openmetrics(Some(
-        "application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.4"
-    )));
-    assert!(!wants_openmetrics(Some("application/openmetrics-text;q=0")));
-}
-
-#[test]
 fn the_two_formats_differ_as_their_specifications_say() {
     let metrics = Metrics::new(&["a"]);
     let open = metrics.encode(true);

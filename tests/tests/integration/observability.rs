@@ -20,15 +20,19 @@ fn sample(exposition: &str, series: &str) -> Option<f64> {
     })
 }
 
-async fn scrape(app: &tests::TestApp) -> String {
-    let response = app.get("/metrics").await;
-    assert_eq!(response.status(), 200);
-    let content_type = response
+fn content_type(response: &reqwest::Response) -> String {
+    response
         .headers()
         .get("content-type")
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
-        .to_owned();
+        .to_owned()
+}
+
+async fn scrape(app: &tests::TestApp) -> String {
+    let response = app.get("/metrics").await;
+    assert_eq!(response.status(), 200);
+    let content_type = content_type(&response);
     assert!(
         content_type.starts_with("text/plain; version=0.0.4"),
         "{content_type}"
@@ -167,12 +171,7 @@ async fn the_whole_exposition_passes_promtool_and_openmetrics_is_served_when_ask
         .send()
         .await
         .unwrap();
-    let content_type = response
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
+    let content_type = content_type(&response);
     assert!(
         content_type.starts_with("application/openmetrics-text"),
         "{content_type}"
