@@ -48,3 +48,28 @@ where
         ))),
     }
 }
+
+/// A number of whole seconds, zero included (`*_secs` keys).
+///
+/// # Errors
+/// A negative number, or not a number.
+pub fn secs<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    let secs = i64::deserialize(deserializer)?;
+    u64::try_from(secs)
+        .map(Duration::from_secs)
+        .map_err(|_| serde::de::Error::custom(format!("{secs} is not accepted (seconds >= 0)")))
+}
+
+/// A positive number of whole seconds.
+///
+/// # Errors
+/// Zero, a negative number, or not a number.
+pub fn positive_secs<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    let secs = i64::deserialize(deserializer)?;
+    match u64::try_from(secs) {
+        Ok(secs) if secs > 0 => Ok(Duration::from_secs(secs)),
+        _ => Err(serde::de::Error::custom(format!(
+            "{secs} is not accepted (a positive number of seconds)"
+        ))),
+    }
+}

@@ -47,6 +47,20 @@ impl Entry {
     }
 }
 
+/// What a backend knows of a stored entry's remaining time to live, as
+/// [`CacheBackend::mget_with_ttl`] reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Remaining {
+    /// The backend cannot tell (the default of the port: a caller that needs
+    /// a bound must supply its own).
+    Unknown,
+    /// The entry never expires.
+    Forever,
+    /// The entry expires after this long, counted from when the backend
+    /// answered.
+    For(Duration),
+}
+
 /// A byte-level key-value store with expiry: the outbound port of every cache.
 ///
 /// Boxed futures (`async_trait`) because the backend is chosen by
@@ -89,6 +103,25 @@ pub trait CacheBackend: Send + Sync {
     /// key holds no (unexpired) value at that moment, atomically per key.
     /// Not atomic across entries: on error, some entries may have been stored.
     async fn mset(&self, entries: &[Entry]) -> Result<(), BackendError>;
+
+    /// Like [`CacheBackend::mget`], with each found entry's remaining time to
+    /// live, read atomically with its value. What a near cache needs, so that
+    /// a copy kept in the process never outlives the entry it copies.
+    ///
+    /// The provided implementation calls `mget` and reports
+    /// [`Remaining::Unknown`]; a backend that knows better overrides it, and a
+    /// decorator forwards it to the backend it wraps (else the TTLs are lost).
+    async fn mget_with_ttl(
+        &self,
+        keys: &[String],
+    ) -> Result<Vec<Option<(Bytes, Remaining)>>, BackendError> {
+        Ok(self
+            .mget(keys)
+            .await?
+            .into_iter()
+            .map(|value| value.map(|value| (value, Remaining::Unknown)))
+            .collect())
+    }
 
     /// Checks that the backend answers. Not bounded by the per-operation
     /// timeout decorator: the caller (the health check) sets its own bound.

@@ -29,7 +29,7 @@ mod typed;
 
 #[cfg(any(test, feature = "mocks"))]
 pub use backend::MockCacheBackend;
-pub use backend::{CacheBackend, Entry, SharedBackend};
+pub use backend::{CacheBackend, Entry, Remaining, SharedBackend};
 pub use batch::WriteBatch;
 pub use codec::{Codec, JsonCodec, TextCodec};
 pub use error::{BackendError, CacheError, CodecError};

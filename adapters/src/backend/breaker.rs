@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use ports::{BackendError, CacheBackend, Entry, SharedBackend};
+use ports::{BackendError, CacheBackend, Entry, Remaining, SharedBackend};
 
 use super::status::{Circuit, StatusSignal};
 
@@ -365,6 +365,12 @@ impl CacheBackend for CircuitBreaker {
     }
     async fn mget(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>, BackendError> {
         self.call(|| self.inner.mget(keys)).await
+    }
+    async fn mget_with_ttl(
+        &self,
+        keys: &[String],
+    ) -> Result<Vec<Option<(Bytes, Remaining)>>, BackendError> {
+        self.call(|| self.inner.mget_with_ttl(keys)).await
     }
     async fn mset(&self, entries: &[Entry]) -> Result<(), BackendError> {
         self.call(|| self.inner.mset(entries)).await

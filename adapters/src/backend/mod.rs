@@ -2,6 +2,7 @@
 
 mod breaker;
 mod memory;
+mod near;
 mod noop;
 mod redis;
 mod status;
@@ -11,7 +12,8 @@ mod timeout;
 
 pub use breaker::{BreakerConfig, CircuitBreaker};
 pub use memory::{MemoryBackend, MemoryConfig};
+pub use near::{NearCache, NearConfig, NearCounts};
 pub use noop::NoopBackend;
 pub use redis::{RedisBackend, RedisConfig, RedisSetupError, check_redis_url, redact_url};
-pub use status::{Circuit, Refusal, StackStatus, StatusSignal};
+pub use status::{Circuit, NearStatus, Refusal, StackStatus, StatusSignal};
 pub use timeout::TimeoutBackend;

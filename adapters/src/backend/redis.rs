@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use ports::{BackendError, CacheBackend, Entry};
+use ports::{BackendError, CacheBackend, Entry, Remaining};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::io::tcp::{TcpSettings, socket2};
 use redis::{ErrorKind, IntoConnectionInfo, RedisError, Script};
@@ -236,39 +236,7 @@ impl RedisBackend {
         config: &RedisConfig,
         status: StatusSignal,
     ) -> Result<Self, RedisSetupError> {
-        let info = config.url.as_str().into_connection_info().map_err(|e| {
-            // The driver's message may quote the URL, which may hold a password.
-            RedisSetupError::InvalidUrl(redact(&e.to_string(), config))
-        })?;
-        let mut settings = info.redis_settings().clone();
-        if let Some(username) = &config.username {
-            settings = settings.set_username(username);
-        }
-        if let Some(password) = &config.password {
-            settings = settings.set_password(password.expose());
-        }
-        if let Some(db) = config.db {
-            settings = settings.set_db(db);
-        }
-        let target = format!("{}/{}", info.addr(), settings.db());
-        let info = info
-            .set_redis_settings(settings)
-            .set_tcp_settings(tcp_settings(config));
-        let client = match &config.ca_file {
-            Some(path) => {
-                let root_cert = std::fs::read(path).map_err(|e| {
-                    RedisSetupError::Tls(format!("cannot read CA file {}: {e}", path.display()))
-                })?;
-                let certificates = redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(root_cert),
-                };
-                redis::Client::build_with_tls(info, certificates)
-                    .map_err(|e| RedisSetupError::Tls(redact(&e.to_string(), config)))?
-            }
-            None => redis::Client::open(info)
-                .map_err(|e| RedisSetupError::InvalidUrl(redact(&e.to_string(), config)))?,
-        };
+        let (client, target) = build_client(config, Protocol::Resp2)?;
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.connect_timeout))
             .set_response_timeout(Some(config.response_timeout))
@@ -488,6 +456,59 @@ impl RedisBackend {
     }
 }
 
+/// Which protocol a client speaks: RESP2 for commands (what every server and
+/// proxy understands), RESP3 where server pushes are needed (client tracking).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Protocol {
+    Resp2,
+    Resp3,
+}
+
+/// A client for `config` (credentials, database, TCP settings, TLS) and the
+/// `host:port/db` it reaches, without any I/O.
+pub(crate) fn build_client(
+    config: &RedisConfig,
+    protocol: Protocol,
+) -> Result<(redis::Client, String), RedisSetupError> {
+    let info = config.url.as_str().into_connection_info().map_err(|e| {
+        // The driver's message may quote the URL, which may hold a password.
+        RedisSetupError::InvalidUrl(redact(&e.to_string(), config))
+    })?;
+    let mut settings = info.redis_settings().clone();
+    if protocol == Protocol::Resp3 {
+        settings = settings.set_protocol(redis::ProtocolVersion::RESP3);
+    }
+    if let Some(username) = &config.username {
+        settings = settings.set_username(username);
+    }
+    if let Some(password) = &config.password {
+        settings = settings.set_password(password.expose());
+    }
+    if let Some(db) = config.db {
+        settings = settings.set_db(db);
+    }
+    let target = format!("{}/{}", info.addr(), settings.db());
+    let info = info
+        .set_redis_settings(settings)
+        .set_tcp_settings(tcp_settings(config));
+    let client = match &config.ca_file {
+        Some(path) => {
+            let root_cert = std::fs::read(path).map_err(|e| {
+                RedisSetupError::Tls(format!("cannot read CA file {}: {e}", path.display()))
+            })?;
+            let certificates = redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(root_cert),
+            };
+            redis::Client::build_with_tls(info, certificates)
+                .map_err(|e| RedisSetupError::Tls(redact(&e.to_string(), config)))?
+        }
+        None => redis::Client::open(info)
+            .map_err(|e| RedisSetupError::InvalidUrl(redact(&e.to_string(), config)))?,
+    };
+    Ok((client, target))
+}
+
 /// Nodelay (a cache answers small requests; Nagle would hold them back),
 /// keepalive probes after 10 s idle, and `TCP_USER_TIMEOUT`: data unacknowledged
 /// for this long (a black-holed path) makes the kernel drop the connection,
@@ -659,6 +680,63 @@ impl CacheBackend for RedisBackend {
             })
             .await?;
         Ok(values.into_iter().map(|v| v.map(Bytes::from)).collect())
+    }
+
+    /// One atomic transaction (`MULTI`, `MGET`, a `PTTL` per key, `EXEC`):
+    /// each value comes with the TTL it had when it was read, never another
+    /// writer's.
+    async fn mget_with_ttl(
+        &self,
+        keys: &[String],
+    ) -> Result<Vec<Option<(Bytes, Remaining)>>, BackendError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipeline = redis::pipe();
+        pipeline.atomic().cmd("MGET").arg(keys);
+        for key in keys {
+            pipeline.cmd("PTTL").arg(key);
+        }
+        let mut answers: Vec<redis::Value> = self
+            .run(|mut connection| async move { pipeline.query_async(&mut connection).await })
+            .await?;
+        let malformed =
+            |e: redis::ParsingError| BackendError::Unknown(format!("MGET with PTTL: {e}"));
+        // MGET's answer, then one integer per key.
+        let ttls = answers.split_off(1.min(answers.len()));
+        let values: Vec<Option<Vec<u8>>> = match answers.pop() {
+            Some(values) => redis::FromRedisValue::from_redis_value(values).map_err(malformed)?,
+            None => Vec::new(),
+        };
+        let ttls = ttls
+            .into_iter()
+            .map(redis::FromRedisValue::from_redis_value)
+            .collect::<Result<Vec<i64>, _>>()
+            .map_err(malformed)?;
+        if values.len() != keys.len() || ttls.len() != keys.len() {
+            return Err(BackendError::Unknown(format!(
+                "MGET with PTTL answered {} values and {} TTLs for {} keys",
+                values.len(),
+                ttls.len(),
+                keys.len()
+            )));
+        }
+        Ok(values
+            .into_iter()
+            .zip(ttls)
+            .map(|(value, ttl)| {
+                value.map(|value| {
+                    let remaining = match u64::try_from(ttl) {
+                        Ok(ms) => Remaining::For(Duration::from_millis(ms)),
+                        // -1: no expiry; -2 (gone between MGET and PTTL
+                        // cannot happen in a transaction) reads as unknown.
+                        Err(_) if ttl == -1 => Remaining::Forever,
+                        Err(_) => Remaining::Unknown,
+                    };
+                    (Bytes::from(value), remaining)
+                })
+            })
+            .collect())
     }
 
     async fn mset(&self, entries: &[Entry]) -> Result<(), BackendError> {

@@ -34,6 +34,19 @@ pub struct Refusal {
     pub at: Instant,
 }
 
+/// The near cache's coherence, as `/health` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NearStatus {
+    /// Whether Redis is tracking our keys for us right now: only then are
+    /// entries kept in the process served.
+    pub tracking: bool,
+    /// Times the near cache was emptied whole (a lost tracking connection, a
+    /// `FLUSHALL`).
+    pub flushes: u64,
+    /// While not tracking: why (never a secret).
+    pub cause: Option<String>,
+}
+
 /// What a backend stack reports about itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StackStatus {
@@ -46,6 +59,8 @@ pub struct StackStatus {
     pub refusal: Option<Refusal>,
     /// How often the backend's connection has been rebuilt.
     pub rebuilds: u64,
+    /// The near cache's state, when the stack has one.
+    pub near: Option<NearStatus>,
 }
 
 impl Default for StackStatus {
@@ -55,6 +70,7 @@ impl Default for StackStatus {
             cause: None,
             refusal: None,
             rebuilds: 0,
+            near: None,
         }
     }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use ports::{BackendError, CacheBackend, Entry, SharedBackend};
+use ports::{BackendError, CacheBackend, Entry, Remaining, SharedBackend};
 
 /// Wraps a backend so that no operation takes longer than `limit`: a hung
 /// backend (a frozen Redis, a half-open connection) costs a request at most
@@ -58,6 +58,12 @@ impl CacheBackend for TimeoutBackend {
     }
     async fn mget(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>, BackendError> {
         self.bounded(self.inner.mget(keys)).await
+    }
+    async fn mget_with_ttl(
+        &self,
+        keys: &[String],
+    ) -> Result<Vec<Option<(Bytes, Remaining)>>, BackendError> {
+        self.bounded(self.inner.mget_with_ttl(keys)).await
     }
     async fn mset(&self, entries: &[Entry]) -> Result<(), BackendError> {
         self.bounded(self.inner.mset(entries)).await

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use ports::{BackendError, CacheBackend, Entry, SharedBackend};
+use ports::{BackendError, CacheBackend, Entry, Remaining, SharedBackend};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::{Registry, Unit};
@@ -142,6 +142,12 @@ impl CacheBackend for MeteredBackend {
     }
     async fn mget(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>, BackendError> {
         self.timed("mget", self.inner.mget(keys)).await
+    }
+    async fn mget_with_ttl(
+        &self,
+        keys: &[String],
+    ) -> Result<Vec<Option<(Bytes, Remaining)>>, BackendError> {
+        self.timed("mget", self.inner.mget_with_ttl(keys)).await
     }
     async fn mset(&self, entries: &[Entry]) -> Result<(), BackendError> {
         self.timed("mset", self.inner.mset(entries)).await
