@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use ports::{BackendError, SharedBackend};
 use tokio::sync::watch;
 
-use crate::backend::{StackStatus, StatusSignal};
+use crate::backend::{NearStatus, StackStatus, StatusSignal};
 
 /// A command refusal (`OOM`, `READONLY`, `NOPERM`) keeps the backend
 /// `Degraded` for this long after it was last seen.
@@ -43,6 +43,9 @@ pub struct HealthSnapshot {
     pub latency: Option<Duration>,
     /// Why it is down or degraded (never a secret: backend errors carry none).
     pub error: Option<String>,
+    /// The near cache's coherence, when the stack has one (from the stack's
+    /// status signal, as the circuit's state is).
+    pub near: Option<NearStatus>,
     /// When the state last changed.
     pub since: Instant,
     /// Whether at least one check has run.
@@ -139,6 +142,7 @@ impl HealthMonitor {
             status: HealthStatus::Down,
             latency: None,
             error: Some("not checked yet".into()),
+            near: status.get().near,
             since: Instant::now(),
             checked: false,
         });
@@ -286,6 +290,7 @@ async fn run(
             status,
             latency,
             error,
+            near: current.near.clone(),
             since,
             checked: true,
         };

@@ -13,7 +13,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use adapters::backend::{BreakerConfig, MemoryConfig, RedisConfig};
+use adapters::backend::{BreakerConfig, MemoryConfig, NearConfig, RedisConfig};
 use adapters::health::MonitorConfig;
 use adapters::http::HttpConfig;
 use adapters::users::StoreConfig;
@@ -281,6 +281,8 @@ pub struct CacheSettings {
     write_fence: Duration,
     /// The circuit breaker over Redis.
     pub breaker: BreakerConfig,
+    /// The near cache over Redis (off by default).
+    pub near: NearConfig,
 }
 
 impl Default for CacheSettings {
@@ -297,6 +299,7 @@ impl Default for CacheSettings {
             load_timeout: DEFAULT_LOAD_TIMEOUT,
             write_fence: DEFAULT_WRITE_FENCE,
             breaker: BreakerConfig::default(),
+            near: NearConfig::default(),
         }
     }
 }
@@ -575,6 +578,12 @@ impl Settings {
                     format!("'{origin}' is not an origin (https://host[:port], comma-separated)"),
                 ));
             }
+        }
+        if self.cache.near.enabled && self.cache.backend() != BackendKind::Redis {
+            return Err(invalid(
+                "cache.near.enabled",
+                "needs cache.backend = \"redis\" (the memory backend is in the process already)",
+            ));
         }
         if self.health.slow_ping > self.health.ping_timeout {
             return Err(invalid(
@@ -885,6 +894,26 @@ mod tests {
         let error = Settings::load(Some(&path), &HashMap::new()).unwrap_err();
         assert_eq!(key_of(error.clone()), "redis.urll", "{error}");
         std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn the_near_cache_is_set_by_its_variables_and_only_over_redis() {
+        let settings = load(&[
+            ("CACHEMANAGER__CACHE__BACKEND", "redis"),
+            ("CACHEMANAGER__CACHE__NEAR__ENABLED", "true"),
+            ("CACHEMANAGER__CACHE__NEAR__FAIL_SAFE_SECS", "30"),
+        ])
+        .unwrap();
+        assert!(settings.cache.near.enabled);
+        assert_eq!(settings.cache.near.fail_safe, Duration::from_secs(30));
+        let error = load(&[("CACHEMANAGER__CACHE__NEAR__ENABLED", "true")]).unwrap_err();
+        assert_eq!(key_of(error), "cache.near.enabled");
+        let error = load(&[
+            ("CACHEMANAGER__CACHE__BACKEND", "redis"),
+            ("CACHEMANAGER__CACHE__NEAR__TTL_CAP_SECS", "0"),
+        ])
+        .unwrap_err();
+        assert_eq!(key_of(error), "cache.near.ttl_cap_secs");
     }
 
     #[test]

@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use adapters::backend::{
-    CircuitBreaker, MemoryBackend, NoopBackend, RedisBackend, RedisSetupError, StatusSignal,
-    TimeoutBackend,
+    CircuitBreaker, MemoryBackend, NearCache, NoopBackend, RedisBackend, RedisSetupError,
+    StatusSignal, TimeoutBackend,
 };
 use adapters::health::{HealthMonitor, Readiness};
 use adapters::http::{Admin, Operations, routes};
@@ -49,13 +49,18 @@ pub enum StartupError {
 pub struct BuiltBackend {
     /// The outermost decorator: what typed caches and the health monitor use.
     pub backend: SharedBackend,
-    /// What every layer of the stack reports (circuit, refusals, rebuilds).
+    /// What every layer of the stack reports (circuit, refusals, rebuilds,
+    /// the near cache's tracking).
     pub status: StatusSignal,
+    /// The near cache, when it is on (for its metrics).
+    pub near: Option<NearCache>,
 }
 
 /// Builds the configured backend with its decorators, all publishing into one
 /// [`StatusSignal`]:
-/// - Redis: `CircuitBreaker(RedisBackend)`. The Redis backend bounds each
+/// - Redis: `CircuitBreaker(RedisBackend)`, under `NearCache` when
+///   `cache.near.enabled` (outside the breaker, so that fail-safe can serve
+///   kept entries while the circuit is open). The Redis backend bounds each
 ///   operation itself (`cache.operation_timeout_ms`), because that is where a
 ///   run of timeouts is seen and a stuck connection replaced; the breaker's
 ///   probe has the same bound. It connects lazily: the service starts while
@@ -68,6 +73,7 @@ pub struct BuiltBackend {
 pub fn build_backend(settings: &Settings) -> Result<BuiltBackend, StartupError> {
     let timeout = settings.cache.operation_timeout;
     let status = StatusSignal::new();
+    let mut near_cache = None;
     let backend: SharedBackend = match settings.cache.backend() {
         BackendKind::Noop => Arc::new(NoopBackend),
         BackendKind::Memory => {
@@ -87,14 +93,35 @@ pub fn build_backend(settings: &Settings) -> Result<BuiltBackend, StartupError> 
                     }
                 }
             });
-            Arc::new(CircuitBreaker::with_status(
+            let breaker: SharedBackend = Arc::new(CircuitBreaker::with_status(
                 Arc::new(backend),
                 settings.cache.breaker,
                 status.clone(),
-            ))
+            ));
+            if settings.cache.near.enabled {
+                let prefixes: Vec<String> = CacheManager::NAMESPACES
+                    .iter()
+                    .map(|namespace| format!("{namespace}:"))
+                    .collect();
+                let near = NearCache::new(
+                    breaker,
+                    &settings.redis,
+                    &prefixes,
+                    settings.cache.near,
+                    status.clone(),
+                )?;
+                near_cache = Some(near.clone());
+                Arc::new(near)
+            } else {
+                breaker
+            }
         }
     };
-    Ok(BuiltBackend { backend, status })
+    Ok(BuiltBackend {
+        backend,
+        status,
+        near: near_cache,
+    })
 }
 
 /// Opens the users store, applies the migrations (unless `store.migrate` is
@@ -200,7 +227,11 @@ impl Application {
     /// [`StartupError`]: unusable Redis settings, a bad users file, a port in use.
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
         ports::show_keys_in_logs(settings.log.keys);
-        let BuiltBackend { backend, status } = build_backend(&settings)?;
+        let BuiltBackend {
+            backend,
+            status,
+            near,
+        } = build_backend(&settings)?;
         let metrics = settings
             .metrics
             .enabled
@@ -209,6 +240,9 @@ impl Application {
         let backend = match &metrics {
             Some(metrics) => {
                 metrics.watch_status(&status);
+                if let Some(near) = &near {
+                    metrics.watch_near(near);
+                }
                 metrics.backend(backend)
             }
             None => backend,

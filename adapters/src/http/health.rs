@@ -32,6 +32,25 @@ pub struct CacheHealth {
     #[oai(skip_serializing_if_is_none)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The near cache over Redis, when it is on.
+    #[oai(skip_serializing_if_is_none)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub near: Option<NearHealth>,
+}
+
+/// The near cache's coherence. It never makes the service unhealthy: without
+/// tracking, reads go to Redis (slower, still correct).
+#[derive(Debug, Clone, Object, Serialize)]
+pub struct NearHealth {
+    /// `tracking` (Redis tells us of every change: kept entries are served)
+    /// or `lost` (every read goes to Redis until tracking is armed again).
+    pub status: String,
+    /// Times it was emptied whole (tracking lost, Redis flushed).
+    pub flushes: u64,
+    /// Why tracking is lost (never a secret).
+    #[oai(skip_serializing_if_is_none)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// The service's health.
@@ -134,6 +153,11 @@ fn cache_health(snapshot: HealthSnapshot) -> CacheHealth {
         since_secs: snapshot.since.elapsed().as_secs_f64(),
         latency_ms: snapshot.latency.map(|l| l.as_secs_f64() * 1000.0),
         error: snapshot.error,
+        near: snapshot.near.map(|near| NearHealth {
+            status: if near.tracking { "tracking" } else { "lost" }.into(),
+            flushes: near.flushes,
+            error: near.cause,
+        }),
     }
 }
 

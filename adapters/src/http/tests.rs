@@ -640,7 +640,7 @@ mod properties {
 
 #[test]
 fn every_body_is_sent_as_its_schema_documents_it() {
-    use super::health::{CacheHealth, HealthBody, LiveBody, StoreHealth};
+    use super::health::{CacheHealth, HealthBody, LiveBody, NearHealth, StoreHealth};
     use super::json::agreement::assert_same_json;
     use super::root::ServiceInfo;
     use super::users::{LookupResponseBody, UserDto, UserList};
@@ -666,6 +666,11 @@ fn every_body_is_sent_as_its_schema_documents_it() {
         missing: vec![uuid(3).get()],
     });
     for (latency_ms, error) in [(Some(0.4), None), (None, Some("refused".to_owned()))] {
+        let near = error.clone().map(|error| NearHealth {
+            status: "lost".into(),
+            flushes: 2,
+            error: Some(error),
+        });
         assert_same_json(&HealthBody {
             status: "healthy".into(),
             cache: CacheHealth {
@@ -674,6 +679,7 @@ fn every_body_is_sent_as_its_schema_documents_it() {
                 since_secs: 12.5,
                 latency_ms,
                 error: error.clone(),
+                near,
             },
             store: Some(StoreHealth {
                 kind: "postgres".into(),

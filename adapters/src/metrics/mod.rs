@@ -19,6 +19,7 @@ mod backend;
 mod cache;
 mod histogram;
 mod http;
+mod near;
 mod store;
 
 use std::sync::{Arc, Mutex};
@@ -58,6 +59,7 @@ struct Inner {
     http: HttpMetrics,
     store: store::StoreFamilies,
     status: StatusFamilies,
+    near: near::NearSlot,
     /// Read just before each exposition (gauges of state kept elsewhere).
     samplers: Mutex<Vec<Sampler>>,
 }
@@ -141,8 +143,11 @@ impl Metrics {
             "1 for each component's current health status (up, slow, refusing, down), 0 for the others",
             status.health.clone(),
         );
+        let near = near::NearSlot::default();
+        registry.register_collector(Box::new(near.clone()));
         Self {
             inner: Arc::new(Inner {
+                near,
                 registry: root,
                 cache,
                 backend,
@@ -194,6 +199,12 @@ impl Metrics {
             set_gauge(&gauge, store::ConnectionLabel { state: "in_use" }, in_use);
             set_gauge(&gauge, store::ConnectionLabel { state: "idle" }, idle);
         });
+    }
+
+    /// The near cache's counters, tracking state, size and invalidation lag
+    /// (`cachemanager_near_*`), read from it at each scrape.
+    pub fn watch_near(&self, near: &crate::backend::NearCache) {
+        self.inner.near.set(near.clone());
     }
 
     /// Health status gauges (`component` = `cache` or `store`), read from
