@@ -613,6 +613,12 @@ impl NearCache {
         self.core.trusted.load(Ordering::Acquire) != 0
     }
 
+    /// What a read of `key` would be answered from the process right now,
+    /// without counting it or asking Redis (for tests and diagnostics).
+    pub fn peek(&self, key: &str) -> Option<Bytes> {
+        self.core.hit(key)
+    }
+
     /// Entries and weighted bytes held now (approximate: moka's counts).
     pub fn size(&self) -> (u64, u64) {
         (self.core.l1.entry_count(), self.core.l1.weighted_size())

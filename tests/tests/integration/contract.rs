@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use adapters::backend::{MemoryBackend, NoopBackend};
+use adapters::backend::{MemoryBackend, NearCache, NearConfig, NoopBackend, StatusSignal};
 use bytes::Bytes;
 use ports::{Entry, SharedBackend};
 use tests::TestRedis;
@@ -242,6 +242,26 @@ contract_suite!(memory, || async {
 contract_suite!(redis, || async {
     let redis = TestRedis::start().await;
     (Arc::new(redis.backend().await) as SharedBackend, redis)
+});
+
+// The near cache over Redis, armed: what it keeps in the process must not
+// change a single observable behaviour.
+contract_suite!(near, || async {
+    let redis = TestRedis::start().await;
+    let near = NearCache::new(
+        Arc::new(redis.backend().await),
+        &redis.config(),
+        &["c:".to_owned()],
+        NearConfig::default(),
+        StatusSignal::new(),
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    while !near.tracking() {
+        assert!(started.elapsed() < Duration::from_secs(5), "tracking armed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    (Arc::new(near) as SharedBackend, redis)
 });
 
 /// The no-op backend: the parts of the contract that apply to a backend that

@@ -14,6 +14,7 @@ mod contract;
 mod faults;
 mod hostile;
 mod http_e2e;
+mod near;
 mod observability;
 mod outage;
 mod round_trips;
