@@ -13,6 +13,9 @@
 //!   Redis flushed before each run: every request is a GET miss, a store read
 //!   and one pipelined write of both directions;
 //! - `lookup100/redis`: `POST /users/lookup` with 100 warm uuids;
+//! - `hit/near`: `hit/redis` with the near cache on (`cache.near.enabled`);
+//! - `near lag`: the near cache's invalidation lag between two instances
+//!   (`adapters/examples/near_lag.rs`, see `near_lag`);
 //! - `reference: bare GET`: the same requests answered by a bare poem handler
 //!   doing one Redis GET (`adapters/examples/bare_redis_get.rs`), the floor
 //!   under what hit/redis can cost; its ratio is to the service's ceiling.
@@ -39,6 +42,10 @@ const BARE_CASE: &str = "reference: bare GET";
 const REQUEST_LOG_CASE: &str = "hit/memory+reqlog";
 /// What metrics cost on the hit path (`metrics_cost`).
 const METRICS_COST_CASE: &str = "hit/memory metrics on/off";
+/// `hit/redis` with the near cache on.
+const NEAR_CASE: &str = "hit/near";
+/// The near cache's invalidation lag (`near_lag`).
+const NEAR_LAG_CASE: &str = "near lag";
 const CONNECTIONS: [u32; 2] = [8, 64];
 
 struct Options {
@@ -449,12 +456,15 @@ pub fn bench(args: &[String]) -> Result<()> {
             "adapters",
             "--example",
             "bare_redis_get",
+            "--example",
+            "near_lag",
         ],
         &[],
     )?;
     let target = crate::target_dir();
     let binary = target.join("release/cachemanager");
     let bare = target.join("release/examples/bare_redis_get");
+    let near_lag_binary = target.join("release/examples/near_lag");
     let dir = target.join("bench");
     fs::create_dir_all(&dir)?;
 
@@ -525,12 +535,13 @@ pub fn bench(args: &[String]) -> Result<()> {
 
     let redis = BenchRedis::start(options.redis_url.clone())?;
     let mut results: Vec<CaseResult> = Vec::new();
-    let cases: [(&str, &str, &PathBuf, bool); 8] = [
+    let cases: [(&str, &str, &PathBuf, bool); 9] = [
         ("hit/memory", "memory", &hit, false),
         ("hit/memory+accept-gzip", "memory", &hit_gzip, false),
         // The same with the default request log (a line per request, at info).
         (REQUEST_LOG_CASE, "memory", &hit, false),
         ("hit/redis", "redis", &hit, false),
+        (NEAR_CASE, "redis", &hit, false),
         // Right after hit/redis, whose keys it reads: the bare handler.
         (BARE_CASE, "redis", &hit, false),
         ("hit/noop", "noop", &hit, false),
@@ -550,7 +561,11 @@ pub fn bench(args: &[String]) -> Result<()> {
             &redis,
             big.then_some(users_file.as_path()),
             name == REQUEST_LOG_CASE,
-            &[],
+            if name == NEAR_CASE {
+                &[("CACHEMANAGER__CACHE__NEAR__ENABLED", "true")]
+            } else {
+                &[]
+            },
         )?;
         // Warm the cache (and the connection) for the hit and lookup cases.
         for n in 1..=10 {
@@ -639,11 +654,77 @@ pub fn bench(args: &[String]) -> Result<()> {
     if options
         .only
         .as_ref()
+        .is_none_or(|p| NEAR_LAG_CASE.starts_with(p.as_str()))
+    {
+        let writes = if options.quick { 300 } else { 2000 };
+        let lag = near_lag(&near_lag_binary, &redis, writes, runs)?;
+        println!("{lag}");
+        fs::write(dir.join("near-lag.md"), &lag)?;
+    }
+    if options
+        .only
+        .as_ref()
         .is_none_or(|p| "storm".starts_with(p.as_str()))
     {
         storm(&binary, &redis, &users_file, &dir, runs)?;
     }
     Ok(())
+}
+
+/// The near cache's invalidation lag (`adapters/examples/near_lag.rs`): two
+/// instances under read load, one writing 500 times a second, the other
+/// reading each written key until it sees the new value. One line per run
+/// (p50, p99, max from the write's acknowledgement), and the medians.
+fn near_lag(binary: &Path, redis: &BenchRedis, writes: u32, runs: usize) -> Result<String> {
+    let mut rows = Vec::new();
+    let mut p99s = Vec::new();
+    for _ in 0..runs.max(1) {
+        let mut command = Command::new(binary);
+        command
+            .env_clear()
+            .env("REDIS_URL", &redis.url)
+            .env("NEAR_LAG_WRITES", writes.to_string())
+            .env("RUST_LOG", "warn")
+            .stderr(Stdio::inherit());
+        if let Some(password) = &redis.password {
+            command.env("REDIS_PASSWORD", password);
+        }
+        let output = command.output().context("cannot run the near_lag example")?;
+        if !output.status.success() {
+            bail!("near_lag failed: {}", String::from_utf8_lossy(&output.stderr));
+        }
+        let line = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+        let field = |name: &str| -> Result<u64> {
+            line.split(&format!("\"{name}\":"))
+                .nth(1)
+                .and_then(|rest| rest.split([',', '}']).next())
+                .and_then(|n| n.parse().ok())
+                .with_context(|| format!("no {name} in near_lag's output: {line}"))
+        };
+        let (p50, p99, max) = (field("p50_us")?, field("p99_us")?, field("max_us")?);
+        let kept = field("kept_before")?;
+        p99s.push(p99 as f64);
+        rows.push(format!(
+            "| {writes} | {kept} | {:.2} | {:.2} | {:.2} |",
+            p50 as f64 / 1000.0,
+            p99 as f64 / 1000.0,
+            max as f64 / 1000.0
+        ));
+    }
+    let (median_p99, ..) = median(p99s);
+    let mut out = format!(
+        "### {NEAR_LAG_CASE}: from a write's acknowledgement on instance A to the first read on instance B that sees it\n\n\
+         Two near caches (own connections each), 4 readers each on 16 keys; A writes 500 times a second.\n\
+         Target: p99 <= 10 ms on loopback. Median p99 over {} runs: {:.2} ms.\n\n\
+         | writes | old value kept in B before the write | p50 ms | p99 ms | max ms |\n| ---: | ---: | ---: | ---: | ---: |\n",
+        rows.len(),
+        median_p99 / 1000.0
+    );
+    for row in rows {
+        out.push_str(&row);
+        out.push('\n');
+    }
+    Ok(out)
 }
 
 /// A PostgreSQL for the bench: a container on the host's network, removed on drop.

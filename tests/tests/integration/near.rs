@@ -255,10 +255,8 @@ async fn racing_readers_and_a_writer_leave_every_instance_agreeing_with_redis() 
             reader.await.unwrap();
         }
         for near in instances.iter() {
-            if let Some(kept) = near.peek(&key) {
-                if kept.as_ref() != b"v49" {
-                    disagreements += 1;
-                }
+            if near.peek(&key).is_some_and(|kept| kept.as_ref() != b"v49") {
+                disagreements += 1;
             }
         }
     }
