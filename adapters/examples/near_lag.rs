@@ -12,6 +12,8 @@
 //! JSON line.
 
 #![allow(missing_docs)]
+// Its one line of output is what the bench reads.
+#![allow(clippy::print_stdout)]
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -78,9 +80,13 @@ async fn main() -> Result<(), String> {
     let b = instance(&config).await?;
     let keys: Arc<Vec<String>> = Arc::new((0..KEYS).map(|k| format!("lag:{k}")).collect());
     for key in keys.iter() {
-        a.set(key, Bytes::from_static(b"start"), Some(Duration::from_secs(600)))
-            .await
-            .map_err(|e| e.to_string())?;
+        a.set(
+            key,
+            Bytes::from_static(b"start"),
+            Some(Duration::from_secs(600)),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
     }
     // Read load on both instances, over every key.
     let stop = Arc::new(AtomicBool::new(false));
@@ -112,9 +118,13 @@ async fn main() -> Result<(), String> {
         if b.peek(key).is_some() {
             kept_before += 1;
         }
-        a.set(key, Bytes::from(value.clone()), Some(Duration::from_secs(600)))
-            .await
-            .map_err(|e| e.to_string())?;
+        a.set(
+            key,
+            Bytes::from(value.clone()),
+            Some(Duration::from_secs(600)),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
         let acknowledged = Instant::now();
         loop {
             if let Ok(Some(seen)) = b.get(key).await

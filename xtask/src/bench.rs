@@ -689,9 +689,14 @@ fn near_lag(binary: &Path, redis: &BenchRedis, writes: u32, runs: usize) -> Resu
         if let Some(password) = &redis.password {
             command.env("REDIS_PASSWORD", password);
         }
-        let output = command.output().context("cannot run the near_lag example")?;
+        let output = command
+            .output()
+            .context("cannot run the near_lag example")?;
         if !output.status.success() {
-            bail!("near_lag failed: {}", String::from_utf8_lossy(&output.stderr));
+            bail!(
+                "near_lag failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
         }
         let line = String::from_utf8_lossy(&output.stdout).trim().to_owned();
         let field = |name: &str| -> Result<u64> {

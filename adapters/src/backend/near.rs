@@ -121,6 +121,8 @@ pub struct NearCounts {
     pub stale_inserts_prevented: u64,
     /// Entries served while Redis failed, under fail-safe.
     pub fail_safe_served: u64,
+    /// Writes whose invalidation did not come back within `ping_timeout`.
+    pub echo_timeouts: u64,
 }
 
 #[derive(Default)]
@@ -132,6 +134,7 @@ struct Counters {
     flushes_server: AtomicU64,
     stale_inserts_prevented: AtomicU64,
     fail_safe_served: AtomicU64,
+    echo_timeouts: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -205,14 +208,22 @@ struct Core {
     /// Time from the start of one of our writes to the arrival of its
     /// invalidation: how late Redis's pushes are.
     lag: LatencyHistogram,
-    /// Our writes whose invalidation has not arrived yet (for `lag`).
-    writes: Mutex<HashMap<String, Instant>>,
+    /// Our writes whose invalidation has not come back yet.
+    writes: Mutex<HashMap<String, Vec<Echo>>>,
     writes_len: AtomicUsize,
     status: StatusSignal,
 }
 
-/// Own writes remembered for the lag measure, at most.
-const LAG_SAMPLES: usize = 1024;
+/// Keys of our own writes awaiting their invalidation, at most (more means
+/// invalidations are not arriving: the map is emptied).
+const ECHOES: usize = 1024;
+
+/// One of our writes, waiting for Redis's invalidation of its key to come
+/// back on our tracking connection.
+struct Echo {
+    started: Instant,
+    done: tokio::sync::oneshot::Sender<()>,
+}
 
 impl Core {
     fn lock(&self) -> MutexGuard<'_, Coherence> {
@@ -370,6 +381,8 @@ impl Core {
         }
         bump(&self.counters.flushes_disconnect);
         self.publish(&coherence);
+        drop(coherence);
+        self.forget_all_echoes();
         tracing::warn!(
             cause,
             "near cache distrusted: tracking lost, reads go to redis"
@@ -418,30 +431,56 @@ impl Core {
         }
     }
 
-    /// One of our writes to `key` starts: remember when, for the lag measure.
-    fn writing(&self, key: &str) {
-        let mut writes = self.writes.lock().unwrap_or_else(|p| p.into_inner());
-        if writes.len() >= LAG_SAMPLES {
-            // Invalidations lost (tracking down): forget the oldest half.
-            let horizon = Instant::now() - Duration::from_secs(1);
-            writes.retain(|_, started| *started > horizon);
-            if writes.len() >= LAG_SAMPLES {
-                writes.clear();
-            }
+    /// One of our writes to `key` starts: what fires when Redis's
+    /// invalidation of it comes back (`None` while not tracking: nothing will).
+    fn writing(&self, key: &str) -> Option<tokio::sync::oneshot::Receiver<()>> {
+        if self.trusted.load(Ordering::Acquire) == 0 {
+            return None;
         }
-        writes.insert(key.to_owned(), Instant::now());
+        let (done, echoed) = tokio::sync::oneshot::channel();
+        let mut writes = self.writes.lock().unwrap_or_else(|p| p.into_inner());
+        if writes.len() >= ECHOES {
+            writes.clear();
+        }
+        writes.entry(key.to_owned()).or_default().push(Echo {
+            started: Instant::now(),
+            done,
+        });
         self.writes_len.store(writes.len(), Ordering::Relaxed);
+        Some(echoed)
     }
 
+    /// Redis invalidated `key`: our writes of it waiting for that are done.
     fn written_seen(&self, key: &str) {
         if self.writes_len.load(Ordering::Relaxed) == 0 {
             return;
         }
         let mut writes = self.writes.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(started) = writes.remove(key) {
-            self.lag.observe(started.elapsed());
+        for echo in writes.remove(key).unwrap_or_default() {
+            self.lag.observe(echo.started.elapsed());
+            let _ = echo.done.send(());
         }
         self.writes_len.store(writes.len(), Ordering::Relaxed);
+    }
+
+    /// Drops the echoes of `key` nobody waits for any more (a write that
+    /// changed nothing, or gave up waiting).
+    fn forget_echoes(&self, key: &str) {
+        let mut writes = self.writes.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(echoes) = writes.get_mut(key) {
+            echoes.retain(|echo| !echo.done.is_closed());
+            if echoes.is_empty() {
+                writes.remove(key);
+            }
+        }
+        self.writes_len.store(writes.len(), Ordering::Relaxed);
+    }
+
+    /// Tracking is lost: no echo will come; writers waiting stop at once.
+    fn forget_all_echoes(&self) {
+        let mut writes = self.writes.lock().unwrap_or_else(|p| p.into_inner());
+        writes.clear();
+        self.writes_len.store(0, Ordering::Relaxed);
     }
 
     fn counts(&self) -> NearCounts {
@@ -455,6 +494,7 @@ impl Core {
             flushes_server: read(&c.flushes_server),
             stale_inserts_prevented: read(&c.stale_inserts_prevented),
             fail_safe_served: read(&c.fail_safe_served),
+            echo_timeouts: read(&c.echo_timeouts),
         }
     }
 }
@@ -666,18 +706,52 @@ impl NearCache {
     /// Redis) and after (a read that raced with the write cannot keep the old
     /// value), so that once the write returns, this instance never serves
     /// what it replaced.
-    async fn write<T, F>(&self, keys: &[&str], write: F) -> Result<T, BackendError>
+    ///
+    /// Then, when the write changed the keys marked `true` (`changed` says
+    /// from its answer), it waits, at most `ping_timeout`, until Redis's
+    /// invalidation of each has come back on our tracking connection. Redis
+    /// sends the invalidations to every tracking client in the same turn of
+    /// its event loop as the write's reply, so once ours is here, every other
+    /// instance's has been sent too: a client that reads through another
+    /// instance after our write returned finds the old value dropped there,
+    /// unless that instance is slower to read its socket than we were.
+    async fn write<T, F>(
+        &self,
+        keys: &[(&str, bool)],
+        changed: impl FnOnce(&T) -> bool,
+        write: F,
+    ) -> Result<T, BackendError>
     where
         F: Future<Output = Result<T, BackendError>>,
     {
         let core = &*self.core;
-        for key in keys.iter().filter(|key| core.tracked(key)) {
+        let tracked = || keys.iter().filter(|(key, _)| core.tracked(key));
+        let mut echoes = Vec::new();
+        for (key, echoed) in tracked() {
             core.invalidate(key);
-            core.writing(key);
+            if *echoed && let Some(echo) = core.writing(key) {
+                echoes.push(echo);
+            }
         }
         let result = write.await;
-        for key in keys.iter().filter(|key| core.tracked(key)) {
+        for (key, _) in tracked() {
             core.invalidate(key);
+        }
+        if !echoes.is_empty() {
+            if result.as_ref().is_ok_and(changed) {
+                let deadline = tokio::time::Instant::now() + core.config.ping_timeout;
+                for echo in echoes {
+                    if tokio::time::timeout_at(deadline, echo).await.is_err() {
+                        bump(&core.counters.echo_timeouts);
+                        break;
+                    }
+                }
+            } else {
+                drop(echoes);
+            }
+            for (key, _) in tracked() {
+                core.forget_echoes(key);
+            }
         }
         result
     }
@@ -856,16 +930,22 @@ impl CacheBackend for NearCache {
         value: Bytes,
         ttl: Option<Duration>,
     ) -> Result<(), BackendError> {
-        self.write(&[key], self.inner.set(key, value, ttl)).await
+        self.write(&[(key, true)], |()| true, self.inner.set(key, value, ttl))
+            .await
     }
 
     async fn delete(&self, key: &str) -> Result<bool, BackendError> {
-        self.write(&[key], self.inner.delete(key)).await
+        self.write(&[(key, true)], |removed| *removed, self.inner.delete(key))
+            .await
     }
 
     async fn compare_and_delete(&self, key: &str, expected: &[u8]) -> Result<bool, BackendError> {
-        self.write(&[key], self.inner.compare_and_delete(key, expected))
-            .await
+        self.write(
+            &[(key, true)],
+            |removed| *removed,
+            self.inner.compare_and_delete(key, expected),
+        )
+        .await
     }
 
     async fn mget(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>, BackendError> {
@@ -921,8 +1001,12 @@ impl CacheBackend for NearCache {
     }
 
     async fn mset(&self, entries: &[Entry]) -> Result<(), BackendError> {
-        let keys: Vec<&str> = entries.iter().map(|entry| entry.key.as_str()).collect();
-        self.write(&keys, self.inner.mset(entries)).await
+        // A fill (`only_if_absent`) may change nothing: only the others wait.
+        let keys: Vec<(&str, bool)> = entries
+            .iter()
+            .map(|entry| (entry.key.as_str(), !entry.only_if_absent))
+            .collect();
+        self.write(&keys, |()| true, self.inner.mset(entries)).await
     }
 
     async fn ping(&self) -> Result<(), BackendError> {

@@ -98,6 +98,12 @@ impl Collector for NearSlot {
             "Kept entries served while Redis failed, under cache.near.fail_safe_secs",
             counts.fail_safe_served,
         )?;
+        counter(
+            e,
+            "near_echo_timeouts",
+            "Our writes whose invalidation did not come back on the tracking connection in time",
+            counts.echo_timeouts,
+        )?;
         gauge(
             e,
             "near_tracking",

@@ -129,8 +129,16 @@ fn near_with(upstream: &Arc<Upstream>, config: NearConfig) -> NearCache {
     near
 }
 
+/// No tracking connection here echoes our writes: they wait `ping_timeout`
+/// for it, kept short.
 fn near(upstream: &Arc<Upstream>) -> NearCache {
-    near_with(upstream, NearConfig::default())
+    near_with(
+        upstream,
+        NearConfig {
+            ping_timeout: Duration::from_millis(20),
+            ..NearConfig::default()
+        },
+    )
 }
 
 fn invalidation(keys: &[&str]) -> PushInfo {
@@ -506,16 +514,75 @@ async fn the_status_signal_reports_tracking_and_flushes() {
 }
 
 #[tokio::test]
-async fn the_invalidation_of_our_own_write_measures_the_lag() {
+async fn a_write_returns_once_its_invalidation_came_back_and_measures_the_lag() {
+    let upstream = Upstream::new();
+    let near = near_with(&upstream, NearConfig::default());
+    let writer = tokio::spawn({
+        let near = near.clone();
+        async move { near.set("n:k", Bytes::from_static(b"v"), None).await }
+    });
+    // The write waits for Redis's invalidation of its key.
+    while near.core.writes_len.load(Ordering::Relaxed) == 0 || !upstream_has(&upstream, "n:k").await
+    {
+        tokio::task::yield_now().await;
+    }
+    assert!(!writer.is_finished(), "the write waits for its echo");
+    near.core.apply(&invalidation(&["n:k"]));
+    writer.await.unwrap().unwrap();
+    assert_eq!(near.invalidation_lag().count(), 1);
+    assert_eq!(near.counts().echo_timeouts, 0);
+    near.core.apply(&invalidation(&["n:k"]));
+    assert_eq!(near.invalidation_lag().count(), 1, "one write, one sample");
+}
+
+async fn upstream_has(upstream: &Upstream, key: &str) -> bool {
+    upstream.memory.get(key).await.unwrap().is_some()
+}
+
+#[tokio::test]
+async fn a_write_whose_invalidation_never_comes_back_waits_no_longer_than_the_ping_timeout() {
     let upstream = Upstream::new();
     let near = near(&upstream);
+    let started = Instant::now();
     near.set("n:k", Bytes::from_static(b"v"), None)
         .await
         .unwrap();
-    near.core.apply(&invalidation(&["n:k"]));
-    assert_eq!(near.invalidation_lag().count(), 1);
-    near.core.apply(&invalidation(&["n:k"]));
-    assert_eq!(near.invalidation_lag().count(), 1, "one write, one sample");
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert_eq!(near.counts().echo_timeouts, 1);
+    assert_eq!(
+        near.core.writes_len.load(Ordering::Relaxed),
+        0,
+        "nothing left waiting"
+    );
+}
+
+#[tokio::test]
+async fn a_write_that_changed_nothing_does_not_wait() {
+    let upstream = Upstream::new();
+    let near = near(&upstream);
+    assert!(!near.delete("n:absent").await.unwrap());
+    assert!(!near.compare_and_delete("n:absent", b"v").await.unwrap());
+    near.mset(&[Entry::new("n:fill".into(), Bytes::from_static(b"v"), None).if_absent()])
+        .await
+        .unwrap();
+    assert_eq!(near.counts().echo_timeouts, 0);
+    assert_eq!(near.core.writes_len.load(Ordering::Relaxed), 0);
+}
+
+#[tokio::test]
+async fn losing_tracking_releases_writes_waiting_for_their_invalidation() {
+    let upstream = Upstream::new();
+    let near = near_with(&upstream, NearConfig::default());
+    let writer = tokio::spawn({
+        let near = near.clone();
+        async move { near.set("n:k", Bytes::from_static(b"v"), None).await }
+    });
+    while near.core.writes_len.load(Ordering::Relaxed) == 0 {
+        tokio::task::yield_now().await;
+    }
+    near.core.distrust("test: connection lost");
+    writer.await.unwrap().unwrap();
+    assert_eq!(near.counts().echo_timeouts, 0, "released, not timed out");
 }
 
 #[test]
