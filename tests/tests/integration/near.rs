@@ -403,9 +403,9 @@ async fn a_redis_restarted_empty_serves_nothing_from_before() {
     assert_eq!(read(&b, "n:k").await, None, "the restarted Redis is empty");
 }
 
-/// Two services with the near cache on, over one Redis and one store: a
-/// write through one is read through the other, and the near cache's state
-/// and counters are reported.
+/// Two services with the near cache on (one without single-flight), over one
+/// Redis and one store: a write through one is read through the other, and
+/// the near cache's state and counters are reported.
 #[tokio::test]
 async fn two_services_with_the_near_cache_see_each_others_writes() {
     let redis = TestRedis::start().await;
@@ -416,7 +416,16 @@ async fn two_services_with_the_near_cache_see_each_others_writes() {
         ("CACHEMANAGER__STORE__URL", url.as_str()),
     ];
     let a = spawn_app_on_redis(&redis, &vars).await;
-    let b = spawn_app_on_redis(&redis, &vars).await;
+    // The near cache works with and without single-flight.
+    let b = spawn_app_on_redis(
+        &redis,
+        &[
+            vars[0],
+            vars[1],
+            ("CACHEMANAGER__CACHE__SINGLE_FLIGHT", "false"),
+        ],
+    )
+    .await;
     for app in [&a, &b] {
         wait_until("/health reports tracking", || async {
             let health: serde_json::Value = app.get("/health").await.json().await.unwrap();
