@@ -13,7 +13,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use adapters::backend::{BreakerConfig, MemoryConfig, NearConfig, RedisConfig};
+use adapters::backend::{BreakerConfig, MemoryConfig, NearConfig, RedisConfig, RedisMode};
 use adapters::health::MonitorConfig;
 use adapters::http::HttpConfig;
 use adapters::users::StoreConfig;
@@ -525,6 +525,36 @@ impl Settings {
                 ));
             }
             readable("redis.ca_file", ca_file)?;
+        }
+        if redis.mode == RedisMode::Cluster {
+            if redis.nodes.is_empty() {
+                return Err(invalid(
+                    "redis.nodes",
+                    "cluster mode needs seed nodes (host:port, comma-separated)",
+                ));
+            }
+            for node in &redis.nodes {
+                let url = if node.contains("://") {
+                    node.clone()
+                } else {
+                    format!("redis://{node}")
+                };
+                adapters::backend::check_redis_url(&url).map_err(|e| {
+                    invalid(
+                        "redis.nodes",
+                        format!("{e} (accepted: host:port or redis://host:port, comma-separated)"),
+                    )
+                })?;
+            }
+            if redis.db.is_some_and(|db| db != 0) {
+                return Err(invalid("redis.db", "Redis Cluster has only database 0"));
+            }
+            if self.cache.near.enabled {
+                return Err(invalid(
+                    "cache.near.enabled",
+                    "not yet available with redis.mode = \"cluster\" (tracking on every master is not built)",
+                ));
+            }
         }
         if let Some(db) = redis.db
             && db < 0

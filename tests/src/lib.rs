@@ -9,9 +9,11 @@
 //!
 //! Each test starts its own container: tests share no connection and no keys.
 
+pub mod cluster;
 mod postgres;
 pub mod proxy;
 
+pub use cluster::TestCluster;
 pub use postgres::{PID_LABEL, TestPostgres};
 
 use std::collections::HashMap;

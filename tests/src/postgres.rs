@@ -59,7 +59,7 @@ fn postgres_image() -> Result<(String, String), String> {
 }
 
 /// Removes containers of earlier test processes that are gone.
-fn remove_orphans() {
+pub(crate) fn remove_orphans() {
     let format = format!("{{{{.ID}}}} {{{{.Label \"{PID_LABEL}\"}}}}");
     let Ok(output) = Command::new("docker")
         .args([

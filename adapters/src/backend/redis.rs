@@ -22,6 +22,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use ports::{BackendError, CacheBackend, Entry, Remaining};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::{ClusterClient, ClusterConfig};
+use redis::cluster_async::ClusterConnection;
 use redis::io::tcp::{TcpSettings, socket2};
 use redis::{ErrorKind, IntoConnectionInfo, RedisError, Script};
 use thiserror::Error;
@@ -47,9 +49,16 @@ return 0
 #[derive(Clone, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedisConfig {
+    /// One server (`url`) or a Redis Cluster (`nodes`).
+    pub mode: RedisMode,
     /// `redis://host:port[/db]`. A password in the URL works, but
     /// [`RedisConfig::password`] takes precedence and is the recommended way.
     pub url: String,
+    /// Cluster mode: seed nodes (`host:port` or `redis://host:port`; a
+    /// comma-separated string in the environment). The rest of the cluster
+    /// is discovered from them.
+    #[serde(deserialize_with = "node_list")]
+    pub nodes: Vec<String>,
     /// ACL user name (Redis 6+); `None` for the default user.
     pub username: Option<String>,
     /// Password (`requirepass` or the ACL user's).
@@ -83,10 +92,55 @@ pub struct RedisConfig {
     pub ca_file: Option<std::path::PathBuf>,
 }
 
+/// Which Redis deployment the backend talks to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RedisMode {
+    /// One server (or a proxy in front of several), at `redis.url`.
+    #[default]
+    Standalone,
+    /// Redis Cluster: commands routed by their key's slot, from `redis.nodes`.
+    Cluster,
+}
+
+/// Seed nodes as a list (a settings file) or one comma-separated string (the
+/// environment); blanks dropped.
+fn node_list<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Nodes {
+        One(String),
+        Many(Vec<String>),
+    }
+    let nodes = match <Nodes as serde::Deserialize>::deserialize(deserializer)? {
+        Nodes::One(text) => text.split(',').map(str::to_owned).collect(),
+        Nodes::Many(list) => list,
+    };
+    Ok(nodes
+        .into_iter()
+        .map(|node| node.trim().to_owned())
+        .filter(|node| !node.is_empty())
+        .collect())
+}
+
+/// `node` as a URL: `host:port` becomes `redis://host:port`.
+fn node_url(node: &str) -> String {
+    if node.contains("://") {
+        node.to_owned()
+    } else {
+        format!("redis://{node}")
+    }
+}
+
 impl std::fmt::Debug for RedisConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisConfig")
+            .field("mode", &self.mode)
             .field("url", &redact_url(&self.url))
+            .field(
+                "nodes",
+                &self.nodes.iter().map(|n| redact_url(n)).collect::<Vec<_>>(),
+            )
             .field("username", &self.username)
             .field("password", &self.password)
             .field("db", &self.db)
@@ -117,7 +171,9 @@ pub fn redact_url(url: &str) -> String {
 impl Default for RedisConfig {
     fn default() -> Self {
         Self {
+            mode: RedisMode::Standalone,
             url: "redis://127.0.0.1:6379".into(),
+            nodes: Vec::new(),
             username: None,
             password: None,
             db: None,
@@ -165,17 +221,80 @@ pub struct RedisBackend {
 
 struct Shared {
     /// What a rebuild starts from (no I/O until the next use).
-    client: redis::Client,
-    manager_config: ConnectionManagerConfig,
+    connector: Connector,
     /// The connection in use; replaced whole by a rebuild. In-flight
     /// commands keep the clone they took.
-    connection: RwLock<ConnectionManager>,
+    connection: RwLock<Link>,
     compare_and_delete: Script,
     target: String,
     response_timeout: Duration,
     operation_timeout: Duration,
     healing: Healing,
     status: StatusSignal,
+}
+
+/// What makes a connection: one server's client, or a cluster's.
+enum Connector {
+    Single {
+        client: redis::Client,
+        config: ConnectionManagerConfig,
+    },
+    Cluster(ClusterClient),
+}
+
+impl Connector {
+    /// A fresh connection that connects on first use.
+    fn connect(&self) -> Result<Link, RedisError> {
+        match self {
+            Self::Single { client, config } => {
+                ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
+                    .map(Link::Single)
+            }
+            Self::Cluster(client) => Ok(Link::Cluster(
+                client.get_pending_async_connection_with_config(ClusterConfig::new()),
+            )),
+        }
+    }
+}
+
+/// The connection commands run on: one server's managed connection, or a
+/// cluster connection (routes each command by its key's slot, follows
+/// `MOVED`/`ASK`, refreshes the slot map, and splits `MGET` by slot).
+#[derive(Clone)]
+enum Link {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Link {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        command: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Self::Single(connection) => connection.req_packed_command(command),
+            Self::Cluster(connection) => connection.req_packed_command(command),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Self::Single(connection) => connection.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(connection) => connection.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(connection) => connection.get_db(),
+            Self::Cluster(connection) => connection.get_db(),
+        }
+    }
 }
 
 /// The bookkeeping behind rebuilds.
@@ -236,22 +355,27 @@ impl RedisBackend {
         config: &RedisConfig,
         status: StatusSignal,
     ) -> Result<Self, RedisSetupError> {
-        let (client, target) = build_client(config, Protocol::Resp2)?;
-        let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(config.connect_timeout))
-            .set_response_timeout(Some(config.response_timeout))
-            // Few, short retries: a cache fails fast and heals in the background.
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_secs(1));
-        let connection =
-            ConnectionManager::new_lazy_with_config(client.clone(), manager_config.clone())
-                .map_err(|e| RedisSetupError::InvalidUrl(redact(&e.to_string(), config)))?;
+        let (connector, target) = match config.mode {
+            RedisMode::Standalone => {
+                let (client, target) = build_client(config, Protocol::Resp2)?;
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(config.connect_timeout))
+                    .set_response_timeout(Some(config.response_timeout))
+                    // Few, short retries: a cache fails fast and heals in the background.
+                    .set_number_of_retries(1)
+                    .set_min_delay(Duration::from_millis(50))
+                    .set_max_delay(Duration::from_secs(1));
+                (Connector::Single { client, config }, target)
+            }
+            RedisMode::Cluster => build_cluster_client(config)?,
+        };
+        let connection = connector
+            .connect()
+            .map_err(|e| RedisSetupError::InvalidUrl(redact(&e.to_string(), config)))?;
         tracing::info!(%target, "redis backend configured (connects on first use)");
         Ok(Self {
             shared: Arc::new(Shared {
-                client,
-                manager_config,
+                connector,
                 connection: RwLock::new(connection),
                 compare_and_delete: Script::new(COMPARE_AND_DELETE),
                 target,
@@ -305,12 +429,30 @@ impl RedisBackend {
         &self.shared.target
     }
 
+    /// The indices of `keys` grouped so that each group can go in one
+    /// pipeline: all of them at once on one server, by hash slot on a
+    /// cluster (in order of first appearance).
+    fn by_slot<'a>(&self, keys: impl Iterator<Item = &'a str>) -> Vec<Vec<usize>> {
+        if !matches!(self.shared.connector, Connector::Cluster(_)) {
+            return vec![keys.enumerate().map(|(i, _)| i).collect()];
+        }
+        let mut groups: Vec<(u16, Vec<usize>)> = Vec::new();
+        for (index, key) in keys.enumerate() {
+            let slot = slot(key.as_bytes());
+            match groups.iter_mut().find(|(s, _)| *s == slot) {
+                Some((_, group)) => group.push(index),
+                None => groups.push((slot, vec![index])),
+            }
+        }
+        groups.into_iter().map(|(_, group)| group).collect()
+    }
+
     /// How often the connection has been rebuilt.
     pub fn rebuilds(&self) -> u64 {
         self.shared.healing.rebuilds.load(Ordering::Relaxed)
     }
 
-    fn connection(&self) -> ConnectionManager {
+    fn connection(&self) -> Link {
         match self.shared.connection.read() {
             Ok(connection) => connection.clone(),
             // A panic while replacing it cannot leave it half-written.
@@ -320,10 +462,7 @@ impl RedisBackend {
 
     /// Runs one command on the current connection within the operation
     /// bound, and keeps the healing bookkeeping.
-    async fn run<T, F>(
-        &self,
-        command: impl FnOnce(ConnectionManager) -> F,
-    ) -> Result<T, BackendError>
+    async fn run<T, F>(&self, command: impl FnOnce(Link) -> F) -> Result<T, BackendError>
     where
         F: std::future::Future<Output = Result<T, RedisError>>,
     {
@@ -427,10 +566,7 @@ impl RedisBackend {
         {
             return;
         }
-        let fresh = match ConnectionManager::new_lazy_with_config(
-            self.shared.client.clone(),
-            self.shared.manager_config.clone(),
-        ) {
+        let fresh = match self.shared.connector.connect() {
             Ok(fresh) => fresh,
             Err(error) => {
                 tracing::error!(%error, "cannot rebuild the redis connection");
@@ -507,6 +643,56 @@ pub(crate) fn build_client(
             .map_err(|e| RedisSetupError::InvalidUrl(redact(&e.to_string(), config)))?,
     };
     Ok((client, target))
+}
+
+/// A cluster client for `config.nodes` (credentials, timeouts, TCP settings,
+/// TLS from `rediss://` nodes and `ca_file`) and a name for logs, without I/O.
+fn build_cluster_client(config: &RedisConfig) -> Result<(Connector, String), RedisSetupError> {
+    if config.nodes.is_empty() {
+        return Err(RedisSetupError::InvalidUrl(
+            "cluster mode needs at least one seed node (redis.nodes)".into(),
+        ));
+    }
+    let urls: Vec<String> = config.nodes.iter().map(|node| node_url(node)).collect();
+    for url in &urls {
+        let node = RedisConfig {
+            url: url.clone(),
+            ..config.clone()
+        };
+        check_redis_url(url).map_err(|e| RedisSetupError::InvalidUrl(redact(&e, &node)))?;
+    }
+    let mut builder = ClusterClient::builder(urls.clone())
+        .connection_timeout(config.connect_timeout)
+        .response_timeout(config.response_timeout)
+        .tcp_settings(tcp_settings(config))
+        // Few retries: a cache fails fast (MOVED and ASK are followed regardless).
+        .retries(2);
+    if let Some(username) = &config.username {
+        builder = builder.username(username);
+    }
+    if let Some(password) = &config.password {
+        builder = builder.password(password.expose());
+    }
+    if let Some(path) = &config.ca_file {
+        let root_cert = std::fs::read(path).map_err(|e| {
+            RedisSetupError::Tls(format!("cannot read CA file {}: {e}", path.display()))
+        })?;
+        builder = builder.certs(redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(root_cert),
+        });
+    }
+    let client = builder
+        .build()
+        .map_err(|e| RedisSetupError::InvalidUrl(redact(&e.to_string(), config)))?;
+    let target = format!(
+        "cluster({})",
+        urls.iter()
+            .map(|url| redact_url(url))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    Ok((Connector::Cluster(client), target))
 }
 
 /// Nodelay (a cache answers small requests; Nagle would hold them back),
@@ -684,7 +870,8 @@ impl CacheBackend for RedisBackend {
 
     /// One atomic transaction (`MULTI`, `MGET`, a `PTTL` per key, `EXEC`):
     /// each value comes with the TTL it had when it was read, never another
-    /// writer's.
+    /// writer's. On a cluster, one such transaction per slot (a transaction
+    /// cannot span slots), all sent at once.
     async fn mget_with_ttl(
         &self,
         keys: &[String],
@@ -692,51 +879,35 @@ impl CacheBackend for RedisBackend {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipeline = redis::pipe();
-        pipeline.atomic().cmd("MGET").arg(keys);
-        for key in keys {
-            pipeline.cmd("PTTL").arg(key);
-        }
-        let mut answers: Vec<redis::Value> = self
-            .run(|mut connection| async move { pipeline.query_async(&mut connection).await })
-            .await?;
-        let malformed =
-            |e: redis::ParsingError| BackendError::Unknown(format!("MGET with PTTL: {e}"));
-        // MGET's answer, then one integer per key.
-        let ttls = answers.split_off(1.min(answers.len()));
-        let values: Vec<Option<Vec<u8>>> = match answers.pop() {
-            Some(values) => redis::FromRedisValue::from_redis_value(values).map_err(malformed)?,
-            None => Vec::new(),
-        };
-        let ttls = ttls
-            .into_iter()
-            .map(redis::FromRedisValue::from_redis_value)
-            .collect::<Result<Vec<i64>, _>>()
-            .map_err(malformed)?;
-        if values.len() != keys.len() || ttls.len() != keys.len() {
-            return Err(BackendError::Unknown(format!(
-                "MGET with PTTL answered {} values and {} TTLs for {} keys",
-                values.len(),
-                ttls.len(),
-                keys.len()
-            )));
-        }
-        Ok(values
-            .into_iter()
-            .zip(ttls)
-            .map(|(value, ttl)| {
-                value.map(|value| {
-                    let remaining = match u64::try_from(ttl) {
-                        Ok(ms) => Remaining::For(Duration::from_millis(ms)),
-                        // -1: no expiry; -2 (gone between MGET and PTTL
-                        // cannot happen in a transaction) reads as unknown.
-                        Err(_) if ttl == -1 => Remaining::Forever,
-                        Err(_) => Remaining::Unknown,
-                    };
-                    (Bytes::from(value), remaining)
-                })
+        let groups = self.by_slot(keys.iter().map(String::as_str));
+        let transactions: Vec<redis::Pipeline> = groups
+            .iter()
+            .map(|indices| {
+                let mut pipeline = redis::pipe();
+                let group: Vec<&String> = indices.iter().map(|&i| &keys[i]).collect();
+                pipeline.atomic().cmd("MGET").arg(&group);
+                for key in group {
+                    pipeline.cmd("PTTL").arg(key);
+                }
+                pipeline
             })
-            .collect())
+            .collect();
+        let answers: Vec<Vec<redis::Value>> = self
+            .run(|connection| async move {
+                let sent = transactions.iter().map(|pipeline| {
+                    let mut connection = connection.clone();
+                    async move { pipeline.query_async(&mut connection).await }
+                });
+                futures::future::try_join_all(sent).await
+            })
+            .await?;
+        let mut found: Vec<Option<(Bytes, Remaining)>> = vec![None; keys.len()];
+        for (indices, answer) in groups.iter().zip(answers) {
+            for (&index, value) in indices.iter().zip(with_ttls(answer, indices.len())?) {
+                found[index] = value;
+            }
+        }
+        Ok(found)
     }
 
     async fn mset(&self, entries: &[Entry]) -> Result<(), BackendError> {
@@ -744,23 +915,37 @@ impl CacheBackend for RedisBackend {
             return Ok(());
         }
         // One pipeline, one round trip; each entry keeps its own TTL, which
-        // MSET cannot express.
-        let mut pipeline = redis::pipe();
-        for entry in entries {
-            let command = pipeline
-                .cmd("SET")
-                .arg(&entry.key)
-                .arg(entry.value.as_ref());
-            if let Some(ttl) = entry.ttl {
-                command.arg("PX").arg(ttl_millis(ttl));
-            }
-            if entry.only_if_absent {
-                command.arg("NX");
-            }
-            command.ignore();
-        }
-        self.run(|mut connection| async move { pipeline.query_async::<()>(&mut connection).await })
-            .await
+        // MSET cannot express. On a cluster, one pipeline per slot (a
+        // pipeline cannot span slots there), all sent at once.
+        let groups = self.by_slot(entries.iter().map(|entry| entry.key.as_str()));
+        let pipelines: Vec<redis::Pipeline> = groups
+            .iter()
+            .map(|indices| {
+                let mut pipeline = redis::pipe();
+                for entry in indices.iter().map(|&i| &entries[i]) {
+                    let command = pipeline
+                        .cmd("SET")
+                        .arg(&entry.key)
+                        .arg(entry.value.as_ref());
+                    if let Some(ttl) = entry.ttl {
+                        command.arg("PX").arg(ttl_millis(ttl));
+                    }
+                    if entry.only_if_absent {
+                        command.arg("NX");
+                    }
+                    command.ignore();
+                }
+                pipeline
+            })
+            .collect();
+        self.run(|connection| async move {
+            let sent = pipelines.iter().map(|pipeline| {
+                let mut connection = connection.clone();
+                async move { pipeline.query_async::<()>(&mut connection).await }
+            });
+            futures::future::try_join_all(sent).await.map(drop)
+        })
+        .await
     }
 
     /// Not cut at the operation bound: the health monitor measures how slow
@@ -807,6 +992,74 @@ impl Drop for Abandoned<'_> {
     }
 }
 
+/// The answer of one `MULTI MGET PTTL... EXEC` for `n` keys: each value with
+/// its remaining TTL.
+fn with_ttls(
+    mut answers: Vec<redis::Value>,
+    n: usize,
+) -> Result<Vec<Option<(Bytes, Remaining)>>, BackendError> {
+    let malformed = |e: redis::ParsingError| BackendError::Unknown(format!("MGET with PTTL: {e}"));
+    // MGET's answer, then one integer per key.
+    let ttls = answers.split_off(1.min(answers.len()));
+    let values: Vec<Option<Vec<u8>>> = match answers.pop() {
+        Some(values) => redis::FromRedisValue::from_redis_value(values).map_err(malformed)?,
+        None => Vec::new(),
+    };
+    let ttls = ttls
+        .into_iter()
+        .map(redis::FromRedisValue::from_redis_value)
+        .collect::<Result<Vec<i64>, _>>()
+        .map_err(malformed)?;
+    if values.len() != n || ttls.len() != n {
+        return Err(BackendError::Unknown(format!(
+            "MGET with PTTL answered {} values and {} TTLs for {n} keys",
+            values.len(),
+            ttls.len(),
+        )));
+    }
+    Ok(values
+        .into_iter()
+        .zip(ttls)
+        .map(|(value, ttl)| {
+            value.map(|value| {
+                let remaining = match u64::try_from(ttl) {
+                    Ok(ms) => Remaining::For(Duration::from_millis(ms)),
+                    // -1: no expiry; -2 (gone between MGET and PTTL) cannot
+                    // happen in a transaction, and reads as unknown.
+                    Err(_) if ttl == -1 => Remaining::Forever,
+                    Err(_) => Remaining::Unknown,
+                };
+                (Bytes::from(value), remaining)
+            })
+        })
+        .collect())
+}
+
+/// Redis Cluster's hash slot of `key`: CRC16 (XMODEM) of the key, or of its
+/// hash tag (the part between the first `{` and the next `}`, when not
+/// empty), modulo 16384.
+fn slot(key: &[u8]) -> u16 {
+    let hashed = match key.iter().position(|&b| b == b'{') {
+        Some(open) => match key[open + 1..].iter().position(|&b| b == b'}') {
+            Some(len) if len > 0 => &key[open + 1..open + 1 + len],
+            _ => key,
+        },
+        None => key,
+    };
+    let mut crc: u16 = 0;
+    for &byte in hashed {
+        crc ^= u16::from(byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc % 16384
+}
+
 /// Redis wants a positive integer of milliseconds.
 fn ttl_millis(ttl: Duration) -> u64 {
     u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
@@ -825,6 +1078,53 @@ mod tests {
         let error = RedisBackend::new(&config).unwrap_err();
         assert!(matches!(error, RedisSetupError::InvalidUrl(_)));
         assert!(!error.to_string().contains("s3cr3t-pw"), "{error}");
+    }
+
+    #[test]
+    fn keys_map_to_redis_clusters_hash_slots() {
+        // Values from the Redis Cluster specification and `CLUSTER KEYSLOT`.
+        assert_eq!(slot(b"foo"), 12182);
+        assert_eq!(slot(b"bar"), 5061);
+        // CRC16-XMODEM of "123456789" is 0x31C3, below 16384.
+        assert_eq!(slot(b"123456789"), 0x31C3);
+        assert_eq!(slot(b"{user1000}.following"), slot(b"{user1000}.followers"));
+        assert_eq!(
+            slot(b"foo{}{bar}"),
+            slot(b"foo{}{bar}"),
+            "an empty tag hashes the whole key"
+        );
+        assert_ne!(slot(b"foo{}{bar}"), slot(b"bar"));
+        assert_eq!(slot(b"foo{{bar}}zap"), slot(b"{bar"));
+    }
+
+    #[test]
+    fn seed_nodes_come_from_a_list_or_a_comma_separated_string() {
+        let from_env: RedisConfig =
+            serde_json::from_str(r#"{"mode": "cluster", "nodes": " a:7000, b:7001 ,,"}"#).unwrap();
+        assert_eq!(from_env.mode, RedisMode::Cluster);
+        assert_eq!(from_env.nodes, vec!["a:7000", "b:7001"]);
+        let from_file: RedisConfig =
+            serde_json::from_str(r#"{"nodes": ["redis://a:7000"]}"#).unwrap();
+        assert_eq!(from_file.nodes, vec!["redis://a:7000"]);
+        assert_eq!(node_url("a:7000"), "redis://a:7000");
+    }
+
+    #[tokio::test]
+    async fn a_cluster_without_nodes_is_refused_and_creating_one_does_no_io() {
+        let mut config = RedisConfig {
+            mode: RedisMode::Cluster,
+            ..RedisConfig::default()
+        };
+        assert!(matches!(
+            RedisBackend::new(&config),
+            Err(RedisSetupError::InvalidUrl(_))
+        ));
+        config.nodes = vec!["127.0.0.1:1".into(), "127.0.0.1:2".into()];
+        let backend = RedisBackend::new(&config).unwrap();
+        assert_eq!(
+            backend.target(),
+            "cluster(redis://127.0.0.1:1,redis://127.0.0.1:2)"
+        );
     }
 
     #[tokio::test]

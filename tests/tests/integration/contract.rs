@@ -4,10 +4,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use adapters::backend::{MemoryBackend, NearCache, NearConfig, NoopBackend, StatusSignal};
+use adapters::backend::{
+    MemoryBackend, NearCache, NearConfig, NoopBackend, RedisBackend, StatusSignal,
+};
 use bytes::Bytes;
-use ports::{Entry, SharedBackend};
-use tests::TestRedis;
+use ports::{BackendError, CacheBackend, Entry, Remaining, SharedBackend};
+use tests::{TestCluster, TestRedis};
 
 /// The bodies: each takes a fresh, empty backend.
 mod bodies {
@@ -262,6 +264,82 @@ contract_suite!(near, || async {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     (Arc::new(near) as SharedBackend, redis)
+});
+
+/// One Redis Cluster serves every test of the binary: each test's keys get a
+/// prefix of their own, so the bodies run unchanged side by side.
+struct Namespaced {
+    inner: SharedBackend,
+    prefix: String,
+}
+
+impl Namespaced {
+    fn key(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+    fn keys(&self, keys: &[String]) -> Vec<String> {
+        keys.iter().map(|key| self.key(key)).collect()
+    }
+}
+
+#[async_trait::async_trait]
+impl CacheBackend for Namespaced {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+    async fn get(&self, key: &str) -> Result<Option<Bytes>, BackendError> {
+        self.inner.get(&self.key(key)).await
+    }
+    async fn set(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Option<Duration>,
+    ) -> Result<(), BackendError> {
+        self.inner.set(&self.key(key), value, ttl).await
+    }
+    async fn delete(&self, key: &str) -> Result<bool, BackendError> {
+        self.inner.delete(&self.key(key)).await
+    }
+    async fn compare_and_delete(&self, key: &str, expected: &[u8]) -> Result<bool, BackendError> {
+        self.inner
+            .compare_and_delete(&self.key(key), expected)
+            .await
+    }
+    async fn mget(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>, BackendError> {
+        self.inner.mget(&self.keys(keys)).await
+    }
+    async fn mget_with_ttl(
+        &self,
+        keys: &[String],
+    ) -> Result<Vec<Option<(Bytes, Remaining)>>, BackendError> {
+        self.inner.mget_with_ttl(&self.keys(keys)).await
+    }
+    async fn mset(&self, entries: &[Entry]) -> Result<(), BackendError> {
+        let entries: Vec<Entry> = entries
+            .iter()
+            .map(|entry| Entry {
+                key: self.key(&entry.key),
+                ..entry.clone()
+            })
+            .collect();
+        self.inner.mset(&entries).await
+    }
+    async fn ping(&self) -> Result<(), BackendError> {
+        self.inner.ping().await
+    }
+}
+
+// Redis Cluster (3 masters, 3 replicas): the same contract, keys spread over
+// the masters' slots.
+contract_suite!(cluster, || async {
+    let cluster = TestCluster::shared();
+    let backend = RedisBackend::new(&cluster.config()).unwrap();
+    let namespaced = Namespaced {
+        inner: Arc::new(backend),
+        prefix: format!("t{}:", uuid::Uuid::new_v4().simple()),
+    };
+    (Arc::new(namespaced) as SharedBackend, ())
 });
 
 /// The no-op backend: the parts of the contract that apply to a backend that
