@@ -6,6 +6,8 @@
 //! Started on first use by a thread of its own that holds the containers for
 //! the life of the process (each `#[tokio::test]` has its own runtime), with
 //! the [`crate::PID_LABEL`] so a later run, and `cargo xtask ci`, remove them.
+//! Handed out once every node sees the whole cluster and every replica is in
+//! sync with its master (so a failover test can promote one at once).
 
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -135,6 +137,12 @@ async fn start() -> Result<(TestCluster, Vec<ContainerAsync<GenericImage>>), Str
             "",
             "--appendonly",
             "no",
+            // Replicas sync at once, without a file (a new replica's first
+            // full sync otherwise races the tests' first failover).
+            "--repl-diskless-sync",
+            "yes",
+            "--repl-diskless-sync-delay",
+            "0",
         ]
         .iter()
         .map(ToString::to_string)
@@ -185,7 +193,16 @@ async fn start() -> Result<(TestCluster, Vec<ContainerAsync<GenericImage>>), Str
                 .query_async(&mut node)
                 .await
                 .unwrap_or_default();
-            if info.contains("cluster_state:ok") && info.contains("cluster_known_nodes:6") {
+            let replication: String = redis::cmd("INFO")
+                .arg("replication")
+                .query_async(&mut node)
+                .await
+                .unwrap_or_default();
+            // A replica counts once it is in sync with its master.
+            let synced = replication.contains("role:master")
+                || replication.contains("master_link_status:up");
+            if info.contains("cluster_state:ok") && info.contains("cluster_known_nodes:6") && synced
+            {
                 break;
             }
             if started.elapsed() > Duration::from_secs(60) {

@@ -9,6 +9,7 @@
 #![allow(clippy::print_stdout)]
 
 mod auth;
+mod cluster;
 mod coherence;
 mod contract;
 mod faults;

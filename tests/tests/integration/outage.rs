@@ -10,6 +10,9 @@
 //! after. Each run prints what it measured and writes it to
 //! `target/outage/<fault>.md`.
 //!
+//! Over Redis Cluster, a master is killed under the same load: no request
+//! fails, its replica is promoted, and hits resume within seconds of it.
+//!
 //! These tests run alone (`cargo xtask ci` runs them after the rest, one at a
 //! time), so that their latencies are not another test's noise.
 
@@ -19,7 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use tests::{TestApp, TestRedis, spawn_app_on_redis};
+use tests::{TestApp, TestCluster, TestRedis, spawn_app, spawn_app_on_redis};
 use tokio::sync::Mutex;
 
 const CLIENTS: usize = 32;
@@ -335,4 +338,189 @@ async fn a_stopped_redis_under_load_fails_no_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_redis_under_load_fails_no_request() {
     run(Fault::Freeze).await;
+}
+
+/// The master serving `slot`: its index in `cluster.ports`, from `CLUSTER NODES`
+/// as a live node sees it.
+async fn master_of(cluster: &TestCluster, slot: u16, ask: usize) -> Option<usize> {
+    let mut node = cluster.node(ask).await;
+    let nodes: String = redis::cmd("CLUSTER")
+        .arg("NODES")
+        .query_async(&mut node)
+        .await
+        .ok()?;
+    for line in nodes.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        if fields.len() < 9 || !fields[2].contains("master") || fields[2].contains("fail") {
+            continue;
+        }
+        let serves = fields[8..].iter().any(|range| {
+            let (from, to) = range.split_once('-').unwrap_or((range, range));
+            match (from.parse::<u16>(), to.parse::<u16>()) {
+                (Ok(from), Ok(to)) => (from..=to).contains(&slot),
+                _ => false,
+            }
+        });
+        if serves {
+            let port: u16 = fields[1].split(['@', ':']).nth(1)?.parse().ok()?;
+            return cluster.ports.iter().position(|&p| p == port);
+        }
+    }
+    None
+}
+
+/// `keyspace_hits` summed over the nodes that answer.
+async fn cluster_hits(cluster: &TestCluster, skip: usize) -> u64 {
+    let mut total = 0;
+    for index in (0..cluster.ports.len()).filter(|&i| i != skip) {
+        let mut node = cluster.node(index).await;
+        let info: String = redis::cmd("INFO")
+            .arg("stats")
+            .query_async(&mut node)
+            .await
+            .unwrap_or_default();
+        total += info
+            .lines()
+            .find_map(|line| line.strip_prefix("keyspace_hits:"))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    total
+}
+
+/// Redis Cluster: a master is killed under load. No request fails; the
+/// replica is promoted and cache hits on its slots resume; the killed node
+/// comes back as a replica afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_master_killed_under_load_fails_no_request() {
+    const KILL_AT: Duration = Duration::from_secs(4);
+    const CLUSTER_RUN: Duration = Duration::from_secs(16);
+    let cluster = TestCluster::shared();
+    let nodes = cluster.config().nodes.join(",");
+    let app = Arc::new(
+        spawn_app(&[
+            ("CACHEMANAGER__CACHE__BACKEND", "redis"),
+            ("CACHEMANAGER__REDIS__MODE", "cluster"),
+            ("CACHEMANAGER__REDIS__NODES", nodes.as_str()),
+            ("REDIS_PASSWORD", cluster.password.as_str()),
+        ])
+        .await,
+    );
+    app.wait_for_health(200).await;
+    for n in 0..20 {
+        assert!(one_request(&app, n).await, "warm-up request {n} failed");
+    }
+    // The master of user 1's record.
+    let mut any = cluster.node(0).await;
+    let slot: u16 = redis::cmd("CLUSTER")
+        .arg("KEYSLOT")
+        .arg(format!("user:record:{}", uuid(1)))
+        .query_async(&mut any)
+        .await
+        .unwrap();
+    let victim = master_of(cluster, slot, 0)
+        .await
+        .expect("a master for the slot");
+    let ask = (victim + 1) % cluster.ports.len();
+
+    let started = Instant::now();
+    let samples = Arc::new(Mutex::new(Vec::<Sample>::new()));
+    let mut clients = Vec::new();
+    for client in 0..CLIENTS {
+        let (app, samples) = (app.clone(), samples.clone());
+        clients.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            let mut n = client as u64;
+            while started.elapsed() < CLUSTER_RUN {
+                let at = started.elapsed();
+                let t = Instant::now();
+                let ok = one_request(&app, n).await;
+                mine.push(Sample {
+                    at,
+                    latency: t.elapsed(),
+                    ok,
+                });
+                n += CLIENTS as u64;
+                tokio::time::sleep(THINK).await;
+            }
+            samples.lock().await.extend(mine);
+        }));
+    }
+    tokio::time::sleep(KILL_AT.saturating_sub(started.elapsed())).await;
+    let killed_at = started.elapsed();
+    let killed = std::process::Command::new("docker")
+        .args(["kill", &cluster.containers[victim]])
+        .output()
+        .unwrap();
+    assert!(killed.status.success(), "docker kill failed");
+    // Promotion: another master serves the slot.
+    let mut promoted_at = None;
+    while started.elapsed() < CLUSTER_RUN + Duration::from_secs(20) {
+        if let Some(master) = master_of(cluster, slot, ask).await
+            && master != victim
+        {
+            promoted_at = Some(started.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let Some(promoted_at) = promoted_at else {
+        let mut node = cluster.node(ask).await;
+        let nodes: String = redis::cmd("CLUSTER")
+            .arg("NODES")
+            .query_async(&mut node)
+            .await
+            .unwrap_or_default();
+        panic!("no replica was promoted; CLUSTER NODES from node {ask}:\n{nodes}");
+    };
+    // Hits resume: the live nodes count new hits.
+    let baseline = cluster_hits(cluster, victim).await;
+    let mut hits_at = None;
+    while started.elapsed() < CLUSTER_RUN + Duration::from_secs(20) {
+        if cluster_hits(cluster, victim).await > baseline {
+            hits_at = Some(started.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for client in clients {
+        client.await.unwrap();
+    }
+    // Bring the node back (it rejoins as a replica of its promoted one).
+    let _ = std::process::Command::new("docker")
+        .args(["start", &cluster.containers[victim]])
+        .output();
+    let samples = samples.lock().await;
+    let total = phase(
+        &samples,
+        Duration::ZERO,
+        CLUSTER_RUN + Duration::from_secs(60),
+    );
+    let during = phase(&samples, killed_at, promoted_at);
+    let hits_at = hits_at.expect("cache hits never resumed after the promotion");
+    let report = format!(
+        "Redis Cluster: master {victim} killed at {:.1} s under {CLIENTS} clients; a replica serves its slots {:.2} s later (cluster-node-timeout 2 s); cache hits counted again {:.2} s after the kill\n| phase | requests | errors | p50 ms | p99 ms | max ms |\n| --- | ---: | ---: | ---: | ---: | ---: |\n| until promoted | {} | {} | {:.2} | {:.2} | {:.1} |\n| total | {} | {} | {:.2} | {:.2} | {:.1} |\n",
+        killed_at.as_secs_f64(),
+        (promoted_at - killed_at).as_secs_f64(),
+        (hits_at - killed_at).as_secs_f64(),
+        during.requests,
+        during.errors,
+        during.p50.as_secs_f64() * 1e3,
+        during.p99.as_secs_f64() * 1e3,
+        during.max.as_secs_f64() * 1e3,
+        total.requests,
+        total.errors,
+        total.p50.as_secs_f64() * 1e3,
+        total.p99.as_secs_f64() * 1e3,
+        total.max.as_secs_f64() * 1e3,
+    );
+    println!("\n{report}");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/outage");
+    let _ = std::fs::create_dir_all(&dir);
+    let _ = std::fs::write(dir.join("cluster-failover.md"), &report);
+    assert_eq!(total.errors, 0, "failed or wrong answers\n{report}");
+    assert!(
+        hits_at.saturating_sub(promoted_at) < Duration::from_secs(6),
+        "hits took more than 6 s after the promotion to resume\n{report}"
+    );
 }
