@@ -43,35 +43,7 @@ impl TestCluster {
         static CLUSTER: OnceLock<Result<TestCluster, String>> = OnceLock::new();
         let cluster = CLUSTER.get_or_init(|| {
             crate::postgres::remove_orphans();
-            let (sender, receiver) = std::sync::mpsc::channel();
-            std::thread::spawn(move || {
-                let runtime = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(runtime) => runtime,
-                    Err(error) => {
-                        let _ = sender.send(Err(format!("no runtime for the cluster: {error}")));
-                        return;
-                    }
-                };
-                runtime.block_on(async move {
-                    match start().await {
-                        Ok((cluster, containers)) => {
-                            let _ = sender.send(Ok(cluster));
-                            // Held until the process ends.
-                            std::future::pending::<()>().await;
-                            drop(containers);
-                        }
-                        Err(error) => {
-                            let _ = sender.send(Err(error));
-                        }
-                    }
-                });
-            });
-            receiver
-                .recv()
-                .map_err(|_| "the cluster thread died".to_owned())?
+            crate::hold_for_process("the Redis Cluster", start)
         });
         match cluster {
             Ok(cluster) => cluster,

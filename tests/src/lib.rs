@@ -88,6 +88,49 @@ fn fresh_password() -> String {
     format!("test-pw-{}", uuid::Uuid::new_v4().simple())
 }
 
+/// Runs `start` on a thread of its own, in a runtime of its own, and keeps
+/// what it must hold (containers) for the life of the process: each
+/// `#[tokio::test]` has its own runtime, and a container must not outlive the
+/// runtime it was made in. Returns what `start` made for the tests, or why
+/// it failed (`what` names it).
+pub(crate) fn hold_for_process<T, H, F, Fut>(what: &str, start: F) -> Result<T, String>
+where
+    T: Send + 'static,
+    H: 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<(T, H), String>>,
+{
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => runtime,
+            Err(error) => {
+                let _ = sender.send(Err(format!("no runtime: {error}")));
+                return;
+            }
+        };
+        runtime.block_on(async move {
+            match start().await {
+                Ok((made, held)) => {
+                    let _ = sender.send(Ok(made));
+                    // Held until the process ends.
+                    std::future::pending::<()>().await;
+                    drop(held);
+                }
+                Err(error) => {
+                    let _ = sender.send(Err(error));
+                }
+            }
+        });
+    });
+    receiver
+        .recv()
+        .map_err(|_| format!("the thread holding {what} died"))?
+}
+
 /// A free TCP port on the host (for a container that must keep its address
 /// across a restart).
 pub fn free_port() -> u16 {

@@ -15,7 +15,7 @@ use std::time::Duration;
 use sqlx::Connection;
 use testcontainers::core::{ContainerPort, WaitFor};
 use testcontainers::runners::AsyncRunner;
-use testcontainers::{GenericImage, ImageExt};
+use testcontainers::{ContainerAsync, GenericImage, ImageExt};
 
 /// The official image, used when present.
 pub const OFFICIAL_POSTGRES: (&str, &str) = ("postgres", "16-alpine");
@@ -88,6 +88,30 @@ pub(crate) fn remove_orphans() {
     }
 }
 
+/// Starts the server; the container is what must be held.
+async fn start(
+    name: String,
+    tag: String,
+) -> Result<(TestPostgres, ContainerAsync<GenericImage>), String> {
+    let password = format!("pg-{}", uuid::Uuid::new_v4().simple());
+    let container = GenericImage::new(name, tag)
+        .with_exposed_port(ContainerPort::Tcp(5432))
+        .with_wait_for(WaitFor::message_on_stderr(
+            "database system is ready to accept connections",
+        ))
+        .with_env_var("POSTGRES_PASSWORD", &password)
+        .with_label(PID_LABEL, std::process::id().to_string())
+        .with_startup_timeout(Duration::from_secs(60))
+        .start()
+        .await
+        .map_err(|error| format!("cannot start PostgreSQL: {error}"))?;
+    let port = container
+        .get_host_port_ipv4(5432)
+        .await
+        .map_err(|error| format!("the PostgreSQL container has no mapped port: {error}"))?;
+    Ok((TestPostgres { port, password }, container))
+}
+
 impl TestPostgres {
     /// The server of this test binary, started on first use.
     ///
@@ -99,56 +123,7 @@ impl TestPostgres {
         let server = SERVER.get_or_init(|| {
             remove_orphans();
             let (name, tag) = postgres_image()?;
-            let (sender, receiver) = std::sync::mpsc::channel();
-            std::thread::spawn(move || {
-                let runtime = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(runtime) => runtime,
-                    Err(error) => {
-                        let _ = sender.send(Err(format!("no runtime for PostgreSQL: {error}")));
-                        return;
-                    }
-                };
-                runtime.block_on(async move {
-                    let password = format!("pg-{}", uuid::Uuid::new_v4().simple());
-                    let started = GenericImage::new(name, tag)
-                        .with_exposed_port(ContainerPort::Tcp(5432))
-                        .with_wait_for(WaitFor::message_on_stderr(
-                            "database system is ready to accept connections",
-                        ))
-                        .with_env_var("POSTGRES_PASSWORD", &password)
-                        .with_label(PID_LABEL, std::process::id().to_string())
-                        .with_startup_timeout(Duration::from_secs(60))
-                        .start()
-                        .await;
-                    let container = match started {
-                        Ok(container) => container,
-                        Err(error) => {
-                            let _ = sender.send(Err(format!("cannot start PostgreSQL: {error}")));
-                            return;
-                        }
-                    };
-                    match container.get_host_port_ipv4(5432).await {
-                        Ok(port) => {
-                            let _ = sender.send(Ok(TestPostgres { port, password }));
-                        }
-                        Err(error) => {
-                            let _ = sender.send(Err(format!(
-                                "the PostgreSQL container has no mapped port: {error}"
-                            )));
-                            return;
-                        }
-                    }
-                    // Held until the process ends.
-                    std::future::pending::<()>().await;
-                    drop(container);
-                });
-            });
-            receiver
-                .recv()
-                .map_err(|_| "the PostgreSQL thread died".to_owned())?
+            crate::hold_for_process("PostgreSQL", move || start(name, tag))
         });
         match server {
             Ok(server) => server,

@@ -171,23 +171,23 @@ async fn keyspace_hits(redis: &TestRedis) -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-async fn run(fault: Fault) {
-    let redis = TestRedis::start_with(Some(tests::free_port()), &[]).await;
-    let app = Arc::new(spawn_app_on_redis(&redis, &[]).await);
-    app.wait_for_health(200).await;
-    for n in 0..20 {
-        assert!(one_request(&app, n).await, "warm-up request {n} failed");
-    }
+type Samples = Arc<Mutex<Vec<Sample>>>;
 
-    let started = Instant::now();
-    let samples = Arc::new(Mutex::new(Vec::<Sample>::with_capacity(200_000)));
+/// [`CLIENTS`] clients calling the service until `run` after `started`; each
+/// adds what it saw to the samples when it ends.
+fn load(
+    app: &Arc<TestApp>,
+    started: Instant,
+    run: Duration,
+) -> (Vec<tokio::task::JoinHandle<()>>, Samples) {
+    let samples: Samples = Arc::new(Mutex::new(Vec::with_capacity(200_000)));
     let mut clients = Vec::new();
     for client in 0..CLIENTS {
         let (app, samples) = (app.clone(), samples.clone());
         clients.push(tokio::spawn(async move {
             let mut mine = Vec::new();
             let mut n = client as u64;
-            while started.elapsed() < RUN {
+            while started.elapsed() < run {
                 let at = started.elapsed();
                 let t = Instant::now();
                 let ok = one_request(&app, n).await;
@@ -202,6 +202,19 @@ async fn run(fault: Fault) {
             samples.lock().await.extend(mine);
         }));
     }
+    (clients, samples)
+}
+
+async fn run(fault: Fault) {
+    let redis = TestRedis::start_with(Some(tests::free_port()), &[]).await;
+    let app = Arc::new(spawn_app_on_redis(&redis, &[]).await);
+    app.wait_for_health(200).await;
+    for n in 0..20 {
+        assert!(one_request(&app, n).await, "warm-up request {n} failed");
+    }
+
+    let started = Instant::now();
+    let (clients, samples) = load(&app, started, RUN);
     let done = Arc::new(AtomicBool::new(false));
     let health = {
         let (app, done) = (app.clone(), done.clone());
@@ -424,28 +437,7 @@ async fn a_cluster_master_killed_under_load_fails_no_request() {
     let ask = (victim + 1) % cluster.ports.len();
 
     let started = Instant::now();
-    let samples = Arc::new(Mutex::new(Vec::<Sample>::new()));
-    let mut clients = Vec::new();
-    for client in 0..CLIENTS {
-        let (app, samples) = (app.clone(), samples.clone());
-        clients.push(tokio::spawn(async move {
-            let mut mine = Vec::new();
-            let mut n = client as u64;
-            while started.elapsed() < CLUSTER_RUN {
-                let at = started.elapsed();
-                let t = Instant::now();
-                let ok = one_request(&app, n).await;
-                mine.push(Sample {
-                    at,
-                    latency: t.elapsed(),
-                    ok,
-                });
-                n += CLIENTS as u64;
-                tokio::time::sleep(THINK).await;
-            }
-            samples.lock().await.extend(mine);
-        }));
-    }
+    let (clients, samples) = load(&app, started, CLUSTER_RUN);
     tokio::time::sleep(KILL_AT.saturating_sub(started.elapsed())).await;
     let killed_at = started.elapsed();
     let killed = std::process::Command::new("docker")

@@ -26,6 +26,20 @@ struct Gate {
     release: oneshot::Sender<()>,
 }
 
+/// A read held after Redis answered it (see [`Upstream::held_read`]).
+struct HeldRead {
+    release: oneshot::Sender<()>,
+    reader: tokio::task::JoinHandle<Result<Option<Bytes>, BackendError>>,
+}
+
+impl HeldRead {
+    /// Lets the answer arrive, and waits for the read to end.
+    async fn finish(self) {
+        self.release.send(()).unwrap();
+        let _ = self.reader.await.unwrap().unwrap();
+    }
+}
+
 impl Upstream {
     fn new() -> Arc<Self> {
         Arc::new(Self {
@@ -42,6 +56,21 @@ impl Upstream {
         let (release, release_rx) = oneshot::channel();
         *self.gate.lock().unwrap() = Some((reached_tx, release_rx));
         Gate { reached, release }
+    }
+
+    /// Starts a read of `key` through `near` and returns once Redis has
+    /// answered it and the answer is held on its way back.
+    async fn held_read(&self, near: &NearCache, key: &'static str) -> HeldRead {
+        let gate = self.hold_next_read();
+        let reader = tokio::spawn({
+            let near = near.clone();
+            async move { near.get(key).await }
+        });
+        gate.reached.await.unwrap();
+        HeldRead {
+            release: gate.release,
+            reader,
+        }
     }
 
     fn reads(&self) -> u64 {
@@ -180,18 +209,12 @@ async fn an_invalidation_during_a_read_keeps_its_answer_out_of_the_process() {
     let upstream = Upstream::new();
     upstream.put("n:k", "old").await;
     let near = near(&upstream);
-    let gate = upstream.hold_next_read();
-    let reader = tokio::spawn({
-        let near = near.clone();
-        async move { near.get("n:k").await }
-    });
-    gate.reached.await.unwrap();
+    let held = upstream.held_read(&near, "n:k").await;
     // The read has left; another writer changes the key and Redis says so
     // before the read's (old) answer is handled.
     upstream.put("n:k", "new").await;
     near.core.apply(&invalidation(&["n:k"]));
-    gate.release.send(()).unwrap();
-    let _ = reader.await.unwrap().unwrap();
+    held.finish().await;
     assert_eq!(near.counts().stale_inserts_prevented, 1);
     assert_eq!(
         text(near.get("n:k").await.unwrap()),
@@ -206,16 +229,10 @@ async fn a_flush_during_a_read_keeps_its_answer_out_of_the_process() {
     let upstream = Upstream::new();
     upstream.put("n:k", "old").await;
     let near = near(&upstream);
-    let gate = upstream.hold_next_read();
-    let reader = tokio::spawn({
-        let near = near.clone();
-        async move { near.get("n:k").await }
-    });
-    gate.reached.await.unwrap();
+    let held = upstream.held_read(&near, "n:k").await;
     upstream.memory.delete("n:k").await.unwrap();
     near.core.apply(&flush());
-    gate.release.send(()).unwrap();
-    let _ = reader.await.unwrap().unwrap();
+    held.finish().await;
     assert_eq!(near.get("n:k").await.unwrap(), None, "flushed means gone");
     assert_eq!(near.counts().flushes_server, 1);
 }
@@ -225,15 +242,9 @@ async fn an_invalidation_of_another_key_does_not_spoil_a_read() {
     let upstream = Upstream::new();
     upstream.put("n:k", "v").await;
     let near = near(&upstream);
-    let gate = upstream.hold_next_read();
-    let reader = tokio::spawn({
-        let near = near.clone();
-        async move { near.get("n:k").await }
-    });
-    gate.reached.await.unwrap();
+    let held = upstream.held_read(&near, "n:k").await;
     near.core.apply(&invalidation(&["n:other"]));
-    gate.release.send(()).unwrap();
-    let _ = reader.await.unwrap().unwrap();
+    held.finish().await;
     let _ = near.get("n:k").await.unwrap();
     assert_eq!(upstream.reads(), 1, "kept, then a hit");
 }
@@ -257,15 +268,9 @@ async fn losing_tracking_empties_the_process_and_spoils_reads_in_flight() {
     upstream.put("n:b", "b1").await;
     let near = near(&upstream);
     let _ = near.get("n:a").await.unwrap();
-    let gate = upstream.hold_next_read();
-    let reader = tokio::spawn({
-        let near = near.clone();
-        async move { near.get("n:b").await }
-    });
-    gate.reached.await.unwrap();
+    let held = upstream.held_read(&near, "n:b").await;
     near.core.distrust("test: connection lost");
-    gate.release.send(()).unwrap();
-    let _ = reader.await.unwrap().unwrap();
+    held.finish().await;
     assert!(!near.tracking());
     // While distrusted, every read asks Redis and nothing is kept.
     upstream.put("n:a", "a2").await;
@@ -291,18 +296,12 @@ async fn a_read_that_began_before_a_reconnect_is_not_kept_after_it() {
     let upstream = Upstream::new();
     upstream.put("n:k", "old").await;
     let near = near(&upstream);
-    let gate = upstream.hold_next_read();
-    let reader = tokio::spawn({
-        let near = near.clone();
-        async move { near.get("n:k").await }
-    });
-    gate.reached.await.unwrap();
+    let held = upstream.held_read(&near, "n:k").await;
     // Lost and re-armed while the read was out: a write in the gap was never
     // announced, so the read's answer may be from before it.
     near.core.distrust("test: connection lost");
     near.core.arm();
-    gate.release.send(()).unwrap();
-    let _ = reader.await.unwrap().unwrap();
+    held.finish().await;
     let _ = near.get("n:k").await.unwrap();
     assert_eq!(
         upstream.reads(),
@@ -368,17 +367,11 @@ async fn a_read_racing_with_our_own_write_is_not_kept() {
     let upstream = Upstream::new();
     upstream.put("n:k", "old").await;
     let near = near(&upstream);
-    let gate = upstream.hold_next_read();
-    let reader = tokio::spawn({
-        let near = near.clone();
-        async move { near.get("n:k").await }
-    });
-    gate.reached.await.unwrap();
+    let held = upstream.held_read(&near, "n:k").await;
     near.set("n:k", Bytes::from_static(b"new"), None)
         .await
         .unwrap();
-    gate.release.send(()).unwrap();
-    let _ = reader.await.unwrap().unwrap();
+    held.finish().await;
     assert_eq!(text(near.get("n:k").await.unwrap()), Some("new".into()));
 }
 
@@ -439,16 +432,11 @@ async fn a_cancelled_read_leaves_nothing_pending() {
     let upstream = Upstream::new();
     upstream.put("n:k", "v").await;
     let near = near(&upstream);
-    let gate = upstream.hold_next_read();
-    let reader = tokio::spawn({
-        let near = near.clone();
-        async move { near.get("n:k").await }
-    });
-    gate.reached.await.unwrap();
-    reader.abort();
-    let _ = reader.await;
+    let held = upstream.held_read(&near, "n:k").await;
+    held.reader.abort();
+    let _ = held.reader.await;
     assert!(near.core.lock().pending.is_empty());
-    drop(gate.release);
+    drop(held.release);
 }
 
 #[tokio::test]
