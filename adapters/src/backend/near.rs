@@ -782,6 +782,10 @@ const RETRY_MAX: Duration = Duration::from_secs(2);
 /// Keeps a tracking connection armed for as long as the near cache lives.
 async fn track(core: Weak<Core>, client: redis::Client, connect_timeout: Duration) {
     let mut retry = RETRY_MIN;
+    // Failed attempts since tracking was last armed: the first is a warning
+    // (an ACL user without CLIENT, a proxy without RESP3 push: the near cache
+    // would never serve, and every read would go to Redis), the rest debug.
+    let mut failures = 0u32;
     loop {
         let Some(strong) = core.upgrade() else { return };
         let config = strong.config;
@@ -790,6 +794,7 @@ async fn track(core: Weak<Core>, client: redis::Client, connect_timeout: Duratio
         match arm(&core, &client, connect_timeout, &config, &prefixes).await {
             Ok((mut connection, mut closed)) => {
                 retry = RETRY_MIN;
+                failures = 0;
                 let cause = watch(&mut connection, &mut closed, &config).await;
                 let Some(strong) = core.upgrade() else { return };
                 strong.distrust(&cause);
@@ -797,7 +802,15 @@ async fn track(core: Weak<Core>, client: redis::Client, connect_timeout: Duratio
             Err(cause) => {
                 let Some(strong) = core.upgrade() else { return };
                 strong.distrust(&cause);
-                tracing::debug!(cause, "near cache tracking not armed; retrying");
+                if failures == 0 {
+                    tracing::warn!(
+                        cause,
+                        "near cache tracking not armed: reads go to redis until it is; retrying"
+                    );
+                } else {
+                    tracing::debug!(cause, failures, "near cache tracking not armed; retrying");
+                }
+                failures = failures.saturating_add(1);
                 tokio::time::sleep(retry).await;
                 retry = (retry * 2).min(RETRY_MAX);
             }
