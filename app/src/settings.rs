@@ -534,12 +534,7 @@ impl Settings {
                 ));
             }
             for node in &redis.nodes {
-                let url = if node.contains("://") {
-                    node.clone()
-                } else {
-                    format!("redis://{node}")
-                };
-                adapters::backend::check_redis_url(&url).map_err(|e| {
+                adapters::backend::check_redis_node(node).map_err(|e| {
                     invalid(
                         "redis.nodes",
                         format!("{e} (accepted: host:port or redis://host:port, comma-separated)"),

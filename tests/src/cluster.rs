@@ -68,6 +68,40 @@ impl TestCluster {
         }
     }
 
+    /// A counter of `INFO <section>` on each node, in the order of `ports`:
+    /// `field` is `keyspace_hits` (`keyspace_hits:N`) or a command's stats
+    /// (`cmdstat_mget`: its `calls=N`); absent from a node's answer, 0;
+    /// `None` for a node that does not answer (stopped).
+    pub async fn counters(&self, section: &str, field: &str) -> Vec<Option<u64>> {
+        let mut counts = Vec::new();
+        for port in &self.ports {
+            let url = format!("redis://:{}@127.0.0.1:{port}", self.password);
+            let info = async {
+                let client = redis::Client::open(url).ok()?;
+                let mut node = client.get_multiplexed_async_connection().await.ok()?;
+                redis::cmd("INFO")
+                    .arg(section)
+                    .query_async::<String>(&mut node)
+                    .await
+                    .ok()
+            };
+            let info = tokio::time::timeout(Duration::from_secs(1), info)
+                .await
+                .ok()
+                .flatten();
+            counts.push(info.map(|info| {
+                info.lines()
+                    .find_map(|line| line.strip_prefix(field))
+                    .and_then(|rest| {
+                        let rest = rest.trim_start_matches(':').trim_start_matches("calls=");
+                        rest.split(',').next()?.trim().parse().ok()
+                    })
+                    .unwrap_or(0)
+            }));
+        }
+        counts
+    }
+
     /// A raw connection to one node.
     pub async fn node(&self, index: usize) -> redis::aio::MultiplexedConnection {
         let url = format!("redis://:{}@127.0.0.1:{}", self.password, self.ports[index]);

@@ -131,6 +131,31 @@ where
         .map_err(|_| format!("the thread holding {what} died"))?
 }
 
+/// Polls `condition` every `every` until it holds, and returns how long that
+/// took; fails the test, naming `what`, when it has not held within `within`.
+///
+/// # Panics
+/// When `condition` does not hold in time.
+pub async fn eventually<F, Fut>(
+    what: &str,
+    within: Duration,
+    every: Duration,
+    mut condition: F,
+) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = std::time::Instant::now();
+    loop {
+        if condition().await {
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < within, "{what}: not within {within:?}");
+        tokio::time::sleep(every).await;
+    }
+}
+
 /// A free TCP port on the host (for a container that must keep its address
 /// across a restart).
 pub fn free_port() -> u16 {

@@ -15,7 +15,8 @@ pub use memory::{MemoryBackend, MemoryConfig};
 pub use near::{NearCache, NearConfig, NearCounts};
 pub use noop::NoopBackend;
 pub use redis::{
-    RedisBackend, RedisConfig, RedisMode, RedisSetupError, check_redis_url, redact_url,
+    RedisBackend, RedisConfig, RedisMode, RedisSetupError, check_redis_node, check_redis_url,
+    redact_url,
 };
 pub use status::{Circuit, NearStatus, Refusal, StackStatus, StatusSignal};
 pub use timeout::TimeoutBackend;

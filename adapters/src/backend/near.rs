@@ -186,7 +186,6 @@ struct Coherence {
     /// The last stamp handed out.
     stamp: u64,
     pending: HashMap<String, Pending>,
-    flushes: u64,
 }
 
 /// A read's claim to fill L1: valid while its epoch and stamp are unchanged.
@@ -314,7 +313,6 @@ impl Core {
         for pending in coherence.pending.values_mut() {
             pending.stamp = stamp;
         }
-        coherence.flushes += 1;
         self.l1.invalidate_all();
         bump(&self.counters.flushes_server);
         self.publish(&coherence);
@@ -373,7 +371,6 @@ impl Core {
         coherence.epoch += 1;
         coherence.armed = false;
         coherence.cause = Some(cause.to_owned());
-        coherence.flushes += 1;
         if self.config.fail_safe.is_zero() {
             self.l1.invalidate_all();
         } else {
@@ -392,7 +389,8 @@ impl Core {
     fn publish(&self, coherence: &Coherence) {
         let near = NearStatus {
             tracking: coherence.armed,
-            flushes: coherence.flushes,
+            flushes: self.counters.flushes_disconnect.load(Ordering::Relaxed)
+                + self.counters.flushes_server.load(Ordering::Relaxed),
             cause: coherence.cause.clone(),
         };
         self.status.update(|status| {
@@ -610,7 +608,6 @@ impl NearCache {
                 cause: Some("tracking not armed yet".into()),
                 stamp: 0,
                 pending: HashMap::new(),
-                flushes: 0,
             }),
             trusted: AtomicU64::new(0),
             prefixes: disjoint(prefixes),

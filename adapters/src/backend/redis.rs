@@ -653,14 +653,10 @@ fn build_cluster_client(config: &RedisConfig) -> Result<(Connector, String), Red
             "cluster mode needs at least one seed node (redis.nodes)".into(),
         ));
     }
-    let urls: Vec<String> = config.nodes.iter().map(|node| node_url(node)).collect();
-    for url in &urls {
-        let node = RedisConfig {
-            url: url.clone(),
-            ..config.clone()
-        };
-        check_redis_url(url).map_err(|e| RedisSetupError::InvalidUrl(redact(&e, &node)))?;
+    for node in &config.nodes {
+        check_redis_node(node).map_err(RedisSetupError::InvalidUrl)?;
     }
+    let urls: Vec<String> = config.nodes.iter().map(|node| node_url(node)).collect();
     let mut builder = ClusterClient::builder(urls.clone())
         .connection_timeout(config.connect_timeout)
         .response_timeout(config.response_timeout)
@@ -727,6 +723,15 @@ pub fn check_redis_url(url: &str) -> Result<(), String> {
         };
         redact(&e.to_string(), &config)
     })
+}
+
+/// Checks that `node` (a cluster seed: `host:port` or a Redis URL) can be
+/// used, without any I/O. The message never quotes a password in it.
+///
+/// # Errors
+/// Why the node's address does not parse.
+pub fn check_redis_node(node: &str) -> Result<(), String> {
+    check_redis_url(&node_url(node))
 }
 
 /// Maps a driver error to the port's error kinds. A server error means the

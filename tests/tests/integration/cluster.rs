@@ -23,33 +23,13 @@ async fn service(cluster: &TestCluster) -> tests::TestApp {
     .await
 }
 
-/// A counter of `INFO` on every node, per node.
+/// A counter of `INFO` on every node (all answer here), per node.
 async fn per_node(cluster: &TestCluster, section: &str, field: &str) -> Vec<u64> {
-    let mut counts = Vec::new();
-    for index in 0..cluster.ports.len() {
-        let mut node = cluster.node(index).await;
-        let info: String = redis::cmd("INFO")
-            .arg(section)
-            .query_async(&mut node)
-            .await
-            .unwrap();
-        let count = info
-            .lines()
-            .find_map(|line| line.strip_prefix(field))
-            .map(|rest| {
-                // `keyspace_hits:N` or `cmdstat_mget:calls=N,usec=...`
-                let rest = rest.trim_start_matches(':').trim_start_matches("calls=");
-                rest.split(',')
-                    .next()
-                    .unwrap_or("0")
-                    .trim()
-                    .parse()
-                    .unwrap_or(0)
-            })
-            .unwrap_or(0);
-        counts.push(count);
-    }
+    let counts = cluster.counters(section, field).await;
     counts
+        .into_iter()
+        .map(|n| n.expect("every node answers"))
+        .collect()
 }
 
 #[tokio::test]

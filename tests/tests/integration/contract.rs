@@ -258,11 +258,17 @@ contract_suite!(near, || async {
         StatusSignal::new(),
     )
     .unwrap();
-    let started = std::time::Instant::now();
-    while !near.tracking() {
-        assert!(started.elapsed() < Duration::from_secs(5), "tracking armed");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let armed = || {
+        let near = near.clone();
+        async move { near.tracking() }
+    };
+    tests::eventually(
+        "tracking armed",
+        Duration::from_secs(5),
+        Duration::from_millis(5),
+        armed,
+    )
+    .await;
     (Arc::new(near) as SharedBackend, redis)
 });
 

@@ -20,22 +20,12 @@ const JANE: &str = "550e8400-e29b-41d4-a716-446655440002";
 const PATIENCE: Duration = Duration::from_secs(15);
 
 /// Polls `condition` every 50 ms until it holds; how long that took.
-async fn eventually<F, Fut>(what: &str, mut condition: F) -> Duration
+async fn eventually<F, Fut>(what: &str, condition: F) -> Duration
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let started = Instant::now();
-    loop {
-        if condition().await {
-            return started.elapsed();
-        }
-        assert!(
-            started.elapsed() < PATIENCE,
-            "{what}: not within {PATIENCE:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    tests::eventually(what, PATIENCE, Duration::from_millis(50), condition).await
 }
 
 async fn health(app: &TestApp) -> (u16, Value) {

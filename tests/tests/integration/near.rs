@@ -45,19 +45,12 @@ async fn instance(redis: &TestRedis) -> NearCache {
     near_cache(redis, &redis.config(), NearConfig::default()).await
 }
 
-async fn wait_until<F, Fut>(what: &str, mut condition: F) -> Duration
+async fn wait_until<F, Fut>(what: &str, condition: F) -> Duration
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let started = Instant::now();
-    loop {
-        if condition().await {
-            return started.elapsed();
-        }
-        assert!(started.elapsed() < BOUND, "not within {BOUND:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    tests::eventually(what, BOUND, Duration::from_millis(5), condition).await
 }
 
 fn text(value: Option<Bytes>) -> Option<String> {
