@@ -9,7 +9,7 @@
 //! Handed out once every node sees the whole cluster and every replica is in
 //! sync with its master (so a failover test can promote one at once).
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use adapters::Secret;
@@ -100,6 +100,129 @@ impl TestCluster {
             }));
         }
         counts
+    }
+
+    /// The seed's namespaces (`user:*`) on the cluster, for one test at a
+    /// time: the typed-cache suite and the service tests all write the same
+    /// keys (the sample users' uuids), so each holds this guard for its whole
+    /// body, and starts with no key under `user:` (deleted on every master;
+    /// other tests' keys, e.g. the contract suite's prefixes, are untouched).
+    pub async fn seed_namespaces(&self) -> tokio::sync::OwnedMutexGuard<()> {
+        static LOCK: OnceLock<Arc<tokio::sync::Mutex<()>>> = OnceLock::new();
+        let guard = LOCK
+            .get_or_init(|| Arc::new(tokio::sync::Mutex::new(())))
+            .clone()
+            .lock_owned()
+            .await;
+        for index in 0..self.ports.len() {
+            let mut node = self.node(index).await;
+            let role: Vec<redis::Value> = redis::cmd("ROLE")
+                .query_async(&mut node)
+                .await
+                .expect("ROLE");
+            if !matches!(role.first(), Some(redis::Value::BulkString(r)) if r == b"master") {
+                continue;
+            }
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg("user:*")
+                .query_async(&mut node)
+                .await
+                .expect("KEYS user:*");
+            for key in keys {
+                let _: i64 = redis::cmd("DEL")
+                    .arg(&key)
+                    .query_async(&mut node)
+                    .await
+                    .expect("DEL on the key's master");
+            }
+        }
+        guard
+    }
+
+    /// A raw connection to the whole cluster (the redis crate's
+    /// `cluster_async`, routing each command by its key's slot), to read
+    /// and write keys as another client would.
+    pub async fn raw(&self) -> redis::cluster_async::ClusterConnection {
+        let client = redis::cluster::ClusterClientBuilder::new(
+            self.ports.iter().map(|p| format!("redis://127.0.0.1:{p}")),
+        )
+        .password(self.password.clone())
+        .build()
+        .expect("a valid cluster client");
+        client
+            .get_async_connection()
+            .await
+            .expect("a connection to the cluster")
+    }
+
+    /// The master serving `slot` (its index in `ports`), as node `ask` sees
+    /// it in `CLUSTER NODES`; `None` when no live master serves it there.
+    pub async fn master_of(&self, slot: u16, ask: usize) -> Option<usize> {
+        let mut node = self.node(ask).await;
+        let nodes: String = redis::cmd("CLUSTER")
+            .arg("NODES")
+            .query_async(&mut node)
+            .await
+            .ok()?;
+        for line in nodes.lines() {
+            let fields: Vec<&str> = line.split(' ').collect();
+            if fields.len() < 9 || !fields[2].contains("master") || fields[2].contains("fail") {
+                continue;
+            }
+            let serves = fields[8..].iter().any(|range| {
+                let (from, to) = range.split_once('-').unwrap_or((range, range));
+                match (from.parse::<u16>(), to.parse::<u16>()) {
+                    (Ok(from), Ok(to)) => (from..=to).contains(&slot),
+                    _ => false,
+                }
+            });
+            if serves {
+                let port: u16 = fields[1].split(['@', ':']).nth(1)?.parse().ok()?;
+                return self.ports.iter().position(|&p| p == port);
+            }
+        }
+        None
+    }
+
+    /// Whether node `index` answers as a master.
+    pub async fn is_master(&self, index: usize) -> bool {
+        let mut node = self.node(index).await;
+        let role: redis::RedisResult<Vec<redis::Value>> =
+            redis::cmd("ROLE").query_async(&mut node).await;
+        matches!(role.as_deref(), Ok([redis::Value::BulkString(r), ..]) if r == b"master")
+    }
+
+    /// The hash slot of `key`.
+    pub async fn slot(&self, key: &str) -> u16 {
+        let mut node = self.node(0).await;
+        redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(key)
+            .query_async(&mut node)
+            .await
+            .expect("CLUSTER KEYSLOT")
+    }
+
+    /// A slot migration, as `redis-cli --cluster reshard` makes one, in its
+    /// three stages: [`Migration::begin`], [`Migration::move_keys`],
+    /// [`Migration::finish`].
+    pub async fn migration(&self, slot: u16, source: usize, target: usize) -> Migration<'_> {
+        let id = |index: usize| async move {
+            let mut node = self.node(index).await;
+            redis::cmd("CLUSTER")
+                .arg("MYID")
+                .query_async::<String>(&mut node)
+                .await
+                .expect("CLUSTER MYID")
+        };
+        Migration {
+            cluster: self,
+            slot,
+            source,
+            target,
+            source_id: id(source).await,
+            target_id: id(target).await,
+        }
     }
 
     /// A raw connection to one node.
@@ -221,4 +344,84 @@ async fn start() -> Result<(TestCluster, Vec<ContainerAsync<GenericImage>>), Str
         }
     }
     Ok((cluster, containers))
+}
+
+/// One slot moving from one master to another (see [`TestCluster::migration`]).
+pub struct Migration<'a> {
+    cluster: &'a TestCluster,
+    slot: u16,
+    source: usize,
+    target: usize,
+    source_id: String,
+    target_id: String,
+}
+
+impl Migration<'_> {
+    /// `SETSLOT IMPORTING` on the target, `MIGRATING` on the source: the
+    /// source serves the keys it holds and answers `ASK` for the others.
+    pub async fn begin(&self) {
+        let mut target = self.cluster.node(self.target).await;
+        redis::cmd("CLUSTER")
+            .arg("SETSLOT")
+            .arg(self.slot)
+            .arg("IMPORTING")
+            .arg(&self.source_id)
+            .query_async::<()>(&mut target)
+            .await
+            .expect("SETSLOT IMPORTING");
+        let mut source = self.cluster.node(self.source).await;
+        redis::cmd("CLUSTER")
+            .arg("SETSLOT")
+            .arg(self.slot)
+            .arg("MIGRATING")
+            .arg(&self.target_id)
+            .query_async::<()>(&mut source)
+            .await
+            .expect("SETSLOT MIGRATING");
+    }
+
+    /// `MIGRATE` of every key of the slot to the target; how many moved.
+    pub async fn move_keys(&self) -> usize {
+        let mut source = self.cluster.node(self.source).await;
+        let keys: Vec<String> = redis::cmd("CLUSTER")
+            .arg("GETKEYSINSLOT")
+            .arg(self.slot)
+            .arg(10_000)
+            .query_async(&mut source)
+            .await
+            .expect("GETKEYSINSLOT");
+        if !keys.is_empty() {
+            redis::cmd("MIGRATE")
+                .arg("127.0.0.1")
+                .arg(self.cluster.ports[self.target])
+                .arg("")
+                .arg(0)
+                .arg(5000)
+                .arg("AUTH")
+                .arg(&self.cluster.password)
+                .arg("KEYS")
+                .arg(&keys)
+                .query_async::<()>(&mut source)
+                .await
+                .expect("MIGRATE");
+        }
+        keys.len()
+    }
+
+    /// `SETSLOT NODE` on the target, the source, then every other node
+    /// (replicas refuse it; they learn it from the cluster bus).
+    pub async fn finish(&self) {
+        let others =
+            (0..self.cluster.ports.len()).filter(|&i| i != self.target && i != self.source);
+        for index in [self.target, self.source].into_iter().chain(others) {
+            let mut node = self.cluster.node(index).await;
+            let _: redis::RedisResult<()> = redis::cmd("CLUSTER")
+                .arg("SETSLOT")
+                .arg(self.slot)
+                .arg("NODE")
+                .arg(&self.target_id)
+                .query_async(&mut node)
+                .await;
+        }
+    }
 }

@@ -24,6 +24,7 @@ use ports::{BackendError, CacheBackend, Entry, Remaining};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::{ClusterClient, ClusterConfig};
 use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::io::tcp::{TcpSettings, socket2};
 use redis::{ErrorKind, IntoConnectionInfo, RedisError, Script};
 use thiserror::Error;
@@ -258,12 +259,116 @@ impl Connector {
 }
 
 /// The connection commands run on: one server's managed connection, or a
-/// cluster connection (routes each command by its key's slot, follows
-/// `MOVED`/`ASK`, refreshes the slot map, and splits `MGET` by slot).
+/// cluster connection (routes each command by its key's slot and refreshes
+/// the slot map; redirects are followed by [`Link::query`]).
 #[derive(Clone)]
 enum Link {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
+}
+
+/// Redirects (and `TRYAGAIN` waits) one cluster command may follow.
+const MAX_REDIRECTS: usize = 3;
+/// The wait before trying again a multi-key command refused with `TRYAGAIN`
+/// (its keys are split between two nodes while their slot migrates).
+const TRY_AGAIN_AFTER: Duration = Duration::from_millis(5);
+
+/// Where a cluster command goes next.
+enum Hop {
+    /// By its key's slot, on the driver's slot map.
+    BySlot,
+    /// `MOVED`: the node that now owns the slot.
+    Moved { host: String, port: u16 },
+    /// `ASK`: the node importing the slot, with `ASKING` in the same write.
+    Ask { host: String, port: u16 },
+}
+
+impl Link {
+    /// One command about one slot's keys, its answer as `T`.
+    ///
+    /// On a cluster, redirects are followed here, not by the driver (whose
+    /// retries are off, see `build_cluster_client`): `MOVED` goes to the node
+    /// named (the driver refreshes its slot map meanwhile); `ASK` sends
+    /// `ASKING` and the command to the node named **in one write**. The
+    /// driver sends `ASKING` as a request of its own and the command after
+    /// its answer, so on the node's shared connection another request can
+    /// take the one-shot flag in between; the importing node then answers
+    /// `MOVED` back to the source, the source `ASK` again, and the command
+    /// fails once the retries are spent (measured: 1,673 of 3,200 concurrent
+    /// reads of a migrating slot failed that way, with a slot-map refresh per
+    /// `MOVED`). `TRYAGAIN` (a multi-key command whose keys are split by a
+    /// migration) is tried again after a few milliseconds.
+    async fn query<T: redis::FromRedisValue>(
+        &mut self,
+        command: &redis::Cmd,
+    ) -> redis::RedisResult<T> {
+        let connection = match self {
+            Self::Single(connection) => return command.query_async(connection).await,
+            Self::Cluster(connection) => connection,
+        };
+        let mut hop = Hop::BySlot;
+        let mut hops = 0;
+        loop {
+            let answer = match &hop {
+                Hop::BySlot => {
+                    redis::aio::ConnectionLike::req_packed_command(connection, command).await
+                }
+                Hop::Moved { host, port } => {
+                    let route = SingleNodeRoutingInfo::ByAddress {
+                        host: host.clone(),
+                        port: *port,
+                    };
+                    connection
+                        .route_command(command.clone(), RoutingInfo::SingleNode(route))
+                        .await
+                }
+                Hop::Ask { host, port } => {
+                    let mut asking = redis::pipe();
+                    asking.cmd("ASKING").add_command(command.clone());
+                    let route = SingleNodeRoutingInfo::ByAddress {
+                        host: host.clone(),
+                        port: *port,
+                    };
+                    connection
+                        .route_pipeline(asking, 1, 1, route)
+                        .await
+                        .and_then(|mut answers| {
+                            answers.pop().ok_or_else(|| {
+                                RedisError::from((ErrorKind::Client, "no answer after ASKING"))
+                            })
+                        })
+                }
+            }
+            .and_then(redis::Value::extract_error);
+            let error = match answer {
+                Ok(value) => return redis::from_redis_value(value).map_err(RedisError::from),
+                Err(error) if hops < MAX_REDIRECTS => error,
+                Err(error) => return Err(error),
+            };
+            hops += 1;
+            hop = match (error.retry_method(), error.redirect_node()) {
+                (redis::RetryMethod::AskRedirect, Some((node, _))) => match split_node(node) {
+                    Some((host, port)) => Hop::Ask { host, port },
+                    None => return Err(error),
+                },
+                (redis::RetryMethod::MovedRedirect, Some((node, _))) => match split_node(node) {
+                    Some((host, port)) => Hop::Moved { host, port },
+                    None => return Err(error),
+                },
+                _ if server_error(&error).is_some_and(|(code, _)| code == "TRYAGAIN") => {
+                    tokio::time::sleep(TRY_AGAIN_AFTER).await;
+                    Hop::BySlot
+                }
+                _ => return Err(error),
+            };
+        }
+    }
+}
+
+/// `host:port` (the address in a `MOVED` or `ASK`), split.
+fn split_node(node: &str) -> Option<(String, u16)> {
+    let (host, port) = node.rsplit_once(':')?;
+    Some((host.to_owned(), port.parse().ok()?))
 }
 
 impl redis::aio::ConnectionLike for Link {
@@ -661,8 +766,11 @@ fn build_cluster_client(config: &RedisConfig) -> Result<(Connector, String), Red
         .connection_timeout(config.connect_timeout)
         .response_timeout(config.response_timeout)
         .tcp_settings(tcp_settings(config))
-        // Few retries: a cache fails fast (MOVED and ASK are followed regardless).
-        .retries(2);
+        // No retries by the driver: `Link::query` follows MOVED and ASK
+        // itself (the driver's ASK is unsafe under concurrency), and any
+        // other failure is a miss at once (a cache fails fast; the breaker
+        // and the driver's reconnections heal in the background).
+        .retries(0);
     if let Some(username) = &config.username {
         builder = builder.username(username);
     }
@@ -806,13 +914,10 @@ impl CacheBackend for RedisBackend {
     }
 
     async fn get(&self, key: &str) -> Result<Option<Bytes>, BackendError> {
+        let mut command = redis::cmd("GET");
+        command.arg(key);
         let value: Option<Vec<u8>> = self
-            .run(|mut connection| async move {
-                redis::cmd("GET")
-                    .arg(key)
-                    .query_async(&mut connection)
-                    .await
-            })
+            .run(|mut connection| async move { connection.query(&command).await })
             .await?;
         Ok(value.map(Bytes::from))
     }
@@ -828,49 +933,90 @@ impl CacheBackend for RedisBackend {
         if let Some(ttl) = ttl {
             command.arg("PX").arg(ttl_millis(ttl));
         }
-        self.run(|mut connection| async move { command.query_async::<()>(&mut connection).await })
+        self.run(|mut connection| async move { connection.query::<()>(&command).await })
             .await
     }
 
     async fn delete(&self, key: &str) -> Result<bool, BackendError> {
+        let mut command = redis::cmd("DEL");
+        command.arg(key);
         let removed: i64 = self
-            .run(|mut connection| async move {
-                redis::cmd("DEL")
-                    .arg(key)
-                    .query_async(&mut connection)
-                    .await
-            })
+            .run(|mut connection| async move { connection.query(&command).await })
             .await?;
         Ok(removed > 0)
     }
 
+    /// One server: the script by its digest (`EVALSHA`, loaded on first
+    /// `NOSCRIPT`). A cluster: the script's text (`EVAL`), so that a node
+    /// reached by a redirect, which may never have loaded it, runs it too.
     async fn compare_and_delete(&self, key: &str, expected: &[u8]) -> Result<bool, BackendError> {
         let script = &self.shared.compare_and_delete;
         let removed: i64 = self
             .run(|mut connection| async move {
-                script
-                    .key(key)
-                    .arg(expected)
-                    .invoke_async(&mut connection)
-                    .await
+                match connection {
+                    Link::Single(_) => {
+                        script
+                            .key(key)
+                            .arg(expected)
+                            .invoke_async(&mut connection)
+                            .await
+                    }
+                    Link::Cluster(_) => {
+                        let mut command = redis::cmd("EVAL");
+                        command
+                            .arg(COMPARE_AND_DELETE)
+                            .arg(1)
+                            .arg(key)
+                            .arg(expected);
+                        connection.query(&command).await
+                    }
+                }
             })
             .await?;
         Ok(removed > 0)
     }
 
+    /// One server: one `MGET`. A cluster: one `MGET` per hash slot (Redis
+    /// refuses an `MGET` across slots), all sent at once; the driver writes a
+    /// node's together on its connection.
     async fn mget(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>, BackendError> {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let values: Vec<Option<Vec<u8>>> = self
-            .run(|mut connection| async move {
-                redis::cmd("MGET")
-                    .arg(keys)
-                    .query_async(&mut connection)
-                    .await
+        let groups = self.by_slot(keys.iter().map(String::as_str));
+        let commands: Vec<redis::Cmd> = groups
+            .iter()
+            .map(|indices| {
+                let mut command = redis::cmd("MGET");
+                for &index in indices {
+                    command.arg(&keys[index]);
+                }
+                command
+            })
+            .collect();
+        let answers: Vec<Vec<Option<Vec<u8>>>> = self
+            .run(|connection| async move {
+                let sent = commands.iter().map(|command| {
+                    let mut connection = connection.clone();
+                    async move { connection.query(command).await }
+                });
+                futures::future::try_join_all(sent).await
             })
             .await?;
-        Ok(values.into_iter().map(|v| v.map(Bytes::from)).collect())
+        let mut found: Vec<Option<Bytes>> = vec![None; keys.len()];
+        for (indices, answer) in groups.iter().zip(answers) {
+            if answer.len() != indices.len() {
+                return Err(BackendError::Unknown(format!(
+                    "MGET answered {} values for {} keys",
+                    answer.len(),
+                    indices.len()
+                )));
+            }
+            for (&index, value) in indices.iter().zip(answer) {
+                found[index] = value.map(Bytes::from);
+            }
+        }
+        Ok(found)
     }
 
     /// One atomic transaction (`MULTI`, `MGET`, a `PTTL` per key, `EXEC`):
@@ -919,26 +1065,33 @@ impl CacheBackend for RedisBackend {
         if entries.is_empty() {
             return Ok(());
         }
+        if matches!(self.shared.connector, Connector::Cluster(_)) {
+            // One `SET` per entry, all sent at once (the driver writes a
+            // node's together on its connection): each follows its own
+            // redirect while its slot migrates. A pipeline would not: the
+            // driver resends a whole pipeline to where one command was
+            // redirected, writing on the importing node keys that the
+            // source still holds (the migration then stops on BUSYKEY).
+            let commands: Vec<redis::Cmd> = entries.iter().map(set_command).collect();
+            return self
+                .run(|connection| async move {
+                    let sent = commands.iter().map(|command| {
+                        let mut connection = connection.clone();
+                        async move { connection.query::<()>(command).await }
+                    });
+                    futures::future::try_join_all(sent).await.map(drop)
+                })
+                .await;
+        }
         // One pipeline, one round trip; each entry keeps its own TTL, which
-        // MSET cannot express. On a cluster, one pipeline per slot (a
-        // pipeline cannot span slots there), all sent at once.
+        // MSET cannot express.
         let groups = self.by_slot(entries.iter().map(|entry| entry.key.as_str()));
         let pipelines: Vec<redis::Pipeline> = groups
             .iter()
             .map(|indices| {
                 let mut pipeline = redis::pipe();
                 for entry in indices.iter().map(|&i| &entries[i]) {
-                    let command = pipeline
-                        .cmd("SET")
-                        .arg(&entry.key)
-                        .arg(entry.value.as_ref());
-                    if let Some(ttl) = entry.ttl {
-                        command.arg("PX").arg(ttl_millis(ttl));
-                    }
-                    if entry.only_if_absent {
-                        command.arg("NX");
-                    }
-                    command.ignore();
+                    pipeline.add_command(set_command(entry)).ignore();
                 }
                 pipeline
             })
@@ -995,6 +1148,19 @@ impl Drop for Abandoned<'_> {
             ));
         }
     }
+}
+
+/// `SET key value [PX ttl] [NX]` for one entry.
+fn set_command(entry: &Entry) -> redis::Cmd {
+    let mut command = redis::cmd("SET");
+    command.arg(&entry.key).arg(entry.value.as_ref());
+    if let Some(ttl) = entry.ttl {
+        command.arg("PX").arg(ttl_millis(ttl));
+    }
+    if entry.only_if_absent {
+        command.arg("NX");
+    }
+    command
 }
 
 /// The answer of one `MULTI MGET PTTL... EXEC` for `n` keys: each value with

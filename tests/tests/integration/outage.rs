@@ -353,35 +353,6 @@ async fn a_frozen_redis_under_load_fails_no_request() {
     run(Fault::Freeze).await;
 }
 
-/// The master serving `slot`: its index in `cluster.ports`, from `CLUSTER NODES`
-/// as a live node sees it.
-async fn master_of(cluster: &TestCluster, slot: u16, ask: usize) -> Option<usize> {
-    let mut node = cluster.node(ask).await;
-    let nodes: String = redis::cmd("CLUSTER")
-        .arg("NODES")
-        .query_async(&mut node)
-        .await
-        .ok()?;
-    for line in nodes.lines() {
-        let fields: Vec<&str> = line.split(' ').collect();
-        if fields.len() < 9 || !fields[2].contains("master") || fields[2].contains("fail") {
-            continue;
-        }
-        let serves = fields[8..].iter().any(|range| {
-            let (from, to) = range.split_once('-').unwrap_or((range, range));
-            match (from.parse::<u16>(), to.parse::<u16>()) {
-                (Ok(from), Ok(to)) => (from..=to).contains(&slot),
-                _ => false,
-            }
-        });
-        if serves {
-            let port: u16 = fields[1].split(['@', ':']).nth(1)?.parse().ok()?;
-            return cluster.ports.iter().position(|&p| p == port);
-        }
-    }
-    None
-}
-
 /// `keyspace_hits` summed over the nodes that answer.
 async fn cluster_hits(cluster: &TestCluster) -> u64 {
     let hits = cluster.counters("stats", "keyspace_hits").await;
@@ -411,14 +382,9 @@ async fn a_cluster_master_killed_under_load_fails_no_request() {
         assert!(one_request(&app, n).await, "warm-up request {n} failed");
     }
     // The master of user 1's record.
-    let mut any = cluster.node(0).await;
-    let slot: u16 = redis::cmd("CLUSTER")
-        .arg("KEYSLOT")
-        .arg(format!("user:record:{}", uuid(1)))
-        .query_async(&mut any)
-        .await
-        .unwrap();
-    let victim = master_of(cluster, slot, 0)
+    let slot = cluster.slot(&format!("user:record:{}", uuid(1))).await;
+    let victim = cluster
+        .master_of(slot, 0)
         .await
         .expect("a master for the slot");
     let ask = (victim + 1) % cluster.ports.len();
@@ -435,7 +401,7 @@ async fn a_cluster_master_killed_under_load_fails_no_request() {
     // Promotion: another master serves the slot.
     let mut promoted_at = None;
     while started.elapsed() < CLUSTER_RUN + Duration::from_secs(20) {
-        if let Some(master) = master_of(cluster, slot, ask).await
+        if let Some(master) = cluster.master_of(slot, ask).await
             && master != victim
         {
             promoted_at = Some(started.elapsed());
@@ -501,5 +467,183 @@ async fn a_cluster_master_killed_under_load_fails_no_request() {
     assert!(
         hits_at.saturating_sub(promoted_at) < Duration::from_secs(6),
         "hits took more than 6 s after the promotion to resume\n{report}"
+    );
+}
+
+/// The failed backend operations the service counted (every outcome of
+/// `cachemanager_backend_operation_duration_seconds` but `ok`): how many, and
+/// the samples (operation and outcome).
+async fn backend_failures(app: &TestApp) -> (u64, Vec<String>) {
+    let text = app.get("/metrics").await.text().await.unwrap_or_default();
+    let lines: Vec<String> = text
+        .lines()
+        .filter(|line| {
+            line.starts_with("cachemanager_backend_operation_duration_seconds_count{")
+                && !line.contains("outcome=\"ok\"")
+        })
+        .map(ToOwned::to_owned)
+        .collect();
+    let count = lines
+        .iter()
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64;
+    (count, lines)
+}
+
+/// Redis Cluster resharding under load: every slot that holds the service's
+/// keys on one master is moved to another, the way `redis-cli --cluster
+/// reshard` moves it (`SETSLOT IMPORTING` on the target, `MIGRATING` on the
+/// source, `MIGRATE` of its keys, `SETSLOT NODE` everywhere), each stage held
+/// for a while under 32 clients. No request fails and the backend counts no
+/// failed operation: the driver follows `ASK` while a slot moves and `MOVED`
+/// after; the new owner serves the hits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slots_resharded_under_load_fail_no_request_and_no_cache_operation() {
+    const MOVE_AT: Duration = Duration::from_secs(3);
+    const STAGE: Duration = Duration::from_millis(1500);
+    const RESHARD_RUN: Duration = Duration::from_secs(12);
+    let cluster = TestCluster::shared();
+    // A cluster that another test changed (a failover) has settled: every
+    // node that answers says ok.
+    tests::eventually(
+        "the cluster is ok on every node that answers",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || async {
+            let mut ok = true;
+            for index in 0..cluster.ports.len() {
+                let mut node = cluster.node(index).await;
+                let info: redis::RedisResult<String> = redis::cmd("CLUSTER")
+                    .arg("INFO")
+                    .query_async(&mut node)
+                    .await;
+                ok &= info.map_or(true, |info| info.contains("cluster_state:ok"));
+            }
+            ok
+        },
+    )
+    .await;
+    let nodes = cluster.config().nodes.join(",");
+    let app = Arc::new(
+        spawn_app(&[
+            ("CACHEMANAGER__CACHE__BACKEND", "redis"),
+            ("CACHEMANAGER__REDIS__MODE", "cluster"),
+            ("CACHEMANAGER__REDIS__NODES", nodes.as_str()),
+            ("REDIS_PASSWORD", cluster.password.as_str()),
+        ])
+        .await,
+    );
+    app.wait_for_health(200).await;
+    for n in 0..20 {
+        assert!(one_request(&app, n).await, "warm-up request {n} failed");
+    }
+    // The service's keys, by slot and master; the source is the master that
+    // holds most of those slots, the target another master.
+    let mut slots_of: std::collections::BTreeMap<usize, std::collections::BTreeSet<u16>> =
+        std::collections::BTreeMap::new();
+    for n in 1..=10 {
+        for key in [
+            format!("user:record:{}", uuid(n)),
+            format!("user:uuid-to-id:{}", uuid(n)),
+        ] {
+            let slot = cluster.slot(&key).await;
+            let master = cluster.master_of(slot, 0).await.expect("a master");
+            slots_of.entry(master).or_default().insert(slot);
+        }
+    }
+    let (&source, slots) = slots_of
+        .iter()
+        .max_by_key(|(_, slots)| slots.len())
+        .expect("slots");
+    let slots: Vec<u16> = slots.iter().copied().collect();
+    let mut target = None;
+    for index in 0..cluster.ports.len() {
+        if index != source && cluster.is_master(index).await {
+            target = Some(index);
+            break;
+        }
+    }
+    let target = target.expect("a second master");
+    let mut migrations = Vec::new();
+    for &slot in &slots {
+        migrations.push(cluster.migration(slot, source, target).await);
+    }
+    let (failures_before, _) = backend_failures(&app).await;
+
+    let started = Instant::now();
+    let (clients, samples) = load(&app, started, RESHARD_RUN);
+    tokio::time::sleep(MOVE_AT.saturating_sub(started.elapsed())).await;
+    let moving_at = started.elapsed();
+    for migration in &migrations {
+        migration.begin().await;
+    }
+    // Migrating, keys still on the source.
+    tokio::time::sleep(STAGE).await;
+    let mut moved_keys = 0;
+    for migration in &migrations {
+        moved_keys += migration.move_keys().await;
+    }
+    // Keys on the target, the slots still migrating: reads are asked there.
+    tokio::time::sleep(STAGE).await;
+    for migration in &migrations {
+        migration.finish().await;
+    }
+    let moved_at = started.elapsed();
+    let target_hits = |cluster: &'static TestCluster| async move {
+        cluster.counters("stats", "keyspace_hits").await[target].unwrap_or(0)
+    };
+    let hits_at_move = target_hits(cluster).await;
+    for client in clients {
+        client.await.unwrap();
+    }
+    let hits_after = target_hits(cluster).await;
+    let (failures_after, failed) = backend_failures(&app).await;
+    let failures = failures_after - failures_before;
+    for &slot in &slots {
+        assert_eq!(
+            cluster.master_of(slot, source).await,
+            Some(target),
+            "slot {slot} now served by the target"
+        );
+    }
+    let samples = samples.lock().await;
+    let during = phase(&samples, moving_at, moved_at);
+    let total = phase(
+        &samples,
+        Duration::ZERO,
+        RESHARD_RUN + Duration::from_secs(60),
+    );
+    let report = format!(
+        "Redis Cluster resharding under {CLIENTS} clients: {} slots ({moved_keys} keys) moved from master {source} to master {target} between {:.1} s and {:.1} s (importing/migrating {:.1} s, keys migrated, then {:.1} s of ASK, then SETSLOT NODE); failed backend operations: {failures} {failed:?}; hits on the new owner after the move: {}\n| phase | requests | errors | p50 ms | p99 ms | max ms |\n| --- | ---: | ---: | ---: | ---: | ---: |\n| while moving | {} | {} | {:.2} | {:.2} | {:.1} |\n| total | {} | {} | {:.2} | {:.2} | {:.1} |\n",
+        slots.len(),
+        moving_at.as_secs_f64(),
+        moved_at.as_secs_f64(),
+        STAGE.as_secs_f64(),
+        STAGE.as_secs_f64(),
+        hits_after - hits_at_move,
+        during.requests,
+        during.errors,
+        during.p50.as_secs_f64() * 1e3,
+        during.p99.as_secs_f64() * 1e3,
+        during.max.as_secs_f64() * 1e3,
+        total.requests,
+        total.errors,
+        total.p50.as_secs_f64() * 1e3,
+        total.p99.as_secs_f64() * 1e3,
+        total.max.as_secs_f64() * 1e3,
+    );
+    println!("\n{report}");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/outage");
+    let _ = std::fs::create_dir_all(&dir);
+    let _ = std::fs::write(dir.join("cluster-reshard.md"), &report);
+    assert!(
+        moved_keys > 0,
+        "the moved slots held the service's keys\n{report}"
+    );
+    assert_eq!(total.errors, 0, "failed or wrong answers\n{report}");
+    assert_eq!(failures, 0, "the backend saw failed operations\n{report}");
+    assert!(
+        hits_after > hits_at_move,
+        "the new owner served no hit after the move\n{report}"
     );
 }
