@@ -544,12 +544,6 @@ impl Settings {
             if redis.db.is_some_and(|db| db != 0) {
                 return Err(invalid("redis.db", "Redis Cluster has only database 0"));
             }
-            if self.cache.near.enabled {
-                return Err(invalid(
-                    "cache.near.enabled",
-                    "not yet available with redis.mode = \"cluster\" (tracking on every master is not built)",
-                ));
-            }
         }
         if let Some(db) = redis.db
             && db < 0

@@ -42,7 +42,7 @@ use moka::sync::Cache;
 use ports::{BackendError, CacheBackend, Entry, Remaining, SharedBackend};
 use redis::{AsyncConnectionConfig, PushInfo, PushKind, Value};
 
-use super::redis::{Protocol, RedisConfig, RedisSetupError, build_client};
+use super::redis::{Protocol, RedisConfig, RedisMode, RedisSetupError, build_client, node_url};
 use super::status::{NearStatus, StatusSignal};
 use crate::metrics::LatencyHistogram;
 
@@ -550,9 +550,9 @@ impl Drop for Tracker {
 
 /// Where invalidations come from.
 enum Source {
-    /// A tracking connection to this Redis.
+    /// Tracking connections to this Redis, or to every node of this cluster.
     Redis {
-        client: Box<redis::Client>,
+        tracking: Box<Tracking>,
         connect_timeout: Duration,
     },
     /// Tests feed invalidations and arm tracking themselves.
@@ -576,10 +576,27 @@ impl NearCache {
         config: NearConfig,
         status: StatusSignal,
     ) -> Result<Self, RedisSetupError> {
-        let (client, target) = build_client(redis, Protocol::Resp3)?;
-        tracing::info!(%target, prefixes = ?prefixes, "near cache configured (tracking connects in the background)");
+        let tracking = match redis.mode {
+            RedisMode::Standalone => {
+                let (client, target) = build_client(redis, Protocol::Resp3)?;
+                tracing::info!(%target, prefixes = ?prefixes, "near cache configured (tracking connects in the background)");
+                Tracking::Server(Box::new(client))
+            }
+            RedisMode::Cluster => {
+                let seeds = redis
+                    .nodes
+                    .iter()
+                    .map(|node| cluster_node_client(redis, &node_url(node)))
+                    .collect::<Result<Vec<_>, _>>()?;
+                tracing::info!(seeds = seeds.len(), prefixes = ?prefixes, "near cache configured over a cluster (tracking on every node, connects in the background)");
+                Tracking::Cluster {
+                    seeds,
+                    template: Box::new(redis.clone()),
+                }
+            }
+        };
         let source = Source::Redis {
-            client: Box::new(client),
+            tracking: Box::new(tracking),
             connect_timeout: redis.connect_timeout,
         };
         Ok(Self::start(inner, prefixes, config, status, source))
@@ -621,9 +638,9 @@ impl NearCache {
         core.publish(&core.lock());
         let task = match source {
             Source::Redis {
-                client,
+                tracking,
                 connect_timeout,
-            } => tokio::spawn(track(Arc::downgrade(&core), *client, connect_timeout)),
+            } => tokio::spawn(track(Arc::downgrade(&core), *tracking, connect_timeout)),
             #[cfg(test)]
             Source::Manual => tokio::spawn(async {}),
         };
@@ -776,8 +793,46 @@ fn disjoint(prefixes: &[String]) -> Vec<String> {
 const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(2);
 
-/// Keeps a tracking connection armed for as long as the near cache lives.
-async fn track(core: Weak<Core>, client: redis::Client, connect_timeout: Duration) {
+/// What tracking connections are made to.
+enum Tracking {
+    /// One Redis server.
+    Server(Box<redis::Client>),
+    /// Every node of a Redis Cluster (masters and replicas, discovered from
+    /// the seeds): a key changes on its master, and a replica promoted by a
+    /// failover is already tracked. The topology is checked with each ping:
+    /// any change of nodes or roles re-arms all of them.
+    Cluster {
+        seeds: Vec<redis::Client>,
+        /// The settings every node's client is made from (credentials, TLS).
+        template: Box<RedisConfig>,
+    },
+}
+
+/// A RESP3 client for one cluster node (`redis://host:port`), with the
+/// cluster's credentials and TLS.
+fn cluster_node_client(redis: &RedisConfig, url: &str) -> Result<redis::Client, RedisSetupError> {
+    let node = RedisConfig {
+        mode: RedisMode::Standalone,
+        url: url.to_owned(),
+        nodes: Vec::new(),
+        db: None,
+        ..redis.clone()
+    };
+    build_client(&node, Protocol::Resp3).map(|(client, _)| client)
+}
+
+/// Tracking connections armed together, watched together: one to a server,
+/// or one to each node of a cluster (with the topology they were armed on).
+struct Armed {
+    connections: Vec<redis::aio::MultiplexedConnection>,
+    /// A message when any of them closes.
+    closed: tokio::sync::mpsc::UnboundedReceiver<()>,
+    /// Cluster: the topology (see [`topology`]) when armed.
+    topology: Option<String>,
+}
+
+/// Keeps tracking armed for as long as the near cache lives.
+async fn track(core: Weak<Core>, tracking: Tracking, connect_timeout: Duration) {
     let mut retry = RETRY_MIN;
     // Failed attempts since tracking was last armed: the first is a warning
     // (an ACL user without CLIENT, a proxy without RESP3 push: the near cache
@@ -788,11 +843,11 @@ async fn track(core: Weak<Core>, client: redis::Client, connect_timeout: Duratio
         let config = strong.config;
         let prefixes = strong.prefixes.clone();
         drop(strong);
-        match arm(&core, &client, connect_timeout, &config, &prefixes).await {
-            Ok((mut connection, mut closed)) => {
+        match arm(&core, &tracking, connect_timeout, &config, &prefixes).await {
+            Ok(mut armed) => {
                 retry = RETRY_MIN;
                 failures = 0;
-                let cause = watch(&mut connection, &mut closed, &config).await;
+                let cause = watch(&mut armed, &config).await;
                 let Some(strong) = core.upgrade() else { return };
                 strong.distrust(&cause);
             }
@@ -815,21 +870,65 @@ async fn track(core: Weak<Core>, client: redis::Client, connect_timeout: Duratio
     }
 }
 
-/// Opens a RESP3 connection whose pushes reach `core`, and arms tracking on it.
+/// Arms tracking on every connection `tracking` names, then trusts L1 anew.
 async fn arm(
     core: &Weak<Core>,
-    client: &redis::Client,
+    tracking: &Tracking,
     connect_timeout: Duration,
     config: &NearConfig,
     prefixes: &[String],
-) -> Result<
-    (
-        redis::aio::MultiplexedConnection,
-        tokio::sync::mpsc::UnboundedReceiver<()>,
-    ),
-    String,
-> {
+) -> Result<Armed, String> {
     let (closed_tx, closed) = tokio::sync::mpsc::unbounded_channel();
+    let (connections, topology) = match tracking {
+        Tracking::Server(client) => {
+            let connection =
+                connect_tracking(core, client, &closed_tx, connect_timeout, config, prefixes)
+                    .await?;
+            (vec![connection], None)
+        }
+        Tracking::Cluster { seeds, template } => {
+            let (nodes, topology) = discover(seeds, connect_timeout, config).await?;
+            let scheme = if template.nodes.iter().any(|n| n.starts_with("rediss://")) {
+                "rediss"
+            } else {
+                "redis"
+            };
+            let mut connections = Vec::with_capacity(nodes.len());
+            for node in &nodes {
+                let client = cluster_node_client(template, &format!("{scheme}://{node}"))
+                    .map_err(|e| format!("cluster node {node}: {e}"))?;
+                let connection =
+                    connect_tracking(core, &client, &closed_tx, connect_timeout, config, prefixes)
+                        .await
+                        .map_err(|e| format!("cluster node {node}: {e}"))?;
+                connections.push(connection);
+            }
+            (connections, Some(topology))
+        }
+    };
+    let Some(strong) = core.upgrade() else {
+        return Err("near cache dropped".into());
+    };
+    strong.arm();
+    tracing::info!(prefixes = ?prefixes, connections = connections.len(), "near cache tracking armed");
+    Ok(Armed {
+        connections,
+        closed,
+        topology,
+    })
+}
+
+/// Opens a RESP3 connection whose pushes reach `core` (a disconnection is
+/// sent to `closed`), and arms tracking on it.
+async fn connect_tracking(
+    core: &Weak<Core>,
+    client: &redis::Client,
+    closed: &tokio::sync::mpsc::UnboundedSender<()>,
+    connect_timeout: Duration,
+    config: &NearConfig,
+    prefixes: &[String],
+) -> Result<redis::aio::MultiplexedConnection, String> {
+    let closed_tx = closed.clone();
     let pushes = core.clone();
     let on_push = move |push: PushInfo| -> Result<(), ()> {
         if push.kind == PushKind::Disconnection {
@@ -866,43 +965,138 @@ async fn arm(
         command.query_async::<()>(&mut connection).await
     };
     match tokio::time::timeout(config.ping_timeout, arming).await {
-        Ok(Ok(())) => {}
-        Ok(Err(error)) => return Err(format!("CLIENT TRACKING refused: {error}")),
-        Err(_) => {
-            return Err(format!(
-                "CLIENT TRACKING not answered within {:?}",
-                config.ping_timeout
-            ));
-        }
+        Ok(Ok(())) => Ok(connection),
+        Ok(Err(error)) => Err(format!("CLIENT TRACKING refused: {error}")),
+        Err(_) => Err(format!(
+            "CLIENT TRACKING not answered within {:?}",
+            config.ping_timeout
+        )),
     }
-    let Some(strong) = core.upgrade() else {
-        return Err("near cache dropped".into());
-    };
-    strong.arm();
-    tracing::info!(prefixes = ?prefixes, "near cache tracking armed");
-    Ok((connection, closed))
 }
 
-/// Pings the tracking connection until it closes or misses a deadline; why.
-async fn watch(
-    connection: &mut redis::aio::MultiplexedConnection,
-    closed: &mut tokio::sync::mpsc::UnboundedReceiver<()>,
+/// The cluster's nodes (`host:port`, every node not failing, masters and
+/// replicas) and its topology, from the first seed that answers.
+async fn discover(
+    seeds: &[redis::Client],
+    connect_timeout: Duration,
     config: &NearConfig,
-) -> String {
+) -> Result<(Vec<String>, String), String> {
+    let mut last = String::from("no seed node");
+    for seed in seeds {
+        let asked = async {
+            let mut connection =
+                tokio::time::timeout(connect_timeout, seed.get_multiplexed_async_connection())
+                    .await
+                    .map_err(|_| format!("not connected within {connect_timeout:?}"))?
+                    .map_err(|e| e.to_string())?;
+            tokio::time::timeout(
+                config.ping_timeout,
+                redis::cmd("CLUSTER")
+                    .arg("NODES")
+                    .query_async::<String>(&mut connection),
+            )
+            .await
+            .map_err(|_| {
+                format!(
+                    "CLUSTER NODES not answered within {:?}",
+                    config.ping_timeout
+                )
+            })?
+            .map_err(|e| e.to_string())
+        };
+        match asked.await {
+            Ok(nodes) => {
+                let (addresses, topology) = topology(&nodes);
+                if addresses.is_empty() {
+                    last = "CLUSTER NODES named no live node".into();
+                    continue;
+                }
+                return Ok((addresses, topology));
+            }
+            Err(error) => last = format!("cluster discovery failed: {error}"),
+        }
+    }
+    Err(last)
+}
+
+/// From `CLUSTER NODES`: the live nodes' addresses, and a fingerprint of the
+/// topology that matters to tracking (each node's id, address and role, not
+/// its slots: a slot that moves between tracked masters changes nothing).
+fn topology(nodes: &str) -> (Vec<String>, String) {
+    let mut entries = Vec::new();
+    for line in nodes.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        if fields.len() < 8 {
+            continue;
+        }
+        let flags = fields[2];
+        if flags.contains("fail") || flags.contains("handshake") || flags.contains("noaddr") {
+            continue;
+        }
+        let address = fields[1].split('@').next().unwrap_or_default();
+        if address.is_empty() || address.starts_with(':') {
+            continue;
+        }
+        let role = if flags.contains("master") {
+            "master"
+        } else {
+            "replica"
+        };
+        entries.push((
+            address.to_owned(),
+            format!("{} {address} {role}", fields[0]),
+        ));
+    }
+    entries.sort();
+    let fingerprint = entries
+        .iter()
+        .map(|(_, entry)| entry.as_str())
+        .collect::<Vec<_>>()
+        .join(";");
+    (
+        entries.into_iter().map(|(address, _)| address).collect(),
+        fingerprint,
+    )
+}
+
+/// Pings every tracking connection until one closes, misses a deadline or,
+/// on a cluster, the topology changes; why.
+async fn watch(armed: &mut Armed, config: &NearConfig) -> String {
     loop {
         tokio::select! {
-            _ = closed.recv() => return "tracking connection closed".into(),
+            _ = armed.closed.recv() => return "tracking connection closed".into(),
             () = tokio::time::sleep(config.ping_interval) => {
-                let command = redis::cmd("PING");
-                let ping = command.query_async::<Value>(connection);
-                match tokio::time::timeout(config.ping_timeout, ping).await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(error)) => return format!("tracking connection failed a ping: {error}"),
-                    Err(_) => {
-                        return format!(
+                let pings = armed.connections.iter_mut().map(|connection| async move {
+                    let command = redis::cmd("PING");
+                    let ping = command.query_async::<Value>(connection);
+                    match tokio::time::timeout(config.ping_timeout, ping).await {
+                        Ok(Ok(_)) => Ok(()),
+                        Ok(Err(error)) => Err(format!("tracking connection failed a ping: {error}")),
+                        Err(_) => Err(format!(
                             "tracking connection did not answer a ping within {:?}",
                             config.ping_timeout
-                        );
+                        )),
+                    }
+                });
+                if let Err(cause) = futures::future::try_join_all(pings).await {
+                    return cause;
+                }
+                if let (Some(armed_on), Some(connection)) =
+                    (&armed.topology, armed.connections.first_mut())
+                {
+                    let mut command = redis::cmd("CLUSTER");
+                    command.arg("NODES");
+                    let asked = command.query_async::<String>(connection);
+                    match tokio::time::timeout(config.ping_timeout, asked).await {
+                        Ok(Ok(nodes)) if topology(&nodes).1 == *armed_on => {}
+                        Ok(Ok(_)) => return "the cluster's topology changed".into(),
+                        Ok(Err(error)) => return format!("CLUSTER NODES failed: {error}"),
+                        Err(_) => {
+                            return format!(
+                                "CLUSTER NODES not answered within {:?}",
+                                config.ping_timeout
+                            );
+                        }
                     }
                 }
             }

@@ -24,7 +24,7 @@ use ports::{BackendError, CacheBackend, Entry, Remaining};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::{ClusterClient, ClusterConfig};
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::io::tcp::{TcpSettings, socket2};
 use redis::{ErrorKind, IntoConnectionInfo, RedisError, Script};
 use thiserror::Error;
@@ -125,7 +125,7 @@ fn node_list<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<St
 }
 
 /// `node` as a URL: `host:port` becomes `redis://host:port`.
-fn node_url(node: &str) -> String {
+pub(crate) fn node_url(node: &str) -> String {
     if node.contains("://") {
         node.to_owned()
     } else {
@@ -346,22 +346,111 @@ impl Link {
                 Err(error) => return Err(error),
             };
             hops += 1;
-            hop = match (error.retry_method(), error.redirect_node()) {
-                (redis::RetryMethod::AskRedirect, Some((node, _))) => match split_node(node) {
-                    Some((host, port)) => Hop::Ask { host, port },
-                    None => return Err(error),
-                },
-                (redis::RetryMethod::MovedRedirect, Some((node, _))) => match split_node(node) {
-                    Some((host, port)) => Hop::Moved { host, port },
-                    None => return Err(error),
-                },
-                _ if server_error(&error).is_some_and(|(code, _)| code == "TRYAGAIN") => {
-                    tokio::time::sleep(TRY_AGAIN_AFTER).await;
-                    Hop::BySlot
-                }
-                _ => return Err(error),
+            hop = match next_hop(&error).await {
+                Some(next) => next,
+                None => return Err(error),
             };
         }
+    }
+}
+
+impl Link {
+    /// `commands` as one transaction (`MULTI` ... `EXEC`) about one slot's
+    /// keys: the answer of each. On a cluster it goes to the slot's master,
+    /// and redirects are followed as by [`Link::query`]: after `ASK`, one
+    /// `ASKING` before `MULTI` suffices for the whole transaction.
+    async fn transaction(
+        &mut self,
+        slot: u16,
+        commands: &[redis::Cmd],
+    ) -> redis::RedisResult<Vec<redis::Value>> {
+        let transaction = |asking: bool| {
+            let mut pipeline = redis::pipe();
+            if asking {
+                pipeline.cmd("ASKING");
+            }
+            pipeline.cmd("MULTI");
+            for command in commands {
+                pipeline.add_command(command.clone());
+            }
+            pipeline.cmd("EXEC");
+            pipeline
+        };
+        let connection = match self {
+            Self::Single(connection) => {
+                let mut pipeline = redis::pipe();
+                pipeline.atomic();
+                for command in commands {
+                    pipeline.add_command(command.clone());
+                }
+                return pipeline.query_async(connection).await;
+            }
+            Self::Cluster(connection) => connection,
+        };
+        let mut hop = Hop::BySlot;
+        let mut hops = 0;
+        loop {
+            let (pipeline, skip, route) = match &hop {
+                Hop::BySlot => (
+                    transaction(false),
+                    commands.len() + 1,
+                    SingleNodeRoutingInfo::SpecificNode(Route::new(slot, SlotAddr::Master)),
+                ),
+                Hop::Moved { host, port } => (
+                    transaction(false),
+                    commands.len() + 1,
+                    SingleNodeRoutingInfo::ByAddress {
+                        host: host.clone(),
+                        port: *port,
+                    },
+                ),
+                Hop::Ask { host, port } => (
+                    transaction(true),
+                    commands.len() + 2,
+                    SingleNodeRoutingInfo::ByAddress {
+                        host: host.clone(),
+                        port: *port,
+                    },
+                ),
+            };
+            let answer = connection
+                .route_pipeline(pipeline, skip, 1, route)
+                .await
+                .and_then(|mut answers| {
+                    answers
+                        .pop()
+                        .ok_or_else(|| RedisError::from((ErrorKind::Client, "no answer to EXEC")))
+                })
+                .and_then(redis::Value::extract_error);
+            let error = match answer {
+                Ok(value) => return redis::from_redis_value(value).map_err(RedisError::from),
+                Err(error) if hops < MAX_REDIRECTS => error,
+                Err(error) => return Err(error),
+            };
+            hops += 1;
+            hop = match next_hop(&error).await {
+                Some(next) => next,
+                None => return Err(error),
+            };
+        }
+    }
+}
+
+/// Where a cluster command refused with `error` goes next, if anywhere
+/// (after the short wait a `TRYAGAIN` asks for).
+async fn next_hop(error: &RedisError) -> Option<Hop> {
+    match (error.retry_method(), error.redirect_node()) {
+        (redis::RetryMethod::AskRedirect, Some((node, _))) => {
+            split_node(node).map(|(host, port)| Hop::Ask { host, port })
+        }
+        (redis::RetryMethod::MovedRedirect, Some((node, _))) => {
+            split_node(node).map(|(host, port)| Hop::Moved { host, port })
+        }
+        _ if server_error(error).is_some_and(|(code, _)| code == "TRYAGAIN") => {
+            tokio::time::sleep(TRY_AGAIN_AFTER).await;
+            Some(Hop::BySlot)
+        }
+        _ => None,
     }
 }
 
@@ -1031,23 +1120,27 @@ impl CacheBackend for RedisBackend {
             return Ok(Vec::new());
         }
         let groups = self.by_slot(keys.iter().map(String::as_str));
-        let transactions: Vec<redis::Pipeline> = groups
+        let transactions: Vec<(u16, Vec<redis::Cmd>)> = groups
             .iter()
             .map(|indices| {
-                let mut pipeline = redis::pipe();
                 let group: Vec<&String> = indices.iter().map(|&i| &keys[i]).collect();
-                pipeline.atomic().cmd("MGET").arg(&group);
-                for key in group {
-                    pipeline.cmd("PTTL").arg(key);
+                let mut commands = Vec::with_capacity(group.len() + 1);
+                let mut mget = redis::cmd("MGET");
+                mget.arg(&group);
+                commands.push(mget);
+                for key in &group {
+                    let mut pttl = redis::cmd("PTTL");
+                    pttl.arg(*key);
+                    commands.push(pttl);
                 }
-                pipeline
+                (slot(group[0].as_bytes()), commands)
             })
             .collect();
         let answers: Vec<Vec<redis::Value>> = self
             .run(|connection| async move {
-                let sent = transactions.iter().map(|pipeline| {
+                let sent = transactions.iter().map(|(slot, commands)| {
                     let mut connection = connection.clone();
-                    async move { pipeline.query_async(&mut connection).await }
+                    async move { connection.transaction(*slot, commands).await }
                 });
                 futures::future::try_join_all(sent).await
             })

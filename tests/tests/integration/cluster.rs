@@ -216,3 +216,66 @@ async fn every_operation_on_a_migrating_slot_succeeds_under_concurrency() {
     let written = backend.get(&key(102)).await.unwrap();
     assert_eq!(written.as_deref(), Some(&b"new"[..]));
 }
+
+/// The near cache over a cluster, by configuration: tracking armed on every
+/// node, hits served from the process (no keyspace hit on any node).
+#[tokio::test]
+async fn the_service_serves_hits_from_its_near_cache_over_a_cluster() {
+    let cluster = TestCluster::shared();
+    let _seed = cluster.seed_namespaces().await;
+    let nodes = cluster.config().nodes.join(",");
+    let app = spawn_app(&[
+        ("CACHEMANAGER__CACHE__BACKEND", "redis"),
+        ("CACHEMANAGER__REDIS__MODE", "cluster"),
+        ("CACHEMANAGER__REDIS__NODES", nodes.as_str()),
+        ("REDIS_PASSWORD", cluster.password.as_str()),
+        ("CACHEMANAGER__CACHE__NEAR__ENABLED", "true"),
+    ])
+    .await;
+    tests::eventually(
+        "the near cache tracks every node",
+        std::time::Duration::from_secs(10),
+        std::time::Duration::from_millis(20),
+        || async {
+            let health: serde_json::Value = app.get("/health").await.json().await.unwrap();
+            health["cache"]["near"]["status"] == "tracking"
+        },
+    )
+    .await;
+    // Filled, then kept in the process.
+    for _ in 0..3 {
+        for uuid in SAMPLE {
+            assert_eq!(app.get(&format!("/users/{uuid}")).await.status(), 200);
+        }
+    }
+    // Counted by the service itself (other tests share the cluster's
+    // counters): near-cache misses (reads that went to the cluster), hits.
+    let counts = || async {
+        let text = app.get("/metrics").await.text().await.unwrap();
+        let sum = |prefix: &str| -> f64 {
+            text.lines()
+                .filter(|line| line.starts_with(prefix))
+                .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum()
+        };
+        (
+            sum("cachemanager_near_misses_total"),
+            sum("cachemanager_near_hits_total"),
+        )
+    };
+    let (reads_before, hits_before) = counts().await;
+    for _ in 0..10 {
+        for uuid in SAMPLE {
+            assert_eq!(app.get(&format!("/users/{uuid}")).await.status(), 200);
+        }
+    }
+    let (reads_after, hits_after) = counts().await;
+    assert_eq!(
+        reads_after, reads_before,
+        "30 reads answered without asking the cluster"
+    );
+    assert!(
+        hits_after >= hits_before + 30.0,
+        "near hits {hits_before} -> {hits_after}"
+    );
+}

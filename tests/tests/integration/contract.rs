@@ -348,6 +348,36 @@ contract_suite!(cluster, || async {
     (Arc::new(namespaced) as SharedBackend, ())
 });
 
+// The near cache over Redis Cluster, armed on every node.
+contract_suite!(near_cluster, || async {
+    let cluster = TestCluster::shared();
+    let prefix = format!("t{}:", uuid::Uuid::new_v4().simple());
+    let near = NearCache::new(
+        Arc::new(RedisBackend::new(&cluster.config()).unwrap()),
+        &cluster.config(),
+        std::slice::from_ref(&prefix),
+        NearConfig::default(),
+        StatusSignal::new(),
+    )
+    .unwrap();
+    let armed = || {
+        let near = near.clone();
+        async move { near.tracking() }
+    };
+    tests::eventually(
+        "tracking armed on every node",
+        Duration::from_secs(5),
+        Duration::from_millis(5),
+        armed,
+    )
+    .await;
+    let namespaced = Namespaced {
+        inner: Arc::new(near),
+        prefix,
+    };
+    (Arc::new(namespaced) as SharedBackend, ())
+});
+
 /// The no-op backend: the parts of the contract that apply to a backend that
 /// stores nothing.
 mod noop {

@@ -467,3 +467,145 @@ async fn two_services_with_the_near_cache_see_each_others_writes() {
     assert!(hits > 0, "B answered some reads from the process");
     assert!(metrics.contains("cachemanager_near_tracking 1"));
 }
+
+/// The near cache over the binary's Redis Cluster: tracking on every node,
+/// the same coherence as over one server. Each test tracks a prefix of its
+/// own (the cluster is shared), its keys spread over the masters' slots.
+mod on_a_cluster {
+    use super::*;
+    use tests::TestCluster;
+
+    /// A near cache over its own cluster backend, tracking `prefix`;
+    /// returned once tracking is armed on every node.
+    async fn instance(cluster: &TestCluster, prefix: &str) -> NearCache {
+        let backend: SharedBackend = Arc::new(
+            adapters::backend::RedisBackend::connect(&cluster.config())
+                .await
+                .unwrap(),
+        );
+        let near = NearCache::new(
+            backend,
+            &cluster.config(),
+            &[prefix.to_owned()],
+            NearConfig::default(),
+            StatusSignal::new(),
+        )
+        .unwrap();
+        wait_until("tracking is armed on every node", || {
+            let near = near.clone();
+            async move { near.tracking() }
+        })
+        .await;
+        near
+    }
+
+    fn prefix() -> String {
+        format!("n{}:", uuid::Uuid::new_v4().simple())
+    }
+
+    async fn raw(cluster: &TestCluster, command: &redis::Cmd) {
+        let mut raw = cluster.raw().await;
+        let () = command.query_async(&mut raw).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_change_by_any_writer_reaches_the_other_instance_on_every_master() {
+        let cluster = TestCluster::shared();
+        let prefix = prefix();
+        let a = instance(cluster, &prefix).await;
+        let b = instance(cluster, &prefix).await;
+        // Keys on every master (ten slots).
+        let keys: Vec<String> = (0..10).map(|n| format!("{prefix}{n}")).collect();
+        for key in &keys {
+            a.set(key, Bytes::from_static(b"v0"), None).await.unwrap();
+            assert_eq!(kept(&b, key).await.as_deref(), Some("v0"));
+        }
+        for key in &keys {
+            // Through instance A.
+            a.set(key, Bytes::from_static(b"v1"), None).await.unwrap();
+            sees(&b, key, Some("v0"), Some("v1")).await;
+            kept(&b, key).await;
+            // Through another client, as the Python service writes.
+            raw(
+                cluster,
+                redis::cmd("SET")
+                    .arg(key)
+                    .arg(r#"{"id": 3}"#)
+                    .arg("EX")
+                    .arg(600),
+            )
+            .await;
+            sees(&b, key, Some("v1"), Some(r#"{"id": 3}"#)).await;
+            kept(&b, key).await;
+            // A delete by another client.
+            let mut raw = cluster.raw().await;
+            let _: i64 = redis::cmd("DEL")
+                .arg(key)
+                .query_async(&mut raw)
+                .await
+                .unwrap();
+            sees(&b, key, Some(r#"{"id": 3}"#), None).await;
+        }
+        assert!(b.counts().invalidations >= 30);
+        assert_eq!(b.counts().flushes_disconnect, 0);
+    }
+
+    /// The tracking connections of this process on node `index`, by name.
+    async fn tracking_ids_on(cluster: &TestCluster, index: usize) -> Vec<String> {
+        let mut node = cluster.node(index).await;
+        let list: String = redis::cmd("CLIENT")
+            .arg("LIST")
+            .query_async(&mut node)
+            .await
+            .unwrap();
+        let name = format!(" name=cachemanager-near-{}", std::process::id());
+        list.lines()
+            .filter(|line| line.contains(&name))
+            .filter_map(|line| {
+                line.split(' ')
+                    .find_map(|field| field.strip_prefix("id="))
+                    .map(str::to_owned)
+            })
+            .collect()
+    }
+
+    /// One node's tracking connection is killed: the process is emptied,
+    /// tracking is re-armed on every node, and a write made in the gap is
+    /// what the next reads answer. (Other near caches of this test process
+    /// on that node lose theirs too, and re-arm the same way.)
+    #[tokio::test]
+    async fn a_killed_node_connection_re_arms_tracking_on_every_node() {
+        let cluster = TestCluster::shared();
+        let prefix = prefix();
+        let b = instance(cluster, &prefix).await;
+        let key = format!("{prefix}k");
+        raw(cluster, redis::cmd("SET").arg(&key).arg("v1")).await;
+        kept(&b, &key).await;
+        let master = cluster
+            .master_of(cluster.slot(&key).await, 0)
+            .await
+            .expect("a master");
+        let ids = tracking_ids_on(cluster, master).await;
+        assert!(!ids.is_empty(), "a tracking connection on the key's master");
+        let mut node = cluster.node(master).await;
+        for id in &ids {
+            let _: redis::RedisResult<i64> = redis::cmd("CLIENT")
+                .arg("KILL")
+                .arg("ID")
+                .arg(id)
+                .query_async(&mut node)
+                .await;
+        }
+        // Written while no invalidation can reach B from that node.
+        raw(cluster, redis::cmd("SET").arg(&key).arg("v2")).await;
+        sees(&b, &key, Some("v1"), Some("v2")).await;
+        wait_until("tracking armed again on every node", || {
+            let b = b.clone();
+            async move { b.tracking() && b.counts().flushes_disconnect >= 1 }
+        })
+        .await;
+        kept(&b, &key).await;
+        raw(cluster, redis::cmd("SET").arg(&key).arg("v3")).await;
+        sees(&b, &key, Some("v2"), Some("v3")).await;
+    }
+}
