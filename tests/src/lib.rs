@@ -9,10 +9,12 @@
 //!
 //! Each test starts its own container: tests share no connection and no keys.
 
+pub mod balancer;
 pub mod cluster;
 mod postgres;
 pub mod proxy;
 
+pub use balancer::TestBalancer;
 pub use cluster::TestCluster;
 pub use postgres::{PID_LABEL, TestPostgres};
 
@@ -449,6 +451,21 @@ impl TestApp {
                 "/health did not answer {status} within 15 s"
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A client of a service served elsewhere (e.g. through a load
+    /// balancer) at `address` (`http://host:port`).
+    pub fn at(address: &str) -> Self {
+        Self {
+            address: address.to_owned(),
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .expect("a client"),
+            stop: None,
+            server: None,
+            _database: None,
         }
     }
 

@@ -10,6 +10,9 @@
 //!   entry script that initialises a cluster on first start the way the
 //!   official `postgres:16-alpine` does (`POSTGRES_PASSWORD`, `POSTGRES_USER`,
 //!   `POSTGRES_DB`, data in `/var/lib/postgresql/data/pgdata`).
+//! - HAProxy (`cachemanager/haproxy:local`): Debian's `haproxy` and the
+//!   libraries `ldd` names, for the several-instances test behind a load
+//!   balancer, when the official `haproxy:2.8-alpine` cannot be had.
 //! - The app (`cachemanager/app:local`): the host's release binary, run as a
 //!   non-root user, as the Dockerfile's image would run it.
 
@@ -34,6 +37,11 @@ pub const LOCAL_APP: &str = "cachemanager/app:local";
 pub const OFFICIAL_PROMETHEUS: &str = "prom/prometheus:v2.53.0";
 /// Built from Debian's `prometheus` package when no registry is reachable.
 pub const LOCAL_PROMETHEUS: &str = "cachemanager/prometheus:local";
+
+/// What users with a registry run in front of several instances.
+pub const OFFICIAL_HAPROXY: &str = "haproxy:2.8-alpine";
+/// Built from Debian's `haproxy` package when no registry is reachable.
+pub const LOCAL_HAPROXY: &str = "cachemanager/haproxy:local";
 
 /// Bumped when what goes into a local image changes, so older ones are rebuilt.
 const IMAGE_VERSION: &str = "2";
@@ -425,6 +433,41 @@ fn build_prometheus() -> Result<()> {
             "WORKDIR /prometheus",
             r#"ENTRYPOINT ["/bin/prometheus"]"#,
             r#"CMD ["--config.file=/etc/prometheus/prometheus.yml", "--storage.tsdb.path=/prometheus"]"#,
+        ],
+    )
+}
+
+/// Makes sure an HAProxy image exists and returns its name: the official
+/// image if present or pullable, else the local one (built if missing or
+/// stale, or rebuilt with `force`).
+pub fn ensure_haproxy(force: bool) -> Result<&'static str> {
+    ensure_image(
+        force,
+        OFFICIAL_HAPROXY,
+        LOCAL_HAPROXY,
+        "the host's haproxy",
+        build_haproxy,
+    )
+}
+
+/// `cachemanager/haproxy:local`: Debian's HAProxy and its libraries; like
+/// the official image, the configuration is read from
+/// `/usr/local/etc/haproxy/haproxy.cfg` (mounted by whoever runs it).
+fn build_haproxy() -> Result<()> {
+    let binary = Path::new("/usr/sbin/haproxy");
+    if !binary.exists() {
+        bail!("/usr/sbin/haproxy not found: install it with `apt-get install -y haproxy`");
+    }
+    let mut rootfs = Rootfs::new("haproxy")?;
+    rootfs.binary(binary, "/usr/local/sbin/haproxy")?;
+    rootfs.busybox()?;
+    fs::create_dir_all(rootfs.root.join("usr/local/etc/haproxy"))?;
+    fs::create_dir_all(rootfs.root.join("var/lib/haproxy"))?;
+    rootfs.import(
+        LOCAL_HAPROXY,
+        &[
+            "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/bin:/bin",
+            r#"CMD ["haproxy", "-f", "/usr/local/etc/haproxy/haproxy.cfg"]"#,
         ],
     )
 }

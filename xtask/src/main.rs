@@ -43,7 +43,7 @@ commands:
                         prom/prometheus, else cachemanager/prometheus:local from Debian's),
                         and cachemanager/app:local from a release build of the host's
                         binary (no registry needed)
-  bench [--quick] [--redis-url URL] [--only CASE-PREFIX]
+  bench [--quick] [--redis-url URL] [--redis-mode cluster] [--only PREFIX,...]
                         the service under wrk, each case beside the ceiling of the
                         same binary; JSON in target/bench/, a markdown table printed
   bench-chart [FILE]    redraw the chart of a run from its results.json
@@ -84,8 +84,9 @@ fn main() -> ExitCode {
             images::ensure_redis(force).and_then(|redis| {
                 let postgres = images::ensure_postgres(force)?;
                 let prometheus = images::ensure_prometheus(force)?;
+                let haproxy = images::ensure_haproxy(force)?;
                 let app = images::build_app()?;
-                println!("images: {redis}, {postgres}, {prometheus} and {app}");
+                println!("images: {redis}, {postgres}, {prometheus}, {haproxy} and {app}");
                 Ok(())
             })
         }
@@ -265,7 +266,8 @@ fn ci() -> Result<()> {
         step("images", || {
             images::ensure_redis(false)?;
             images::ensure_postgres(false)?;
-            images::ensure_prometheus(false).map(drop)
+            images::ensure_prometheus(false)?;
+            images::ensure_haproxy(false).map(drop)
         }),
         step(
             "integration tests",

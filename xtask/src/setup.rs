@@ -72,6 +72,11 @@ fn compose_present() -> bool {
 
 const NEEDS: &[Need] = &[
     Need {
+        why: "the local HAProxy image (several instances behind a load balancer)",
+        package: "haproxy",
+        present: || file("/usr/sbin/haproxy"),
+    },
+    Need {
         why: "the local Redis image (no registry)",
         package: "redis-server",
         present: || file("/usr/bin/redis-server"),

@@ -19,6 +19,7 @@ mod near;
 mod observability;
 mod outage;
 mod round_trips;
+mod scale;
 mod security;
 mod store;
 mod tls;

@@ -647,3 +647,132 @@ async fn slots_resharded_under_load_fail_no_request_and_no_cache_operation() {
         "the new owner served no hit after the move\n{report}"
     );
 }
+
+/// Three instances behind HAProxy over one Redis and one PostgreSQL, 32
+/// clients through the balancer; each instance in turn is stopped the way
+/// an orchestrator stops it (its `/health/ready` answers 503 for
+/// `server.shutdown_delay` while it keeps serving, then it stops accepting
+/// and finishes what is in flight) and started again on its port. No
+/// request fails, and each restarted instance serves again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_of_three_instances_behind_a_load_balancer_loses_no_request() {
+    const RESTART_AT: Duration = Duration::from_secs(2);
+    const ROLLING_RUN: Duration = Duration::from_secs(14);
+    let redis = TestRedis::start().await;
+    let postgres = tests::TestPostgres::shared();
+    let database = postgres.fresh_database().await;
+    let redis_url = redis.url();
+    let ports: Vec<u16> = (0..3).map(|_| tests::free_port()).collect();
+    let port_texts: Vec<String> = ports.iter().map(ToString::to_string).collect();
+    let start = |index: usize| {
+        let vars = [
+            ("CACHEMANAGER__CACHE__BACKEND", "redis"),
+            ("REDIS_URL", redis_url.as_str()),
+            ("REDIS_PASSWORD", redis.password.as_str()),
+            ("DATABASE_URL", database.as_str()),
+            ("CACHEMANAGER__STORE__PASSWORD", postgres.password.as_str()),
+            ("CACHEMANAGER__SERVER__PORT", port_texts[index].as_str()),
+            // Longer than the balancer takes to see the 503 (one check, 100 ms).
+            ("CACHEMANAGER__SERVER__SHUTDOWN_DELAY_MS", "500"),
+        ];
+        async move { spawn_app(&vars).await }
+    };
+    // One after the other: the first imports the sample users.
+    let mut instances = Vec::new();
+    for index in 0..3 {
+        let instance = start(index).await;
+        instance.wait_for_health(200).await;
+        instances.push(Some(instance));
+    }
+    let balancer = tests::TestBalancer::start(&ports).await;
+    balancer.wait_all_up().await;
+    let through = Arc::new(TestApp::at(&balancer.address));
+    for n in 0..20 {
+        assert!(one_request(&through, n).await, "warm-up request {n} failed");
+    }
+
+    let started = Instant::now();
+    let (clients, samples) = load(&through, started, ROLLING_RUN);
+    tokio::time::sleep(RESTART_AT.saturating_sub(started.elapsed())).await;
+    let mut restarts = Vec::new();
+    for (index, slot) in instances.iter_mut().enumerate() {
+        let stopping = started.elapsed();
+        if let Some(instance) = slot.take() {
+            instance.stop().await;
+        }
+        let stopped = started.elapsed();
+        let instance = start(index).await;
+        instance.wait_for_health(200).await;
+        balancer.wait_all_up().await;
+        let back = started.elapsed();
+        *slot = Some(instance);
+        restarts.push((stopping, stopped, back));
+        // Traffic on the new instance before the next one goes.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let restarted_at = started.elapsed();
+    for client in clients {
+        client.await.unwrap();
+    }
+    // Each new instance served requests (its own request counter).
+    let mut served = Vec::new();
+    for instance in instances.iter().flatten() {
+        let metrics = instance
+            .get("/metrics")
+            .await
+            .text()
+            .await
+            .unwrap_or_default();
+        let count: f64 = metrics
+            .lines()
+            .filter(|line| {
+                line.starts_with("http_server_request_duration_seconds_count{")
+                    && line.contains("/users")
+            })
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        served.push(count as u64);
+    }
+    let samples = samples.lock().await;
+    let during = phase(&samples, RESTART_AT, restarted_at);
+    let total = phase(
+        &samples,
+        Duration::ZERO,
+        ROLLING_RUN + Duration::from_secs(60),
+    );
+    let mut report = format!(
+        "Rolling restart of 3 instances behind HAProxy under {CLIENTS} clients (Redis + PostgreSQL): instance stopped (503 on /health/ready for 500 ms, then drained), started again, back in the balancer:\n"
+    );
+    for (index, (stopping, stopped, back)) in restarts.iter().enumerate() {
+        let _ = writeln!(
+            report,
+            "- instance {index}: stop at {:.2} s, stopped {:.2} s later, serving through the balancer {:.2} s after that",
+            stopping.as_secs_f64(),
+            (*stopped - *stopping).as_secs_f64(),
+            (*back - *stopped).as_secs_f64()
+        );
+    }
+    let _ = write!(
+        report,
+        "requests served by each new instance afterwards: {served:?}\n| phase | requests | errors | p50 ms | p99 ms | max ms |\n| --- | ---: | ---: | ---: | ---: | ---: |\n| while restarting | {} | {} | {:.2} | {:.2} | {:.1} |\n| total | {} | {} | {:.2} | {:.2} | {:.1} |\n",
+        during.requests,
+        during.errors,
+        during.p50.as_secs_f64() * 1e3,
+        during.p99.as_secs_f64() * 1e3,
+        during.max.as_secs_f64() * 1e3,
+        total.requests,
+        total.errors,
+        total.p50.as_secs_f64() * 1e3,
+        total.p99.as_secs_f64() * 1e3,
+        total.max.as_secs_f64() * 1e3,
+    );
+    println!("\n{report}");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/outage");
+    let _ = std::fs::create_dir_all(&dir);
+    let _ = std::fs::write(dir.join("rolling-restart.md"), &report);
+    assert_eq!(total.errors, 0, "failed or wrong answers\n{report}");
+    assert!(
+        served.iter().all(|&n| n > 0),
+        "a restarted instance served nothing\n{report}"
+    );
+}
