@@ -19,6 +19,10 @@
 //! - `reference: bare GET`: the same requests answered by a bare poem handler
 //!   doing one Redis GET (`adapters/examples/bare_redis_get.rs`), the floor
 //!   under what hit/redis can cost; its ratio is to the service's ceiling.
+//! - with `--redis-mode cluster`: `hit/cluster` and `lookup100/cluster`, the
+//!   hit and lookup cases over a Redis Cluster of three masters and three
+//!   replicas on this host (`BenchCluster`), and their ratio to the same cases
+//!   over one Redis in the same run.
 //!
 //! Writes `target/bench/results.json` and prints a markdown table.
 
@@ -46,19 +50,26 @@ const METRICS_COST_CASE: &str = "hit/memory metrics on/off";
 const NEAR_CASE: &str = "hit/near";
 /// The near cache's invalidation lag (`near_lag`).
 const NEAR_LAG_CASE: &str = "near lag";
+/// `hit/redis` and `lookup100/redis` over a Redis Cluster (`--redis-mode cluster`).
+const HIT_CLUSTER_CASE: &str = "hit/cluster";
+const LOOKUP_CLUSTER_CASE: &str = "lookup100/cluster";
 const CONNECTIONS: [u32; 2] = [8, 64];
 
 struct Options {
     quick: bool,
     redis_url: Option<String>,
-    /// Only the cases whose name starts with this.
-    only: Option<String>,
+    /// `--redis-mode cluster`: the cluster cases too.
+    cluster: bool,
+    /// Only the cases whose name starts with one of these
+    /// (`--only hit/redis,hit/cluster`).
+    only: Option<Vec<String>>,
 }
 
 fn options(args: &[String]) -> Result<Options> {
     let mut options = Options {
         quick: false,
         redis_url: None,
+        cluster: false,
         only: None,
     };
     let mut args = args.iter();
@@ -68,17 +79,43 @@ fn options(args: &[String]) -> Result<Options> {
             "--redis-url" => {
                 options.redis_url = Some(args.next().context("--redis-url needs a URL")?.clone())
             }
+            "--redis-mode" => match args.next().map(String::as_str) {
+                Some("cluster") => options.cluster = true,
+                Some("standalone") => options.cluster = false,
+                _ => bail!("--redis-mode needs standalone or cluster"),
+            },
             "--only" => {
                 options.only = Some(
                     args.next()
-                        .context("--only needs a case name prefix")?
-                        .clone(),
+                        .context("--only needs case name prefixes")?
+                        .split(',')
+                        .map(ToOwned::to_owned)
+                        .collect(),
                 )
             }
             other => bail!("unknown bench option {other}"),
         }
     }
     Ok(options)
+}
+
+impl Options {
+    /// Whether the case `name` is asked for.
+    fn wants(&self, name: &str) -> bool {
+        self.only
+            .as_ref()
+            .is_none_or(|prefixes| prefixes.iter().any(|p| name.starts_with(p.as_str())))
+    }
+
+    /// Whether any case of the group whose names start with `group` is
+    /// asked for.
+    fn wants_group(&self, group: &str) -> bool {
+        self.only.as_ref().is_none_or(|prefixes| {
+            prefixes
+                .iter()
+                .any(|p| p.starts_with(group) || group.starts_with(p.as_str()))
+        })
+    }
 }
 
 fn free_port() -> Result<u16> {
@@ -243,6 +280,190 @@ impl Drop for BenchRedis {
     }
 }
 
+/// A Redis Cluster for the bench: three masters and three replicas, each a
+/// container of the Redis image on the host's network (the addresses the
+/// nodes announce are the ones the service reaches), removed on drop.
+struct BenchCluster {
+    ports: Vec<u16>,
+    containers: Vec<String>,
+    env: [(&'static str, String); 3],
+}
+
+impl BenchCluster {
+    fn start() -> Result<Self> {
+        let image = images::ensure_redis(false)?;
+        let password = "bench-cluster-password".to_owned();
+        let mut cluster = Self {
+            ports: Vec::new(),
+            containers: Vec::new(),
+            env: Default::default(),
+        };
+        for _ in 0..6 {
+            let port = free_port()?;
+            let bus = free_port()?;
+            let output = Command::new("docker")
+                .args(["run", "-d", "--rm", "--network", "host", image])
+                .args(["redis-server", "--bind", "127.0.0.1", "--port"])
+                .arg(port.to_string())
+                .args(["--cluster-enabled", "yes", "--cluster-port"])
+                .arg(bus.to_string())
+                .args([
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-announce-ip",
+                    "127.0.0.1",
+                    "--requirepass",
+                    &password,
+                    "--masterauth",
+                    &password,
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
+                .output()
+                .context("cannot run docker")?;
+            if !output.status.success() {
+                bail!(
+                    "cannot start a cluster node: {}",
+                    String::from_utf8_lossy(&output.stderr)
+                );
+            }
+            cluster
+                .containers
+                .push(String::from_utf8_lossy(&output.stdout).trim().to_owned());
+            cluster.ports.push(port);
+        }
+        let node = |port: u16| BenchRedis {
+            url: format!("redis://127.0.0.1:{port}"),
+            password: Some(password.clone()),
+            container: None,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for &port in &cluster.ports {
+            while node(port)
+                .command("PING")
+                .map_or(true, |a| !a.starts_with("+PONG"))
+            {
+                if Instant::now() > deadline {
+                    bail!("a bench cluster node did not answer");
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        let nodes: Vec<String> = cluster
+            .ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        let created = Command::new("docker")
+            .args(["exec", &cluster.containers[0], "redis-cli", "-a", &password])
+            .args(["--no-auth-warning", "--cluster", "create"])
+            .args(&nodes)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .output()
+            .context("cannot run redis-cli --cluster create")?;
+        if !created.status.success() {
+            bail!(
+                "redis-cli --cluster create failed: {}",
+                String::from_utf8_lossy(&created.stdout)
+            );
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for &port in &cluster.ports {
+            while !cluster_ok(&node(port)) {
+                if Instant::now() > deadline {
+                    bail!("the bench cluster did not form within 60 s");
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        cluster.env = [
+            ("CACHEMANAGER__REDIS__MODE", "cluster".to_owned()),
+            ("CACHEMANAGER__REDIS__NODES", nodes.join(",")),
+            ("REDIS_PASSWORD", password),
+        ];
+        Ok(cluster)
+    }
+
+    /// The service's settings for this cluster.
+    fn env(&self) -> Vec<(&str, &str)> {
+        self.env.iter().map(|(k, v)| (*k, v.as_str())).collect()
+    }
+}
+
+/// `CLUSTER INFO` on a node says `cluster_state:ok` with six nodes known.
+fn cluster_ok(node: &BenchRedis) -> bool {
+    let Ok(mut stream) = TcpStream::connect(node.address()) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let payload = format!(
+        "AUTH {}\r\nCLUSTER INFO\r\nQUIT\r\n",
+        node.password.as_deref().unwrap_or_default()
+    );
+    if stream.write_all(payload.as_bytes()).is_err() {
+        return false;
+    }
+    let mut text = String::new();
+    let _ = stream.read_to_string(&mut text);
+    text.contains("cluster_state:ok") && text.contains("cluster_known_nodes:6")
+}
+
+impl Drop for BenchCluster {
+    fn drop(&mut self) {
+        for id in &self.containers {
+            let _ = Command::new("docker")
+                .args(["rm", "-f", id])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// The cluster cases against the same cases over one Redis, in this run:
+/// each one's median ratio to the ceiling, and the cluster's as a share of
+/// the standalone one.
+fn cluster_versus_standalone(results: &[CaseResult]) -> String {
+    let ratio = |name: &str, connections: u32| {
+        results
+            .iter()
+            .find(|r| r.name == name && r.connections == connections)
+            .map(|r| {
+                median(
+                    r.runs
+                        .iter()
+                        .map(|(run, ceiling)| run.rps / ceiling.rps.max(1.0))
+                        .collect(),
+                )
+                .0
+            })
+    };
+    let mut text = String::from(
+        "Redis Cluster (3 masters, 3 replicas, all on this host) against one Redis, same run\n\n| case | conns | standalone % of ceiling | cluster % of ceiling | cluster / standalone |\n| --- | ---: | ---: | ---: | ---: |\n",
+    );
+    for (standalone, cluster) in [
+        ("hit/redis", HIT_CLUSTER_CASE),
+        ("lookup100/redis", LOOKUP_CLUSTER_CASE),
+    ] {
+        for connections in CONNECTIONS {
+            if let (Some(a), Some(b)) =
+                (ratio(standalone, connections), ratio(cluster, connections))
+            {
+                let _ = writeln!(
+                    text,
+                    "| {cluster} | {connections} | {:.0} % | {:.0} % | {:.0} % |",
+                    a * 100.0,
+                    b * 100.0,
+                    100.0 * b / a.max(f64::EPSILON)
+                );
+            }
+        }
+    }
+    text
+}
+
 /// A running service process, killed on drop.
 struct Service {
     child: Child,
@@ -273,7 +494,6 @@ impl Service {
             );
         }
         command
-            .envs(extra.iter().copied())
             .env("CACHEMANAGER__SERVER__PORT", port.to_string())
             .env("CACHEMANAGER__CACHE__BACKEND", backend)
             .env("REDIS_URL", &redis.url)
@@ -291,6 +511,8 @@ impl Service {
         if let Some(file) = users_file {
             command.env("CACHEMANAGER__USERS__FILE", file);
         }
+        // Last: the case's own settings win (a cluster's nodes and password).
+        command.envs(extra.iter().copied());
         let service = Self {
             child: command.spawn().context("cannot start the service")?,
             port,
@@ -534,8 +756,14 @@ pub fn bench(args: &[String]) -> Result<()> {
     )?;
 
     let redis = BenchRedis::start(options.redis_url.clone())?;
+    let cluster = if options.cluster {
+        Some(BenchCluster::start()?)
+    } else {
+        None
+    };
+    let cluster_env = cluster.as_ref().map(BenchCluster::env);
     let mut results: Vec<CaseResult> = Vec::new();
-    let cases: [(&str, &str, &PathBuf, bool); 9] = [
+    let mut cases: Vec<(&str, &str, &PathBuf, bool)> = vec![
         ("hit/memory", "memory", &hit, false),
         ("hit/memory+accept-gzip", "memory", &hit_gzip, false),
         // The same with the default request log (a line per request, at info).
@@ -548,12 +776,11 @@ pub fn bench(args: &[String]) -> Result<()> {
         ("miss/redis", "redis", &miss, true),
         ("lookup100/redis", "redis", &lookup, true),
     ];
-    let chosen = cases.into_iter().filter(|(name, ..)| {
-        options
-            .only
-            .as_ref()
-            .is_none_or(|p| name.starts_with(p.as_str()))
-    });
+    if cluster.is_some() {
+        cases.push((HIT_CLUSTER_CASE, "redis", &hit, false));
+        cases.push((LOOKUP_CLUSTER_CASE, "redis", &lookup, true));
+    }
+    let chosen = cases.into_iter().filter(|(name, ..)| options.wants(name));
     for (name, backend, case_script, big) in chosen {
         let service = Service::start(
             &binary,
@@ -561,10 +788,10 @@ pub fn bench(args: &[String]) -> Result<()> {
             &redis,
             big.then_some(users_file.as_path()),
             name == REQUEST_LOG_CASE,
-            if name == NEAR_CASE {
-                &[("CACHEMANAGER__CACHE__NEAR__ENABLED", "true")]
-            } else {
-                &[]
+            match (name, &cluster_env) {
+                (NEAR_CASE, _) => &[("CACHEMANAGER__CACHE__NEAR__ENABLED", "true")],
+                (HIT_CLUSTER_CASE | LOOKUP_CLUSTER_CASE, Some(env)) => env.as_slice(),
+                _ => &[],
             },
         )?;
         // Warm the cache (and the connection) for the hit and lookup cases.
@@ -621,51 +848,40 @@ pub fn bench(args: &[String]) -> Result<()> {
             result.peak_rss_mb = rss;
         }
     }
-    let cost = if options
-        .only
-        .as_ref()
-        .is_none_or(|p| METRICS_COST_CASE.starts_with(p.as_str()))
-    {
+    let cost = if options.wants(METRICS_COST_CASE) {
         let rounds = if options.quick { 1 } else { 10 };
         metrics_cost(&binary, &redis, &hit, (rounds, seconds.min(5)))?
     } else {
         String::new()
     };
-    if options
-        .only
-        .as_ref()
-        .is_none_or(|p| p.starts_with("pg") || "pg/".starts_with(p.as_str()))
-    {
+    if options.wants_group("pg/") {
         store_cases(
             &binary,
             &redis,
             &ceiling,
             &dir,
             (runs, seconds, options.quick),
-            options.only.as_deref(),
+            &|name: &str| options.wants(name),
             &mut results,
         )?;
     }
     report(&results, &dir, runs, seconds, options.quick)?;
+    if cluster.is_some() {
+        let versus = cluster_versus_standalone(&results);
+        println!("{versus}");
+        fs::write(dir.join("cluster.md"), &versus)?;
+    }
     if !cost.is_empty() {
         println!("{cost}");
         fs::write(dir.join("metrics-cost.md"), &cost)?;
     }
-    if options
-        .only
-        .as_ref()
-        .is_none_or(|p| NEAR_LAG_CASE.starts_with(p.as_str()))
-    {
+    if options.wants(NEAR_LAG_CASE) {
         let writes = if options.quick { 300 } else { 2000 };
         let lag = near_lag(&near_lag_binary, &redis, writes, runs)?;
         println!("{lag}");
         fs::write(dir.join("near-lag.md"), &lag)?;
     }
-    if options
-        .only
-        .as_ref()
-        .is_none_or(|p| "storm".starts_with(p.as_str()))
-    {
+    if options.wants("storm") {
         storm(&binary, &redis, &users_file, &dir, runs)?;
     }
     Ok(())
@@ -842,7 +1058,7 @@ fn store_cases(
     ceiling: &Path,
     dir: &Path,
     (runs, seconds, quick): (usize, u32, bool),
-    only: Option<&str>,
+    wanted: &dyn Fn(&str) -> bool,
     results: &mut Vec<CaseResult>,
 ) -> Result<()> {
     let total: u64 = if quick { 20_000 } else { 1_000_000 };
@@ -874,7 +1090,7 @@ fn store_cases(
         ("pg/patch/redis", "redis", script(dir, "pg-patch", &patch)?),
     ];
     for (name, backend, case_script) in &scripts {
-        if only.is_some_and(|p| !name.starts_with(p)) {
+        if !wanted(name) {
             continue;
         }
         let service = Service::start(binary, backend, redis, None, false, &env)?;
