@@ -30,6 +30,9 @@ use redis::{ErrorKind, IntoConnectionInfo, RedisError, Script};
 use thiserror::Error;
 
 use super::status::{Refusal, StatusSignal};
+use slots::{SlotMap, Slots};
+
+mod slots;
 use crate::secret::Secret;
 
 /// Deletes KEYS[1] only while it still holds ARGV[1]: a corrupt value is
@@ -232,6 +235,8 @@ struct Shared {
     operation_timeout: Duration,
     healing: Healing,
     status: StatusSignal,
+    /// Cluster: which node serves each slot (a hint for batches).
+    slots: Slots,
 }
 
 /// What makes a connection: one server's client, or a cluster's.
@@ -266,6 +271,9 @@ enum Link {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
 }
+
+/// One node's answers to a batch: per slot group (its index), the values.
+type NodeAnswers = Vec<(usize, Vec<Option<Vec<u8>>>)>;
 
 /// Redirects (and `TRYAGAIN` waits) one cluster command may follow.
 const MAX_REDIRECTS: usize = 3;
@@ -584,6 +592,7 @@ impl RedisBackend {
                     rebuilds: AtomicU64::new(0),
                     epoch: Instant::now(),
                 },
+                slots: Slots::default(),
                 status,
             }),
         })
@@ -639,6 +648,125 @@ impl RedisBackend {
             }
         }
         groups.into_iter().map(|(_, group)| group).collect()
+    }
+
+    /// Cluster: the slot map, loaded if none is held and a load may start
+    /// (see [`Slots`]); `None` on one server, or when it cannot be had now.
+    async fn slot_map(&self) -> Option<Arc<SlotMap>> {
+        let Link::Cluster(mut connection) = self.connection() else {
+            return None;
+        };
+        if let Some(map) = self.shared.slots.current() {
+            return Some(map);
+        }
+        if !self.shared.slots.may_load() {
+            return None;
+        }
+        let mut command = redis::cmd("CLUSTER");
+        command.arg("SLOTS");
+        let asked = connection.route_command(
+            command,
+            RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
+        );
+        let answer = crate::deadline::within(self.shared.operation_timeout, asked).await?;
+        let map = SlotMap::parse(answer.ok()?)?;
+        self.shared.slots.store(map);
+        self.shared.slots.current()
+    }
+
+    /// A cluster `mget` of keys in several slots: to each node, one pipeline
+    /// of the `MGET`s of the slots the map says it serves (one request per
+    /// node, all at once). A node's pipeline that fails (a `MOVED`, an `ASK`
+    /// while a slot migrates, a node down or replaced) drops the map and is
+    /// sent again slot by slot, each `MGET` following its own redirect.
+    async fn mget_by_node(
+        &self,
+        keys: &[String],
+        groups: &[Vec<usize>],
+        map: &SlotMap,
+    ) -> Result<Vec<Option<Bytes>>, BackendError> {
+        let mget = |group: &Vec<usize>| {
+            let mut command = redis::cmd("MGET");
+            for &index in group {
+                command.arg(&keys[index]);
+            }
+            command
+        };
+        // The groups each node serves (a group whose slot the map does not
+        // cover goes alone, by slot).
+        let mut by_node: Vec<(Option<usize>, Vec<usize>)> = Vec::new();
+        for (index, group) in groups.iter().enumerate() {
+            let node = map.node_of(slot(keys[group[0]].as_bytes()));
+            match by_node
+                .iter_mut()
+                .find(|(n, _)| node.is_some() && *n == node)
+            {
+                Some((_, members)) => members.push(index),
+                None => by_node.push((node, vec![index])),
+            }
+        }
+        let slots = &self.shared.slots;
+        let answers: Vec<NodeAnswers> = self
+            .run(|connection| async move {
+                let sent = by_node.iter().map(|(node, members)| {
+                    let mut connection = connection.clone();
+                    async move {
+                        let address = node.and_then(|node| map.address(node));
+                        if let (Some((host, port)), Link::Cluster(cluster)) =
+                            (address, &mut connection)
+                        {
+                            let mut pipeline = redis::pipe();
+                            for &member in members {
+                                pipeline.add_command(mget(&groups[member]));
+                            }
+                            let route = SingleNodeRoutingInfo::ByAddress {
+                                host: host.clone(),
+                                port: *port,
+                            };
+                            match cluster
+                                .route_pipeline(pipeline, 0, members.len(), route)
+                                .await
+                            {
+                                Ok(values) if values.len() == members.len() => {
+                                    let mut answers = Vec::with_capacity(members.len());
+                                    for (&member, value) in members.iter().zip(values) {
+                                        let value = value.extract_error()?;
+                                        answers.push((member, redis::from_redis_value(value)?));
+                                    }
+                                    return Ok(answers);
+                                }
+                                // A moved slot, a dead or replaced node: the map
+                                // is not to be trusted until loaded again.
+                                Ok(_) | Err(_) => slots.forget(),
+                            }
+                        }
+                        // Slot by slot, each following its own redirect.
+                        let mut answers = Vec::with_capacity(members.len());
+                        for &member in members {
+                            let answer = connection.query(&mget(&groups[member])).await?;
+                            answers.push((member, answer));
+                        }
+                        Ok::<_, RedisError>(answers)
+                    }
+                });
+                futures::future::try_join_all(sent).await
+            })
+            .await?;
+        let mut found: Vec<Option<Bytes>> = vec![None; keys.len()];
+        for (member, answer) in answers.into_iter().flatten() {
+            let group = &groups[member];
+            if answer.len() != group.len() {
+                return Err(BackendError::Unknown(format!(
+                    "MGET answered {} values for {} keys",
+                    answer.len(),
+                    group.len()
+                )));
+            }
+            for (&index, value) in group.iter().zip(answer) {
+                found[index] = value.map(Bytes::from);
+            }
+        }
+        Ok(found)
     }
 
     /// How often the connection has been rebuilt.
@@ -1073,6 +1201,11 @@ impl CacheBackend for RedisBackend {
             return Ok(Vec::new());
         }
         let groups = self.by_slot(keys.iter().map(String::as_str));
+        if groups.len() > 1
+            && let Some(map) = self.slot_map().await
+        {
+            return self.mget_by_node(keys, &groups, &map).await;
+        }
         let commands: Vec<redis::Cmd> = groups
             .iter()
             .map(|indices| {
