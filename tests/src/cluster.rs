@@ -102,12 +102,14 @@ impl TestCluster {
         counts
     }
 
-    /// The seed's namespaces (`user:*`) on the cluster, for one test at a
-    /// time: the typed-cache suite and the service tests all write the same
-    /// keys (the sample users' uuids), so each holds this guard for its whole
-    /// body, and starts with no key under `user:` (deleted on every master;
-    /// other tests' keys, e.g. the contract suite's prefixes, are untouched).
-    pub async fn seed_namespaces(&self) -> tokio::sync::OwnedMutexGuard<()> {
+    /// The cluster for one test at a time among those that take this: the
+    /// tests that write the seed's namespaces (the typed-cache suite and the
+    /// service tests share the sample users' keys) and those that disturb
+    /// other clients (killing this process's tracking connections). Each
+    /// holds the guard for its whole body, and starts with no key under
+    /// `user:` (deleted on every master; other tests' keys, e.g. the
+    /// contract suite's prefixes, are untouched).
+    pub async fn exclusive(&self) -> tokio::sync::OwnedMutexGuard<()> {
         static LOCK: OnceLock<Arc<tokio::sync::Mutex<()>>> = OnceLock::new();
         let guard = LOCK
             .get_or_init(|| Arc::new(tokio::sync::Mutex::new(())))

@@ -35,7 +35,7 @@ async fn per_node(cluster: &TestCluster, section: &str, field: &str) -> Vec<u64>
 #[tokio::test]
 async fn the_service_answers_from_a_cluster_as_from_one_server() {
     let cluster = TestCluster::shared();
-    let _seed = cluster.seed_namespaces().await;
+    let _turn = cluster.exclusive().await;
     let app = service(cluster).await;
     let before: u64 = per_node(cluster, "stats", "keyspace_hits")
         .await
@@ -68,7 +68,7 @@ async fn the_service_answers_from_a_cluster_as_from_one_server() {
 #[tokio::test]
 async fn a_lookup_costs_one_mget_per_slot_on_the_owning_master_and_nothing_more() {
     let cluster = TestCluster::shared();
-    let _seed = cluster.seed_namespaces().await;
+    let _turn = cluster.exclusive().await;
     let app = service(cluster).await;
     let uuids: Vec<String> = (1..=10)
         .map(|n| format!("550e8400-e29b-41d4-a716-4466554400{n:02}"))
@@ -126,7 +126,7 @@ async fn a_lookup_costs_one_mget_per_slot_on_the_owning_master_and_nothing_more(
 async fn every_operation_on_a_migrating_slot_succeeds_under_concurrency() {
     use ports::CacheBackend;
     let cluster = TestCluster::shared();
-    let _seed = cluster.seed_namespaces().await;
+    let _turn = cluster.exclusive().await;
     // Keys of one slot (a hash tag), some written before the migration.
     let key = |n: usize| format!("user:{{migrating}}:{n}");
     let slot = cluster.slot(&key(0)).await;
@@ -222,7 +222,7 @@ async fn every_operation_on_a_migrating_slot_succeeds_under_concurrency() {
 #[tokio::test]
 async fn the_service_serves_hits_from_its_near_cache_over_a_cluster() {
     let cluster = TestCluster::shared();
-    let _seed = cluster.seed_namespaces().await;
+    let _turn = cluster.exclusive().await;
     let nodes = cluster.config().nodes.join(",");
     let app = spawn_app(&[
         ("CACHEMANAGER__CACHE__BACKEND", "redis"),

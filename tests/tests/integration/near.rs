@@ -511,6 +511,8 @@ mod on_a_cluster {
     #[tokio::test]
     async fn a_change_by_any_writer_reaches_the_other_instance_on_every_master() {
         let cluster = TestCluster::shared();
+        // Not while another test kills tracking connections.
+        let _turn = cluster.exclusive().await;
         let prefix = prefix();
         let a = instance(cluster, &prefix).await;
         let b = instance(cluster, &prefix).await;
@@ -572,10 +574,12 @@ mod on_a_cluster {
     /// One node's tracking connection is killed: the process is emptied,
     /// tracking is re-armed on every node, and a write made in the gap is
     /// what the next reads answer. (Other near caches of this test process
-    /// on that node lose theirs too, and re-arm the same way.)
+    /// on that node lose theirs too, and re-arm the same way: the tests that
+    /// count disconnects take turns with this one.)
     #[tokio::test]
     async fn a_killed_node_connection_re_arms_tracking_on_every_node() {
         let cluster = TestCluster::shared();
+        let _turn = cluster.exclusive().await;
         let prefix = prefix();
         let b = instance(cluster, &prefix).await;
         let key = format!("{prefix}k");

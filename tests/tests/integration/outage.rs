@@ -205,6 +205,28 @@ fn load(
     (clients, samples)
 }
 
+/// `/health`'s status every 100 ms from `started` until `done` is set.
+fn watch_health(
+    app: &Arc<TestApp>,
+    started: Instant,
+) -> (
+    Arc<AtomicBool>,
+    tokio::task::JoinHandle<Vec<(Duration, u16)>>,
+) {
+    let done = Arc::new(AtomicBool::new(false));
+    let (app, stop) = (app.clone(), done.clone());
+    let health = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            let status = app.get("/health").await.status().as_u16();
+            seen.push((started.elapsed(), status));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        seen
+    });
+    (done, health)
+}
+
 async fn run(fault: Fault) {
     let redis = TestRedis::start_with(Some(tests::free_port()), &[]).await;
     let app = Arc::new(spawn_app_on_redis(&redis, &[]).await);
@@ -215,19 +237,7 @@ async fn run(fault: Fault) {
 
     let started = Instant::now();
     let (clients, samples) = load(&app, started, RUN);
-    let done = Arc::new(AtomicBool::new(false));
-    let health = {
-        let (app, done) = (app.clone(), done.clone());
-        tokio::spawn(async move {
-            let mut seen = Vec::new();
-            while !done.load(Ordering::Relaxed) {
-                let status = app.get("/health").await.status().as_u16();
-                seen.push((started.elapsed(), status));
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            seen
-        })
-    };
+    let (done, health) = watch_health(&app, started);
 
     // The fault.
     tokio::time::sleep(FAULT_AT.saturating_sub(started.elapsed())).await;
@@ -391,6 +401,7 @@ async fn a_cluster_master_killed_under_load_fails_no_request() {
 
     let started = Instant::now();
     let (clients, samples) = load(&app, started, CLUSTER_RUN);
+    let (done, health) = watch_health(&app, started);
     tokio::time::sleep(KILL_AT.saturating_sub(started.elapsed())).await;
     let killed_at = started.elapsed();
     let killed = std::process::Command::new("docker")
@@ -431,6 +442,19 @@ async fn a_cluster_master_killed_under_load_fails_no_request() {
     for client in clients {
         client.await.unwrap();
     }
+    let healthy_after = app.wait_for_health(200).await;
+    done.store(true, Ordering::Relaxed);
+    let health = health.await.unwrap();
+    let unhealthy = |from: Duration, to: Duration| {
+        health
+            .iter()
+            .filter(|(at, status)| *at >= from && *at < to && *status == 503)
+            .count()
+    };
+    let (unhealthy_until_promoted, unhealthy_after_promoted) = (
+        unhealthy(killed_at, promoted_at),
+        unhealthy(promoted_at, CLUSTER_RUN + Duration::from_secs(60)),
+    );
     // Bring the node back (it rejoins as a replica of its promoted one).
     let _ = std::process::Command::new("docker")
         .args(["start", &cluster.containers[victim]])
@@ -444,10 +468,11 @@ async fn a_cluster_master_killed_under_load_fails_no_request() {
     let during = phase(&samples, killed_at, promoted_at);
     let hits_at = hits_at.expect("cache hits never resumed after the promotion");
     let report = format!(
-        "Redis Cluster: master {victim} killed at {:.1} s under {CLIENTS} clients; a replica serves its slots {:.2} s later (cluster-node-timeout 2 s); cache hits counted again {:.2} s after the kill\n| phase | requests | errors | p50 ms | p99 ms | max ms |\n| --- | ---: | ---: | ---: | ---: | ---: |\n| until promoted | {} | {} | {:.2} | {:.2} | {:.1} |\n| total | {} | {} | {:.2} | {:.2} | {:.1} |\n",
+        "Redis Cluster: master {victim} killed at {:.1} s under {CLIENTS} clients; a replica serves its slots {:.2} s later (cluster-node-timeout 2 s); cache hits counted again {:.2} s after the kill; /health 503 in {unhealthy_until_promoted} samples until the promotion, {unhealthy_after_promoted} after (every 100 ms), 200 again {:.2} s after the load ended\n| phase | requests | errors | p50 ms | p99 ms | max ms |\n| --- | ---: | ---: | ---: | ---: | ---: |\n| until promoted | {} | {} | {:.2} | {:.2} | {:.1} |\n| total | {} | {} | {:.2} | {:.2} | {:.1} |\n",
         killed_at.as_secs_f64(),
         (promoted_at - killed_at).as_secs_f64(),
         (hits_at - killed_at).as_secs_f64(),
+        healthy_after.as_secs_f64(),
         during.requests,
         during.errors,
         during.p50.as_secs_f64() * 1e3,
@@ -467,6 +492,12 @@ async fn a_cluster_master_killed_under_load_fails_no_request() {
     assert!(
         hits_at.saturating_sub(promoted_at) < Duration::from_secs(6),
         "hits took more than 6 s after the promotion to resume\n{report}"
+    );
+    // As for one Redis: the breaker opens and /health says so while the
+    // master is down (and 200 after: waited for above).
+    assert!(
+        unhealthy_until_promoted > 0,
+        "/health never said 503 while a master was down\n{report}"
     );
 }
 

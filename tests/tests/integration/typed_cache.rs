@@ -39,7 +39,7 @@ impl Target {
 
     async fn cluster() -> Self {
         let cluster = TestCluster::shared();
-        let guard = cluster.seed_namespaces().await;
+        let guard = cluster.exclusive().await;
         Self::Cluster(cluster, guard)
     }
 
