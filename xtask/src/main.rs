@@ -30,7 +30,7 @@ cargo xtask <command>
 
 commands:
   ci                    fmt, clippy, unit tests, integration tests (real Redis),
-                        outage tests (alone), compose smoke, bench --quick,
+                        outage tests (alone), compose smoke, bench --quick (with a cluster),
                         microbench --quick, docs
   setup                 install what the test command needs and the machine lacks
                         (apt-get), or name it in one line
@@ -294,7 +294,13 @@ fn ci() -> Result<()> {
         step("k8s manifests", k8s::check),
         step("api contract", || api::check(&[])),
         // Short runs, so the harness cannot rot; figures are reported, not enforced.
-        step("bench (quick)", || bench::bench(&["--quick".to_owned()])),
+        step("bench (quick)", || {
+            bench::bench(&[
+                "--quick".to_owned(),
+                "--redis-mode".to_owned(),
+                "cluster".to_owned(),
+            ])
+        }),
         step("microbench (quick)", || {
             microbench::microbench(&["--quick".to_owned()])
         }),
