@@ -158,6 +158,40 @@ where
     }
 }
 
+/// A near cache over `inner` tracking `prefixes` with invalidations from the
+/// Redis (or cluster) `tracking` describes; returned once tracking is armed
+/// (on every node of a cluster).
+///
+/// # Panics
+/// When the settings are refused or tracking is not armed within 5 s.
+pub async fn armed_near_cache(
+    inner: SharedBackend,
+    tracking: &RedisConfig,
+    prefixes: &[String],
+    config: adapters::backend::NearConfig,
+) -> adapters::backend::NearCache {
+    let near = adapters::backend::NearCache::new(
+        inner,
+        tracking,
+        prefixes,
+        config,
+        adapters::backend::StatusSignal::new(),
+    )
+    .unwrap_or_else(|e| panic!("near cache refused: {e}"));
+    let armed = || {
+        let near = near.clone();
+        async move { near.tracking() }
+    };
+    eventually(
+        "near cache tracking armed",
+        Duration::from_secs(5),
+        Duration::from_millis(5),
+        armed,
+    )
+    .await;
+    near
+}
+
 /// A free TCP port on the host (for a container that must keep its address
 /// across a restart).
 pub fn free_port() -> u16 {
@@ -528,6 +562,19 @@ pub async fn spawn_app(vars: &[(&str, &str)]) -> TestApp {
         server: Some(server),
         _database: database,
     }
+}
+
+/// [`spawn_app`] over the Redis Cluster `cluster` (its nodes as seeds).
+pub async fn spawn_app_on_cluster(cluster: &TestCluster, extra: &[(&str, &str)]) -> TestApp {
+    let nodes = cluster.config().nodes.join(",");
+    let mut vars = vec![
+        ("CACHEMANAGER__CACHE__BACKEND", "redis"),
+        ("CACHEMANAGER__REDIS__MODE", "cluster"),
+        ("CACHEMANAGER__REDIS__NODES", nodes.as_str()),
+        ("REDIS_PASSWORD", cluster.password.as_str()),
+    ];
+    vars.extend_from_slice(extra);
+    spawn_app(&vars).await
 }
 
 /// [`spawn_app`] over the Redis of `redis`.

@@ -146,6 +146,37 @@ fn ensure_wrk() -> Result<()> {
     Ok(())
 }
 
+/// A container of the Redis image on the host's network, listening on
+/// 127.0.0.1:`port` with `password`, nothing persisted, `extra` arguments
+/// after; its id. The host's network, not a published port: a published port
+/// goes through docker-proxy, a userland copy of every byte that would
+/// compete with the service for the 2 cores and is no part of it.
+fn redis_container(port: u16, password: &str, extra: &[&str]) -> Result<String> {
+    let image = images::ensure_redis(false)?;
+    let output = Command::new("docker")
+        .args(["run", "-d", "--rm", "--network", "host", image])
+        .args(["redis-server", "--bind", "127.0.0.1", "--port"])
+        .arg(port.to_string())
+        .args([
+            "--requirepass",
+            password,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .args(extra)
+        .output()
+        .context("cannot run docker")?;
+    if !output.status.success() {
+        bail!(
+            "cannot start Redis: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}
+
 /// A Redis for the bench: the given URL, or a container removed on drop.
 pub(crate) struct BenchRedis {
     pub(crate) url: String,
@@ -162,52 +193,31 @@ impl BenchRedis {
                 container: None,
             });
         }
-        let image = images::ensure_redis(false)?;
         let port = free_port()?;
         let password = "bench-password".to_owned();
-        // The host's network, not a published port: a published port goes
-        // through docker-proxy, a userland copy of every byte that would
-        // compete with the service for the 2 cores and is no part of it.
-        let output = Command::new("docker")
-            .args(["run", "-d", "--rm", "--network", "host", image])
-            .args([
-                "redis-server",
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--requirepass",
-                &password,
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .output()
-            .context("cannot run docker")?;
-        if !output.status.success() {
-            bail!(
-                "cannot start Redis: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        let id = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+        let id = redis_container(port, &password, &[])?;
         let redis = Self {
             url: format!("redis://127.0.0.1:{port}"),
             password: Some(password),
             container: Some(id),
         };
+        redis.wait_for_pong()?;
+        Ok(redis)
+    }
+
+    /// Waits (20 s at most) until it answers PING.
+    fn wait_for_pong(&self) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(20);
-        while redis
+        while self
             .command("PING")
             .map_or(true, |a| !a.starts_with("+PONG"))
         {
             if Instant::now() > deadline {
-                bail!("the bench Redis did not answer");
+                bail!("the bench Redis at {} did not answer", self.address());
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        Ok(redis)
+        Ok(())
     }
 
     /// `host:port` of the URL, without credentials or database.
@@ -291,7 +301,6 @@ struct BenchCluster {
 
 impl BenchCluster {
     fn start() -> Result<Self> {
-        let image = images::ensure_redis(false)?;
         let password = "bench-cluster-password".to_owned();
         let mut cluster = Self {
             ports: Vec::new(),
@@ -301,37 +310,24 @@ impl BenchCluster {
         for _ in 0..6 {
             let port = free_port()?;
             let bus = free_port()?;
-            let output = Command::new("docker")
-                .args(["run", "-d", "--rm", "--network", "host", image])
-                .args(["redis-server", "--bind", "127.0.0.1", "--port"])
-                .arg(port.to_string())
-                .args(["--cluster-enabled", "yes", "--cluster-port"])
-                .arg(bus.to_string())
-                .args([
+            let bus = bus.to_string();
+            let id = redis_container(
+                port,
+                &password,
+                &[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-port",
+                    &bus,
                     "--cluster-config-file",
                     "nodes.conf",
                     "--cluster-announce-ip",
                     "127.0.0.1",
-                    "--requirepass",
-                    &password,
                     "--masterauth",
                     &password,
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                ])
-                .output()
-                .context("cannot run docker")?;
-            if !output.status.success() {
-                bail!(
-                    "cannot start a cluster node: {}",
-                    String::from_utf8_lossy(&output.stderr)
-                );
-            }
-            cluster
-                .containers
-                .push(String::from_utf8_lossy(&output.stdout).trim().to_owned());
+                ],
+            )?;
+            cluster.containers.push(id);
             cluster.ports.push(port);
         }
         let node = |port: u16| BenchRedis {
@@ -339,17 +335,8 @@ impl BenchCluster {
             password: Some(password.clone()),
             container: None,
         };
-        let deadline = Instant::now() + Duration::from_secs(20);
         for &port in &cluster.ports {
-            while node(port)
-                .command("PING")
-                .map_or(true, |a| !a.starts_with("+PONG"))
-            {
-                if Instant::now() > deadline {
-                    bail!("a bench cluster node did not answer");
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
+            node(port).wait_for_pong()?;
         }
         let nodes: Vec<String> = cluster
             .ports

@@ -314,18 +314,13 @@ impl Link {
             Self::Single(connection) => return command.query_async(connection).await,
             Self::Cluster(connection) => connection,
         };
-        let mut hop = Hop::BySlot;
-        let mut hops = 0;
-        loop {
-            let answer = match &hop {
+        redirected(connection, |mut connection, hop| async move {
+            match hop {
                 Hop::BySlot => {
-                    redis::aio::ConnectionLike::req_packed_command(connection, command).await
+                    redis::aio::ConnectionLike::req_packed_command(&mut connection, command).await
                 }
                 Hop::Moved { host, port } => {
-                    let route = SingleNodeRoutingInfo::ByAddress {
-                        host: host.clone(),
-                        port: *port,
-                    };
+                    let route = SingleNodeRoutingInfo::ByAddress { host, port };
                     connection
                         .route_command(command.clone(), RoutingInfo::SingleNode(route))
                         .await
@@ -333,32 +328,49 @@ impl Link {
                 Hop::Ask { host, port } => {
                     let mut asking = redis::pipe();
                     asking.cmd("ASKING").add_command(command.clone());
-                    let route = SingleNodeRoutingInfo::ByAddress {
-                        host: host.clone(),
-                        port: *port,
-                    };
-                    connection
-                        .route_pipeline(asking, 1, 1, route)
-                        .await
-                        .and_then(|mut answers| {
-                            answers.pop().ok_or_else(|| {
-                                RedisError::from((ErrorKind::Client, "no answer after ASKING"))
-                            })
-                        })
+                    let route = SingleNodeRoutingInfo::ByAddress { host, port };
+                    last_answer(connection.route_pipeline(asking, 1, 1, route).await)
                 }
             }
+        })
+        .await
+    }
+}
+
+/// The last answer of a pipeline routed with an offset (the command after
+/// `ASKING`, or `EXEC`).
+fn last_answer(answers: redis::RedisResult<Vec<redis::Value>>) -> redis::RedisResult<redis::Value> {
+    answers.and_then(|mut answers| {
+        answers
+            .pop()
+            .ok_or_else(|| RedisError::from((ErrorKind::Client, "no answer from the node")))
+    })
+}
+
+/// Sends with `send` (to where the slot map routes, then wherever an answer
+/// redirects), at most [`MAX_REDIRECTS`] redirects; the answer as `T`.
+async fn redirected<T, F, Fut>(connection: &ClusterConnection, send: F) -> redis::RedisResult<T>
+where
+    T: redis::FromRedisValue,
+    F: Fn(ClusterConnection, Hop) -> Fut,
+    Fut: std::future::Future<Output = redis::RedisResult<redis::Value>>,
+{
+    let mut hop = Hop::BySlot;
+    let mut hops = 0;
+    loop {
+        let answer = send(connection.clone(), hop)
+            .await
             .and_then(redis::Value::extract_error);
-            let error = match answer {
-                Ok(value) => return redis::from_redis_value(value).map_err(RedisError::from),
-                Err(error) if hops < MAX_REDIRECTS => error,
-                Err(error) => return Err(error),
-            };
-            hops += 1;
-            hop = match next_hop(&error).await {
-                Some(next) => next,
-                None => return Err(error),
-            };
-        }
+        let error = match answer {
+            Ok(value) => return redis::from_redis_value(value).map_err(RedisError::from),
+            Err(error) if hops < MAX_REDIRECTS => error,
+            Err(error) => return Err(error),
+        };
+        hops += 1;
+        hop = match next_hop(&error).await {
+            Some(next) => next,
+            None => return Err(error),
+        };
     }
 }
 
@@ -395,10 +407,8 @@ impl Link {
             }
             Self::Cluster(connection) => connection,
         };
-        let mut hop = Hop::BySlot;
-        let mut hops = 0;
-        loop {
-            let (pipeline, skip, route) = match &hop {
+        redirected(connection, |mut connection, hop| {
+            let (pipeline, skip, route) = match hop {
                 Hop::BySlot => (
                     transaction(false),
                     commands.len() + 1,
@@ -407,40 +417,17 @@ impl Link {
                 Hop::Moved { host, port } => (
                     transaction(false),
                     commands.len() + 1,
-                    SingleNodeRoutingInfo::ByAddress {
-                        host: host.clone(),
-                        port: *port,
-                    },
+                    SingleNodeRoutingInfo::ByAddress { host, port },
                 ),
                 Hop::Ask { host, port } => (
                     transaction(true),
                     commands.len() + 2,
-                    SingleNodeRoutingInfo::ByAddress {
-                        host: host.clone(),
-                        port: *port,
-                    },
+                    SingleNodeRoutingInfo::ByAddress { host, port },
                 ),
             };
-            let answer = connection
-                .route_pipeline(pipeline, skip, 1, route)
-                .await
-                .and_then(|mut answers| {
-                    answers
-                        .pop()
-                        .ok_or_else(|| RedisError::from((ErrorKind::Client, "no answer to EXEC")))
-                })
-                .and_then(redis::Value::extract_error);
-            let error = match answer {
-                Ok(value) => return redis::from_redis_value(value).map_err(RedisError::from),
-                Err(error) if hops < MAX_REDIRECTS => error,
-                Err(error) => return Err(error),
-            };
-            hops += 1;
-            hop = match next_hop(&error).await {
-                Some(next) => next,
-                None => return Err(error),
-            };
-        }
+            async move { last_answer(connection.route_pipeline(pipeline, skip, 1, route).await) }
+        })
+        .await
     }
 }
 
@@ -685,13 +672,7 @@ impl RedisBackend {
         groups: &[Vec<usize>],
         map: &SlotMap,
     ) -> Result<Vec<Option<Bytes>>, BackendError> {
-        let mget = |group: &Vec<usize>| {
-            let mut command = redis::cmd("MGET");
-            for &index in group {
-                command.arg(&keys[index]);
-            }
-            command
-        };
+        let mget = |group: &Vec<usize>| mget_of(keys, group);
         // The groups each node serves (a group whose slot the map does not
         // cover goes alone, by slot).
         let mut by_node: Vec<(Option<usize>, Vec<usize>)> = Vec::new();
@@ -752,21 +733,13 @@ impl RedisBackend {
                 futures::future::try_join_all(sent).await
             })
             .await?;
-        let mut found: Vec<Option<Bytes>> = vec![None; keys.len()];
-        for (member, answer) in answers.into_iter().flatten() {
-            let group = &groups[member];
-            if answer.len() != group.len() {
-                return Err(BackendError::Unknown(format!(
-                    "MGET answered {} values for {} keys",
-                    answer.len(),
-                    group.len()
-                )));
-            }
-            for (&index, value) in group.iter().zip(answer) {
-                found[index] = value.map(Bytes::from);
-            }
-        }
-        Ok(found)
+        in_key_order(
+            keys.len(),
+            answers
+                .into_iter()
+                .flatten()
+                .map(|(member, answer)| (groups[member].as_slice(), answer)),
+        )
     }
 
     /// How often the connection has been rebuilt.
@@ -1206,16 +1179,7 @@ impl CacheBackend for RedisBackend {
         {
             return self.mget_by_node(keys, &groups, &map).await;
         }
-        let commands: Vec<redis::Cmd> = groups
-            .iter()
-            .map(|indices| {
-                let mut command = redis::cmd("MGET");
-                for &index in indices {
-                    command.arg(&keys[index]);
-                }
-                command
-            })
-            .collect();
+        let commands: Vec<redis::Cmd> = groups.iter().map(|group| mget_of(keys, group)).collect();
         let answers: Vec<Vec<Option<Vec<u8>>>> = self
             .run(|connection| async move {
                 let sent = commands.iter().map(|command| {
@@ -1225,20 +1189,7 @@ impl CacheBackend for RedisBackend {
                 futures::future::try_join_all(sent).await
             })
             .await?;
-        let mut found: Vec<Option<Bytes>> = vec![None; keys.len()];
-        for (indices, answer) in groups.iter().zip(answers) {
-            if answer.len() != indices.len() {
-                return Err(BackendError::Unknown(format!(
-                    "MGET answered {} values for {} keys",
-                    answer.len(),
-                    indices.len()
-                )));
-            }
-            for (&index, value) in indices.iter().zip(answer) {
-                found[index] = value.map(Bytes::from);
-            }
-        }
-        Ok(found)
+        in_key_order(keys.len(), groups.iter().map(Vec::as_slice).zip(answers))
     }
 
     /// One atomic transaction (`MULTI`, `MGET`, a `PTTL` per key, `EXEC`):
@@ -1374,6 +1325,37 @@ impl Drop for Abandoned<'_> {
             ));
         }
     }
+}
+
+/// `MGET` of the keys at `indices`.
+fn mget_of(keys: &[String], indices: &[usize]) -> redis::Cmd {
+    let mut command = redis::cmd("MGET");
+    for &index in indices {
+        command.arg(&keys[index]);
+    }
+    command
+}
+
+/// The answers of per-slot `MGET`s (each with the indices of its keys) put
+/// back in the order of the `len` keys asked.
+fn in_key_order<'a>(
+    len: usize,
+    answers: impl IntoIterator<Item = (&'a [usize], Vec<Option<Vec<u8>>>)>,
+) -> Result<Vec<Option<Bytes>>, BackendError> {
+    let mut found: Vec<Option<Bytes>> = vec![None; len];
+    for (indices, answer) in answers {
+        if answer.len() != indices.len() {
+            return Err(BackendError::Unknown(format!(
+                "MGET answered {} values for {} keys",
+                answer.len(),
+                indices.len()
+            )));
+        }
+        for (&index, value) in indices.iter().zip(answer) {
+            found[index] = value.map(Bytes::from);
+        }
+    }
+    Ok(found)
 }
 
 /// `SET key value [PX ttl] [NX]` for one entry.

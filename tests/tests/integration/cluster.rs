@@ -3,7 +3,7 @@
 //! batches that cost one round trip per node, counted by each node.
 
 use serde_json::json;
-use tests::{TestCluster, spawn_app};
+use tests::TestCluster;
 
 /// The seed's sample users (the store is filled with them on first start).
 const SAMPLE: [&str; 3] = [
@@ -13,14 +13,7 @@ const SAMPLE: [&str; 3] = [
 ];
 
 async fn service(cluster: &TestCluster) -> tests::TestApp {
-    let nodes = cluster.config().nodes.join(",");
-    spawn_app(&[
-        ("CACHEMANAGER__CACHE__BACKEND", "redis"),
-        ("CACHEMANAGER__REDIS__MODE", "cluster"),
-        ("CACHEMANAGER__REDIS__NODES", nodes.as_str()),
-        ("REDIS_PASSWORD", cluster.password.as_str()),
-    ])
-    .await
+    tests::spawn_app_on_cluster(cluster, &[]).await
 }
 
 /// A counter of `INFO` on every node (all answer here), per node.
@@ -223,15 +216,9 @@ async fn every_operation_on_a_migrating_slot_succeeds_under_concurrency() {
 async fn the_service_serves_hits_from_its_near_cache_over_a_cluster() {
     let cluster = TestCluster::shared();
     let _turn = cluster.exclusive().await;
-    let nodes = cluster.config().nodes.join(",");
-    let app = spawn_app(&[
-        ("CACHEMANAGER__CACHE__BACKEND", "redis"),
-        ("CACHEMANAGER__REDIS__MODE", "cluster"),
-        ("CACHEMANAGER__REDIS__NODES", nodes.as_str()),
-        ("REDIS_PASSWORD", cluster.password.as_str()),
-        ("CACHEMANAGER__CACHE__NEAR__ENABLED", "true"),
-    ])
-    .await;
+    let app =
+        tests::spawn_app_on_cluster(cluster, &[("CACHEMANAGER__CACHE__NEAR__ENABLED", "true")])
+            .await;
     tests::eventually(
         "the near cache tracks every node",
         std::time::Duration::from_secs(10),

@@ -4,9 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use adapters::backend::{
-    MemoryBackend, NearCache, NearConfig, NoopBackend, RedisBackend, StatusSignal,
-};
+use adapters::backend::{MemoryBackend, NearConfig, NoopBackend, RedisBackend};
 use bytes::Bytes;
 use ports::{BackendError, CacheBackend, Entry, Remaining, SharedBackend};
 use tests::{TestCluster, TestRedis};
@@ -250,23 +248,11 @@ contract_suite!(redis, || async {
 // change a single observable behaviour.
 contract_suite!(near, || async {
     let redis = TestRedis::start().await;
-    let near = NearCache::new(
+    let near = tests::armed_near_cache(
         Arc::new(redis.backend().await),
         &redis.config(),
         &["c:".to_owned()],
         NearConfig::default(),
-        StatusSignal::new(),
-    )
-    .unwrap();
-    let armed = || {
-        let near = near.clone();
-        async move { near.tracking() }
-    };
-    tests::eventually(
-        "tracking armed",
-        Duration::from_secs(5),
-        Duration::from_millis(5),
-        armed,
     )
     .await;
     (Arc::new(near) as SharedBackend, redis)
@@ -352,23 +338,11 @@ contract_suite!(cluster, || async {
 contract_suite!(near_cluster, || async {
     let cluster = TestCluster::shared();
     let prefix = format!("t{}:", uuid::Uuid::new_v4().simple());
-    let near = NearCache::new(
+    let near = tests::armed_near_cache(
         Arc::new(RedisBackend::new(&cluster.config()).unwrap()),
         &cluster.config(),
         std::slice::from_ref(&prefix),
         NearConfig::default(),
-        StatusSignal::new(),
-    )
-    .unwrap();
-    let armed = || {
-        let near = near.clone();
-        async move { near.tracking() }
-    };
-    tests::eventually(
-        "tracking armed on every node",
-        Duration::from_secs(5),
-        Duration::from_millis(5),
-        armed,
     )
     .await;
     let namespaced = Namespaced {

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use adapters::backend::{NearCache, NearConfig, RedisConfig, StatusSignal};
+use adapters::backend::{NearCache, NearConfig, RedisConfig};
 use bytes::Bytes;
 use ports::{CacheBackend, SharedBackend};
 use serde_json::json;
@@ -25,20 +25,7 @@ const BOUND: Duration = Duration::from_secs(5);
 /// proxy in front of it); returned once tracking is armed.
 async fn near_cache(redis: &TestRedis, tracking: &RedisConfig, config: NearConfig) -> NearCache {
     let backend: SharedBackend = Arc::new(redis.backend().await);
-    let near = NearCache::new(
-        backend,
-        tracking,
-        &["n:".to_owned()],
-        config,
-        StatusSignal::new(),
-    )
-    .unwrap();
-    wait_until("tracking is armed", || {
-        let near = near.clone();
-        async move { near.tracking() }
-    })
-    .await;
-    near
+    tests::armed_near_cache(backend, tracking, &["n:".to_owned()], config).await
 }
 
 async fn instance(redis: &TestRedis) -> NearCache {
@@ -264,6 +251,20 @@ async fn racing_readers_and_a_writer_leave_every_instance_agreeing_with_redis() 
     println!("near race: 30 trials, 0 disagreements, {prevented} stale inserts prevented");
 }
 
+/// The ids of the near caches' tracking connections (found by their name,
+/// `cachemanager-near-<pid>`) in a `CLIENT LIST`.
+fn tracking_ids(client_list: &str) -> Vec<String> {
+    client_list
+        .lines()
+        .filter(|line| line.contains(" name=cachemanager-near-"))
+        .filter_map(|line| {
+            line.split(' ')
+                .find_map(|field| field.strip_prefix("id="))
+                .map(str::to_owned)
+        })
+        .collect()
+}
+
 /// The tracking connection's id, found by its name.
 async fn tracking_client_ids(redis: &TestRedis) -> Vec<String> {
     let mut raw = redis.raw().await;
@@ -272,14 +273,7 @@ async fn tracking_client_ids(redis: &TestRedis) -> Vec<String> {
         .query_async(&mut raw)
         .await
         .unwrap();
-    list.lines()
-        .filter(|line| line.contains(" name=cachemanager-near-"))
-        .filter_map(|line| {
-            line.split(' ')
-                .find_map(|field| field.strip_prefix("id="))
-                .map(str::to_owned)
-        })
-        .collect()
+    tracking_ids(&list)
 }
 
 #[tokio::test]
@@ -483,20 +477,13 @@ mod on_a_cluster {
                 .await
                 .unwrap(),
         );
-        let near = NearCache::new(
+        tests::armed_near_cache(
             backend,
             &cluster.config(),
             &[prefix.to_owned()],
             NearConfig::default(),
-            StatusSignal::new(),
         )
-        .unwrap();
-        wait_until("tracking is armed on every node", || {
-            let near = near.clone();
-            async move { near.tracking() }
-        })
-        .await;
-        near
+        .await
     }
 
     fn prefix() -> String {
@@ -552,7 +539,8 @@ mod on_a_cluster {
         assert_eq!(b.counts().flushes_disconnect, 0);
     }
 
-    /// The tracking connections of this process on node `index`, by name.
+    /// The tracking connections of this process's near caches on node
+    /// `index` (the name carries the process id).
     async fn tracking_ids_on(cluster: &TestCluster, index: usize) -> Vec<String> {
         let mut node = cluster.node(index).await;
         let list: String = redis::cmd("CLIENT")
@@ -560,15 +548,13 @@ mod on_a_cluster {
             .query_async(&mut node)
             .await
             .unwrap();
-        let name = format!(" name=cachemanager-near-{}", std::process::id());
-        list.lines()
-            .filter(|line| line.contains(&name))
-            .filter_map(|line| {
-                line.split(' ')
-                    .find_map(|field| field.strip_prefix("id="))
-                    .map(str::to_owned)
-            })
-            .collect()
+        let mine = format!(" name=cachemanager-near-{} ", std::process::id());
+        let list: String = list
+            .lines()
+            .filter(|line| line.contains(&mine))
+            .collect::<Vec<_>>()
+            .join("\n");
+        tracking_ids(&list)
     }
 
     /// One node's tracking connection is killed: the process is emptied,

@@ -148,6 +148,33 @@ fn phase(samples: &[Sample], from: Duration, to: Duration) -> Phase {
     }
 }
 
+/// A markdown table of the phases, one row each.
+fn table(phases: &[(&str, &Phase)]) -> String {
+    let mut table = String::from(
+        "| phase | requests | errors | p50 ms | p99 ms | max ms |\n| --- | ---: | ---: | ---: | ---: | ---: |\n",
+    );
+    for (name, p) in phases {
+        let _ = writeln!(
+            table,
+            "| {name} | {} | {} | {:.2} | {:.2} | {:.1} |",
+            p.requests,
+            p.errors,
+            p.p50.as_secs_f64() * 1e3,
+            p.p99.as_secs_f64() * 1e3,
+            p.max.as_secs_f64() * 1e3
+        );
+    }
+    table
+}
+
+/// Prints what a run measured and keeps it in `target/outage/{name}.md`.
+fn publish(name: &str, report: &str) {
+    println!("\n{report}");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/outage");
+    let _ = std::fs::create_dir_all(&dir);
+    let _ = std::fs::write(dir.join(format!("{name}.md")), report);
+}
+
 async fn keyspace_hits(redis: &TestRedis) -> Option<u64> {
     let client = redis::Client::open(format!(
         "redis://:{}@127.0.0.1:{}",
@@ -301,27 +328,12 @@ async fn run(fault: Fault) {
         (redis_back - fault_start).as_secs_f64(),
         RUN.as_secs_f64()
     );
-    let _ = writeln!(
-        report,
-        "| phase | requests | errors | p50 ms | p99 ms | max ms |"
-    );
-    let _ = writeln!(report, "| --- | ---: | ---: | ---: | ---: | ---: |");
-    for (name, p) in [
+    report.push_str(&table(&[
         ("before", &before),
         ("during", &during),
         ("after", &after),
         ("total", &total),
-    ] {
-        let _ = writeln!(
-            report,
-            "| {name} | {} | {} | {:.2} | {:.2} | {:.1} |",
-            p.requests,
-            p.errors,
-            p.p50.as_secs_f64() * 1e3,
-            p.p99.as_secs_f64() * 1e3,
-            p.max.as_secs_f64() * 1e3
-        );
-    }
+    ]));
     let _ = writeln!(
         report,
         "cache hits resumed {:.2} s after Redis answered; /health: first 503 {} after the fault, {unhealthy_during} of its polls 503 during, 200 again {:.2} s after the run",
@@ -329,10 +341,7 @@ async fn run(fault: Fault) {
         first_503.map_or("never".into(), |d| format!("{:.2} s", d.as_secs_f64())),
         healthy_after.as_secs_f64(),
     );
-    println!("\n{report}");
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/outage");
-    let _ = std::fs::create_dir_all(&dir);
-    let _ = std::fs::write(dir.join(format!("{}.md", fault.name())), &report);
+    publish(fault.name(), &report);
 
     assert_eq!(total.errors, 0, "failed or wrong answers\n{report}");
     assert!(
@@ -377,16 +386,7 @@ async fn a_cluster_master_killed_under_load_fails_no_request() {
     const KILL_AT: Duration = Duration::from_secs(4);
     const CLUSTER_RUN: Duration = Duration::from_secs(16);
     let cluster = TestCluster::shared();
-    let nodes = cluster.config().nodes.join(",");
-    let app = Arc::new(
-        spawn_app(&[
-            ("CACHEMANAGER__CACHE__BACKEND", "redis"),
-            ("CACHEMANAGER__REDIS__MODE", "cluster"),
-            ("CACHEMANAGER__REDIS__NODES", nodes.as_str()),
-            ("REDIS_PASSWORD", cluster.password.as_str()),
-        ])
-        .await,
-    );
+    let app = Arc::new(tests::spawn_app_on_cluster(cluster, &[]).await);
     app.wait_for_health(200).await;
     for n in 0..20 {
         assert!(one_request(&app, n).await, "warm-up request {n} failed");
@@ -468,26 +468,14 @@ async fn a_cluster_master_killed_under_load_fails_no_request() {
     let during = phase(&samples, killed_at, promoted_at);
     let hits_at = hits_at.expect("cache hits never resumed after the promotion");
     let report = format!(
-        "Redis Cluster: master {victim} killed at {:.1} s under {CLIENTS} clients; a replica serves its slots {:.2} s later (cluster-node-timeout 2 s); cache hits counted again {:.2} s after the kill; /health 503 in {unhealthy_until_promoted} samples until the promotion, {unhealthy_after_promoted} after (every 100 ms), 200 again {:.2} s after the load ended\n| phase | requests | errors | p50 ms | p99 ms | max ms |\n| --- | ---: | ---: | ---: | ---: | ---: |\n| until promoted | {} | {} | {:.2} | {:.2} | {:.1} |\n| total | {} | {} | {:.2} | {:.2} | {:.1} |\n",
+        "Redis Cluster: master {victim} killed at {:.1} s under {CLIENTS} clients; a replica serves its slots {:.2} s later (cluster-node-timeout 2 s); cache hits counted again {:.2} s after the kill; /health 503 in {unhealthy_until_promoted} samples until the promotion, {unhealthy_after_promoted} after (every 100 ms), 200 again {:.2} s after the load ended\n{}",
         killed_at.as_secs_f64(),
         (promoted_at - killed_at).as_secs_f64(),
         (hits_at - killed_at).as_secs_f64(),
         healthy_after.as_secs_f64(),
-        during.requests,
-        during.errors,
-        during.p50.as_secs_f64() * 1e3,
-        during.p99.as_secs_f64() * 1e3,
-        during.max.as_secs_f64() * 1e3,
-        total.requests,
-        total.errors,
-        total.p50.as_secs_f64() * 1e3,
-        total.p99.as_secs_f64() * 1e3,
-        total.max.as_secs_f64() * 1e3,
+        table(&[("until promoted", &during), ("total", &total)]),
     );
-    println!("\n{report}");
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/outage");
-    let _ = std::fs::create_dir_all(&dir);
-    let _ = std::fs::write(dir.join("cluster-failover.md"), &report);
+    publish("cluster-failover", &report);
     assert_eq!(total.errors, 0, "failed or wrong answers\n{report}");
     assert!(
         hits_at.saturating_sub(promoted_at) < Duration::from_secs(6),
@@ -554,16 +542,7 @@ async fn slots_resharded_under_load_fail_no_request_and_no_cache_operation() {
         },
     )
     .await;
-    let nodes = cluster.config().nodes.join(",");
-    let app = Arc::new(
-        spawn_app(&[
-            ("CACHEMANAGER__CACHE__BACKEND", "redis"),
-            ("CACHEMANAGER__REDIS__MODE", "cluster"),
-            ("CACHEMANAGER__REDIS__NODES", nodes.as_str()),
-            ("REDIS_PASSWORD", cluster.password.as_str()),
-        ])
-        .await,
-    );
+    let app = Arc::new(tests::spawn_app_on_cluster(cluster, &[]).await);
     app.wait_for_health(200).await;
     for n in 0..20 {
         assert!(one_request(&app, n).await, "warm-up request {n} failed");
@@ -645,28 +624,16 @@ async fn slots_resharded_under_load_fail_no_request_and_no_cache_operation() {
         RESHARD_RUN + Duration::from_secs(60),
     );
     let report = format!(
-        "Redis Cluster resharding under {CLIENTS} clients: {} slots ({moved_keys} keys) moved from master {source} to master {target} between {:.1} s and {:.1} s (importing/migrating {:.1} s, keys migrated, then {:.1} s of ASK, then SETSLOT NODE); failed backend operations: {failures} {failed:?}; hits on the new owner after the move: {}\n| phase | requests | errors | p50 ms | p99 ms | max ms |\n| --- | ---: | ---: | ---: | ---: | ---: |\n| while moving | {} | {} | {:.2} | {:.2} | {:.1} |\n| total | {} | {} | {:.2} | {:.2} | {:.1} |\n",
+        "Redis Cluster resharding under {CLIENTS} clients: {} slots ({moved_keys} keys) moved from master {source} to master {target} between {:.1} s and {:.1} s (importing/migrating {:.1} s, keys migrated, then {:.1} s of ASK, then SETSLOT NODE); failed backend operations: {failures} {failed:?}; hits on the new owner after the move: {}\n{}",
         slots.len(),
         moving_at.as_secs_f64(),
         moved_at.as_secs_f64(),
         STAGE.as_secs_f64(),
         STAGE.as_secs_f64(),
         hits_after - hits_at_move,
-        during.requests,
-        during.errors,
-        during.p50.as_secs_f64() * 1e3,
-        during.p99.as_secs_f64() * 1e3,
-        during.max.as_secs_f64() * 1e3,
-        total.requests,
-        total.errors,
-        total.p50.as_secs_f64() * 1e3,
-        total.p99.as_secs_f64() * 1e3,
-        total.max.as_secs_f64() * 1e3,
+        table(&[("while moving", &during), ("total", &total)]),
     );
-    println!("\n{report}");
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/outage");
-    let _ = std::fs::create_dir_all(&dir);
-    let _ = std::fs::write(dir.join("cluster-reshard.md"), &report);
+    publish("cluster-reshard", &report);
     assert!(
         moved_keys > 0,
         "the moved slots held the service's keys\n{report}"
@@ -785,22 +752,10 @@ async fn a_rolling_restart_of_three_instances_behind_a_load_balancer_loses_no_re
     }
     let _ = write!(
         report,
-        "requests served by each new instance afterwards: {served:?}\n| phase | requests | errors | p50 ms | p99 ms | max ms |\n| --- | ---: | ---: | ---: | ---: | ---: |\n| while restarting | {} | {} | {:.2} | {:.2} | {:.1} |\n| total | {} | {} | {:.2} | {:.2} | {:.1} |\n",
-        during.requests,
-        during.errors,
-        during.p50.as_secs_f64() * 1e3,
-        during.p99.as_secs_f64() * 1e3,
-        during.max.as_secs_f64() * 1e3,
-        total.requests,
-        total.errors,
-        total.p50.as_secs_f64() * 1e3,
-        total.p99.as_secs_f64() * 1e3,
-        total.max.as_secs_f64() * 1e3,
+        "requests served by each new instance afterwards: {served:?}\n{}",
+        table(&[("while restarting", &during), ("total", &total)]),
     );
-    println!("\n{report}");
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/outage");
-    let _ = std::fs::create_dir_all(&dir);
-    let _ = std::fs::write(dir.join("rolling-restart.md"), &report);
+    publish("rolling-restart", &report);
     assert_eq!(total.errors, 0, "failed or wrong answers\n{report}");
     assert!(
         served.iter().all(|&n| n > 0),
