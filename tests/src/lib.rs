@@ -158,6 +158,17 @@ where
     }
 }
 
+/// A Redis backend for `config` (one server or a cluster), connected.
+///
+/// # Panics
+/// When it cannot connect.
+pub async fn connected_backend(config: &RedisConfig) -> RedisBackend {
+    match RedisBackend::connect(config).await {
+        Ok(backend) => backend,
+        Err(error) => panic!("cannot connect to the test Redis: {error}"),
+    }
+}
+
 /// A near cache over `inner` tracking `prefixes` with invalidations from the
 /// Redis (or cluster) `tracking` describes; returned once tracking is armed
 /// (on every node of a cluster).
@@ -296,22 +307,18 @@ impl TestRedis {
 
     /// A connected Redis backend.
     pub async fn backend(&self) -> RedisBackend {
-        match RedisBackend::connect(&self.config()).await {
-            Ok(backend) => backend,
-            Err(error) => panic!("cannot connect to the test Redis: {error}"),
-        }
+        connected_backend(&self.config()).await
     }
 
     /// A connected Redis backend whose operations are cut at `op_timeout`.
     pub async fn shared_backend(&self, op_timeout: Duration) -> SharedBackend {
-        let config = RedisConfig {
-            operation_timeout: op_timeout,
-            ..self.config()
-        };
-        match RedisBackend::connect(&config).await {
-            Ok(backend) => Arc::new(backend),
-            Err(error) => panic!("cannot connect to the test Redis: {error}"),
-        }
+        Arc::new(
+            connected_backend(&RedisConfig {
+                operation_timeout: op_timeout,
+                ..self.config()
+            })
+            .await,
+        )
     }
 
     /// `127.0.0.1:{port}`, for a proxy in front of it.

@@ -640,12 +640,13 @@ impl RedisBackend {
     /// Cluster: the slot map, loaded if none is held and a load may start
     /// (see [`Slots`]); `None` on one server, or when it cannot be had now.
     async fn slot_map(&self) -> Option<Arc<SlotMap>> {
-        let Link::Cluster(mut connection) = self.connection() else {
-            return None;
-        };
+        // Held only on a cluster: the common case costs one read lock.
         if let Some(map) = self.shared.slots.current() {
             return Some(map);
         }
+        let Link::Cluster(mut connection) = self.connection() else {
+            return None;
+        };
         if !self.shared.slots.may_load() {
             return None;
         }

@@ -123,11 +123,7 @@ async fn every_operation_on_a_migrating_slot_succeeds_under_concurrency() {
     // Keys of one slot (a hash tag), some written before the migration.
     let key = |n: usize| format!("user:{{migrating}}:{n}");
     let slot = cluster.slot(&key(0)).await;
-    let backend = std::sync::Arc::new(
-        adapters::backend::RedisBackend::connect(&cluster.config())
-            .await
-            .unwrap(),
-    );
+    let backend = std::sync::Arc::new(tests::connected_backend(&cluster.config()).await);
     for n in 0..32 {
         backend
             .set(&key(n), bytes::Bytes::from(format!("v{n}")), None)

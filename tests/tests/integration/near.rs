@@ -472,11 +472,7 @@ mod on_a_cluster {
     /// A near cache over its own cluster backend, tracking `prefix`;
     /// returned once tracking is armed on every node.
     async fn instance(cluster: &TestCluster, prefix: &str) -> NearCache {
-        let backend: SharedBackend = Arc::new(
-            adapters::backend::RedisBackend::connect(&cluster.config())
-                .await
-                .unwrap(),
-        );
+        let backend: SharedBackend = Arc::new(tests::connected_backend(&cluster.config()).await);
         tests::armed_near_cache(
             backend,
             &cluster.config(),

@@ -52,22 +52,18 @@ impl Target {
 
     /// A connected Redis backend.
     async fn backend(&self) -> RedisBackend {
-        match RedisBackend::connect(&self.config()).await {
-            Ok(backend) => backend,
-            Err(error) => panic!("cannot connect to the test Redis: {error}"),
-        }
+        tests::connected_backend(&self.config()).await
     }
 
     /// A connected Redis backend whose operations are cut at `op_timeout`.
     async fn shared_backend(&self, op_timeout: Duration) -> SharedBackend {
-        let config = RedisConfig {
-            operation_timeout: op_timeout,
-            ..self.config()
-        };
-        match RedisBackend::connect(&config).await {
-            Ok(backend) => Arc::new(backend),
-            Err(error) => panic!("cannot connect to the test Redis: {error}"),
-        }
+        Arc::new(
+            tests::connected_backend(&RedisConfig {
+                operation_timeout: op_timeout,
+                ..self.config()
+            })
+            .await,
+        )
     }
 
     /// A raw connection, to read and write keys as another client would.
