@@ -20,8 +20,8 @@ use adapters::users::StoreConfig;
 use adapters::{Secret, serde_ms};
 use config::{Config, Environment, File, FileFormat};
 use ports::{
-    CachePolicy, DEFAULT_LOAD_TIMEOUT, DEFAULT_MAX_VALUE_BYTES, DEFAULT_TTL_JITTER,
-    DEFAULT_WRITE_FENCE, Ttl,
+    CachePolicy, DEFAULT_DECODE_MEMO_ENTRIES, DEFAULT_LOAD_TIMEOUT, DEFAULT_MAX_VALUE_BYTES,
+    DEFAULT_TTL_JITTER, DEFAULT_WRITE_FENCE, Ttl,
 };
 use serde::{Deserialize, Deserializer};
 use thiserror::Error;
@@ -279,6 +279,9 @@ pub struct CacheSettings {
     /// put the old record back. Longer than a load may take.
     #[serde(rename = "write_fence_ms", deserialize_with = "serde_ms::positive")]
     write_fence: Duration,
+    /// How many decoded user records are remembered beside their bytes, so
+    /// a hit on the same bytes skips the decode (0: none).
+    decode_memo_entries: usize,
     /// The circuit breaker over Redis.
     pub breaker: BreakerConfig,
     /// The near cache over Redis (off by default).
@@ -298,6 +301,7 @@ impl Default for CacheSettings {
             single_flight: true,
             load_timeout: DEFAULT_LOAD_TIMEOUT,
             write_fence: DEFAULT_WRITE_FENCE,
+            decode_memo_entries: DEFAULT_DECODE_MEMO_ENTRIES,
             breaker: BreakerConfig::default(),
             near: NearConfig::default(),
         }
@@ -317,7 +321,8 @@ impl CacheSettings {
             .with_ttl_jitter(self.ttl_jitter)
             .with_single_flight(self.single_flight)
             .with_load_timeout(self.load_timeout)
-            .with_write_fence(self.write_fence);
+            .with_write_fence(self.write_fence)
+            .with_decode_memo_entries(self.decode_memo_entries);
         for (namespace, secs) in &self.negative_ttl_secs {
             policy = policy.with_negative_ttl_override(namespace.clone(), Ttl::from_secs(*secs));
         }

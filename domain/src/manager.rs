@@ -82,8 +82,12 @@ impl CacheManager {
             }
         };
         Self {
+            // The record is the one value whose decode costs more than a
+            // clone (JSON, every part validated): a hit on bytes decoded
+            // before skips it.
             records: typed::<UserRecords>(&backend, policy, timer)
-                .with_companions(Arc::new(mappings)),
+                .with_companions(Arc::new(mappings))
+                .with_decode_memo(policy.decode_memo_entries()),
             uuid_to_id,
             id_to_uuid,
             backend,

@@ -21,6 +21,7 @@ mod key;
 mod limiter;
 mod load;
 mod managed;
+mod memo;
 mod policy;
 mod redact;
 #[cfg(any(test, feature = "mocks"))]
@@ -38,8 +39,8 @@ pub use limiter::LogLimiter;
 pub use load::{CacheEvent, CacheObserver, LoadError, Timer};
 pub use managed::{CacheInfo, ManagedCache};
 pub use policy::{
-    CachePolicy, DEFAULT_LOAD_TIMEOUT, DEFAULT_MAX_VALUE_BYTES, DEFAULT_TTL_JITTER,
-    DEFAULT_WRITE_FENCE, Ttl,
+    CachePolicy, DEFAULT_DECODE_MEMO_ENTRIES, DEFAULT_LOAD_TIMEOUT, DEFAULT_MAX_VALUE_BYTES,
+    DEFAULT_TTL_JITTER, DEFAULT_WRITE_FENCE, Ttl,
 };
 pub use redact::{LoggedKey, show_keys_in_logs};
 pub use typed::{CacheDefinition, Companions, LOG_WINDOW, MAX_BATCH, TypedCache, WRITE_FENCE};

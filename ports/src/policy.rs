@@ -46,6 +46,7 @@ pub struct CachePolicy {
     single_flight: bool,
     load_timeout: Duration,
     write_fence: Duration,
+    decode_memo_entries: usize,
 }
 
 /// Each write's TTL is shortened by a random amount of up to this fraction.
@@ -55,6 +56,9 @@ pub const DEFAULT_LOAD_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a write fence holds a key (see [`crate::TypedCache::fence`]):
 /// the load bound, and a second more for the fill that follows a load.
 pub const DEFAULT_WRITE_FENCE: Duration = Duration::from_secs(6);
+/// How many decoded values a cache that asks for a memo keeps by their
+/// bytes (see [`crate::TypedCache::with_decode_memo`]).
+pub const DEFAULT_DECODE_MEMO_ENTRIES: usize = 1024;
 
 impl Default for CachePolicy {
     fn default() -> Self {
@@ -67,6 +71,7 @@ impl Default for CachePolicy {
             single_flight: true,
             load_timeout: DEFAULT_LOAD_TIMEOUT,
             write_fence: DEFAULT_WRITE_FENCE,
+            decode_memo_entries: DEFAULT_DECODE_MEMO_ENTRIES,
         }
     }
 }
@@ -158,6 +163,18 @@ impl CachePolicy {
     /// How long a write fence holds a key.
     pub fn write_fence(&self) -> Duration {
         self.write_fence
+    }
+
+    /// The same policy with another size of decode memo (0: none).
+    pub fn with_decode_memo_entries(mut self, entries: usize) -> Self {
+        self.decode_memo_entries = entries;
+        self
+    }
+
+    /// How many decoded values a cache that asks for a memo keeps by their
+    /// bytes (see [`crate::TypedCache::with_decode_memo`]).
+    pub fn decode_memo_entries(&self) -> usize {
+        self.decode_memo_entries
     }
 
     /// The TTL for the cache `namespace`, whose definition asks for `declared`.

@@ -14,6 +14,7 @@ use crate::error::CacheError;
 use crate::key::{CacheKey, full_key};
 use crate::limiter::LogLimiter;
 use crate::load::{CacheEvent, CacheObserver, Flights, Negatives, Timer};
+use crate::memo::DecodeMemo;
 use crate::policy::{CachePolicy, DEFAULT_MAX_VALUE_BYTES, Ttl};
 use crate::redact::LoggedKey;
 
@@ -153,6 +154,8 @@ pub struct TypedCache<D: CacheDefinition> {
     pending: Arc<PendingFences>,
     observer: Option<Arc<dyn CacheObserver>>,
     companions: Option<Companions<D::Value>>,
+    /// Values decoded lately, by their bytes (see [`TypedCache::with_decode_memo`]).
+    memo: Option<Arc<DecodeMemo<D::Value>>>,
     _definition: PhantomData<fn() -> D>,
 }
 
@@ -172,6 +175,7 @@ impl<D: CacheDefinition> Clone for TypedCache<D> {
             pending: self.pending.clone(),
             observer: self.observer.clone(),
             companions: self.companions.clone(),
+            memo: self.memo.clone(),
             _definition: PhantomData,
         }
     }
@@ -207,6 +211,7 @@ impl<D: CacheDefinition> TypedCache<D> {
             pending: Arc::default(),
             observer: None,
             companions: None,
+            memo: None,
             _definition: PhantomData,
         }
     }
@@ -276,6 +281,22 @@ impl<D: CacheDefinition> TypedCache<D> {
     /// (`None`: never).
     pub fn with_negative_ttl(mut self, ttl: Option<Duration>) -> Self {
         self.loading.negative_ttl = ttl.filter(|t| !t.is_zero());
+        self
+    }
+
+    /// The same cache remembering the values it decoded lately, each beside
+    /// the bytes it came from, in `entries` slots (0: none): a read that gets
+    /// the very same bytes again (compared in full) takes a clone of the
+    /// value instead of decoding them. Worth it where decoding costs more
+    /// than a clone (a JSON record: parse and validate every part), not for
+    /// an integer; memory is bounded by `entries` times the largest entry.
+    /// Outcomes do not change: the backend still decides on every read which
+    /// bytes a key holds, and bytes that do not decode are never remembered.
+    pub fn with_decode_memo(mut self, entries: usize) -> Self
+    where
+        D::Value: Clone,
+    {
+        self.memo = DecodeMemo::new(entries).map(Arc::new);
         self
     }
 
@@ -764,8 +785,14 @@ impl<D: CacheDefinition> TypedCache<D> {
     }
 
     async fn decode_or_invalidate(&self, key: &str, raw: Bytes) -> Option<D::Value> {
+        if let Some(value) = self.memo.as_ref().and_then(|memo| memo.get(&raw)) {
+            return Some(value);
+        }
         match D::Codec::decode(&raw) {
-            Ok(value) => Some(value),
+            Ok(value) => Some(match &self.memo {
+                Some(memo) => memo.remember(raw, value),
+                None => value,
+            }),
             Err(error) => {
                 tracing::warn!(namespace = D::NAMESPACE, key = %LoggedKey(key), %error, len = raw.len(), "corrupt cache entry; invalidating");
                 self.observe(CacheEvent::CorruptRemoved);
@@ -961,6 +988,63 @@ mod tests {
             .times(1)
             .returning(|_, _| Err(down()));
         assert_eq!(cache(mock).get(&1).await, None);
+    }
+
+    // --- the decode memo -----------------------------------------------------
+
+    /// Text, counting its decodes.
+    struct CountingCodec;
+    static DECODES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    impl Codec<i64> for CountingCodec {
+        fn encode(value: &i64) -> Result<Bytes, CodecError> {
+            TextCodec::encode(value)
+        }
+        fn decode(bytes: &[u8]) -> Result<i64, CodecError> {
+            DECODES.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            TextCodec::decode(bytes)
+        }
+    }
+    struct CountedCache;
+    impl CacheDefinition for CountedCache {
+        type Key = i64;
+        type Value = i64;
+        type Codec = CountingCodec;
+        const NAMESPACE: &'static str = "test:counted";
+    }
+
+    #[tokio::test]
+    async fn the_decode_memo_decodes_equal_bytes_once_and_changed_or_corrupt_bytes_every_time() {
+        let answers = Arc::new(std::sync::Mutex::new(
+            ["42", "42", "42", "43", "bad", "bad", "42"]
+                .map(|s| s.to_owned())
+                .to_vec(),
+        ));
+        let mut mock = MockCacheBackend::new();
+        let next = answers.clone();
+        mock.expect_get()
+            .times(7)
+            // A fresh buffer each time, as a network read gives.
+            .returning(move |_| Ok(Some(Bytes::from(next.lock().unwrap().remove(0)))));
+        mock.expect_compare_and_delete()
+            .withf(|_, expected| expected == b"bad")
+            .times(2)
+            .returning(|_, _| Ok(true));
+        let cache = TypedCache::<CountedCache>::new(Arc::new(mock)).with_decode_memo(16);
+        let before = DECODES.load(std::sync::atomic::Ordering::SeqCst);
+        let mut read = Vec::new();
+        for _ in 0..7 {
+            read.push(cache.get(&1).await);
+        }
+        assert_eq!(
+            read,
+            [Some(42), Some(42), Some(42), Some(43), None, None, Some(42)]
+        );
+        // "42" once, "43" once, "bad" twice (never remembered), "42" again
+        // from the memo.
+        assert_eq!(
+            DECODES.load(std::sync::atomic::Ordering::SeqCst) - before,
+            4
+        );
     }
 
     // --- set -----------------------------------------------------------------

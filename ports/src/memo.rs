@@ -1,0 +1,118 @@
+//! Decoded values, remembered by the bytes they came from.
+
+use std::hash::BuildHasher as _;
+use std::sync::{Mutex, MutexGuard};
+
+use bytes::Bytes;
+
+/// The values a typed cache decoded lately, each beside the bytes it came
+/// from. A read whose bytes are equal to a remembered entry's (compared in
+/// full, so a value is only ever reused for exactly the bytes it was decoded
+/// from) takes a clone of the value instead of decoding again. On a hit
+/// served from memory (the in-memory backend, the near cache) the decode of
+/// a JSON record (parse, then validation of every part) was the largest cost
+/// of the whole request above the HTTP work (docs/PERFORMANCE.md).
+///
+/// It changes no outcome: which bytes a key holds is still the backend's
+/// answer on every read (expiry, invalidation and writes are all the
+/// backend's), and decoding is a pure function of the bytes; bytes that do
+/// not decode are never remembered, so a corrupt entry is still found and
+/// removed on every read.
+///
+/// Direct-mapped: a fixed number of slots, each set of bytes' slot given by
+/// its hash; a newer value replaces whatever shared its slot. Memory is
+/// bounded by the slots times the largest entry.
+pub(crate) struct DecodeMemo<V> {
+    slots: Box<[Slot<V>]>,
+    mask: usize,
+    hasher: foldhash::fast::FixedState,
+    clone: fn(&V) -> V,
+}
+
+/// One slot: the bytes last decoded there, and what they decoded to.
+type Slot<V> = Mutex<Option<(Bytes, V)>>;
+
+impl<V> DecodeMemo<V> {
+    /// A memo of `entries` slots (rounded up to a power of two); `None` for 0.
+    pub(crate) fn new(entries: usize) -> Option<Self>
+    where
+        V: Clone,
+    {
+        if entries == 0 {
+            return None;
+        }
+        let size = entries.next_power_of_two();
+        Some(Self {
+            slots: (0..size).map(|_| Mutex::new(None)).collect(),
+            mask: size - 1,
+            hasher: foldhash::fast::FixedState::with_seed(fastrand::u64(..)),
+            clone: V::clone,
+        })
+    }
+
+    fn slot(&self, bytes: &[u8]) -> MutexGuard<'_, Option<(Bytes, V)>> {
+        // The mask keeps the index in bounds.
+        #[allow(clippy::cast_possible_truncation)]
+        let index = (self.hasher.hash_one(bytes) as usize) & self.mask;
+        self.slots[index]
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The value decoded from these very bytes, if remembered.
+    pub(crate) fn get(&self, bytes: &[u8]) -> Option<V> {
+        match &*self.slot(bytes) {
+            Some((seen, value)) if seen.as_ref() == bytes => Some((self.clone)(value)),
+            _ => None,
+        }
+    }
+
+    /// Remembers that `bytes` decode to `value`, and returns the value.
+    pub(crate) fn remember(&self, bytes: Bytes, value: V) -> V {
+        let copy = (self.clone)(&value);
+        let old = self.slot(&bytes).replace((bytes, copy));
+        // Dropped outside the lock.
+        drop(old);
+        value
+    }
+
+    /// How many slots it has.
+    #[cfg(test)]
+    fn capacity(&self) -> usize {
+        self.slots.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_value_is_reused_only_for_equal_bytes() {
+        let memo = DecodeMemo::<String>::new(8).expect("slots");
+        assert_eq!(memo.get(b"{\"a\":1}"), None);
+        memo.remember(Bytes::from_static(b"{\"a\":1}"), "one".into());
+        // Equal bytes in another buffer (as a network read gives them).
+        let again = Bytes::from(b"{\"a\":1}".to_vec());
+        assert_eq!(memo.get(&again), Some("one".into()));
+        assert_eq!(memo.get(b"{\"a\":2}"), None);
+    }
+
+    #[test]
+    fn a_newer_value_replaces_the_one_in_its_slot() {
+        let memo = DecodeMemo::<u32>::new(1).expect("a slot");
+        memo.remember(Bytes::from_static(b"1"), 1);
+        memo.remember(Bytes::from_static(b"2"), 2);
+        assert_eq!(memo.get(b"1"), None);
+        assert_eq!(memo.get(b"2"), Some(2));
+    }
+
+    #[test]
+    fn zero_entries_is_no_memo_and_sizes_round_up() {
+        assert!(DecodeMemo::<u32>::new(0).is_none());
+        assert_eq!(
+            DecodeMemo::<u32>::new(1000).map(|m| m.capacity()),
+            Some(1024)
+        );
+    }
+}
