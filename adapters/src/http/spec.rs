@@ -18,6 +18,8 @@ struct RouteInfo {
     template: std::sync::Arc<str>,
     /// The template's segments; `None` for a parameter.
     segments: Vec<Option<String>>,
+    /// How many segments are literal (the most specific route wins).
+    literals: usize,
     methods: Vec<Method>,
 }
 
@@ -31,8 +33,16 @@ impl RouteTable {
     /// The route a path belongs to: literal segments win over parameters,
     /// as the router decides.
     fn find(&self, path: &str) -> Option<&RouteInfo> {
-        let path = path.trim_end_matches('/');
-        let count = path.split('/').count();
+        /// More segments than any route has (a longer path matches none).
+        const MOST: usize = 16;
+        // The path split once (it is looked up on every request).
+        let mut parts = [""; MOST];
+        let mut count = 0;
+        for part in path.trim_end_matches('/').split('/') {
+            *parts.get_mut(count)? = part;
+            count += 1;
+        }
+        let parts = &parts[..count];
         self.routes
             .iter()
             .filter(|route| {
@@ -40,10 +50,10 @@ impl RouteTable {
                     && route
                         .segments
                         .iter()
-                        .zip(path.split('/'))
-                        .all(|(segment, part)| segment.as_deref().is_none_or(|s| s == part))
+                        .zip(parts)
+                        .all(|(segment, part)| segment.as_deref().is_none_or(|s| s == *part))
             })
-            .max_by_key(|route| route.segments.iter().filter(|s| s.is_some()).count())
+            .max_by_key(|route| route.literals)
     }
 
     /// The template of the route `path` belongs to (`/users/{uuid}`), or
@@ -104,13 +114,14 @@ pub fn complete(generated: &str) -> Result<(String, RouteTable), serde_json::Err
                     add_guard_responses(responses, has_body);
                 }
             }
-            let segments = template
+            let segments: Vec<Option<String>> = template
                 .trim_end_matches('/')
                 .split('/')
                 .map(|s| (!s.starts_with('{')).then(|| s.to_owned()))
                 .collect();
             table.routes.push(RouteInfo {
                 template: std::sync::Arc::from(template.as_str()),
+                literals: segments.iter().filter(|s| s.is_some()).count(),
                 segments,
                 methods,
             });
@@ -215,6 +226,8 @@ mod tests {
         );
         assert_eq!(table.template("/users/lookup"), Some("/users/lookup"));
         assert_eq!(table.template("/nowhere/at/all"), None);
+        assert_eq!(table.template("/users/"), Some("/users"));
+        assert_eq!(table.template(&"/users".repeat(40)), None);
         let root = complete(&json!({"paths": {"/": {"get": {}}}}).to_string())
             .unwrap()
             .1;

@@ -7,8 +7,12 @@ use domain::{
     Email, MAX_LOOKUP, Name, NewUser, Page, User, UserChanges, UserCommands, UserError, UserId,
     UserQueries, UserUuid, ValidationError, Version,
 };
+use poem::http::HeaderValue;
+use poem::http::header::{CACHE_CONTROL, CONTENT_TYPE, ETAG};
+use poem::{IntoResponse, Response};
 use poem_openapi::param::{Header, Path, Query};
-use poem_openapi::payload::Json;
+use poem_openapi::payload::{Json, Payload};
+use poem_openapi::registry::{MetaSchemaRef, Registry};
 use poem_openapi::types::Example;
 use poem_openapi::{ApiResponse, Object, OpenApi, Tags};
 
@@ -38,6 +42,74 @@ pub struct UserDto {
     pub last_name: String,
     /// E-mail address.
     pub email: String,
+}
+
+impl UserDto {
+    /// The same JSON as its `Serialize` (a test holds them equal), written
+    /// by hand for the hit path: serde_json checks every byte of every
+    /// string against its escape table one at a time, while names and
+    /// addresses almost never need an escape (about 1,000 instructions of a
+    /// hit's; docs/PERFORMANCE.md, "Profiles").
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(
+            96 + self.first_name.len() + self.last_name.len() + self.email.len(),
+        );
+        out.extend_from_slice(b"{\"uuid\":\"");
+        out.extend_from_slice(
+            self.uuid
+                .hyphenated()
+                .encode_lower(&mut Uuid::encode_buffer())
+                .as_bytes(),
+        );
+        out.extend_from_slice(b"\",\"first_name\":");
+        json_string(&mut out, &self.first_name);
+        out.extend_from_slice(b",\"last_name\":");
+        json_string(&mut out, &self.last_name);
+        out.extend_from_slice(b",\"email\":");
+        json_string(&mut out, &self.email);
+        out.push(b'}');
+        out
+    }
+}
+
+/// `text` as a JSON string: copied whole when nothing in it needs an
+/// escape, else written by serde_json.
+fn json_string(out: &mut Vec<u8>, text: &str) {
+    if !needs_escape(text.as_bytes()) {
+        out.push(b'"');
+        out.extend_from_slice(text.as_bytes());
+        out.push(b'"');
+    } else if serde_json::to_writer(&mut *out, text).is_err() {
+        // Writing a string into a Vec cannot fail; never reached.
+        out.extend_from_slice(b"\"\"");
+    }
+}
+
+/// Whether any byte is a control character, `"` or `\\` (what a JSON string
+/// must escape), eight bytes at a time: each test below is exact for "any
+/// byte of the word" (a borrow can only spill past a byte that already
+/// matched).
+fn needs_escape(bytes: &[u8]) -> bool {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    let any_zero = |word: u64| word.wrapping_sub(ONES) & !word & HIGHS != 0;
+    let mut chunks = bytes.chunks_exact(8);
+    for chunk in &mut chunks {
+        let mut word = [0; 8];
+        word.copy_from_slice(chunk);
+        let word = u64::from_le_bytes(word);
+        let below_space = word.wrapping_sub(ONES * 0x20) & !word & HIGHS != 0;
+        if below_space
+            || any_zero(word ^ (ONES * u64::from(b'"')))
+            || any_zero(word ^ (ONES * u64::from(b'\\')))
+        {
+            return true;
+        }
+    }
+    chunks
+        .remainder()
+        .iter()
+        .any(|&b| b < 0x20 || b == b'"' || b == b'\\')
 }
 
 impl From<User> for UserDto {
@@ -166,6 +238,56 @@ fn etag(version: Version) -> String {
     format!("\"{version}\"")
 }
 
+/// The same entity tag as a header value, written without a format.
+fn etag_value(version: Version) -> HeaderValue {
+    let mut digits = itoa::Buffer::new();
+    let digits = digits.format(version.get());
+    let mut tag = Vec::with_capacity(digits.len() + 2);
+    tag.push(b'"');
+    tag.extend_from_slice(digits.as_bytes());
+    tag.push(b'"');
+    // Digits between quotes: always a valid header value.
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(tag))
+        .unwrap_or_else(|_| HeaderValue::from_static("\"0\""))
+}
+
+/// A user's body with its `ETag` and `Cache-Control`, set by their typed
+/// names: poem-openapi's header fields (`#[oai(header = ...)]`) parse each
+/// header's name and value on every response, about 1,500 instructions of a
+/// hit's (docs/PERFORMANCE.md, "Profiles"). The headers are documented on
+/// the response variant, so the spec is the same.
+pub struct TaggedUser {
+    body: UserDto,
+    version: Version,
+    cache_control: Option<HeaderValue>,
+}
+
+impl Payload for TaggedUser {
+    const CONTENT_TYPE: &'static str = <JsonBody<UserDto> as Payload>::CONTENT_TYPE;
+
+    fn schema_ref() -> MetaSchemaRef {
+        <JsonBody<UserDto> as Payload>::schema_ref()
+    }
+
+    fn register(registry: &mut Registry) {
+        <JsonBody<UserDto> as Payload>::register(registry);
+    }
+}
+
+impl IntoResponse for TaggedUser {
+    fn into_response(self) -> Response {
+        let mut response = Response::builder()
+            .header(CONTENT_TYPE, <JsonBody<UserDto> as Payload>::CONTENT_TYPE)
+            .body(self.body.to_json());
+        let headers = response.headers_mut();
+        headers.insert(ETAG, etag_value(self.version));
+        if let Some(cache_control) = self.cache_control {
+            headers.insert(CACHE_CONTROL, cache_control);
+        }
+        response
+    }
+}
+
 /// How a header's weak tags compare (RFC 9110, 8.8.3.2): weakly for
 /// `If-None-Match`, strongly for `If-Match`, where a weak tag matches nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -238,16 +360,20 @@ enum ListResponse {
 #[oai(bad_request_handler = "bad_request")]
 enum GetResponse {
     /// The user, with its entity tag.
-    #[oai(status = 200)]
-    Ok(
-        JsonBody<UserDto>,
-        /// The user's version, for `If-None-Match` and `If-Match`.
-        #[oai(header = "ETag")]
-        String,
-        /// How clients and proxies may keep it (`http.cache_control`).
-        #[oai(header = "Cache-Control")]
-        String,
-    ),
+    #[oai(
+        status = 200,
+        header(
+            name = "ETag",
+            ty = "String",
+            description = "The user's version, for `If-None-Match` and `If-Match`."
+        ),
+        header(
+            name = "Cache-Control",
+            ty = "String",
+            description = "How clients and proxies may keep it (`http.cache_control`)."
+        )
+    )]
+    Ok(TaggedUser),
     /// `If-None-Match` names the current version: the client's copy is current.
     #[oai(status = 304)]
     NotModified(
@@ -453,6 +579,8 @@ pub struct UsersApi<Q, C> {
     queries: Arc<Q>,
     commands: Arc<C>,
     cache_control: String,
+    /// The same, parsed once (`None` if it cannot be a header value).
+    cache_control_value: Option<HeaderValue>,
 }
 
 impl<Q, C> UsersApi<Q, C> {
@@ -462,6 +590,7 @@ impl<Q, C> UsersApi<Q, C> {
         Self {
             queries,
             commands,
+            cache_control_value: HeaderValue::from_str(&cache_control).ok(),
             cache_control,
         }
     }
@@ -609,11 +738,11 @@ impl<Q: UserQueries, C: UserCommands> UsersApi<Q, C> {
                 if current {
                     GetResponse::NotModified(etag(version), self.cache_control.clone())
                 } else {
-                    GetResponse::Ok(
-                        JsonBody(UserDto::from(user)),
-                        etag(version),
-                        self.cache_control.clone(),
-                    )
+                    GetResponse::Ok(TaggedUser {
+                        body: UserDto::from(user),
+                        version,
+                        cache_control: self.cache_control_value.clone(),
+                    })
                 }
             }
             Err(error) => match Failure::from(error) {
@@ -857,6 +986,48 @@ mod unit {
         assert_eq!(if_match(Some("*")), None);
         assert_eq!(if_match(None), None);
         assert_eq!(etag(Version::new(7)), "\"7\"");
+        assert_eq!(etag_value(Version::new(1234)), "\"1234\"");
+    }
+
+    #[test]
+    fn needs_escape_finds_every_escaped_byte_at_every_place_of_a_word() {
+        for len in [1, 7, 8, 9, 17] {
+            for place in 0..len {
+                for byte in 0..=255u8 {
+                    let mut text = vec![b'a'; len];
+                    text[place] = byte;
+                    let expected = byte < 0x20 || byte == b'"' || byte == b'\\';
+                    assert_eq!(
+                        needs_escape(&text),
+                        expected,
+                        "{byte:#x} at {place} of {len}"
+                    );
+                }
+            }
+        }
+        assert!(!needs_escape("Zoë Ünicode ✓ 😀 0123456789".as_bytes()));
+        assert!(!needs_escape(b""));
+    }
+
+    #[test]
+    fn a_user_body_written_by_hand_is_what_serde_writes() {
+        for (first, last, email) in [
+            ("John", "Doe", "john.doe@example.com"),
+            ("Zoë", "O\"Brien\\", "a@b.c"),
+            ("tab\there", "new\nline \u{1}\u{7f}", "\u{1F600}@x.io"),
+            ("", "</script>", "x@y.z"),
+        ] {
+            let dto = UserDto {
+                uuid: Uuid::from_u128(0x550e8400_e29b_41d4_a716_446655440001),
+                first_name: first.into(),
+                last_name: last.into(),
+                email: email.into(),
+            };
+            assert_eq!(
+                String::from_utf8(dto.to_json()).unwrap(),
+                serde_json::to_string(&dto).unwrap()
+            );
+        }
     }
 
     #[test]
