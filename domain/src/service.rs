@@ -96,13 +96,17 @@ impl<R: UserRepository + 'static> UserService<R> {
 impl<R: UserRepository + 'static> UserQueries for UserService<R> {
     #[tracing::instrument(level = "debug", skip(self), fields(%uuid))]
     async fn user_by_uuid(&self, uuid: UserUuid) -> Result<User, UserError> {
-        let repository = self.repository.clone();
+        // The store is cloned only when the loader runs (a miss): on a hit
+        // that is one shared reference count fewer bounced between cores.
         let user = self
             .caches
             .records()
-            .get_or_load(&uuid, move || async move {
-                let mut found = Self::load_by_uuids(repository, vec![uuid]).await?;
-                Ok(found.pop().map(|(_, user)| user))
+            .get_or_load(&uuid, || {
+                let repository = self.repository.clone();
+                async move {
+                    let mut found = Self::load_by_uuids(repository, vec![uuid]).await?;
+                    Ok(found.pop().map(|(_, user)| user))
+                }
             })
             .await
             .map_err(load_failed)?;
@@ -179,12 +183,11 @@ impl<R: UserRepository + 'static> UserQueries for UserService<R> {
         if unique.is_empty() {
             return Ok(Lookup::default());
         }
-        let repository = self.repository.clone();
         let found = self
             .caches
             .records()
-            .mget_or_load(&unique, move |missing| {
-                Self::load_by_uuids(repository, missing)
+            .mget_or_load(&unique, |missing| {
+                Self::load_by_uuids(self.repository.clone(), missing)
             })
             .await
             .map_err(load_failed)?;

@@ -1,4 +1,4 @@
-//! `cargo xtask bench [--quick] [--redis-url URL]`: the service measured side by
+//! `cargo xtask bench [--quick] [--runs N] [--only CASES] [--redis-url URL]`: the service measured side by
 //! side with the ceiling of the same binary, with wrk.
 //!
 //! Cases, each at 8 and 64 connections, each run interleaved with the ceiling
@@ -63,6 +63,9 @@ struct Options {
     /// Only the cases whose name starts with one of these
     /// (`--only hit/redis,hit/cluster`).
     only: Option<Vec<String>>,
+    /// `--runs N`: runs per case (3 unless given), for ratios that need
+    /// more samples than three to stand out of the noise.
+    runs: Option<usize>,
 }
 
 fn options(args: &[String]) -> Result<Options> {
@@ -71,11 +74,21 @@ fn options(args: &[String]) -> Result<Options> {
         redis_url: None,
         cluster: false,
         only: None,
+        runs: None,
     };
     let mut args = args.iter();
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--quick" => options.quick = true,
+            "--runs" => {
+                let runs = args.next().context("--runs needs a number")?;
+                options.runs = Some(
+                    runs.parse()
+                        .ok()
+                        .filter(|n| *n > 0)
+                        .with_context(|| format!("--runs needs a positive number, not {runs}"))?,
+                );
+            }
             "--redis-url" => {
                 options.redis_url = Some(args.next().context("--redis-url needs a URL")?.clone())
             }
@@ -87,7 +100,7 @@ fn options(args: &[String]) -> Result<Options> {
             "--only" => {
                 options.only = Some(
                     args.next()
-                        .context("--only needs case name prefixes")?
+                        .context("--only needs case name prefixes (a whole name ends in $)")?
                         .split(',')
                         .map(ToOwned::to_owned)
                         .collect(),
@@ -100,11 +113,15 @@ fn options(args: &[String]) -> Result<Options> {
 }
 
 impl Options {
-    /// Whether the case `name` is asked for.
+    /// Whether the case `name` is asked for: a prefix of it, or the whole
+    /// name ending in `$` (`hit/memory$` without `hit/memory+reqlog`).
     fn wants(&self, name: &str) -> bool {
-        self.only
-            .as_ref()
-            .is_none_or(|prefixes| prefixes.iter().any(|p| name.starts_with(p.as_str())))
+        self.only.as_ref().is_none_or(|prefixes| {
+            prefixes.iter().any(|p| match p.strip_suffix('$') {
+                Some(exact) => name == exact,
+                None => name.starts_with(p.as_str()),
+            })
+        })
     }
 
     /// Whether any case of the group whose names start with `group` is
@@ -648,7 +665,11 @@ fn median(mut values: Vec<f64>) -> (f64, f64, f64) {
 /// Runs `cargo xtask bench`.
 pub fn bench(args: &[String]) -> Result<()> {
     let options = options(args)?;
-    let (runs, seconds) = if options.quick { (1, 1) } else { (3, 8) };
+    let (runs, seconds) = if options.quick {
+        (1, 1)
+    } else {
+        (options.runs.unwrap_or(3), 8)
+    };
     ensure_wrk()?;
     crate::run(
         "cargo",
