@@ -68,9 +68,14 @@ impl<V> DecodeMemo<V> {
     }
 
     /// Remembers that `bytes` decode to `value`, and returns the value.
-    pub(crate) fn remember(&self, bytes: Bytes, value: V) -> V {
+    ///
+    /// The bytes are copied: a buffer a backend hands out may be a slice of
+    /// a larger one (a whole reply), which keeping would hold whole.
+    pub(crate) fn remember(&self, bytes: &[u8], value: V) -> V {
         let copy = (self.clone)(&value);
-        let old = self.slot(&bytes).replace((bytes, copy));
+        let old = self
+            .slot(bytes)
+            .replace((Bytes::copy_from_slice(bytes), copy));
         // Dropped outside the lock.
         drop(old);
         value
@@ -91,7 +96,7 @@ mod tests {
     fn a_value_is_reused_only_for_equal_bytes() {
         let memo = DecodeMemo::<String>::new(8).expect("slots");
         assert_eq!(memo.get(b"{\"a\":1}"), None);
-        memo.remember(Bytes::from_static(b"{\"a\":1}"), "one".into());
+        memo.remember(b"{\"a\":1}", "one".into());
         // Equal bytes in another buffer (as a network read gives them).
         let again = Bytes::from(b"{\"a\":1}".to_vec());
         assert_eq!(memo.get(&again), Some("one".into()));
@@ -101,8 +106,8 @@ mod tests {
     #[test]
     fn a_newer_value_replaces_the_one_in_its_slot() {
         let memo = DecodeMemo::<u32>::new(1).expect("a slot");
-        memo.remember(Bytes::from_static(b"1"), 1);
-        memo.remember(Bytes::from_static(b"2"), 2);
+        memo.remember(b"1", 1);
+        memo.remember(b"2", 2);
         assert_eq!(memo.get(b"1"), None);
         assert_eq!(memo.get(b"2"), Some(2));
     }

@@ -790,7 +790,7 @@ impl<D: CacheDefinition> TypedCache<D> {
         }
         match D::Codec::decode(&raw) {
             Ok(value) => Some(match &self.memo {
-                Some(memo) => memo.remember(raw, value),
+                Some(memo) => memo.remember(&raw, value),
                 None => value,
             }),
             Err(error) => {
