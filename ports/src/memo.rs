@@ -11,7 +11,8 @@ use bytes::Bytes;
 /// from) takes a clone of the value instead of decoding again. On a hit
 /// served from memory (the in-memory backend, the near cache) the decode of
 /// a JSON record (parse, then validation of every part) was the largest cost
-/// of the whole request above the HTTP work (docs/PERFORMANCE.md).
+/// of the whole request above the HTTP work (docs/PERFORMANCE.md,
+/// "Cutting the shared hit path").
 ///
 /// It changes no outcome: which bytes a key holds is still the backend's
 /// answer on every read (expiry, invalidation and writes are all the

@@ -49,7 +49,7 @@ impl UserDto {
     /// by hand for the hit path: serde_json checks every byte of every
     /// string against its escape table one at a time, while names and
     /// addresses almost never need an escape (about 1,000 instructions of a
-    /// hit's; docs/PERFORMANCE.md, "Profiles").
+    /// hit's; docs/PERFORMANCE.md, "Cutting the shared hit path").
     pub fn to_json(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(
             96 + self.first_name.len() + self.last_name.len() + self.email.len(),
@@ -254,8 +254,8 @@ fn etag_value(version: Version) -> HeaderValue {
 /// A user's body with its `ETag` and `Cache-Control`, set by their typed
 /// names: poem-openapi's header fields (`#[oai(header = ...)]`) parse each
 /// header's name and value on every response, about 1,500 instructions of a
-/// hit's (docs/PERFORMANCE.md, "Profiles"). The headers are documented on
-/// the response variant, so the spec is the same.
+/// hit's (docs/PERFORMANCE.md, "Cutting the shared hit path"). The headers
+/// are documented on the response variant, so the spec is the same.
 pub struct TaggedUser {
     body: UserDto,
     version: Version,
