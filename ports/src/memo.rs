@@ -27,6 +27,8 @@ pub(crate) struct DecodeMemo<V> {
     slots: Box<[Slot<V>]>,
     mask: usize,
     hasher: foldhash::fast::FixedState,
+    /// `V::clone`, taken where `V: Clone` is known, so the typed cache's
+    /// read path needs no `Clone` bound of its own.
     clone: fn(&V) -> V,
 }
 

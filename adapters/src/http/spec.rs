@@ -18,8 +18,6 @@ struct RouteInfo {
     template: std::sync::Arc<str>,
     /// The template's segments; `None` for a parameter.
     segments: Vec<Option<String>>,
-    /// How many segments are literal (the most specific route wins).
-    literals: usize,
     methods: Vec<Method>,
 }
 
@@ -53,7 +51,7 @@ impl RouteTable {
                         .zip(parts)
                         .all(|(segment, part)| segment.as_deref().is_none_or(|s| s == *part))
             })
-            .max_by_key(|route| route.literals)
+            .max_by_key(|route| route.segments.iter().filter(|s| s.is_some()).count())
     }
 
     /// The template of the route `path` belongs to (`/users/{uuid}`), or
@@ -114,14 +112,13 @@ pub fn complete(generated: &str) -> Result<(String, RouteTable), serde_json::Err
                     add_guard_responses(responses, has_body);
                 }
             }
-            let segments: Vec<Option<String>> = template
+            let segments = template
                 .trim_end_matches('/')
                 .split('/')
                 .map(|s| (!s.starts_with('{')).then(|| s.to_owned()))
                 .collect();
             table.routes.push(RouteInfo {
                 template: std::sync::Arc::from(template.as_str()),
-                literals: segments.iter().filter(|s| s.is_some()).count(),
                 segments,
                 methods,
             });

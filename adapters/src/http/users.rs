@@ -235,20 +235,19 @@ pub struct LookupResponseBody {
 /// The entity tag of a user at `version`: strong (the same bytes for the
 /// same version: a user body is never compressed, being small).
 fn etag(version: Version) -> String {
-    format!("\"{version}\"")
-}
-
-/// The same entity tag as a header value, written without a format.
-fn etag_value(version: Version) -> HeaderValue {
     let mut digits = itoa::Buffer::new();
     let digits = digits.format(version.get());
-    let mut tag = Vec::with_capacity(digits.len() + 2);
-    tag.push(b'"');
-    tag.extend_from_slice(digits.as_bytes());
-    tag.push(b'"');
+    let mut tag = String::with_capacity(digits.len() + 2);
+    tag.push('"');
+    tag.push_str(digits);
+    tag.push('"');
+    tag
+}
+
+/// The same entity tag as a header value (the text moved, not copied).
+fn etag_value(version: Version) -> HeaderValue {
     // Digits between quotes: always a valid header value.
-    HeaderValue::from_maybe_shared(bytes::Bytes::from(tag))
-        .unwrap_or_else(|_| HeaderValue::from_static("\"0\""))
+    HeaderValue::try_from(etag(version)).unwrap_or_else(|_| HeaderValue::from_static("\"0\""))
 }
 
 /// A user's body with its `ETag` and `Cache-Control`, set by their typed
