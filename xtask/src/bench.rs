@@ -601,6 +601,7 @@ end
 #[derive(Clone, Copy, Default)]
 struct Run {
     rps: f64,
+    requests: f64,
     p50_ms: f64,
     p99_ms: f64,
     p999_ms: f64,
@@ -639,6 +640,7 @@ fn wrk(port: u16, script: &Path, connections: u32, seconds: u32) -> Result<Run> 
         } else {
             0.0
         },
+        requests: field("requests"),
         p50_ms: field("p50_us") / 1e3,
         p99_ms: field("p99_us") / 1e3,
         p999_ms: field("p999_us") / 1e3,
@@ -651,6 +653,99 @@ struct CaseResult {
     connections: u32,
     runs: Vec<(Run, Run)>, // (case, ceiling right before it)
     peak_rss_mb: f64,
+    /// CPU per request of each run, where measured (the store cases).
+    cpu: Vec<CpuPerRequest>,
+}
+
+/// CPU time per request of one run, in microseconds, by process: the
+/// service, Redis, PostgreSQL (user and system time, threads and backends
+/// included). On a machine whose cores the load generator and the servers
+/// share, this is what a request costs whatever the neighbours do, where
+/// requests per second move with them.
+#[derive(Clone, Copy, Default)]
+struct CpuPerRequest {
+    service: f64,
+    redis: f64,
+    store: f64,
+}
+
+impl CpuPerRequest {
+    fn total(self) -> f64 {
+        self.service + self.redis + self.store
+    }
+}
+
+/// CPU time used so far, in microseconds, by the service process and by the
+/// Redis and PostgreSQL containers (their cgroups: every process, exited
+/// backends too).
+struct CpuMeter<'a> {
+    pid: u32,
+    redis: &'a str,
+    store: &'a str,
+}
+
+impl CpuMeter<'_> {
+    fn sample(&self) -> Option<CpuPerRequest> {
+        Some(CpuPerRequest {
+            service: process_cpu_us(self.pid)?,
+            redis: container_cpu_us(self.redis)?,
+            store: container_cpu_us(self.store)?,
+        })
+    }
+
+    /// Runs `work` (a wrk run) and returns its CPU per request, or `None`
+    /// where this machine's `/proc` or cgroups do not tell.
+    fn measure(&self, work: impl FnOnce() -> Result<Run>) -> Result<(Run, Option<CpuPerRequest>)> {
+        let before = self.sample();
+        let run = work()?;
+        let after = self.sample();
+        let cpu = before
+            .zip(after)
+            .filter(|_| run.requests > 0.0)
+            .map(|(b, a)| CpuPerRequest {
+                service: (a.service - b.service) / run.requests,
+                redis: (a.redis - b.redis) / run.requests,
+                store: (a.store - b.store) / run.requests,
+            });
+        Ok((run, cpu))
+    }
+}
+
+/// User and system time of a process and all its threads, in microseconds
+/// (`/proc/PID/stat`, in clock ticks of 1/100 s: Linux's fixed `USER_HZ`).
+fn process_cpu_us(pid: u32) -> Option<f64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name, in parentheses, may hold spaces: count after it.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks * 10_000.0)
+}
+
+/// CPU time of a container's cgroup, in microseconds: cgroup v2
+/// (`cpu.stat`, `usage_usec`) or v1 (`cpuacct.usage`, nanoseconds), under
+/// Docker's cgroupfs or systemd layouts.
+fn container_cpu_us(id: &str) -> Option<f64> {
+    let v2 = [
+        format!("/sys/fs/cgroup/system.slice/docker-{id}.scope/cpu.stat"),
+        format!("/sys/fs/cgroup/docker/{id}/cpu.stat"),
+    ];
+    for path in &v2 {
+        if let Ok(text) = fs::read_to_string(path) {
+            return text
+                .lines()
+                .find_map(|l| l.strip_prefix("usage_usec "))
+                .and_then(|v| v.trim().parse().ok());
+        }
+    }
+    let v1 = [
+        format!("/sys/fs/cgroup/cpuacct/docker/{id}/cpuacct.usage"),
+        format!("/sys/fs/cgroup/cpu,cpuacct/docker/{id}/cpuacct.usage"),
+        format!("/sys/fs/cgroup/cpuacct/system.slice/docker-{id}.scope/cpuacct.usage"),
+    ];
+    v1.iter()
+        .find_map(|path| fs::read_to_string(path).ok())
+        .and_then(|text| text.trim().parse::<f64>().ok())
+        .map(|ns| ns / 1000.0)
 }
 
 fn median(mut values: Vec<f64>) -> (f64, f64, f64) {
@@ -849,6 +944,7 @@ pub fn bench(args: &[String]) -> Result<()> {
                 connections,
                 runs: pairs,
                 peak_rss_mb: 0.0,
+                cpu: Vec::new(),
             });
         }
         let rss = reference.as_ref().unwrap_or(&service).peak_rss_mb();
@@ -1111,8 +1207,15 @@ fn store_cases(
                 }
             }
         }
+        // CPU per request by process, where the Redis is a container of ours.
+        let meter = redis.container.as_deref().map(|redis| CpuMeter {
+            pid: service.child.id(),
+            redis,
+            store: &postgres.container,
+        });
         for connections in CONNECTIONS {
             let mut pairs = Vec::new();
+            let mut cpu = Vec::new();
             for _ in 0..runs {
                 let base = wrk(service.port, ceiling, connections, seconds)?;
                 if name.starts_with("pg/miss") {
@@ -1121,7 +1224,15 @@ fn store_cases(
                         bail!("FLUSHDB failed: {answer}");
                     }
                 }
-                let run = wrk(service.port, case_script, connections, seconds)?;
+                let work = || wrk(service.port, case_script, connections, seconds);
+                let run = match &meter {
+                    Some(meter) => {
+                        let (run, used) = meter.measure(work)?;
+                        cpu.extend(used);
+                        run
+                    }
+                    None => work()?,
+                };
                 pairs.push((run, base));
             }
             println!(
@@ -1133,6 +1244,7 @@ fn store_cases(
                 connections,
                 runs: pairs,
                 peak_rss_mb: 0.0,
+                cpu,
             });
         }
         let rss = service.peak_rss_mb();
@@ -1207,10 +1319,67 @@ fn store_targets(results: &[CaseResult], dir: &Path, total: u64, seeding: Durati
         "| peak RSS < 64 MB | all | {peak:.1} MB | {} |",
         if peak < 64.0 { "yes" } else { "no" }
     ));
+    lines.extend(cpu_table(results));
     let table = lines.join("\n") + "\n";
     println!("\n{table}");
     fs::write(dir.join("store-targets.md"), table)?;
     Ok(())
+}
+
+/// The store cases' CPU per request by process (medians of the runs), and
+/// what a warm hit saves against no cache: empty where it was not measured.
+fn cpu_table(results: &[CaseResult]) -> Vec<String> {
+    let medians = |r: &CaseResult| {
+        let of = |part: fn(&CpuPerRequest) -> f64| median(r.cpu.iter().map(part).collect()).0;
+        CpuPerRequest {
+            service: of(|c| c.service),
+            redis: of(|c| c.redis),
+            store: of(|c| c.store),
+        }
+    };
+    let measured: Vec<&CaseResult> = results
+        .iter()
+        .filter(|r| r.name.starts_with("pg/") && !r.cpu.is_empty())
+        .collect();
+    if measured.is_empty() {
+        return Vec::new();
+    }
+    let mut lines = vec![
+        String::new(),
+        "CPU per request, microseconds (medians of the runs; user and system time of the service process, and of the Redis and PostgreSQL containers)\n".into(),
+        "| case | connections | service | Redis | PostgreSQL | total |".into(),
+        "| --- | ---: | ---: | ---: | ---: | ---: |".into(),
+    ];
+    for r in &measured {
+        let m = medians(r);
+        lines.push(format!(
+            "| {} | {} | {:.1} | {:.1} | {:.1} | {:.1} |",
+            r.name,
+            r.connections,
+            m.service,
+            m.redis,
+            m.store,
+            m.total()
+        ));
+    }
+    for connections in CONNECTIONS {
+        let find = |name: &str| {
+            measured
+                .iter()
+                .find(|r| r.name == name && r.connections == connections)
+                .map(|r| medians(r).total())
+        };
+        if let (Some(hit), Some(noop), Some(miss)) =
+            (find("pg/hit/redis"), find("pg/noop"), find("pg/miss/redis"))
+        {
+            lines.push(format!(
+                "\nAt {connections} connections a warm hit uses {:.0} % of the CPU of a request with no cache; a miss {:.0} %.",
+                100.0 * hit / noop.max(f64::MIN_POSITIVE),
+                100.0 * miss / noop.max(f64::MIN_POSITIVE),
+            ));
+        }
+    }
+    lines
 }
 
 /// What the store pays per query in the storm case: a database's round trip.
