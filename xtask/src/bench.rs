@@ -1152,7 +1152,8 @@ pub(crate) fn seed(binary: &Path, env: &[(&str, &str)], users: u64) -> Result<Du
 const HOT_USERS: u64 = 1000;
 
 /// The store cases, on PostgreSQL with a million users (20,000 with
-/// `--quick`): a warm hit over Redis, a miss over Redis (Redis flushed before
+/// `--quick`): a warm hit over Redis, the same with the near cache on (a hit
+/// served in process, for comparison), a miss over Redis (Redis flushed before
 /// each run; random users), no cache at all (`noop`, random users), and
 /// `PATCH` of random users over Redis. Then the targets, checked
 /// against this run's medians.
@@ -1183,8 +1184,10 @@ fn store_cases(
     let patch = format!(
         "init = function(args)\n  math.randomseed(tid * 7919 + 29)\nend\nlocal headers = {{[\"Content-Type\"] = \"application/json\"}}\nrequest = function()\n  i = i + 1\n  local body = string.format('{{\"last_name\":\"Patched%d\"}}', i)\n  return wrk.format(\"PATCH\", string.format(\"/users/5eed0000-0000-4000-8000-%012x\", math.random(1, {total})), headers, body)\nend"
     );
+    let hot = script(dir, "pg-hit", &hot_get)?;
     let scripts = [
-        ("pg/hit/redis", "redis", script(dir, "pg-hit", &hot_get)?),
+        ("pg/hit/redis", "redis", hot.clone()),
+        ("pg/hit/near", "redis", hot),
         (
             "pg/miss/redis",
             "redis",
@@ -1197,7 +1200,13 @@ fn store_cases(
         if !wanted(name) {
             continue;
         }
-        let service = Service::start(binary, backend, redis, None, false, &env)?;
+        let near = [("CACHEMANAGER__CACHE__NEAR__ENABLED", "true")];
+        let settings: Vec<(&str, &str)> = if name.ends_with("/near") {
+            env.iter().chain(&near).copied().collect()
+        } else {
+            env.to_vec()
+        };
+        let service = Service::start(binary, backend, redis, None, false, &settings)?;
         if name.starts_with("pg/hit") {
             for n in 1..=HOT_USERS {
                 let path = format!("/users/5eed0000-0000-4000-8000-{n:012x}");
@@ -1280,6 +1289,17 @@ fn store_targets(results: &[CaseResult], dir: &Path, total: u64, seeding: Durati
             lines.push(format!(
                 "| warm hit >= 3x no cache | {connections} | {ratio:.2}x | {} |",
                 if ratio >= 3.0 { "yes" } else { "no" }
+            ));
+        }
+        if let (Some(near), Some(noop)) = (
+            find("pg/hit/near", connections),
+            find("pg/noop", connections),
+        ) {
+            // Not the target's case (a hit there is one Redis round trip):
+            // what the near cache adds on the same store.
+            let ratio = rps(near) / rps(noop).max(1.0);
+            lines.push(format!(
+                "| (near cache on: warm hit vs no cache) | {connections} | {ratio:.2}x | |"
             ));
         }
         if let (Some(miss), Some(noop)) = (
