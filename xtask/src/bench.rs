@@ -714,8 +714,13 @@ impl CpuMeter<'_> {
 /// User and system time of a process and all its threads, in microseconds
 /// (`/proc/PID/stat`, in clock ticks of 1/100 s: Linux's fixed `USER_HZ`).
 fn process_cpu_us(pid: u32) -> Option<f64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name, in parentheses, may hold spaces: count after it.
+    stat_cpu_us(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// `utime` + `stime` of a `/proc/PID/stat` line, in microseconds.
+fn stat_cpu_us(stat: &str) -> Option<f64> {
+    // The command name, in parentheses, may hold spaces and parentheses:
+    // count the fields after its last closing one.
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
     let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
     Some(ticks * 10_000.0)
@@ -1681,4 +1686,32 @@ fn report(
         bail!("{failed} requests failed during the bench");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_of_a_stat_line_is_user_plus_system_time_whatever_the_command_name() {
+        // pid (comm) state ppid pgrp session tty tpgid flags minflt cminflt
+        // majflt cmajflt utime stime ...
+        let line =
+            "4242 (tokio (rt) worker) S 1 4242 4242 0 -1 4194560 900 0 0 0 250 125 0 0 20 0 3 0";
+        assert_eq!(stat_cpu_us(line), Some(3_750_000.0));
+        assert_eq!(stat_cpu_us("4242 (cut"), None);
+    }
+
+    #[test]
+    fn cpu_of_this_process_is_read_and_grows_with_work() {
+        let before = process_cpu_us(std::process::id()).expect("this process's /proc stat");
+        let started = Instant::now();
+        let mut x = 0_u64;
+        while started.elapsed() < Duration::from_millis(200) {
+            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        }
+        std::hint::black_box(x);
+        let after = process_cpu_us(std::process::id()).expect("this process's /proc stat");
+        assert!(after > before, "{before} -> {after}");
+    }
 }
