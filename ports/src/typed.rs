@@ -1015,7 +1015,7 @@ mod tests {
     #[tokio::test]
     async fn the_decode_memo_decodes_equal_bytes_once_and_changed_or_corrupt_bytes_every_time() {
         let answers = Arc::new(std::sync::Mutex::new(
-            ["42", "42", "42", "43", "bad", "bad", "42"]
+            ["42", "42", "42", "43", "bad", "bad", "43"]
                 .map(|s| s.to_owned())
                 .to_vec(),
         ));
@@ -1037,10 +1037,12 @@ mod tests {
         }
         assert_eq!(
             read,
-            [Some(42), Some(42), Some(42), Some(43), None, None, Some(42)]
+            [Some(42), Some(42), Some(42), Some(43), None, None, Some(43)]
         );
-        // "42" once, "43" once, "bad" twice (never remembered), "42" again
-        // from the memo.
+        // "42" once, "43" once, "bad" twice (never remembered, so it evicts
+        // nothing), "43" again from the memo. Whether "42" would still be
+        // there depends on its slot (the hash is seeded per memo): the
+        // direct-mapped replacement is memo.rs's own test.
         assert_eq!(
             DECODES.load(std::sync::atomic::Ordering::SeqCst) - before,
             4
