@@ -48,6 +48,8 @@ const REQUEST_LOG_CASE: &str = "hit/memory+reqlog";
 const METRICS_COST_CASE: &str = "hit/memory metrics on/off";
 /// `hit/redis` with the near cache on.
 const NEAR_CASE: &str = "hit/near";
+/// The setting that turns the near cache on, for the cases that measure it.
+const NEAR_ON: (&str, &str) = ("CACHEMANAGER__CACHE__NEAR__ENABLED", "true");
 /// The near cache's invalidation lag (`near_lag`).
 const NEAR_LAG_CASE: &str = "near lag";
 /// `hit/redis` and `lookup100/redis` over a Redis Cluster (`--redis-mode cluster`).
@@ -662,7 +664,7 @@ struct CaseResult {
 /// included). On a machine whose cores the load generator and the servers
 /// share, this is what a request costs whatever the neighbours do, where
 /// requests per second move with them.
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy)]
 struct CpuPerRequest {
     service: f64,
     redis: f64,
@@ -897,7 +899,7 @@ pub fn bench(args: &[String]) -> Result<()> {
             big.then_some(users_file.as_path()),
             name == REQUEST_LOG_CASE,
             match (name, &cluster_env) {
-                (NEAR_CASE, _) => &[("CACHEMANAGER__CACHE__NEAR__ENABLED", "true")],
+                (NEAR_CASE, _) => &[NEAR_ON],
                 (HIT_CLUSTER_CASE | LOOKUP_CLUSTER_CASE, Some(env)) => env.as_slice(),
                 _ => &[],
             },
@@ -1205,9 +1207,8 @@ fn store_cases(
         if !wanted(name) {
             continue;
         }
-        let near = [("CACHEMANAGER__CACHE__NEAR__ENABLED", "true")];
         let settings: Vec<(&str, &str)> = if name.ends_with("/near") {
-            env.iter().chain(&near).copied().collect()
+            env.iter().copied().chain([NEAR_ON]).collect()
         } else {
             env.to_vec()
         };
