@@ -11,8 +11,8 @@ pub mod telemetry;
 
 pub use probe::probe_liveness;
 pub use settings::{
-    BackendKind, CacheSettings, DEFAULT_FILE, LogFormat, LogSettings, MAX_TTL_SECS, ServerSettings,
-    Settings, SettingsError, UsersSettings,
+    BackendKind, CacheSettings, DEFAULT_CLUSTER_KEY_BUCKETS, DEFAULT_FILE, LogFormat, LogSettings,
+    MAX_TTL_SECS, ServerSettings, Settings, SettingsError, UsersSettings,
 };
 pub use startup::{
     Application, BuiltBackend, Maintenance, StartupError, build_backend, maintain, open_store,

@@ -282,6 +282,13 @@ pub struct CacheSettings {
     /// How many decoded user records are remembered beside their bytes, so
     /// a hit on the same bytes skips the decode (0: none).
     decode_memo_entries: usize,
+    /// On a Redis Cluster (`redis.mode = cluster`), the caches whose keys
+    /// are ours alone (the user record, never the seed's two) group them in
+    /// this many hash-tag buckets (`user:record:{b}:{uuid}`), so a lookup of
+    /// 100 users is at most this many `MGET`s instead of one per user (0 or
+    /// 1: plain keys). Every instance on one cluster must use the same
+    /// number. Not used over one Redis.
+    cluster_key_buckets: u16,
     /// The circuit breaker over Redis.
     pub breaker: BreakerConfig,
     /// The near cache over Redis (off by default).
@@ -302,6 +309,7 @@ impl Default for CacheSettings {
             load_timeout: DEFAULT_LOAD_TIMEOUT,
             write_fence: DEFAULT_WRITE_FENCE,
             decode_memo_entries: DEFAULT_DECODE_MEMO_ENTRIES,
+            cluster_key_buckets: DEFAULT_CLUSTER_KEY_BUCKETS,
             breaker: BreakerConfig::default(),
             near: NearConfig::default(),
         }
@@ -335,6 +343,12 @@ impl CacheSettings {
         policy
     }
 }
+
+/// Hash-tag buckets of the user record's keys on a Redis Cluster: a lookup
+/// of 100 users touches about 16 slots (16 `MGET`s) instead of about 100,
+/// and the records still spread over 16 slots, enough for the masters of a
+/// small cluster to share them (see docs/SCALING.md).
+pub const DEFAULT_CLUSTER_KEY_BUCKETS: u16 = 16;
 
 /// Where the users come from.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -438,6 +452,17 @@ const SEED_VARIABLES: [(&str, &str); 4] = [
 ];
 
 impl Settings {
+    /// What the typed caches are built with: [`CacheSettings::policy`],
+    /// and on a Redis Cluster the key buckets.
+    pub fn cache_policy(&self) -> CachePolicy {
+        let policy = self.cache.policy();
+        if self.cache.backend() == BackendKind::Redis && self.redis.mode == RedisMode::Cluster {
+            policy.with_key_buckets(self.cache.cluster_key_buckets)
+        } else {
+            policy
+        }
+    }
+
     /// Loads the settings: defaults, then `file` (or [`DEFAULT_FILE`] when it
     /// exists), then the seed's `REDIS_URL`, `REDIS_PASSWORD` and
     /// `CACHE_DEFAULT_TTL`, then `CACHEMANAGER__SECTION__KEY` variables.
@@ -938,6 +963,37 @@ mod tests {
         ])
         .unwrap_err();
         assert_eq!(key_of(error), "cache.near.ttl_cap_secs");
+    }
+
+    #[test]
+    fn user_record_keys_are_bucketed_on_a_cluster_only() {
+        let cluster = [
+            ("CACHEMANAGER__CACHE__BACKEND", "redis"),
+            ("CACHEMANAGER__REDIS__MODE", "cluster"),
+            ("CACHEMANAGER__REDIS__NODES", "node-1:6379,node-2:6379"),
+        ];
+        let settings = load(&cluster).unwrap();
+        assert_eq!(
+            settings.cache_policy().key_buckets(),
+            DEFAULT_CLUSTER_KEY_BUCKETS
+        );
+        let settings = load(
+            &[
+                cluster.as_slice(),
+                &[("CACHEMANAGER__CACHE__CLUSTER_KEY_BUCKETS", "0")],
+            ]
+            .concat(),
+        )
+        .unwrap();
+        assert_eq!(settings.cache_policy().key_buckets(), 0);
+        // One Redis, or no Redis at all: plain keys, whatever is set.
+        let standalone = load(&[
+            ("CACHEMANAGER__CACHE__BACKEND", "redis"),
+            ("CACHEMANAGER__CACHE__CLUSTER_KEY_BUCKETS", "32"),
+        ])
+        .unwrap();
+        assert_eq!(standalone.cache_policy().key_buckets(), 0);
+        assert_eq!(load(&[]).unwrap().cache_policy(), CachePolicy::new());
     }
 
     #[test]

@@ -253,7 +253,7 @@ impl Application {
         let probes = monitor.clone();
         let mut caches = CacheManager::with_timer(
             backend.clone(),
-            &settings.cache.policy(),
+            &settings.cache_policy(),
             Arc::new(adapters::TokioTimer),
         );
         if let Some(metrics) = &metrics {

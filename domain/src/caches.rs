@@ -10,6 +10,9 @@ use crate::user::{User, UserId, UserUuid};
 /// no store query. A namespace of its own (`user:record:{uuid}`), which the
 /// Python service never reads. Unknown uuids are remembered for 30 s in this
 /// process (negative caching), so a flood of them stops reaching the store.
+/// Being ours alone, its keys may be grouped in hash-tag buckets on a Redis
+/// Cluster (`user:record:{b}:{uuid}`), so a lookup of 100 users is a few
+/// `MGET`s, not one per user.
 pub struct UserRecords;
 
 impl CacheDefinition for UserRecords {
@@ -19,6 +22,7 @@ impl CacheDefinition for UserRecords {
     const NAMESPACE: &'static str = "user:record";
     const DEFAULT_TTL: Ttl = Ttl::from_secs(600);
     const NEGATIVE_TTL: Option<Ttl> = Some(Ttl::from_secs(30));
+    const KEY_BUCKETS: bool = true;
 }
 
 /// Maps a user's UUID to its numeric id.

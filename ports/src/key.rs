@@ -1,4 +1,5 @@
-//! Key building: `{namespace}:{segment}`, where no segment can escape its namespace.
+//! Key building: `{namespace}:{segment}`, where no segment can escape its
+//! namespace, or `{namespace}:{b}:{segment}` with a hash-tag bucket (Redis Cluster).
 
 use std::fmt::Write as _;
 
@@ -23,6 +24,43 @@ pub fn full_key<K: CacheKey + ?Sized>(namespace: &str, key: &K) -> String {
     out.push(':');
     key.write_segment(&mut out);
     out
+}
+
+/// Builds the key of `key` in one of `buckets` hash-tag buckets:
+/// `{namespace}:{b}:{segment}`, where `b` is [`key_bucket`] of the segment.
+/// On a Redis Cluster only the tag (`b`) decides the slot, so a batch of
+/// keys from one namespace falls in at most `buckets` slots, whatever its
+/// size. `buckets` 0 or 1: the plain [`full_key`].
+///
+/// Every program reading the namespace must build its keys the same way
+/// (the same `buckets`): see `CachePolicy::with_key_buckets`.
+pub fn bucketed_key<K: CacheKey + ?Sized>(namespace: &str, key: &K, buckets: u16) -> String {
+    if buckets <= 1 {
+        return full_key(namespace, key);
+    }
+    let mut segment = String::with_capacity(40);
+    key.write_segment(&mut segment);
+    let bucket = key_bucket(&segment, buckets);
+    let mut out = String::with_capacity(namespace.len() + segment.len() + 10);
+    out.push_str(namespace);
+    out.push_str(":{");
+    out.push_str(itoa::Buffer::new().format(bucket));
+    out.push_str("}:");
+    out.push_str(&segment);
+    out
+}
+
+/// The bucket of a key segment: 64-bit FNV-1a of its bytes, modulo
+/// `buckets` (at least 1). Fixed by this contract, not by the build: every
+/// version and every instance puts a key in the same bucket.
+pub fn key_bucket(segment: &str, buckets: u16) -> u16 {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let hash = segment.bytes().fold(OFFSET, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(PRIME)
+    });
+    // The remainder is below `buckets`, a u16.
+    (hash % u64::from(buckets.max(1))) as u16
 }
 
 macro_rules! integer_keys {
@@ -96,6 +134,47 @@ mod tests {
     fn distinct_strings_give_distinct_keys() {
         // "%3A" literally and ":" must not collide.
         assert_ne!(full_key("ns", "%3A"), full_key("ns", ":"));
+    }
+
+    #[test]
+    fn a_bucketed_key_keeps_its_namespace_prefix_and_tags_its_bucket() {
+        let key = bucketed_key("user:record", "550e8400-e29b-41d4-a716-446655440001", 16);
+        let bucket = key_bucket("550e8400-e29b-41d4-a716-446655440001", 16);
+        assert_eq!(
+            key,
+            format!("user:record:{{{bucket}}}:550e8400-e29b-41d4-a716-446655440001")
+        );
+        // The prefix a near cache tracks, and a SCAN pattern, still match.
+        assert!(key.starts_with("user:record:"));
+    }
+
+    #[test]
+    fn key_buckets_are_fixed_by_the_contract() {
+        // FNV-1a 64 of "a" is 0xaf63dc4c8601ec8c; of "" the offset basis.
+        assert_eq!(key_bucket("a", 16), (0xaf63_dc4c_8601_ec8c_u64 % 16) as u16);
+        assert_eq!(key_bucket("", 7), (0xcbf2_9ce4_8422_2325_u64 % 7) as u16);
+        assert_eq!(key_bucket("anything", 1), 0);
+    }
+
+    #[test]
+    fn no_buckets_is_the_plain_key() {
+        assert_eq!(bucketed_key("ns", &42_u32, 0), full_key("ns", &42_u32));
+        assert_eq!(bucketed_key("ns", &42_u32, 1), full_key("ns", &42_u32));
+    }
+
+    #[test]
+    fn many_keys_spread_over_every_bucket() {
+        let mut counts = [0_u32; 16];
+        for n in 0..16_000_u32 {
+            let uuid = format!("550e8400-e29b-41d4-a716-{n:012}");
+            counts[usize::from(key_bucket(&uuid, 16))] += 1;
+        }
+        // 1,000 expected in each; a bucket outside 800..1,200 would mean a
+        // skewed hash, not noise (sd ~31).
+        assert!(
+            counts.iter().all(|&c| (800..1_200).contains(&c)),
+            "{counts:?}"
+        );
     }
 
     #[test]

@@ -34,7 +34,7 @@ pub use backend::{CacheBackend, Entry, Remaining, SharedBackend};
 pub use batch::WriteBatch;
 pub use codec::{Codec, JsonCodec, TextCodec};
 pub use error::{BackendError, CacheError, CodecError};
-pub use key::{CacheKey, full_key};
+pub use key::{CacheKey, bucketed_key, full_key, key_bucket};
 pub use limiter::LogLimiter;
 pub use load::{CacheEvent, CacheObserver, LoadError, Timer};
 pub use managed::{CacheInfo, ManagedCache};

@@ -6,7 +6,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::error::BackendError;
-use crate::key::full_key;
+use crate::key::bucketed_key;
 use crate::policy::Ttl;
 use crate::typed::{CacheDefinition, TypedCache};
 
@@ -21,6 +21,8 @@ pub struct CacheInfo {
     pub ttl_jitter: f64,
     /// How long a loader's "no such entry" is remembered here (`None`: never).
     pub negative_ttl: Option<Duration>,
+    /// The hash-tag buckets its keys are grouped in (0: plain keys).
+    pub key_buckets: u16,
 }
 
 /// A typed cache, erased: for operators, not for the request path.
@@ -58,12 +60,13 @@ impl<D: CacheDefinition> ManagedCache for TypedCache<D> {
             ttl: self.ttl(),
             ttl_jitter: self.loading.ttl_jitter,
             negative_ttl: self.loading.negative_ttl,
+            key_buckets: self.key_buckets(),
         }
     }
 
     async fn remove(&self, keys: &[String]) -> Result<usize, BackendError> {
         let removals = keys.iter().map(|key| {
-            let full = full_key(D::NAMESPACE, key.as_str());
+            let full = bucketed_key(D::NAMESPACE, key.as_str(), self.key_buckets());
             self.negatives.forget(&full);
             self.flights.detach(&full);
             async move { self.backend().delete(&full).await }

@@ -47,6 +47,7 @@ pub struct CachePolicy {
     load_timeout: Duration,
     write_fence: Duration,
     decode_memo_entries: usize,
+    key_buckets: u16,
 }
 
 /// Each write's TTL is shortened by a random amount of up to this fraction.
@@ -72,6 +73,7 @@ impl Default for CachePolicy {
             load_timeout: DEFAULT_LOAD_TIMEOUT,
             write_fence: DEFAULT_WRITE_FENCE,
             decode_memo_entries: DEFAULT_DECODE_MEMO_ENTRIES,
+            key_buckets: 0,
         }
     }
 }
@@ -175,6 +177,23 @@ impl CachePolicy {
     /// bytes (see [`crate::TypedCache::with_decode_memo`]).
     pub fn decode_memo_entries(&self) -> usize {
         self.decode_memo_entries
+    }
+
+    /// The same policy grouping the keys of every cache that allows it
+    /// ([`crate::CacheDefinition::KEY_BUCKETS`]) in `buckets` hash-tag
+    /// buckets (0: none; see [`crate::bucketed_key`]). For a Redis Cluster,
+    /// where a batch's keys then fall in at most `buckets` slots, so an
+    /// `MGET` of 100 keys is at most `buckets` commands instead of one per
+    /// key. Every instance reading those caches must use the same number:
+    /// it is part of every key.
+    pub fn with_key_buckets(mut self, buckets: u16) -> Self {
+        self.key_buckets = buckets;
+        self
+    }
+
+    /// The hash-tag buckets of the caches that allow them (0: none).
+    pub fn key_buckets(&self) -> u16 {
+        self.key_buckets
     }
 
     /// The TTL for the cache `namespace`, whose definition asks for `declared`.

@@ -11,7 +11,7 @@ use crate::backend::{Entry, SharedBackend};
 use crate::codec::Codec;
 use crate::error::BackendError;
 use crate::error::CacheError;
-use crate::key::{CacheKey, full_key};
+use crate::key::{CacheKey, bucketed_key, full_key};
 use crate::limiter::LogLimiter;
 use crate::load::{CacheEvent, CacheObserver, Flights, Negatives, Timer};
 use crate::memo::DecodeMemo;
@@ -111,6 +111,13 @@ pub trait CacheDefinition: Send + Sync + 'static {
     /// default: only a cache whose absent keys are requested in floods (and
     /// whose entries appear rarely) should ask for it.
     const NEGATIVE_TTL: Option<Ttl> = None;
+    /// Whether configuration may group this cache's keys in hash-tag
+    /// buckets (`{NAMESPACE}:{b}:{key}`, see [`crate::bucketed_key`] and
+    /// [`CachePolicy::with_key_buckets`]), so a batch on a Redis Cluster is
+    /// a few commands instead of one per key. Buckets change every key: only
+    /// for a namespace that no other program reads by key. Never for one
+    /// shared with another service's format (the seed's namespaces).
+    const KEY_BUCKETS: bool = false;
 }
 
 /// How a typed cache loads and writes; runtime parts (the timer) included.
@@ -156,6 +163,8 @@ pub struct TypedCache<D: CacheDefinition> {
     companions: Option<Companions<D::Value>>,
     /// Values decoded lately, by their bytes (see [`TypedCache::with_decode_memo`]).
     memo: Option<Arc<DecodeMemo<D::Value>>>,
+    /// Hash-tag buckets of every key (0: plain keys).
+    key_buckets: u16,
     _definition: PhantomData<fn() -> D>,
 }
 
@@ -176,6 +185,7 @@ impl<D: CacheDefinition> Clone for TypedCache<D> {
             observer: self.observer.clone(),
             companions: self.companions.clone(),
             memo: self.memo.clone(),
+            key_buckets: self.key_buckets,
             _definition: PhantomData,
         }
     }
@@ -212,6 +222,7 @@ impl<D: CacheDefinition> TypedCache<D> {
             observer: None,
             companions: None,
             memo: None,
+            key_buckets: 0,
             _definition: PhantomData,
         }
     }
@@ -229,7 +240,18 @@ impl<D: CacheDefinition> TypedCache<D> {
         cache.loading.single_flight = policy.single_flight();
         cache.loading.load_timeout = Some(policy.load_timeout());
         cache.loading.write_fence = policy.write_fence();
-        cache
+        cache.with_key_buckets(policy.key_buckets())
+    }
+
+    /// The same cache with its keys in `buckets` hash-tag buckets (0: plain
+    /// keys), if its definition allows it ([`CacheDefinition::KEY_BUCKETS`]);
+    /// otherwise unchanged, so a namespace shared with another program keeps
+    /// its format whatever is configured.
+    pub fn with_key_buckets(mut self, buckets: u16) -> Self {
+        if D::KEY_BUCKETS {
+            self.key_buckets = buckets;
+        }
+        self
     }
 
     /// The same cache fencing written keys for `fence` (see [`TypedCache::fence`]).
@@ -348,14 +370,24 @@ impl<D: CacheDefinition> TypedCache<D> {
         &self.backend
     }
 
+    /// The hash-tag buckets of its keys (0: plain keys).
+    pub fn key_buckets(&self) -> u16 {
+        self.key_buckets
+    }
+
     /// This cache's namespace.
     pub fn namespace(&self) -> &'static str {
         D::NAMESPACE
     }
 
-    /// The full backend key of `key`: `{namespace}:{key}`.
+    /// The full backend key of `key`: `{namespace}:{key}`, or
+    /// `{namespace}:{b}:{key}` with hash-tag buckets.
     pub fn key(&self, key: &D::Key) -> String {
-        full_key(D::NAMESPACE, key)
+        if self.key_buckets > 1 {
+            bucketed_key(D::NAMESPACE, key, self.key_buckets)
+        } else {
+            full_key(D::NAMESPACE, key)
+        }
     }
 
     /// Encodes one entry with this cache's TTL, for a cross-cache
@@ -1117,6 +1149,44 @@ mod tests {
             .times(1)
             .returning(|_| Ok(true));
         cache(mock).invalidate(&5).await;
+    }
+
+    /// A cache whose keys are ours alone: it allows hash-tag buckets.
+    struct BucketedCache;
+    impl CacheDefinition for BucketedCache {
+        type Key = i64;
+        type Value = i64;
+        type Codec = TextCodec;
+        const NAMESPACE: &'static str = "test:bucketed";
+        const KEY_BUCKETS: bool = true;
+    }
+
+    #[tokio::test]
+    async fn a_cache_that_allows_buckets_writes_reads_and_removes_bucketed_keys() {
+        let backend = Arc::new(crate::testing::MapBackend::default());
+        let policy = CachePolicy::new().with_key_buckets(16);
+        let cache = TypedCache::<BucketedCache>::with_policy(backend.clone(), &policy);
+        let key = format!("test:bucketed:{{{}}}:5", crate::key_bucket("5", 16));
+        assert_eq!(cache.key(&5), key);
+        cache.set(&5, &50).await.unwrap();
+        assert_eq!(backend.text(&key).as_deref(), Some("50"));
+        assert_eq!(cache.get(&5).await, Some(50));
+        assert_eq!(cache.mget(&[5, 6]).await.unwrap(), vec![Some(50), None]);
+        // The admin API's removal by text finds the same key.
+        let removed = crate::ManagedCache::remove(&cache, &["5".to_owned()]).await;
+        assert_eq!(removed.unwrap(), 1);
+        assert_eq!(backend.text(&key), None);
+        assert_eq!(crate::ManagedCache::info(&cache).key_buckets, 16);
+    }
+
+    #[test]
+    fn a_cache_that_does_not_allow_buckets_keeps_plain_keys_whatever_the_policy() {
+        // The seed's namespaces are shared with the Python service by key:
+        // configuration can never change them.
+        let policy = CachePolicy::new().with_key_buckets(16);
+        let cache = TypedCache::<IdCache>::with_policy(Arc::new(MockCacheBackend::new()), &policy);
+        assert_eq!(cache.key(&5), "test:ids:5");
+        assert_eq!(cache.with_key_buckets(8).key(&5), "test:ids:5");
     }
 
     #[tokio::test]

@@ -23,6 +23,13 @@ use crate::{PID_LABEL, free_port, redis_image};
 /// Nodes: three masters, each with one replica.
 pub const NODES: usize = 6;
 
+/// The key of a user's record on a cluster, as a service with the default
+/// settings builds it: in one of `cache.cluster_key_buckets` hash-tag
+/// buckets (`user:record:{b}:<uuid>`).
+pub fn record_key(uuid: &str) -> String {
+    ports::bucketed_key("user:record", uuid, app::DEFAULT_CLUSTER_KEY_BUCKETS)
+}
+
 /// The shared cluster: its nodes' ports and the password of every node.
 #[derive(Debug, Clone)]
 pub struct TestCluster {

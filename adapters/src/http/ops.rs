@@ -100,6 +100,11 @@ pub struct CacheView {
     #[oai(skip_serializing_if_is_none)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub negative_ttl_secs: Option<f64>,
+    /// The hash-tag buckets its keys are grouped in on a Redis Cluster
+    /// (`{namespace}:{b}:{key}`; absent: plain keys).
+    #[oai(skip_serializing_if_is_none)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_buckets: Option<u16>,
     /// What it counted since start (absent when metrics are off).
     #[oai(skip_serializing_if_is_none)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -337,6 +342,7 @@ impl OpsApi {
                     ttl_secs: info.ttl.expiry().map_or(0, |ttl| ttl.as_secs()),
                     ttl_jitter: info.ttl_jitter,
                     negative_ttl_secs: info.negative_ttl.map(|ttl| ttl.as_secs_f64()),
+                    key_buckets: (info.key_buckets > 1).then_some(info.key_buckets),
                     counters: self
                         .metrics
                         .as_ref()

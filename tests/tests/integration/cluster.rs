@@ -53,7 +53,8 @@ async fn the_service_answers_from_a_cluster_as_from_one_server() {
 }
 
 /// Redis refuses an `MGET` across slots (`CROSSSLOT`), even on one node, so
-/// a lookup's batch is one `MGET` per slot its keys fall in: the driver sends
+/// a lookup's batch is one `MGET` per slot its keys fall in (a record's slot
+/// is its hash-tag bucket's: `user:record:{b}:<uuid>`): the driver sends
 /// each to the node that owns the slot, all at once (one round trip per node,
 /// pipelined on that node's connection). Counted by the nodes: exactly one
 /// `MGET` per distinct slot, on the master that owns it, and nothing more
@@ -77,7 +78,7 @@ async fn a_lookup_costs_one_mget_per_slot_on_the_owning_master_and_nothing_more(
     for uuid in &uuids {
         let slot: u16 = redis::cmd("CLUSTER")
             .arg("KEYSLOT")
-            .arg(format!("user:record:{uuid}"))
+            .arg(tests::cluster::record_key(uuid))
             .query_async(&mut node)
             .await
             .unwrap();
@@ -105,6 +106,49 @@ async fn a_lookup_costs_one_mget_per_slot_on_the_owning_master_and_nothing_more(
             assert_eq!(count, 0, "a replica served an MGET");
         }
     }
+}
+
+/// Hash-tag buckets bound a lookup's commands by the buckets, not by its
+/// size: 100 uuids that no one has asked for yet (so every key is read) cost
+/// at most `cache.cluster_key_buckets` `MGET`s over the whole cluster, one
+/// per slot their keys fall in, where plain keys cost one per uuid.
+#[tokio::test]
+async fn a_lookup_of_100_uuids_costs_at_most_one_mget_per_key_bucket() {
+    let cluster = TestCluster::shared();
+    let _turn = cluster.exclusive().await;
+    let app = service(cluster).await;
+    let run = uuid::Uuid::new_v4().as_u128() as u64 & 0xffff_ffff;
+    let uuids: Vec<String> = (0..100_u64)
+        .map(|n| format!("00000000-0000-4000-8000-{:012x}", (run << 8) | n))
+        .collect();
+    let mut node = cluster.node(0).await;
+    let mut slots = std::collections::BTreeSet::new();
+    for uuid in &uuids {
+        let slot: u16 = redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(tests::cluster::record_key(uuid))
+            .query_async(&mut node)
+            .await
+            .unwrap();
+        slots.insert(slot);
+    }
+    let before = per_node(cluster, "commandstats", "cmdstat_mget").await;
+    let answer = app
+        .post_json("/users/lookup", &json!({ "uuids": uuids }))
+        .await;
+    assert_eq!(answer.status(), 200);
+    let after = per_node(cluster, "commandstats", "cmdstat_mget").await;
+    let calls: u64 = after.iter().zip(&before).map(|(a, b)| a - b).sum();
+    println!(
+        "a lookup of 100 uncached uuids: {calls} MGET calls, {} distinct slots",
+        slots.len()
+    );
+    assert!(
+        slots.len() <= usize::from(app::DEFAULT_CLUSTER_KEY_BUCKETS),
+        "100 keys in {} slots: the buckets do not group them",
+        slots.len()
+    );
+    assert_eq!(calls, slots.len() as u64, "one MGET per slot, no retry");
 }
 
 /// While a slot migrates, the source answers `ASK` for every key it no

@@ -392,7 +392,7 @@ async fn a_cluster_master_killed_under_load_fails_no_request() {
         assert!(one_request(&app, n).await, "warm-up request {n} failed");
     }
     // The master of user 1's record.
-    let slot = cluster.slot(&format!("user:record:{}", uuid(1))).await;
+    let slot = cluster.slot(&tests::cluster::record_key(&uuid(1))).await;
     let victim = cluster
         .master_of(slot, 0)
         .await
@@ -553,7 +553,7 @@ async fn slots_resharded_under_load_fail_no_request_and_no_cache_operation() {
         std::collections::BTreeMap::new();
     for n in 1..=10 {
         for key in [
-            format!("user:record:{}", uuid(n)),
+            tests::cluster::record_key(&uuid(n)),
             format!("user:uuid-to-id:{}", uuid(n)),
         ] {
             let slot = cluster.slot(&key).await;
