@@ -22,7 +22,11 @@
 //! - with `--redis-mode cluster`: `hit/cluster` and `lookup100/cluster`, the
 //!   hit and lookup cases over a Redis Cluster of three masters and three
 //!   replicas on this host (`BenchCluster`), and their ratio to the same cases
-//!   over one Redis in the same run.
+//!   over one Redis in the same run; `lookup100/cluster-plain-keys` is the
+//!   lookup with the record's keys not in hash-tag buckets (what they save).
+//!
+//! Every hit and lookup run also measures CPU per request: the service's,
+//! its ceiling's, and the Redis containers' (one server or every node).
 //!
 //! Writes `target/bench/results.json` and prints a markdown table.
 
@@ -55,6 +59,10 @@ const NEAR_LAG_CASE: &str = "near lag";
 /// `hit/redis` and `lookup100/redis` over a Redis Cluster (`--redis-mode cluster`).
 const HIT_CLUSTER_CASE: &str = "hit/cluster";
 const LOOKUP_CLUSTER_CASE: &str = "lookup100/cluster";
+/// `lookup100/cluster` with plain record keys (`cache.cluster_key_buckets`
+/// 0): one `MGET` per uuid's slot, what the key buckets save.
+const LOOKUP_CLUSTER_PLAIN_CASE: &str = "lookup100/cluster-plain-keys";
+const PLAIN_KEYS: (&str, &str) = ("CACHEMANAGER__CACHE__CLUSTER_KEY_BUCKETS", "0");
 const CONNECTIONS: [u32; 2] = [8, 64];
 
 struct Options {
@@ -446,12 +454,21 @@ fn cluster_versus_standalone(results: &[CaseResult]) -> String {
                 .0
             })
     };
+    // CPU per request, service + every Redis process, medians of the runs.
+    let cpu = |name: &str, connections: u32| {
+        results
+            .iter()
+            .find(|r| r.name == name && r.connections == connections && !r.cpu.is_empty())
+            .map(|r| median(r.cpu.iter().map(|c| c.total()).collect()).0)
+    };
+    let shown = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.1}"));
     let mut text = String::from(
-        "Redis Cluster (3 masters, 3 replicas, all on this host) against one Redis, same run\n\n| case | conns | standalone % of ceiling | cluster % of ceiling | cluster / standalone |\n| --- | ---: | ---: | ---: | ---: |\n",
+        "Redis Cluster (3 masters, 3 replicas, all on this host) against one Redis, same run\n\n| case | conns | standalone % of ceiling | cluster % of ceiling | cluster / standalone | CPU us/request standalone | cluster |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n",
     );
     for (standalone, cluster) in [
         ("hit/redis", HIT_CLUSTER_CASE),
         ("lookup100/redis", LOOKUP_CLUSTER_CASE),
+        ("lookup100/redis", LOOKUP_CLUSTER_PLAIN_CASE),
     ] {
         for connections in CONNECTIONS {
             if let (Some(a), Some(b)) =
@@ -459,10 +476,12 @@ fn cluster_versus_standalone(results: &[CaseResult]) -> String {
             {
                 let _ = writeln!(
                     text,
-                    "| {cluster} | {connections} | {:.0} % | {:.0} % | {:.0} % |",
+                    "| {cluster} | {connections} | {:.0} % | {:.0} % | {:.0} % | {} | {} |",
                     a * 100.0,
                     b * 100.0,
-                    100.0 * b / a.max(f64::EPSILON)
+                    100.0 * b / a.max(f64::EPSILON),
+                    shown(cpu(standalone, connections)),
+                    shown(cpu(cluster, connections)),
                 );
             }
         }
@@ -655,8 +674,11 @@ struct CaseResult {
     connections: u32,
     runs: Vec<(Run, Run)>, // (case, ceiling right before it)
     peak_rss_mb: f64,
-    /// CPU per request of each run, where measured (the store cases).
+    /// CPU per request of each run, where measured.
     cpu: Vec<CpuPerRequest>,
+    /// The service's CPU per request of each ceiling run paired with the
+    /// case's, where measured (the hit and lookup cases).
+    ceiling_cpu: Vec<f64>,
 }
 
 /// CPU time per request of one run, in microseconds, by process: the
@@ -682,16 +704,25 @@ impl CpuPerRequest {
 /// backends too).
 struct CpuMeter<'a> {
     pid: u32,
-    redis: &'a str,
-    store: &'a str,
+    /// The Redis containers (one server, or every node of a cluster).
+    redis: Vec<&'a str>,
+    /// The PostgreSQL container, for the store cases.
+    store: Option<&'a str>,
 }
 
 impl CpuMeter<'_> {
     fn sample(&self) -> Option<CpuPerRequest> {
+        let mut redis = 0.0;
+        for id in &self.redis {
+            redis += container_cpu_us(id)?;
+        }
         Some(CpuPerRequest {
             service: process_cpu_us(self.pid)?,
-            redis: container_cpu_us(self.redis)?,
-            store: container_cpu_us(self.store)?,
+            redis,
+            store: match self.store {
+                Some(id) => container_cpu_us(id)?,
+                None => 0.0,
+            },
         })
     }
 
@@ -889,7 +920,14 @@ pub fn bench(args: &[String]) -> Result<()> {
     if cluster.is_some() {
         cases.push((HIT_CLUSTER_CASE, "redis", &hit, false));
         cases.push((LOOKUP_CLUSTER_CASE, "redis", &lookup, true));
+        cases.push((LOOKUP_CLUSTER_PLAIN_CASE, "redis", &lookup, true));
     }
+    let plain_keys_env: Vec<(&str, &str)> = cluster_env
+        .iter()
+        .flatten()
+        .copied()
+        .chain([PLAIN_KEYS])
+        .collect();
     let chosen = cases.into_iter().filter(|(name, ..)| options.wants(name));
     for (name, backend, case_script, big) in chosen {
         let service = Service::start(
@@ -901,6 +939,7 @@ pub fn bench(args: &[String]) -> Result<()> {
             match (name, &cluster_env) {
                 (NEAR_CASE, _) => &[NEAR_ON],
                 (HIT_CLUSTER_CASE | LOOKUP_CLUSTER_CASE, Some(env)) => env.as_slice(),
+                (LOOKUP_CLUSTER_PLAIN_CASE, Some(_)) => plain_keys_env.as_slice(),
                 _ => &[],
             },
         )?;
@@ -929,17 +968,45 @@ pub fn bench(args: &[String]) -> Result<()> {
                 }
             }
         }
+        // CPU per request: the process that answers, and the Redis
+        // containers of ours it talks to (none for memory and noop).
+        let containers: Vec<&str> = match (backend, name, &cluster) {
+            (
+                "redis",
+                HIT_CLUSTER_CASE | LOOKUP_CLUSTER_CASE | LOOKUP_CLUSTER_PLAIN_CASE,
+                Some(c),
+            ) => c.containers.iter().map(String::as_str).collect(),
+            ("redis", ..) => redis.container.as_deref().into_iter().collect(),
+            _ => Vec::new(),
+        };
+        let answering = reference.as_ref().unwrap_or(&service).child.id();
+        let meter = CpuMeter {
+            pid: answering,
+            redis: containers,
+            store: None,
+        };
+        let ceiling_meter = CpuMeter {
+            pid: service.child.id(),
+            redis: Vec::new(),
+            store: None,
+        };
         for connections in CONNECTIONS {
             let mut pairs = Vec::new();
+            let mut cpu = Vec::new();
+            let mut ceiling_cpu = Vec::new();
             for _ in 0..runs {
-                let base = wrk(service.port, &ceiling, connections, seconds)?;
+                let (base, used) =
+                    ceiling_meter.measure(|| wrk(service.port, &ceiling, connections, seconds))?;
+                ceiling_cpu.extend(used.map(|c| c.service));
                 if name.starts_with("miss") {
                     let answer = redis.command("FLUSHDB")?;
                     if !answer.starts_with("+OK") {
                         bail!("FLUSHDB failed: {answer}");
                     }
                 }
-                let run = wrk(target, case_script, connections, seconds)?;
+                let (run, used) =
+                    meter.measure(|| wrk(target, case_script, connections, seconds))?;
+                cpu.extend(used);
                 pairs.push((run, base));
             }
             println!(
@@ -951,7 +1018,8 @@ pub fn bench(args: &[String]) -> Result<()> {
                 connections,
                 runs: pairs,
                 peak_rss_mb: 0.0,
-                cpu: Vec::new(),
+                cpu,
+                ceiling_cpu,
             });
         }
         let rss = reference.as_ref().unwrap_or(&service).peak_rss_mb();
@@ -1225,8 +1293,8 @@ fn store_cases(
         // CPU per request by process, where the Redis is a container of ours.
         let meter = redis.container.as_deref().map(|redis| CpuMeter {
             pid: service.child.id(),
-            redis,
-            store: &postgres.container,
+            redis: vec![redis],
+            store: Some(&postgres.container),
         });
         for connections in CONNECTIONS {
             let mut pairs = Vec::new();
@@ -1260,6 +1328,7 @@ fn store_cases(
                 runs: pairs,
                 peak_rss_mb: 0.0,
                 cpu,
+                ceiling_cpu: Vec::new(),
             });
         }
         let rss = service.peak_rss_mb();
@@ -1406,6 +1475,38 @@ fn cpu_table(results: &[CaseResult]) -> Vec<String> {
         }
     }
     lines
+}
+
+/// CPU per request of the hit and lookup cases (medians of the runs): the
+/// service and the Redis containers it talks to, and the service's CPU per
+/// request of the ceiling runs paired with them. Steadier than requests per
+/// second on a machine whose cores wrk and the servers share: a case's
+/// service CPU against its ceiling's is what the case's own work costs.
+fn service_cpu_table(results: &[CaseResult]) -> String {
+    let measured: Vec<&CaseResult> = results
+        .iter()
+        .filter(|r| !r.name.starts_with("pg/") && !r.cpu.is_empty())
+        .collect();
+    if measured.is_empty() {
+        return String::new();
+    }
+    let mut table = String::from(
+        "\nCPU per request, microseconds (medians of the runs; user and system time of the service process, and of the Redis containers: one server, or every node of the cluster)\n\n| case | conns | service | Redis | total | ceiling (service) | service / ceiling |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+    );
+    for r in measured {
+        let service = median(r.cpu.iter().map(|c| c.service).collect()).0;
+        let redis = median(r.cpu.iter().map(|c| c.redis).collect()).0;
+        let total = median(r.cpu.iter().map(|c| c.total()).collect()).0;
+        let ceiling = median(r.ceiling_cpu.clone()).0;
+        let _ = writeln!(
+            table,
+            "| {} | {} | {service:.1} | {redis:.1} | {total:.1} | {ceiling:.1} | {:.2}x |",
+            r.name,
+            r.connections,
+            service / ceiling.max(f64::MIN_POSITIVE)
+        );
+    }
+    table
 }
 
 /// What the store pays per query in the storm case: a database's round trip.
@@ -1667,6 +1768,7 @@ fn report(
         );
     }
     json.push(']');
+    table.push_str(&service_cpu_table(results));
     fs::write(dir.join("results.json"), json)?;
     fs::write(dir.join("results.md"), &table)?;
     println!(
