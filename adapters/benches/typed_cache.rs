@@ -6,7 +6,8 @@
 //! - memory: `TypedCache` over `MemoryBackend` (bare, and as the service
 //!   composes it: behind `TimeoutBackend`) against a raw moka
 //!   `future::Cache<String, Bytes>` holding the same bytes under the same keys:
-//!   `get`, `set`, and `mget` of 100 (100 raw gets).
+//!   `get` (and `get_or_load` on a hit), `set`, and `mget` of 100 (100 raw
+//!   gets).
 //! - redis: `TypedCache` over `RedisBackend` (bare, and as the service composes
 //!   it: timeout and circuit breaker) against a raw `ConnectionManager` GET of
 //!   the same key on the same Redis. Needs `CACHEMANAGER_BENCH_REDIS_URL` (and
@@ -50,6 +51,12 @@ impl CacheDefinition for UuidToId {
     const NAMESPACE: &'static str = "bench:uuid-to-id";
     const DEFAULT_TTL: Ttl = Ttl::from_secs(600);
 }
+
+/// A loader's error that no benchmark should ever see: `get_or_load` on a
+/// hit never calls its loader.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the loader ran on a hit")]
+struct LoaderNeverRuns;
 
 const ENTRIES: u128 = 100;
 /// The service's default operation bound.
@@ -120,6 +127,16 @@ fn memory(c: &mut Criterion) {
     group.bench_function("typed (timeout)", |b| {
         b.to_async(&rt)
             .iter(|| async { composed.get(black_box(&hit)).await })
+    });
+    // The read-through API on a hit: what `get` does, and nothing more (the
+    // loader is never called).
+    group.bench_function("typed get_or_load (hit)", |b| {
+        b.to_async(&rt).iter(|| async {
+            bare.get_or_load(black_box(&hit), || async {
+                Err::<Option<i64>, LoaderNeverRuns>(LoaderNeverRuns)
+            })
+            .await
+        })
     });
     group.finish();
 
