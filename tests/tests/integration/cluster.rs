@@ -25,6 +25,22 @@ async fn per_node(cluster: &TestCluster, section: &str, field: &str) -> Vec<u64>
         .collect()
 }
 
+/// The distinct slots of the users' record keys, as the cluster computes them.
+async fn record_slots(cluster: &TestCluster, uuids: &[String]) -> std::collections::BTreeSet<u16> {
+    let mut node = cluster.node(0).await;
+    let mut slots = std::collections::BTreeSet::new();
+    for uuid in uuids {
+        let slot: u16 = redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(tests::cluster::record_key(uuid))
+            .query_async(&mut node)
+            .await
+            .unwrap();
+        slots.insert(slot);
+    }
+    slots
+}
+
 #[tokio::test]
 async fn the_service_answers_from_a_cluster_as_from_one_server() {
     let cluster = TestCluster::shared();
@@ -73,17 +89,7 @@ async fn a_lookup_costs_one_mget_per_slot_on_the_owning_master_and_nothing_more(
     assert_eq!(warm.status(), 200);
     // Which node should serve which keys: the slot of each record key, and
     // the node that owns it.
-    let mut node = cluster.node(0).await;
-    let mut slots = std::collections::BTreeSet::new();
-    for uuid in &uuids {
-        let slot: u16 = redis::cmd("CLUSTER")
-            .arg("KEYSLOT")
-            .arg(tests::cluster::record_key(uuid))
-            .query_async(&mut node)
-            .await
-            .unwrap();
-        slots.insert(slot);
-    }
+    let slots = record_slots(cluster, &uuids).await;
     let before = per_node(cluster, "commandstats", "cmdstat_mget").await;
     let answer = app.post_json("/users/lookup", &body).await;
     assert_eq!(answer.status(), 200);
@@ -121,17 +127,7 @@ async fn a_lookup_of_100_uuids_costs_at_most_one_mget_per_key_bucket() {
     let uuids: Vec<String> = (0..100_u64)
         .map(|n| format!("00000000-0000-4000-8000-{:012x}", (run << 8) | n))
         .collect();
-    let mut node = cluster.node(0).await;
-    let mut slots = std::collections::BTreeSet::new();
-    for uuid in &uuids {
-        let slot: u16 = redis::cmd("CLUSTER")
-            .arg("KEYSLOT")
-            .arg(tests::cluster::record_key(uuid))
-            .query_async(&mut node)
-            .await
-            .unwrap();
-        slots.insert(slot);
-    }
+    let slots = record_slots(cluster, &uuids).await;
     let before = per_node(cluster, "commandstats", "cmdstat_mget").await;
     let answer = app
         .post_json("/users/lookup", &json!({ "uuids": uuids }))
