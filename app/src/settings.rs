@@ -284,7 +284,7 @@ pub struct CacheSettings {
     decode_memo_entries: usize,
     /// On a Redis Cluster (`redis.mode = cluster`), the caches whose keys
     /// are ours alone (the user record, never the seed's two) group them in
-    /// this many hash-tag buckets (`user:record:{b}:{uuid}`), so a lookup of
+    /// this many hash-tag buckets (`user:record:{<b>}:<uuid>`), so a lookup of
     /// 100 users is at most this many `MGET`s instead of one per user (0 or
     /// 1: plain keys). Every instance on one cluster must use the same
     /// number. Not used over one Redis.

@@ -11,7 +11,7 @@ use crate::user::{User, UserId, UserUuid};
 /// Python service never reads. Unknown uuids are remembered for 30 s in this
 /// process (negative caching), so a flood of them stops reaching the store.
 /// Being ours alone, its keys may be grouped in hash-tag buckets on a Redis
-/// Cluster (`user:record:{b}:{uuid}`), so a lookup of 100 users is a few
+/// Cluster (`user:record:{<b>}:<uuid>`), so a lookup of 100 users is a few
 /// `MGET`s, not one per user.
 pub struct UserRecords;
 

@@ -1,5 +1,6 @@
 //! Key building: `{namespace}:{segment}`, where no segment can escape its
-//! namespace, or `{namespace}:{b}:{segment}` with a hash-tag bucket (Redis Cluster).
+//! namespace, or `<namespace>:{<b>}:<segment>` with a hash-tag bucket `b`
+//! (Redis Cluster; the braces are the hash tag).
 
 use std::fmt::Write as _;
 
@@ -27,7 +28,8 @@ pub fn full_key<K: CacheKey + ?Sized>(namespace: &str, key: &K) -> String {
 }
 
 /// Builds the key of `key` in one of `buckets` hash-tag buckets:
-/// `{namespace}:{b}:{segment}`, where `b` is [`key_bucket`] of the segment.
+/// `<namespace>:{<b>}:<segment>` (the braces are the hash tag), where `b`
+/// is [`key_bucket`] of the segment.
 /// On a Redis Cluster only the tag (`b`) decides the slot, so a batch of
 /// keys from one namespace falls in at most `buckets` slots, whatever its
 /// size. `buckets` 0 or 1: the plain [`full_key`].

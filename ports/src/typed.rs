@@ -112,7 +112,7 @@ pub trait CacheDefinition: Send + Sync + 'static {
     /// whose entries appear rarely) should ask for it.
     const NEGATIVE_TTL: Option<Ttl> = None;
     /// Whether configuration may group this cache's keys in hash-tag
-    /// buckets (`{NAMESPACE}:{b}:{key}`, see [`crate::bucketed_key`] and
+    /// buckets (`<NAMESPACE>:{<b>}:<key>`, see [`crate::bucketed_key`] and
     /// [`CachePolicy::with_key_buckets`]), so a batch on a Redis Cluster is
     /// a few commands instead of one per key. Buckets change every key: only
     /// for a namespace that no other program reads by key. Never for one
@@ -381,7 +381,7 @@ impl<D: CacheDefinition> TypedCache<D> {
     }
 
     /// The full backend key of `key`: `{namespace}:{key}`, or
-    /// `{namespace}:{b}:{key}` with hash-tag buckets.
+    /// `<namespace>:{<b>}:<key>` with hash-tag buckets.
     pub fn key(&self, key: &D::Key) -> String {
         if self.key_buckets > 1 {
             bucketed_key(D::NAMESPACE, key, self.key_buckets)

@@ -25,7 +25,7 @@ pub const NODES: usize = 6;
 
 /// The key of a user's record on a cluster, as a service with the default
 /// settings builds it: in one of `cache.cluster_key_buckets` hash-tag
-/// buckets (`user:record:{b}:<uuid>`).
+/// buckets (`user:record:{<b>}:<uuid>`).
 pub fn record_key(uuid: &str) -> String {
     ports::bucketed_key("user:record", uuid, app::DEFAULT_CLUSTER_KEY_BUCKETS)
 }

@@ -101,7 +101,7 @@ pub struct CacheView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub negative_ttl_secs: Option<f64>,
     /// The hash-tag buckets its keys are grouped in on a Redis Cluster
-    /// (`{namespace}:{b}:{key}`; absent: plain keys).
+    /// (`<namespace>:{<b>}:<key>`; absent: plain keys).
     #[oai(skip_serializing_if_is_none)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key_buckets: Option<u16>,

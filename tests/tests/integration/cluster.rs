@@ -70,7 +70,7 @@ async fn the_service_answers_from_a_cluster_as_from_one_server() {
 
 /// Redis refuses an `MGET` across slots (`CROSSSLOT`), even on one node, so
 /// a lookup's batch is one `MGET` per slot its keys fall in (a record's slot
-/// is its hash-tag bucket's: `user:record:{b}:<uuid>`): the driver sends
+/// is its hash-tag bucket's: `user:record:{<b>}:<uuid>`): the driver sends
 /// each to the node that owns the slot, all at once (one round trip per node,
 /// pipelined on that node's connection). Counted by the nodes: exactly one
 /// `MGET` per distinct slot, on the master that owns it, and nothing more
