@@ -609,9 +609,10 @@ local i = 0
 {request}
 done = function(summary, latency, requests)
   local e = summary.errors
-  io.write(string.format("CMBENCH requests=%d duration_us=%d errors=%d non2xx=%d p50_us=%d p99_us=%d p999_us=%d\n",
+  -- os.clock(): this wrk process's CPU time so far, every thread (C's clock()).
+  io.write(string.format("CMBENCH requests=%d duration_us=%d errors=%d non2xx=%d p50_us=%d p99_us=%d p999_us=%d cpu_us=%d\n",
     summary.requests, summary.duration, e.connect + e.read + e.write + e.timeout, e.status,
-    latency:percentile(50), latency:percentile(99), latency:percentile(99.9)))
+    latency:percentile(50), latency:percentile(99), latency:percentile(99.9), math.floor(os.clock() * 1e6)))
 end
 "#
     );
@@ -627,6 +628,9 @@ struct Run {
     p99_ms: f64,
     p999_ms: f64,
     errors: u64,
+    /// wrk's own CPU time over the run, in microseconds (the load
+    /// generator shares this machine's cores with the servers).
+    client_cpu_us: f64,
 }
 
 fn wrk(port: u16, script: &Path, connections: u32, seconds: u32) -> Result<Run> {
@@ -666,6 +670,7 @@ fn wrk(port: u16, script: &Path, connections: u32, seconds: u32) -> Result<Run> 
         p99_ms: field("p99_us") / 1e3,
         p999_ms: field("p999_us") / 1e3,
         errors: (field("errors") + field("non2xx")) as u64,
+        client_cpu_us: field("cpu_us"),
     })
 }
 
@@ -691,11 +696,21 @@ struct CpuPerRequest {
     service: f64,
     redis: f64,
     store: f64,
+    /// wrk, the load generator, on the same cores.
+    client: f64,
 }
 
 impl CpuPerRequest {
+    /// The servers': the service, Redis and PostgreSQL.
     fn total(self) -> f64 {
         self.service + self.redis + self.store
+    }
+
+    /// Everything a request costs this machine, the load generator included:
+    /// where the cores are saturated, requests per second are about the
+    /// cores over this.
+    fn with_client(self) -> f64 {
+        self.total() + self.client
     }
 }
 
@@ -723,6 +738,7 @@ impl CpuMeter<'_> {
                 Some(id) => container_cpu_us(id)?,
                 None => 0.0,
             },
+            client: 0.0,
         })
     }
 
@@ -739,6 +755,7 @@ impl CpuMeter<'_> {
                 service: (a.service - b.service) / run.requests,
                 redis: (a.redis - b.redis) / run.requests,
                 store: (a.store - b.store) / run.requests,
+                client: run.client_cpu_us / run.requests,
             });
         Ok((run, cpu))
     }
@@ -1430,6 +1447,7 @@ fn cpu_table(results: &[CaseResult]) -> Vec<String> {
             service: of(|c| c.service),
             redis: of(|c| c.redis),
             store: of(|c| c.store),
+            client: of(|c| c.client),
         }
     };
     let measured: Vec<&CaseResult> = results
@@ -1441,20 +1459,22 @@ fn cpu_table(results: &[CaseResult]) -> Vec<String> {
     }
     let mut lines = vec![
         String::new(),
-        "CPU per request, microseconds (medians of the runs; user and system time of the service process, and of the Redis and PostgreSQL containers)\n".into(),
-        "| case | connections | service | Redis | PostgreSQL | total |".into(),
-        "| --- | ---: | ---: | ---: | ---: | ---: |".into(),
+        "CPU per request, microseconds (medians of the runs; user and system time of the service process, of the Redis and PostgreSQL containers, and of wrk, the load generator on the same cores)\n".into(),
+        "| case | connections | service | Redis | PostgreSQL | servers | wrk | all |".into(),
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |".into(),
     ];
     for r in &measured {
         let m = medians(r);
         lines.push(format!(
-            "| {} | {} | {:.1} | {:.1} | {:.1} | {:.1} |",
+            "| {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
             r.name,
             r.connections,
             m.service,
             m.redis,
             m.store,
-            m.total()
+            m.total(),
+            m.client,
+            m.with_client()
         ));
     }
     for connections in CONNECTIONS {
@@ -1462,15 +1482,25 @@ fn cpu_table(results: &[CaseResult]) -> Vec<String> {
             measured
                 .iter()
                 .find(|r| r.name == name && r.connections == connections)
-                .map(|r| medians(r).total())
+                .map(|r| medians(r))
         };
-        if let (Some(hit), Some(noop), Some(miss)) =
-            (find("pg/hit/redis"), find("pg/noop"), find("pg/miss/redis"))
-        {
+        let share = |a: CpuPerRequest, b: CpuPerRequest| {
+            (
+                100.0 * a.total() / b.total().max(f64::MIN_POSITIVE),
+                100.0 * a.with_client() / b.with_client().max(f64::MIN_POSITIVE),
+            )
+        };
+        if let (Some(hit), Some(noop)) = (find("pg/hit/redis"), find("pg/noop")) {
+            let (servers, all) = share(hit, noop);
             lines.push(format!(
-                "\nAt {connections} connections a warm hit uses {:.0} % of the CPU of a request with no cache; a miss {:.0} %.",
-                100.0 * hit / noop.max(f64::MIN_POSITIVE),
-                100.0 * miss / noop.max(f64::MIN_POSITIVE),
+                "\nAt {connections} connections a warm hit uses {servers:.0} % of the servers' CPU of a request with no cache ({all:.0} % with wrk's): with every core busy, at most {:.2}x the requests per second.",
+                noop.with_client() / hit.with_client().max(f64::MIN_POSITIVE)
+            ));
+        }
+        if let (Some(miss), Some(noop)) = (find("pg/miss/redis"), find("pg/noop")) {
+            let (servers, all) = share(miss, noop);
+            lines.push(format!(
+                "At {connections} connections a miss uses {servers:.0} % of the servers' CPU of a request with no cache ({all:.0} % with wrk's)."
             ));
         }
     }
@@ -1491,16 +1521,17 @@ fn service_cpu_table(results: &[CaseResult]) -> String {
         return String::new();
     }
     let mut table = String::from(
-        "\nCPU per request, microseconds (medians of the runs; user and system time of the service process, and of the Redis containers: one server, or every node of the cluster)\n\n| case | conns | service | Redis | total | ceiling (service) | service / ceiling |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+        "\nCPU per request, microseconds (medians of the runs; user and system time of the service process, of the Redis containers: one server, or every node of the cluster, and of wrk)\n\n| case | conns | service | Redis | total | wrk | ceiling (service) | service / ceiling |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
     );
     for r in measured {
         let service = median(r.cpu.iter().map(|c| c.service).collect()).0;
         let redis = median(r.cpu.iter().map(|c| c.redis).collect()).0;
         let total = median(r.cpu.iter().map(|c| c.total()).collect()).0;
+        let client = median(r.cpu.iter().map(|c| c.client).collect()).0;
         let ceiling = median(r.ceiling_cpu.clone()).0;
         let _ = writeln!(
             table,
-            "| {} | {} | {service:.1} | {redis:.1} | {total:.1} | {ceiling:.1} | {:.2}x |",
+            "| {} | {} | {service:.1} | {redis:.1} | {total:.1} | {client:.1} | {ceiling:.1} | {:.2}x |",
             r.name,
             r.connections,
             service / ceiling.max(f64::MIN_POSITIVE)
