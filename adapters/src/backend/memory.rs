@@ -1,17 +1,14 @@
-//! The in-memory backend: moka's concurrent cache, with per-entry TTL and a
-//! capacity bounded in bytes.
+//! The in-memory backend: quick_cache's concurrent cache, with per-entry
+//! TTL and a capacity bounded in bytes.
 
-use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use foldhash::quality::RandomState;
-use moka::Expiry;
-use moka::future::Cache;
 use ports::{BackendError, CacheBackend, Entry};
-use tokio::sync::Mutex;
+use quick_cache::sync::{Cache, EntryAction, EntryResult};
 
 /// Settings of [`MemoryBackend`] (the `[memory]` settings).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
@@ -33,63 +30,56 @@ impl Default for MemoryConfig {
 #[derive(Clone)]
 struct Stored {
     value: Bytes,
-    ttl: Option<Duration>,
+    /// When it stops existing (`None`: never), as Redis's expiry.
+    expires: Option<Instant>,
 }
 
-/// Each entry expires after its own TTL; an overwrite restarts it (as Redis SET does).
-struct PerEntryTtl;
-
-impl Expiry<String, Stored> for PerEntryTtl {
-    fn expire_after_create(&self, _: &String, stored: &Stored, _: Instant) -> Option<Duration> {
-        stored.ttl
-    }
-    fn expire_after_update(
-        &self,
-        _: &String,
-        stored: &Stored,
-        _: Instant,
-        _: Option<Duration>,
-    ) -> Option<Duration> {
-        stored.ttl
-    }
-}
-
-/// How many locks the writes of all keys are spread over.
-const WRITE_LOCKS: usize = 64;
-
-/// Serialises the writes of each key (a key always maps to the same lock), so
-/// that `compare_and_delete`'s read and remove are atomic with respect to
-/// `set`: it can never remove a value written after it compared.
-///
-/// moka's own per-key `and_compute_with` gives the same guarantee but costs
-/// 2.7 times a plain insert (`cargo bench -p adapters -- memory/set`); an
-/// uncontended lock costs a few tens of nanoseconds. Reads take no lock.
-struct WriteLocks {
-    hasher: RandomState,
-    locks: [Mutex<()>; WRITE_LOCKS],
-}
-
-impl WriteLocks {
-    fn new() -> Self {
+impl Stored {
+    fn new(value: Bytes, ttl: Option<Duration>) -> Self {
         Self {
-            hasher: RandomState::default(),
-            locks: std::array::from_fn(|_| Mutex::new(())),
+            value,
+            // A TTL too large for the clock never expires in practice.
+            expires: ttl.and_then(|ttl| Instant::now().checked_add(ttl)),
         }
     }
 
-    fn of(&self, key: &str) -> &Mutex<()> {
-        // The modulo keeps the index below WRITE_LOCKS, so indexing cannot fail.
-        let index = (self.hasher.hash_one(key) % WRITE_LOCKS as u64) as usize;
-        &self.locks[index]
+    /// Whether it still exists at `now`: an expired entry is absent to every
+    /// operation, as in Redis, until it is removed.
+    fn live(&self, now: Instant) -> bool {
+        self.expires.is_none_or(|expires| now < expires)
     }
 }
 
+/// What an entry weighs against `max_bytes`: key, value and a rough
+/// per-entry overhead.
+#[derive(Clone)]
+struct Weight;
+
+impl quick_cache::Weighter<String, Stored> for Weight {
+    fn weight(&self, key: &String, stored: &Stored) -> u64 {
+        (key.len() + stored.value.len() + 64) as u64
+    }
+}
+
+/// quick_cache (S3-FIFO eviction, bounded by weight, one lock per shard)
+/// rather than moka: a read is a shard's read lock and a hash lookup, where
+/// moka's also records the access for its policy (about a quarter of the
+/// instructions; docs/PERFORMANCE.md, "Cutting the shared hit path"). Every
+/// write of a key, and compare-and-delete's read-then-remove, happen under
+/// that key's shard lock, so each is atomic against the others.
+type Store = Cache<String, Stored, Weight, RandomState>;
+
+/// Entries of this weight are expected, to size the tables and the record
+/// of recently evicted keys.
+const TYPICAL_ENTRY_BYTES: u64 = 256;
+
 /// An in-process cache with the same observable semantics as Redis for every
-/// operation of the port. Needs no server: the default backend.
+/// operation of the port. Needs no server: the default backend. Expiry is
+/// checked when an entry is touched; an expired entry weighs on the capacity
+/// until then or until it is evicted.
 #[derive(Clone)]
 pub struct MemoryBackend {
-    cache: Cache<String, Stored, RandomState>,
-    write_locks: Arc<WriteLocks>,
+    store: Arc<Store>,
     /// Lets a test pause `compare_and_delete` between its comparison and its
     /// removal, to make the race it must win happen every time.
     #[cfg(test)]
@@ -99,8 +89,8 @@ pub struct MemoryBackend {
 impl std::fmt::Debug for MemoryBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MemoryBackend")
-            .field("entries", &self.cache.entry_count())
-            .field("weighted_bytes", &self.cache.weighted_size())
+            .field("entries", &self.store.len())
+            .field("weighted_bytes", &self.store.weight())
             .finish()
     }
 }
@@ -108,40 +98,58 @@ impl std::fmt::Debug for MemoryBackend {
 impl MemoryBackend {
     /// An empty cache bounded by `config.max_bytes`.
     pub fn new(config: MemoryConfig) -> Self {
-        let cache = Cache::builder()
-            .max_capacity(config.max_bytes)
-            .weigher(|key: &String, stored: &Stored| {
-                // Key, value and a rough per-entry overhead, saturating at u32::MAX.
-                u32::try_from(key.len() + stored.value.len() + 64).unwrap_or(u32::MAX)
-            })
-            .expire_after(PerEntryTtl)
+        let typical = usize::try_from(config.max_bytes / TYPICAL_ENTRY_BYTES).unwrap_or(usize::MAX);
+        let store = Store::with(
+            typical.max(1),
+            config.max_bytes,
+            Weight,
             // foldhash instead of SipHash: a quarter of the cost of hashing a
             // key, still seeded per process so keys cannot be chosen to collide.
-            .build_with_hasher(RandomState::default());
+            RandomState::default(),
+            Default::default(),
+        );
         Self {
-            cache,
-            write_locks: Arc::new(WriteLocks::new()),
+            store: Arc::new(store),
             #[cfg(test)]
             pause_after_compare: Arc::default(),
         }
     }
 
-    /// Runs moka's pending maintenance (evictions, expirations) now.
-    /// Tests use it to observe capacity bounds deterministically.
-    pub async fn run_pending_tasks(&self) {
-        self.cache.run_pending_tasks().await;
-    }
-
-    /// The number of entries, after pending maintenance.
+    /// The number of entries held (expired ones included until touched).
     pub fn entry_count(&self) -> u64 {
-        self.cache.entry_count()
+        self.store.len() as u64
     }
 
-    async fn put(&self, key: &str, value: Bytes, ttl: Option<Duration>) {
-        let _write = self.write_locks.of(key).lock().await;
-        self.cache
-            .insert(key.to_owned(), Stored { value, ttl })
-            .await;
+    fn read(&self, key: &str) -> Option<Bytes> {
+        let stored = self.store.get(key)?;
+        let now = Instant::now();
+        if stored.live(now) {
+            Some(stored.value)
+        } else {
+            self.store.remove_if(key, |stored| !stored.live(now));
+            None
+        }
+    }
+
+    /// Stores `stored` at `key` unless the key holds a live value (`SET NX`),
+    /// atomically: a concurrent write of the key either lands first (and
+    /// this one is refused) or after.
+    fn put_if_absent(&self, key: &str, stored: Stored) {
+        let now = Instant::now();
+        let vacant = self.store.entry(key, None, |_, held| {
+            if held.live(now) {
+                EntryAction::Retain(())
+            } else {
+                EntryAction::ReplaceWithGuard
+            }
+        });
+        let guard = match vacant {
+            EntryResult::Vacant(guard) | EntryResult::Replaced(guard, _) => guard,
+            EntryResult::Retained(()) | EntryResult::Removed(..) | EntryResult::Timeout => return,
+        };
+        // Refused only when a plain write of the key landed meanwhile: that
+        // write is then the later one, as it would be in Redis.
+        let _ = guard.insert(stored);
     }
 }
 
@@ -158,7 +166,7 @@ impl CacheBackend for MemoryBackend {
     }
 
     async fn get(&self, key: &str) -> Result<Option<Bytes>, BackendError> {
-        Ok(self.cache.get(key).await.map(|stored| stored.value))
+        Ok(self.read(key))
     }
 
     async fn set(
@@ -167,50 +175,42 @@ impl CacheBackend for MemoryBackend {
         value: Bytes,
         ttl: Option<Duration>,
     ) -> Result<(), BackendError> {
-        self.put(key, value, ttl).await;
+        self.store.insert(key.to_owned(), Stored::new(value, ttl));
         Ok(())
     }
 
     async fn delete(&self, key: &str) -> Result<bool, BackendError> {
-        Ok(self.cache.remove(key).await.is_some())
+        let now = Instant::now();
+        Ok(self
+            .store
+            .remove(key)
+            .is_some_and(|(_, stored)| stored.live(now)))
     }
 
     async fn compare_and_delete(&self, key: &str, expected: &[u8]) -> Result<bool, BackendError> {
-        let _write = self.write_locks.of(key).lock().await;
-        match self.cache.get(key).await {
-            Some(current) if current.value.as_ref() == expected => {
-                #[cfg(test)]
-                self.pause_after_compare.wait().await;
-                self.cache.invalidate(key).await;
-                Ok(true)
+        let now = Instant::now();
+        let removed = self.store.remove_if(key, |current| {
+            let matches = current.live(now) && current.value.as_ref() == expected;
+            #[cfg(test)]
+            if matches {
+                self.pause_after_compare.wait();
             }
-            _ => Ok(false),
-        }
+            matches
+        });
+        Ok(removed.is_some())
     }
 
     async fn mget(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>, BackendError> {
-        let mut values = Vec::with_capacity(keys.len());
-        for key in keys {
-            values.push(self.cache.get(key).await.map(|stored| stored.value));
-        }
-        Ok(values)
+        Ok(keys.iter().map(|key| self.read(key)).collect())
     }
 
     async fn mset(&self, entries: &[Entry]) -> Result<(), BackendError> {
         for entry in entries {
+            let stored = Stored::new(entry.value.clone(), entry.ttl);
             if entry.only_if_absent {
-                // Under the key's write lock, so no write lands between the
-                // check and the insert (Redis `SET NX` is atomic too).
-                let _write = self.write_locks.of(&entry.key).lock().await;
-                if self.cache.get(&entry.key).await.is_none() {
-                    let stored = Stored {
-                        value: entry.value.clone(),
-                        ttl: entry.ttl,
-                    };
-                    self.cache.insert(entry.key.clone(), stored).await;
-                }
+                self.put_if_absent(&entry.key, stored);
             } else {
-                self.put(&entry.key, entry.value.clone(), entry.ttl).await;
+                self.store.insert(entry.key.clone(), stored);
             }
         }
         Ok(())
@@ -224,6 +224,7 @@ impl CacheBackend for MemoryBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::mpsc;
 
     #[tokio::test]
     async fn capacity_is_bounded_in_bytes() {
@@ -232,7 +233,6 @@ mod tests {
             let value = Bytes::from(vec![b'x'; 100]);
             backend.set(&format!("k{i}"), value, None).await.unwrap();
         }
-        backend.run_pending_tasks().await;
         // Each entry weighs about 170 bytes: at most ~60 fit.
         assert!(
             backend.entry_count() <= 60,
@@ -242,52 +242,106 @@ mod tests {
         assert!(backend.entry_count() > 0);
     }
 
-    /// A gate `compare_and_delete` stops at when armed: it says it has
-    /// compared, then waits to be let go.
+    #[tokio::test]
+    async fn an_expired_entry_is_absent_to_every_operation() {
+        let backend = MemoryBackend::default();
+        let short = Some(Duration::from_millis(20));
+        backend
+            .set("k", Bytes::from_static(b"v"), short)
+            .await
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(40));
+        assert_eq!(backend.get("k").await.unwrap(), None);
+        backend
+            .set("d", Bytes::from_static(b"v"), short)
+            .await
+            .unwrap();
+        backend
+            .set("c", Bytes::from_static(b"v"), short)
+            .await
+            .unwrap();
+        backend
+            .set("n", Bytes::from_static(b"old"), short)
+            .await
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(40));
+        assert_eq!(backend.delete("d").await, Ok(false));
+        assert_eq!(backend.compare_and_delete("c", b"v").await, Ok(false));
+        let fill = Entry {
+            only_if_absent: true,
+            ..Entry::new("n".into(), Bytes::from_static(b"new"), None)
+        };
+        backend.mset(&[fill]).await.unwrap();
+        assert_eq!(
+            backend.get("n").await.unwrap().as_deref(),
+            Some(&b"new"[..]),
+            "an expired value does not block SET NX"
+        );
+    }
+
+    /// A gate `compare_and_delete` stops at when armed, inside its
+    /// comparison: it says it has compared, then waits to be let go.
     #[derive(Default)]
     pub(super) struct Pause {
-        armed: std::sync::atomic::AtomicBool,
-        compared: tokio::sync::Notify,
-        go_on: tokio::sync::Notify,
+        gate: std::sync::Mutex<Option<(mpsc::Sender<()>, mpsc::Receiver<()>)>>,
     }
 
     impl Pause {
-        pub(super) async fn wait(&self) {
-            if self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
-                self.compared.notify_one();
-                self.go_on.notified().await;
+        /// Arms the gate: the next matching comparison sends on `compared`
+        /// and waits for `go_on`.
+        fn arm(&self) -> (mpsc::Receiver<()>, mpsc::Sender<()>) {
+            let (compared_tx, compared_rx) = mpsc::channel();
+            let (go_on_tx, go_on_rx) = mpsc::channel();
+            *self.gate.lock().unwrap() = Some((compared_tx, go_on_rx));
+            (compared_rx, go_on_tx)
+        }
+
+        pub(super) fn wait(&self) {
+            let gate = self.gate.lock().unwrap().take();
+            if let Some((compared, go_on)) = gate {
+                compared.send(()).unwrap();
+                go_on.recv().unwrap();
             }
         }
     }
 
-    #[tokio::test]
-    async fn compare_and_delete_never_removes_a_value_written_while_it_ran() {
+    /// Runs one operation to its end on this thread (the test's threads
+    /// each stand for a request).
+    fn block_on<F: std::future::Future>(future: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(future)
+    }
+
+    #[test]
+    fn compare_and_delete_never_removes_a_value_written_while_it_ran() {
         let backend = MemoryBackend::default();
-        backend
-            .set("k", Bytes::from_static(b"corrupt"), None)
-            .await
-            .unwrap();
-        let pause = backend.pause_after_compare.clone();
-        pause.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+        block_on(backend.set("k", Bytes::from_static(b"corrupt"), None)).unwrap();
+        let (compared, go_on) = backend.pause_after_compare.arm();
         let deleter = backend.clone();
-        let delete = tokio::spawn(async move { deleter.compare_and_delete("k", b"corrupt").await });
+        let delete =
+            std::thread::spawn(move || block_on(deleter.compare_and_delete("k", b"corrupt")));
         // The deleter has compared and matched; now a valid value is written.
-        pause.compared.notified().await;
+        compared.recv().unwrap();
         let writer = backend.clone();
-        let mut write =
-            tokio::spawn(async move { writer.set("k", Bytes::from_static(b"valid"), None).await });
-        // The write must wait for the deleter (it holds the key's lock)...
-        let waited = tokio::time::timeout(Duration::from_millis(50), &mut write).await;
+        let (written_tx, written) = mpsc::channel();
+        let write = std::thread::spawn(move || {
+            let result = block_on(writer.set("k", Bytes::from_static(b"valid"), None));
+            written_tx.send(()).unwrap();
+            result
+        });
+        // The write must wait for the deleter (it holds the key's shard)...
         assert!(
-            waited.is_err(),
+            written.recv_timeout(Duration::from_millis(50)).is_err(),
             "the write did not wait for compare-and-delete"
         );
         // ...and lands after its removal.
-        pause.go_on.notify_one();
-        assert_eq!(delete.await.unwrap(), Ok(true));
-        assert_eq!(write.await.unwrap(), Ok(()));
+        go_on.send(()).unwrap();
+        assert_eq!(delete.join().unwrap(), Ok(true));
+        assert_eq!(write.join().unwrap(), Ok(()));
         assert_eq!(
-            backend.get("k").await.unwrap().as_deref(),
+            block_on(backend.get("k")).unwrap().as_deref(),
             Some(&b"valid"[..])
         );
     }

@@ -37,9 +37,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use foldhash::quality::RandomState;
-use moka::Expiry;
-use moka::sync::Cache;
 use ports::{BackendError, CacheBackend, Entry, Remaining, SharedBackend};
+use quick_cache::sync::Cache;
 use redis::{AsyncConnectionConfig, PushInfo, PushKind, Value};
 
 use super::redis::{Protocol, RedisConfig, RedisMode, RedisSetupError, build_client, node_url};
@@ -141,31 +140,41 @@ fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
 
-/// One entry of L1: the value, the tracking epoch it was read in, and how
-/// long it may live.
+/// One entry of L1: the value, the tracking epoch it was read in, and when
+/// it stops being served.
 #[derive(Clone)]
 struct Local {
     value: Bytes,
     epoch: u64,
-    lifetime: Duration,
+    expires: Instant,
 }
 
-struct Lifetime;
-
-impl Expiry<String, Local> for Lifetime {
-    fn expire_after_create(&self, _: &String, local: &Local, _: Instant) -> Option<Duration> {
-        Some(local.lifetime)
-    }
-    fn expire_after_update(
-        &self,
-        _: &String,
-        local: &Local,
-        _: Instant,
-        _: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(local.lifetime)
+impl Local {
+    fn live(&self, now: Instant) -> bool {
+        now < self.expires
     }
 }
+
+/// What an entry weighs against `max_bytes`: its key, its value and a rough
+/// per-entry overhead.
+#[derive(Clone)]
+struct Weight;
+
+impl quick_cache::Weighter<String, Local> for Weight {
+    fn weight(&self, key: &String, local: &Local) -> u64 {
+        (key.len() + local.value.len() + 64) as u64
+    }
+}
+
+/// L1: quick_cache (S3-FIFO, bounded by weight) rather than moka, whose read
+/// records every access for its policy: 1,236 instructions a lookup against
+/// 282 (callgrind, a 150-byte value; docs/PERFORMANCE.md, "Cutting the
+/// shared hit path"). Expiry is checked on read (`Local::expires`).
+type L1 = Cache<String, Local, Weight, RandomState>;
+
+/// Entries of this weight are expected, to size L1's tables and its record of
+/// recently evicted keys.
+const TYPICAL_ENTRY_BYTES: u64 = 256;
 
 /// A read of a key in flight: its stamp is changed by any invalidation of the
 /// key meanwhile.
@@ -196,7 +205,7 @@ struct Ticket {
 }
 
 struct Core {
-    l1: Cache<String, Local, RandomState>,
+    l1: L1,
     coherence: Mutex<Coherence>,
     /// The epoch whose entries are served; 0 while tracking is not armed.
     /// Read without the lock on the hit path.
@@ -241,7 +250,16 @@ impl Core {
             return None;
         }
         let local = self.l1.get(key)?;
-        (local.epoch == trusted).then_some(local.value)
+        if local.epoch != trusted {
+            return None;
+        }
+        let now = Instant::now();
+        if local.live(now) {
+            Some(local.value)
+        } else {
+            self.l1.remove_if(key, |local| !local.live(now));
+            None
+        }
     }
 
     fn begin(&self, key: &str) -> Option<Ticket> {
@@ -285,7 +303,7 @@ impl Core {
                 let local = Local {
                     value,
                     epoch: ticket.epoch,
-                    lifetime,
+                    expires: Instant::now() + lifetime,
                 };
                 self.l1.insert(key.to_owned(), local);
             }
@@ -302,7 +320,7 @@ impl Core {
         if let Some(pending) = coherence.pending.get_mut(key) {
             pending.stamp = stamp;
         }
-        self.l1.invalidate(key);
+        self.l1.remove(key);
     }
 
     /// Empties L1 and spoils every read in flight (Redis was flushed).
@@ -313,7 +331,7 @@ impl Core {
         for pending in coherence.pending.values_mut() {
             pending.stamp = stamp;
         }
-        self.l1.invalidate_all();
+        self.l1.clear();
         bump(&self.counters.flushes_server);
         self.publish(&coherence);
     }
@@ -348,7 +366,7 @@ impl Core {
     /// Tracking is armed on a new connection: start a new epoch, empty.
     fn arm(&self) {
         let mut coherence = self.lock();
-        self.l1.invalidate_all();
+        self.l1.clear();
         coherence.epoch += 1;
         coherence.armed = true;
         coherence.lost_at = None;
@@ -372,7 +390,7 @@ impl Core {
         coherence.armed = false;
         coherence.cause = Some(cause.to_owned());
         if self.config.fail_safe.is_zero() {
-            self.l1.invalidate_all();
+            self.l1.clear();
         } else {
             coherence.lost_at = Some(Instant::now());
         }
@@ -416,7 +434,10 @@ impl Core {
         if !within {
             return None;
         }
-        let local = self.l1.get(key)?;
+        let local = self
+            .l1
+            .get(key)
+            .filter(|local| local.live(Instant::now()))?;
         bump(&self.counters.fail_safe_served);
         Some(local.value)
     }
@@ -534,7 +555,7 @@ impl std::fmt::Debug for NearCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NearCache")
             .field("prefixes", &self.core.prefixes)
-            .field("entries", &self.core.l1.entry_count())
+            .field("entries", &self.core.l1.len())
             .finish_non_exhaustive()
     }
 }
@@ -609,13 +630,14 @@ impl NearCache {
         status: StatusSignal,
         source: Source,
     ) -> Self {
-        let l1 = Cache::builder()
-            .max_capacity(config.max_bytes)
-            .weigher(|key: &String, local: &Local| {
-                u32::try_from(key.len() + local.value.len() + 64).unwrap_or(u32::MAX)
-            })
-            .expire_after(Lifetime)
-            .build_with_hasher(RandomState::default());
+        let typical = usize::try_from(config.max_bytes / TYPICAL_ENTRY_BYTES).unwrap_or(usize::MAX);
+        let l1 = L1::with(
+            typical.max(1),
+            config.max_bytes,
+            Weight,
+            RandomState::default(),
+            Default::default(),
+        );
         let core = Arc::new(Core {
             l1,
             coherence: Mutex::new(Coherence {
@@ -673,9 +695,10 @@ impl NearCache {
         self.core.hit(key)
     }
 
-    /// Entries and weighted bytes held now (approximate: moka's counts).
+    /// Entries and weighted bytes held now (expired entries included until
+    /// they are read or evicted).
     pub fn size(&self) -> (u64, u64) {
-        (self.core.l1.entry_count(), self.core.l1.weighted_size())
+        (self.core.l1.len() as u64, self.core.l1.weight())
     }
 
     /// Reads `keys` (all missing from L1) from Redis with their TTLs, and
