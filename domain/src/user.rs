@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use ports::CacheKey;
 use serde::{Deserialize, Serialize};
@@ -187,14 +188,42 @@ impl Email {
 /// last_name, email, version}`) is the record cache's; reading it back
 /// validates every part, so a tampered record is a decode error (a miss),
 /// never a bad user.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct User {
+///
+/// Its parts are shared: a clone is a reference count, not three copies of
+/// its text. The record cache hands out clones of what it decoded, and a hit
+/// took three allocations and three frees for them (docs/PERFORMANCE.md,
+/// "Cutting the shared hit path").
+#[derive(Clone, PartialEq, Eq)]
+pub struct User(Arc<UserData>);
+
+#[derive(Clone, PartialEq, Eq, Serialize)]
+struct UserData {
     id: UserId,
     uuid: UserUuid,
     first_name: Name,
     last_name: Name,
     email: Email,
     version: Version,
+}
+
+impl fmt::Debug for User {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let data = &*self.0;
+        f.debug_struct("User")
+            .field("id", &data.id)
+            .field("uuid", &data.uuid)
+            .field("first_name", &data.first_name)
+            .field("last_name", &data.last_name)
+            .field("email", &data.email)
+            .field("version", &data.version)
+            .finish()
+    }
+}
+
+impl Serialize for User {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
+    }
 }
 
 /// How many times a user has been written: 1 when created, one more with
@@ -262,58 +291,60 @@ impl User {
         last_name: Name,
         email: Email,
     ) -> Self {
-        Self {
+        Self(Arc::new(UserData {
             id,
             uuid,
             first_name,
             last_name,
             email,
             version: Version::FIRST,
-        }
+        }))
     }
 
     /// The same user at `version`.
     #[must_use]
     pub fn with_version(mut self, version: Version) -> Self {
-        self.version = version;
+        Arc::make_mut(&mut self.0).version = version;
         self
     }
 
     /// How many times it has been written.
     pub fn version(&self) -> Version {
-        self.version
+        self.0.version
     }
 
     /// The numeric id.
     pub fn id(&self) -> UserId {
-        self.id
+        self.0.id
     }
     /// The public UUID.
     pub fn uuid(&self) -> UserUuid {
-        self.uuid
+        self.0.uuid
     }
     /// The first name.
     pub fn first_name(&self) -> &Name {
-        &self.first_name
+        &self.0.first_name
     }
     /// The last name.
     pub fn last_name(&self) -> &Name {
-        &self.last_name
+        &self.0.last_name
     }
     /// The e-mail address.
     pub fn email(&self) -> &Email {
-        &self.email
+        &self.0.email
     }
 
-    /// Takes the user apart without copying its text, for an adapter that
-    /// maps it to its own type: (id, uuid, first name, last name, e-mail).
+    /// Takes the user apart, for an adapter that maps it to its own type:
+    /// (id, uuid, first name, last name, e-mail). Its text is moved out when
+    /// this is the only handle on it, and copied when others share it.
     pub fn into_parts(self) -> (UserId, UserUuid, Name, Name, Email) {
+        let data = Arc::try_unwrap(self.0).unwrap_or_else(|shared| (*shared).clone());
         (
-            self.id,
-            self.uuid,
-            self.first_name,
-            self.last_name,
-            self.email,
+            data.id,
+            data.uuid,
+            data.first_name,
+            data.last_name,
+            data.email,
         )
     }
 }
