@@ -320,6 +320,12 @@ impl Application {
         self.address.port()
     }
 
+    /// The endpoint it serves, to call in process without a socket (the hit
+    /// path's profile, `app/examples/hit_profile.rs`).
+    pub fn endpoint(&self) -> &BoxEndpoint<'static> {
+        &self.endpoint
+    }
+
     /// Serves until `shutdown` completes. Then `/health/ready` answers 503
     /// while the service keeps serving for `server.shutdown_delay` (time for
     /// a load balancer to take it out), then it stops accepting connections
