@@ -334,6 +334,13 @@ impl User {
         &self.0.email
     }
 
+    /// Whether both handles share one set of parts (and so are equal): a
+    /// clone does, a user decoded or built again does not. Lets an adapter
+    /// remember what it made of a user by the user's identity.
+    pub fn shares_parts_with(&self, other: &User) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
     /// Takes the user apart, for an adapter that maps it to its own type:
     /// (id, uuid, first name, last name, e-mail). Its text is moved out when
     /// this is the only handle on it, and copied when others share it.

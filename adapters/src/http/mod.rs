@@ -8,6 +8,7 @@ mod errors;
 mod health;
 mod json;
 mod ops;
+mod rendered;
 mod root;
 pub mod spec;
 mod types;

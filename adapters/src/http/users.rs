@@ -21,6 +21,7 @@ use uuid::Uuid;
 
 use super::errors::{ErrorBody, ErrorCode, WithBadRequest, bad_request};
 use super::json::JsonBody;
+use super::rendered::{Rendering, Renderings};
 use super::types::{CursorText, EmailChange, EmailText, NameChange, NameText, UuidList, UuidText};
 
 #[derive(Tags)]
@@ -252,7 +253,7 @@ fn etag_value(version: Version) -> HeaderValue {
 /// hit's (docs/PERFORMANCE.md, "Cutting the shared hit path"). The headers
 /// are documented on the response variant, so the spec is the same.
 pub struct TaggedUser {
-    user: User,
+    rendering: Rendering,
     cache_control: Option<HeaderValue>,
 }
 
@@ -270,20 +271,32 @@ impl Payload for TaggedUser {
 
 impl IntoResponse for TaggedUser {
     fn into_response(self) -> Response {
-        let mut response = Response::builder()
-            .header(CONTENT_TYPE, <JsonBody<UserDto> as Payload>::CONTENT_TYPE)
-            .body(user_json(
-                self.user.uuid().get(),
-                self.user.first_name().as_str(),
-                self.user.last_name().as_str(),
-                self.user.email().as_str(),
-            ));
+        /// Parsed once, not on every response as a `&str` value would be.
+        const JSON: HeaderValue =
+            HeaderValue::from_static(<JsonBody<UserDto> as Payload>::CONTENT_TYPE);
+        let mut response = Response::from(poem::Body::from_bytes(self.rendering.body));
         let headers = response.headers_mut();
-        headers.insert(ETAG, etag_value(self.user.version()));
+        headers.reserve(3);
+        headers.insert(CONTENT_TYPE, JSON);
+        headers.insert(ETAG, self.rendering.etag);
         if let Some(cache_control) = self.cache_control {
             headers.insert(CACHE_CONTROL, cache_control);
         }
         response
+    }
+}
+
+/// What a 200 of `user` carries: its body and entity tag.
+fn render(user: &User) -> Rendering {
+    Rendering {
+        body: user_json(
+            user.uuid().get(),
+            user.first_name().as_str(),
+            user.last_name().as_str(),
+            user.email().as_str(),
+        )
+        .into(),
+        etag: etag_value(user.version()),
     }
 }
 
@@ -580,7 +593,12 @@ pub struct UsersApi<Q, C> {
     cache_control: String,
     /// The same, parsed once (`None` if it cannot be a header value).
     cache_control_value: Option<HeaderValue>,
+    /// The 200s of users answered lately.
+    renderings: Renderings,
 }
+
+/// Users whose 200 is remembered (a few hundred kilobytes at most).
+const RENDERINGS: usize = 1024;
 
 impl<Q, C> UsersApi<Q, C> {
     /// The API over `queries` and `commands`; `cache_control` is sent with
@@ -591,6 +609,7 @@ impl<Q, C> UsersApi<Q, C> {
             commands,
             cache_control_value: HeaderValue::from_str(&cache_control).ok(),
             cache_control,
+            renderings: Renderings::new(RENDERINGS),
         }
     }
 }
@@ -738,7 +757,7 @@ impl<Q: UserQueries, C: UserCommands> UsersApi<Q, C> {
                     GetResponse::NotModified(etag(version), self.cache_control.clone())
                 } else {
                     GetResponse::Ok(TaggedUser {
-                        user,
+                        rendering: self.renderings.of(&user, render),
                         cache_control: self.cache_control_value.clone(),
                     })
                 }
