@@ -599,6 +599,7 @@ mod tests {
     async fn a_broken_cache_still_returns_the_user() {
         let mut cache = MockCacheBackend::new();
         let down = || BackendError::Unavailable("down".into());
+        cache.expect_get_now().returning(|_| None);
         cache.expect_get().returning(move |_| Err(down()));
         cache.expect_mget().returning(move |_| Err(down()));
         cache.expect_set().returning(move |_, _, _| Err(down()));

@@ -461,7 +461,11 @@ impl<D: CacheDefinition> TypedCache<D> {
                 return None;
             }
         }
-        match self.backend.get(key).await {
+        let answer = match self.backend.get_now(key) {
+            Some(found) => Ok(found),
+            None => self.backend.get(key).await,
+        };
+        match answer {
             Ok(Some(raw)) if raw.as_ref() == WRITE_FENCE => None,
             Ok(Some(raw)) => self.decode_or_invalidate(key, raw).await,
             Ok(None) => None,
@@ -937,6 +941,14 @@ mod tests {
     use crate::codec::{JsonCodec, TextCodec};
     use crate::error::{BackendError, CodecError};
 
+    /// A backend mock that never answers a read at once (as Redis): every
+    /// read goes to its `get`.
+    fn remote() -> MockCacheBackend {
+        let mut mock = MockCacheBackend::new();
+        mock.expect_get_now().returning(|_| None);
+        mock
+    }
+
     struct IdCache;
     impl CacheDefinition for IdCache {
         type Key = i64;
@@ -978,7 +990,7 @@ mod tests {
 
     #[tokio::test]
     async fn get_hit_decodes_the_stored_value() {
-        let mut mock = MockCacheBackend::new();
+        let mut mock = remote();
         mock.expect_get()
             .with(eq("test:ids:1"))
             .times(1)
@@ -987,15 +999,27 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn get_miss_returns_none() {
+    async fn a_read_the_backend_answers_at_once_never_waits_on_get() {
         let mut mock = MockCacheBackend::new();
+        mock.expect_get_now()
+            .with(eq("test:ids:7"))
+            .times(1)
+            .returning(|_| Some(Some(Bytes::from_static(b"42"))));
+        mock.expect_get().never();
+        let cache = TypedCache::<IdCache>::new(Arc::new(mock));
+        assert_eq!(cache.get(&7).await, Some(42));
+    }
+
+    #[tokio::test]
+    async fn get_miss_returns_none() {
+        let mut mock = remote();
         mock.expect_get().times(1).returning(|_| Ok(None));
         assert_eq!(cache(mock).get(&1).await, None);
     }
 
     #[tokio::test]
     async fn get_with_backend_error_is_a_miss() {
-        let mut mock = MockCacheBackend::new();
+        let mut mock = remote();
         mock.expect_get().times(1).returning(|_| Err(down()));
         mock.expect_compare_and_delete().never();
         assert_eq!(cache(mock).get(&1).await, None);
@@ -1003,7 +1027,7 @@ mod tests {
 
     #[tokio::test]
     async fn get_corrupt_value_is_a_miss_and_is_removed_only_if_unchanged() {
-        let mut mock = MockCacheBackend::new();
+        let mut mock = remote();
         mock.expect_get().returning(|_| Ok(some("not-a-number")));
         mock.expect_compare_and_delete()
             .withf(|key, expected| key == "test:ids:1" && expected == b"not-a-number")
@@ -1014,7 +1038,7 @@ mod tests {
 
     #[tokio::test]
     async fn get_corrupt_value_whose_removal_fails_is_still_a_miss() {
-        let mut mock = MockCacheBackend::new();
+        let mut mock = remote();
         mock.expect_get().returning(|_| Ok(some("\u{fffd}")));
         mock.expect_compare_and_delete()
             .times(1)
@@ -1051,7 +1075,7 @@ mod tests {
                 .map(|s| s.to_owned())
                 .to_vec(),
         ));
-        let mut mock = MockCacheBackend::new();
+        let mut mock = remote();
         let next = answers.clone();
         mock.expect_get()
             .times(7)
@@ -1085,7 +1109,7 @@ mod tests {
 
     #[tokio::test]
     async fn set_uses_the_default_ttl_of_600_seconds() {
-        let mut mock = MockCacheBackend::new();
+        let mut mock = remote();
         mock.expect_set()
             .withf(|key, value, ttl| {
                 key == "test:ids:7" && &value[..] == b"99" && *ttl == Some(Duration::from_secs(600))
@@ -1097,7 +1121,7 @@ mod tests {
 
     #[tokio::test]
     async fn set_with_explicit_ttl_passes_it_through() {
-        let mut mock = MockCacheBackend::new();
+        let mut mock = remote();
         mock.expect_set()
             .withf(|_, _, ttl| *ttl == Some(Duration::from_secs(30)))
             .times(1)
@@ -1108,7 +1132,7 @@ mod tests {
 
     #[tokio::test]
     async fn set_with_zero_ttl_stores_without_expiry() {
-        let mut mock = MockCacheBackend::new();
+        let mut mock = remote();
         mock.expect_set()
             .withf(|_, _, ttl| ttl.is_none())
             .times(1)
@@ -1119,7 +1143,7 @@ mod tests {
 
     #[tokio::test]
     async fn set_serialization_error_reaches_the_caller_and_writes_nothing() {
-        let mut mock = MockCacheBackend::new();
+        let mut mock = remote();
         mock.expect_set().never();
         let typed: TypedCache<BadCache> = TypedCache::new(Arc::new(mock));
         let result = typed.set(&1, &Unencodable).await;
@@ -1134,7 +1158,7 @@ mod tests {
 
     #[tokio::test]
     async fn set_with_backend_error_is_swallowed() {
-        let mut mock = MockCacheBackend::new();
+        let mut mock = remote();
         mock.expect_set().times(1).returning(|_, _, _| Err(down()));
         assert_eq!(cache(mock).set(&1, &2).await, Ok(()));
     }
@@ -1143,7 +1167,7 @@ mod tests {
 
     #[tokio::test]
     async fn invalidate_deletes_the_namespaced_key() {
-        let mut mock = MockCacheBackend::new();
+        let mut mock = remote();
         mock.expect_delete()
             .with(eq("test:ids:5"))
             .times(1)
@@ -1184,14 +1208,14 @@ mod tests {
         // The seed's namespaces are shared with the Python service by key:
         // configuration can never change them.
         let policy = CachePolicy::new().with_key_buckets(16);
-        let cache = TypedCache::<IdCache>::with_policy(Arc::new(MockCacheBackend::new()), &policy);
+        let cache = TypedCache::<IdCache>::with_policy(Arc::new(remote()), &policy);
         assert_eq!(cache.key(&5), "test:ids:5");
         assert_eq!(cache.with_key_buckets(8).key(&5), "test:ids:5");
     }
 
     #[tokio::test]
     async fn invalidate_with_backend_error_does_not_fail() {
-        let mut mock = MockCacheBackend::new();
+        let mut mock = remote();
         mock.expect_delete().times(1).returning(|_| Err(down()));
         // Returns (), and does not panic: the error was logged.
         cache(mock).invalidate(&5).await;
@@ -1201,7 +1225,7 @@ mod tests {
 
     #[tokio::test]
     async fn mget_returns_values_in_order_in_one_round_trip() {
-        let mut mock = MockCacheBackend::new();
+        let mut mock = remote();
         mock.expect_mget()
             .withf(|keys| keys == ["test:ids:1", "test:ids:2", "test:ids:3"])
             .times(1)
@@ -1212,7 +1236,7 @@ mod tests {
 
     #[tokio::test]
     async fn mget_with_all_keys_missing_returns_all_none() {
-        let mut mock = MockCacheBackend::new();
+        let mut mock = remote();
         mock.expect_mget()
             .times(1)
             .returning(|keys| Ok(vec![None; keys.len()]));
@@ -1221,7 +1245,7 @@ mod tests {
 
     #[tokio::test]
     async fn mget_of_101_keys_is_refused_with_the_count_and_the_limit() {
-        let mut mock = MockCacheBackend::new();
+        let mut mock = remote();
         mock.expect_mget().never();
         let keys: Vec<i64> = (0..101).collect();
         let error = cache(mock).mget(&keys).await.unwrap_err();
@@ -1237,7 +1261,7 @@ mod tests {
 
     #[tokio::test]
     async fn mget_of_exactly_100_keys_is_allowed() {
-        let mut mock = MockCacheBackend::new();
+        let mut mock = remote();
         mock.expect_mget()
             .times(1)
             .returning(|keys| Ok(vec![None; keys.len()]));
@@ -1247,21 +1271,21 @@ mod tests {
 
     #[tokio::test]
     async fn mget_of_nothing_returns_at_once_without_the_backend() {
-        let mut mock = MockCacheBackend::new();
+        let mut mock = remote();
         mock.expect_mget().never();
         assert!(cache(mock).mget(&[]).await.unwrap().is_empty());
     }
 
     #[tokio::test]
     async fn mget_with_backend_error_makes_every_key_a_miss() {
-        let mut mock = MockCacheBackend::new();
+        let mut mock = remote();
         mock.expect_mget().times(1).returning(|_| Err(down()));
         assert_eq!(cache(mock).mget(&[1, 2]).await.unwrap(), vec![None, None]);
     }
 
     #[tokio::test]
     async fn mget_with_a_short_answer_makes_every_key_a_miss() {
-        let mut mock = MockCacheBackend::new();
+        let mut mock = remote();
         mock.expect_mget()
             .times(1)
             .returning(|_| Ok(vec![some("1")]));
@@ -1270,7 +1294,7 @@ mod tests {
 
     #[tokio::test]
     async fn mget_invalidates_only_the_corrupt_entries() {
-        let mut mock = MockCacheBackend::new();
+        let mut mock = remote();
         mock.expect_mget()
             .returning(|_| Ok(vec![some("10"), some("garbage"), some("30")]));
         mock.expect_compare_and_delete()
@@ -1285,7 +1309,7 @@ mod tests {
 
     #[tokio::test]
     async fn mset_writes_every_entry_with_the_ttl_in_one_call() {
-        let mut mock = MockCacheBackend::new();
+        let mut mock = remote();
         mock.expect_mset()
             .withf(|entries| {
                 entries.len() == 2
@@ -1303,7 +1327,7 @@ mod tests {
 
     #[tokio::test]
     async fn mset_of_101_entries_is_refused() {
-        let mut mock = MockCacheBackend::new();
+        let mut mock = remote();
         mock.expect_mset().never();
         let entries: Vec<(i64, i64)> = (0..101).map(|i| (i, i)).collect();
         assert_eq!(
@@ -1317,14 +1341,14 @@ mod tests {
 
     #[tokio::test]
     async fn mset_of_nothing_returns_at_once_without_the_backend() {
-        let mut mock = MockCacheBackend::new();
+        let mut mock = remote();
         mock.expect_mset().never();
         assert_eq!(cache(mock).mset(&[]).await, Ok(()));
     }
 
     #[tokio::test]
     async fn mset_serialization_error_writes_nothing() {
-        let mut mock = MockCacheBackend::new();
+        let mut mock = remote();
         mock.expect_mset().never();
         let typed: TypedCache<BadCache> = TypedCache::new(Arc::new(mock));
         let result = typed.mset(&[(1, Unencodable)]).await;
@@ -1333,7 +1357,7 @@ mod tests {
 
     #[tokio::test]
     async fn mset_with_backend_error_is_swallowed() {
-        let mut mock = MockCacheBackend::new();
+        let mut mock = remote();
         mock.expect_mset()
             .with(always())
             .times(1)
@@ -1343,7 +1367,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_value_over_the_limit_is_refused_and_not_stored() {
-        let mut mock = MockCacheBackend::new();
+        let mut mock = remote();
         // Only the 2-byte value is written.
         mock.expect_set()
             .withf(|_, value, _| value.len() == 2)
@@ -1370,7 +1394,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_key_of_the_wrong_kind_is_a_miss_and_is_deleted() {
-        let mut mock = MockCacheBackend::new();
+        let mut mock = remote();
         mock.expect_get()
             .returning(|_| Err(BackendError::WrongType("WRONGTYPE list".into())));
         mock.expect_delete()
@@ -1382,7 +1406,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_open_circuit_is_a_miss_and_a_no_op() {
-        let mut mock = MockCacheBackend::new();
+        let mut mock = remote();
         mock.expect_get()
             .returning(|_| Err(BackendError::CircuitOpen));
         mock.expect_set()
@@ -1398,15 +1422,14 @@ mod tests {
         let policy = CachePolicy::new()
             .with_ttl_override("test:ids", Ttl::from_secs(9))
             .with_max_value_bytes(10);
-        let typed: TypedCache<IdCache> =
-            TypedCache::with_policy(Arc::new(MockCacheBackend::new()), &policy);
+        let typed: TypedCache<IdCache> = TypedCache::with_policy(Arc::new(remote()), &policy);
         assert_eq!(typed.ttl(), Ttl::from_secs(9));
         assert_eq!(typed.max_value_bytes, 10);
     }
 
     #[test]
     fn debug_shows_namespace_backend_and_ttl() {
-        let mut mock = MockCacheBackend::new();
+        let mut mock = remote();
         mock.expect_name().return_const("mock");
         let text = format!("{:?}", cache(mock));
         assert!(text.contains("test:ids") && text.contains("mock"), "{text}");

@@ -169,6 +169,10 @@ impl CacheBackend for MemoryBackend {
         Ok(self.read(key))
     }
 
+    fn get_now(&self, key: &str) -> Option<Option<Bytes>> {
+        Some(self.read(key))
+    }
+
     async fn set(
         &self,
         key: &str,
@@ -243,6 +247,17 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn every_read_is_answered_at_once() {
+        let backend = MemoryBackend::default();
+        assert_eq!(backend.get_now("k"), Some(None));
+        backend
+            .set("k", Bytes::from_static(b"v"), None)
+            .await
+            .unwrap();
+        assert_eq!(backend.get_now("k"), Some(Some(Bytes::from_static(b"v"))));
+    }
+
+    #[tokio::test]
     async fn an_expired_entry_is_absent_to_every_operation() {
         let backend = MemoryBackend::default();
         let short = Some(Duration::from_millis(20));
@@ -251,6 +266,7 @@ mod tests {
             .await
             .unwrap();
         std::thread::sleep(Duration::from_millis(40));
+        assert_eq!(backend.get_now("k"), Some(None));
         assert_eq!(backend.get("k").await.unwrap(), None);
         backend
             .set("d", Bytes::from_static(b"v"), short)

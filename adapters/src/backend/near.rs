@@ -1134,9 +1134,8 @@ impl CacheBackend for NearCache {
     }
 
     async fn get(&self, key: &str) -> Result<Option<Bytes>, BackendError> {
-        if let Some(value) = self.core.hit(key) {
-            bump(&self.core.counters.hits);
-            return Ok(Some(value));
+        if let Some(found) = self.get_now(key) {
+            return Ok(found);
         }
         if !self.core.tracked(key) {
             return self.inner.get(key).await;
@@ -1149,6 +1148,13 @@ impl CacheBackend for NearCache {
                 None => Err(error),
             },
         }
+    }
+
+    /// A hit in L1; anything else needs Redis.
+    fn get_now(&self, key: &str) -> Option<Option<Bytes>> {
+        let value = self.core.hit(key)?;
+        bump(&self.core.counters.hits);
+        Some(Some(value))
     }
 
     async fn set(

@@ -19,6 +19,9 @@ impl CacheBackend for NoopBackend {
     async fn get(&self, _key: &str) -> Result<Option<Bytes>, BackendError> {
         Ok(None)
     }
+    fn get_now(&self, _key: &str) -> Option<Option<Bytes>> {
+        Some(None)
+    }
     async fn set(&self, _: &str, _: Bytes, _: Option<Duration>) -> Result<(), BackendError> {
         Ok(())
     }

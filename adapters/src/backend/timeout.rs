@@ -41,6 +41,10 @@ impl CacheBackend for TimeoutBackend {
     async fn get(&self, key: &str) -> Result<Option<Bytes>, BackendError> {
         self.bounded(self.inner.get(key)).await
     }
+    /// Nothing waits: nothing to bound.
+    fn get_now(&self, key: &str) -> Option<Option<Bytes>> {
+        self.inner.get_now(key)
+    }
     async fn set(
         &self,
         key: &str,

@@ -209,6 +209,36 @@ mod bodies {
     pub async fn ping_answers(b: SharedBackend) {
         b.ping().await.unwrap();
     }
+
+    /// `get_now` may decline (`None`), but when it answers it says what
+    /// `get` says: after a write, after a read that a near cache keeps, after
+    /// a delete, for a key never written, for an expired key.
+    pub async fn get_now_answers_what_get_would(b: SharedBackend) {
+        let agrees = |answer: Option<Option<Bytes>>, expected: Option<&'static [u8]>| {
+            answer.is_none_or(|found| found.as_deref() == expected)
+        };
+        b.set("c:k", Bytes::from_static(b"v1"), None).await.unwrap();
+        assert!(agrees(b.get_now("c:k"), Some(b"v1")));
+        assert_eq!(b.get("c:k").await.unwrap().as_deref(), Some(&b"v1"[..]));
+        assert!(agrees(b.get_now("c:k"), Some(b"v1")));
+        b.set("c:k", Bytes::from_static(b"v2"), None).await.unwrap();
+        assert!(agrees(b.get_now("c:k"), Some(b"v2")));
+        b.get("c:k").await.unwrap();
+        assert!(agrees(b.get_now("c:k"), Some(b"v2")));
+        b.delete("c:k").await.unwrap();
+        assert!(agrees(b.get_now("c:k"), None));
+        assert!(agrees(b.get_now("c:never"), None));
+        b.set(
+            "c:brief",
+            Bytes::from_static(b"v"),
+            Some(Duration::from_millis(100)),
+        )
+        .await
+        .unwrap();
+        b.get("c:brief").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(agrees(b.get_now("c:brief"), None));
+    }
 }
 
 /// Runs every body against the backend that `$make` (an async expression
@@ -223,7 +253,7 @@ macro_rules! contract_suite {
                 delete_reports_whether_it_removed, compare_and_delete_removes_only_the_expected_value,
                 mget_answers_in_order_with_none_for_misses, mset_stores_every_entry_with_its_own_ttl,
                 many_concurrent_writers_and_readers_agree, mset_if_absent_never_replaces_a_value,
-                ping_answers);
+                ping_answers, get_now_answers_what_get_would);
         }
     };
     (@tests $make:expr; $($body:ident),*) => {$(
@@ -281,6 +311,9 @@ impl CacheBackend for Namespaced {
     }
     async fn get(&self, key: &str) -> Result<Option<Bytes>, BackendError> {
         self.inner.get(&self.key(key)).await
+    }
+    fn get_now(&self, key: &str) -> Option<Option<Bytes>> {
+        self.inner.get_now(&self.key(key))
     }
     async fn set(
         &self,

@@ -205,6 +205,20 @@ async fn a_hit_is_served_from_the_process_without_reaching_redis() {
 }
 
 #[tokio::test]
+async fn only_a_hit_is_answered_at_once() {
+    let upstream = Upstream::new();
+    upstream.put("n:k", "v1").await;
+    let near = near(&upstream);
+    assert_eq!(near.get_now("n:k"), None, "not kept yet: ask Redis");
+    near.get("n:k").await.unwrap();
+    assert_eq!(near.get_now("n:k").map(text), Some(Some("v1".into())));
+    near.core.invalidate("n:k");
+    assert_eq!(near.get_now("n:k"), None, "invalidated: ask Redis");
+    assert_eq!(near.get_now("n:absent"), None);
+    assert_eq!(upstream.reads(), 1, "answering at once never reads Redis");
+}
+
+#[tokio::test]
 async fn an_invalidation_during_a_read_keeps_its_answer_out_of_the_process() {
     let upstream = Upstream::new();
     upstream.put("n:k", "old").await;
