@@ -7,8 +7,8 @@ use domain::{
     Email, MAX_LOOKUP, Name, NewUser, Page, User, UserChanges, UserCommands, UserError, UserId,
     UserQueries, UserUuid, ValidationError, Version,
 };
-use poem::http::HeaderValue;
 use poem::http::header::{CACHE_CONTROL, CONTENT_TYPE, ETAG};
+use poem::http::{HeaderMap, HeaderValue};
 use poem::{IntoResponse, Response};
 use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::{Json, Payload};
@@ -254,7 +254,6 @@ fn etag_value(version: Version) -> HeaderValue {
 /// are documented on the response variant, so the spec is the same.
 pub struct TaggedUser {
     rendering: Rendering,
-    cache_control: Option<HeaderValue>,
 }
 
 impl Payload for TaggedUser {
@@ -271,23 +270,25 @@ impl Payload for TaggedUser {
 
 impl IntoResponse for TaggedUser {
     fn into_response(self) -> Response {
-        /// Parsed once, not on every response as a `&str` value would be.
-        const JSON: HeaderValue =
-            HeaderValue::from_static(<JsonBody<UserDto> as Payload>::CONTENT_TYPE);
         let mut response = Response::from(poem::Body::from_bytes(self.rendering.body));
-        let headers = response.headers_mut();
-        headers.reserve(3);
-        headers.insert(CONTENT_TYPE, JSON);
-        headers.insert(ETAG, self.rendering.etag);
-        if let Some(cache_control) = self.cache_control {
-            headers.insert(CACHE_CONTROL, cache_control);
-        }
+        *response.headers_mut() = self.rendering.headers;
         response
     }
 }
 
-/// What a 200 of `user` carries: its body and entity tag.
-fn render(user: &User) -> Rendering {
+/// What a 200 of `user` carries: its body, and its headers with
+/// `cache_control` (if any).
+fn render(user: &User, cache_control: Option<&HeaderValue>) -> Rendering {
+    /// Parsed once, not on every response as a `&str` value would be.
+    const JSON: HeaderValue =
+        HeaderValue::from_static(<JsonBody<UserDto> as Payload>::CONTENT_TYPE);
+    // Room for the request id the guard adds.
+    let mut headers = HeaderMap::with_capacity(4);
+    headers.insert(CONTENT_TYPE, JSON);
+    headers.insert(ETAG, etag_value(user.version()));
+    if let Some(cache_control) = cache_control {
+        headers.insert(CACHE_CONTROL, cache_control.clone());
+    }
     Rendering {
         body: user_json(
             user.uuid().get(),
@@ -296,7 +297,7 @@ fn render(user: &User) -> Rendering {
             user.email().as_str(),
         )
         .into(),
-        etag: etag_value(user.version()),
+        headers,
     }
 }
 
@@ -757,8 +758,9 @@ impl<Q: UserQueries, C: UserCommands> UsersApi<Q, C> {
                     GetResponse::NotModified(etag(version), self.cache_control.clone())
                 } else {
                     GetResponse::Ok(TaggedUser {
-                        rendering: self.renderings.of(&user, render),
-                        cache_control: self.cache_control_value.clone(),
+                        rendering: self.renderings.of(&user, |user| {
+                            render(user, self.cache_control_value.as_ref())
+                        }),
                     })
                 }
             }
