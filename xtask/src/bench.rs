@@ -76,6 +76,9 @@ struct Options {
     /// `--runs N`: runs per case (3 unless given), for ratios that need
     /// more samples than three to stand out of the noise.
     runs: Option<usize>,
+    /// `--against REV`: each case also run by the binary of that commit,
+    /// turn about with this tree's, in the same run.
+    against: Option<String>,
 }
 
 fn options(args: &[String]) -> Result<Options> {
@@ -85,6 +88,7 @@ fn options(args: &[String]) -> Result<Options> {
         cluster: false,
         only: None,
         runs: None,
+        against: None,
     };
     let mut args = args.iter();
     while let Some(arg) = args.next() {
@@ -98,6 +102,13 @@ fn options(args: &[String]) -> Result<Options> {
                         .filter(|n| *n > 0)
                         .with_context(|| format!("--runs needs a positive number, not {runs}"))?,
                 );
+            }
+            "--against" => {
+                options.against = Some(
+                    args.next()
+                        .context("--against needs a commit (a hash, a branch, HEAD~3)")?
+                        .clone(),
+                )
             }
             "--redis-url" => {
                 options.redis_url = Some(args.next().context("--redis-url needs a URL")?.clone())
@@ -513,10 +524,10 @@ impl Service {
             // A database of its own, made afresh (and filled from the users file).
             let file = crate::target_dir().join(format!("bench/store-{port}.db"));
             crate::remove_sqlite(&file);
-            command.env(
-                "CACHEMANAGER__STORE__URL",
-                format!("sqlite://{}", file.display()),
-            );
+            // The ecosystem's variable rather than ours: a baseline from
+            // before the store (`--against`) ignores it, where it would
+            // refuse an unknown CACHEMANAGER__ key.
+            command.env("DATABASE_URL", format!("sqlite://{}", file.display()));
         }
         command
             .env("CACHEMANAGER__SERVER__PORT", port.to_string())
@@ -913,6 +924,11 @@ pub fn bench(args: &[String]) -> Result<()> {
         ),
     )?;
 
+    let baseline = options
+        .against
+        .as_deref()
+        .map(crate::against::baseline)
+        .transpose()?;
     let redis = BenchRedis::start(options.redis_url.clone())?;
     let cluster = if options.cluster {
         Some(BenchCluster::start()?)
@@ -947,28 +963,48 @@ pub fn bench(args: &[String]) -> Result<()> {
         .collect();
     let chosen = cases.into_iter().filter(|(name, ..)| options.wants(name));
     for (name, backend, case_script, big) in chosen {
-        let service = Service::start(
-            &binary,
-            backend,
-            &redis,
-            big.then_some(users_file.as_path()),
-            name == REQUEST_LOG_CASE,
-            match (name, &cluster_env) {
-                (NEAR_CASE, _) => &[NEAR_ON],
-                (HIT_CLUSTER_CASE | LOOKUP_CLUSTER_CASE, Some(env)) => env.as_slice(),
-                (LOOKUP_CLUSTER_PLAIN_CASE, Some(_)) => plain_keys_env.as_slice(),
-                _ => &[],
-            },
-        )?;
-        // Warm the cache (and the connection) for the hit and lookup cases.
-        for n in 1..=10 {
-            let _ = get(service.port, &format!("/users/{}", uuid(n)));
-        }
-        if name.starts_with("lookup") {
-            for n in 1..=100 {
-                let _ = get(service.port, &format!("/users/{}", miss_uuid(n)));
+        let extra: &[(&str, &str)] = match (name, &cluster_env) {
+            (NEAR_CASE, _) => &[NEAR_ON],
+            (HIT_CLUSTER_CASE | LOOKUP_CLUSTER_CASE, Some(env)) => env.as_slice(),
+            (LOOKUP_CLUSTER_PLAIN_CASE, Some(_)) => plain_keys_env.as_slice(),
+            _ => &[],
+        };
+        let start = |binary: &Path| {
+            let service = Service::start(
+                binary,
+                backend,
+                &redis,
+                big.then_some(users_file.as_path()),
+                name == REQUEST_LOG_CASE,
+                extra,
+            )?;
+            // Warm the cache (and the connection) for the hit and lookup cases.
+            for n in 1..=10 {
+                let _ = get(service.port, &format!("/users/{}", uuid(n)));
             }
-        }
+            if name.starts_with("lookup") {
+                for n in 1..=100 {
+                    let _ = get(service.port, &format!("/users/{}", miss_uuid(n)));
+                }
+            }
+            anyhow::Ok(service)
+        };
+        let service = start(&binary)?;
+        // The same case served by the baseline's binary, measured turn about
+        // with this tree's (not the bare reference: it is no service).
+        let base = match &baseline {
+            Some(b) if name != BARE_CASE => match start(&b.binary) {
+                Ok(service) => Some(service),
+                Err(error) => {
+                    println!(
+                        "  {name}: the baseline {} cannot serve it ({error:#}); this tree alone",
+                        b.label
+                    );
+                    None
+                }
+            },
+            _ => None,
+        };
         // The reference answers the case's requests; the ceiling stays the
         // service's own, so its ratio reads like the others.
         let reference = if name == BARE_CASE {
@@ -1007,41 +1043,78 @@ pub fn bench(args: &[String]) -> Result<()> {
             redis: Vec::new(),
             store: None,
         };
+        // This tree's service, and the baseline's (if any), each measured
+        // as (port, the case's meter, the ceiling's meter, results' name).
+        let base_name = baseline
+            .as_ref()
+            .map(|b| format!("{name} {}", b.label))
+            .unwrap_or_default();
+        let mut measured = vec![(target, meter, ceiling_meter, name.to_owned())];
+        if let Some(base) = &base {
+            measured.push((
+                base.port,
+                CpuMeter {
+                    pid: base.child.id(),
+                    redis: measured[0].1.redis.clone(),
+                    store: None,
+                },
+                CpuMeter {
+                    pid: base.child.id(),
+                    redis: Vec::new(),
+                    store: None,
+                },
+                base_name.clone(),
+            ));
+        }
+        let ceiling_port = |index: usize| match (index, &base) {
+            (1, Some(base)) => base.port,
+            _ => service.port,
+        };
         for connections in CONNECTIONS {
-            let mut pairs = Vec::new();
-            let mut cpu = Vec::new();
-            let mut ceiling_cpu = Vec::new();
+            let mut pairs = vec![Vec::new(); measured.len()];
+            let mut cpu = vec![Vec::new(); measured.len()];
+            let mut ceiling_cpu = vec![Vec::new(); measured.len()];
             for _ in 0..runs {
-                let (base, used) =
-                    ceiling_meter.measure(|| wrk(service.port, &ceiling, connections, seconds))?;
-                ceiling_cpu.extend(used.map(|c| c.service));
-                if name.starts_with("miss") {
-                    let answer = redis.command("FLUSHDB")?;
-                    if !answer.starts_with("+OK") {
-                        bail!("FLUSHDB failed: {answer}");
+                for (index, (port, meter, ceiling_meter, _)) in measured.iter().enumerate() {
+                    let (base, used) = ceiling_meter
+                        .measure(|| wrk(ceiling_port(index), &ceiling, connections, seconds))?;
+                    ceiling_cpu[index].extend(used.map(|c| c.service));
+                    if name.starts_with("miss") {
+                        let answer = redis.command("FLUSHDB")?;
+                        if !answer.starts_with("+OK") {
+                            bail!("FLUSHDB failed: {answer}");
+                        }
                     }
+                    let (run, used) =
+                        meter.measure(|| wrk(*port, case_script, connections, seconds))?;
+                    cpu[index].extend(used);
+                    pairs[index].push((run, base));
                 }
-                let (run, used) =
-                    meter.measure(|| wrk(target, case_script, connections, seconds))?;
-                cpu.extend(used);
-                pairs.push((run, base));
             }
-            println!(
-                "  {name:<16} c={connections:<3} {:>9.0} req/s",
-                median(pairs.iter().map(|(r, _)| r.rps).collect()).0
-            );
-            results.push(CaseResult {
-                name: name.to_owned(),
-                connections,
-                runs: pairs,
-                peak_rss_mb: 0.0,
-                cpu,
-                ceiling_cpu,
-            });
+            for (index, (.., label)) in measured.iter().enumerate() {
+                println!(
+                    "  {label:<16} c={connections:<3} {:>9.0} req/s",
+                    median(pairs[index].iter().map(|(r, _)| r.rps).collect()).0
+                );
+                results.push(CaseResult {
+                    name: label.clone(),
+                    connections,
+                    runs: std::mem::take(&mut pairs[index]),
+                    peak_rss_mb: 0.0,
+                    cpu: std::mem::take(&mut cpu[index]),
+                    ceiling_cpu: std::mem::take(&mut ceiling_cpu[index]),
+                });
+            }
         }
         let rss = reference.as_ref().unwrap_or(&service).peak_rss_mb();
         for result in results.iter_mut().filter(|r| r.name == name) {
             result.peak_rss_mb = rss;
+        }
+        if let Some(base) = &base {
+            let rss = base.peak_rss_mb();
+            for result in results.iter_mut().filter(|r| r.name == base_name) {
+                result.peak_rss_mb = rss;
+            }
         }
     }
     let cost = if options.wants(METRICS_COST_CASE) {
@@ -1062,6 +1135,11 @@ pub fn bench(args: &[String]) -> Result<()> {
         )?;
     }
     report(&results, &dir, runs, seconds, options.quick)?;
+    if let Some(baseline) = &baseline {
+        let versus = against_table(&results, &baseline.label);
+        println!("{versus}");
+        fs::write(dir.join("against.md"), &versus)?;
+    }
     if cluster.is_some() {
         let versus = cluster_versus_standalone(&results);
         println!("{versus}");
@@ -1081,6 +1159,55 @@ pub fn bench(args: &[String]) -> Result<()> {
         storm(&binary, &redis, &users_file, &dir, runs)?;
     }
     Ok(())
+}
+
+/// Each case against the same case served by the baseline's binary
+/// (`--against`): the median of the per-run ratios of requests per second
+/// (runs taken turn about), each binary's ratio to its own ceiling, and the
+/// service's CPU per request.
+fn against_table(results: &[CaseResult], label: &str) -> String {
+    let mut table = format!(
+        "This tree against the baseline {label}, same run, turn about\n\n| case | conns | req/s this / baseline | % of ceiling, this | baseline | service CPU us/request, this | baseline |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n"
+    );
+    let ratio = |r: &CaseResult| {
+        median(
+            r.runs
+                .iter()
+                .map(|(run, ceiling)| 100.0 * run.rps / ceiling.rps.max(f64::MIN_POSITIVE))
+                .collect(),
+        )
+        .0
+    };
+    let cpu = |r: &CaseResult| median(r.cpu.iter().map(|c| c.service).collect()).0;
+    for base in results.iter().filter(|r| r.name.ends_with(label)) {
+        let name = base.name.trim_end_matches(label).trim_end();
+        let Some(this) = results
+            .iter()
+            .find(|r| r.name == name && r.connections == base.connections)
+        else {
+            continue;
+        };
+        let versus = median(
+            this.runs
+                .iter()
+                .zip(&base.runs)
+                .map(|((a, _), (b, _))| a.rps / b.rps.max(f64::MIN_POSITIVE))
+                .collect(),
+        );
+        let _ = writeln!(
+            table,
+            "| {name} | {} | {:.2}x ({:.2}–{:.2}) | {:.0} % | {:.0} % | {:.1} | {:.1} |",
+            base.connections,
+            versus.0,
+            versus.1,
+            versus.2,
+            ratio(this),
+            ratio(base),
+            cpu(this),
+            cpu(base)
+        );
+    }
+    table
 }
 
 /// The near cache's invalidation lag (`adapters/examples/near_lag.rs`): two

@@ -10,6 +10,7 @@
 // xtask talks to a person at a terminal: printing is its job.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod against;
 mod api;
 mod bench;
 mod chart;
@@ -44,8 +45,11 @@ commands:
                         and cachemanager/app:local from a release build of the host's
                         binary (no registry needed)
   bench [--quick] [--redis-url URL] [--redis-mode cluster] [--only PREFIX,...]
+        [--runs N] [--against REV]
                         the service under wrk, each case beside the ceiling of the
-                        same binary; JSON in target/bench/, a markdown table printed
+                        same binary; JSON in target/bench/, a markdown table printed;
+                        --against REV also runs each case with the binary of that
+                        commit, turn about (target/bench/against.md)
   bench-chart [FILE]    redraw the chart of a run from its results.json
   seed-db --users N [--url URL]
                         add N synthetic users to a store (URL, else DATABASE_URL, else
