@@ -1,9 +1,10 @@
 //! Decoded values, remembered by the bytes they came from.
 
+use std::cell::RefCell;
 use std::hash::BuildHasher as _;
-use std::sync::{Mutex, MutexGuard};
 
 use bytes::Bytes;
+use thread_local::ThreadLocal;
 
 /// The values a typed cache decoded lately, each beside the bytes it came
 /// from. A read whose bytes are equal to a remembered entry's (compared in
@@ -21,11 +22,16 @@ use bytes::Bytes;
 /// removed on every read.
 ///
 /// Direct-mapped: a fixed number of slots, each set of bytes' slot given by
-/// its hash; a newer value replaces whatever shared its slot. Memory is
-/// bounded by the slots times the largest entry.
-pub(crate) struct DecodeMemo<V> {
-    slots: Box<[Slot<V>]>,
-    mask: usize,
+/// its hash; a newer value replaces whatever shared its slot. **One set of
+/// slots per thread** that reads: a shared one took a lock per hit, and the
+/// values it handed out were shared too, so every hit wrote a lock word and
+/// a reference count that the other cores' hits wrote as well (on two cores,
+/// about 0.7 µs of a hit's CPU went to such contention; docs/PERFORMANCE.md).
+/// Memory is bounded by the reading threads times the slots times the
+/// largest entry; a thread's slots are made on its first read.
+pub(crate) struct DecodeMemo<V: Send> {
+    slots: ThreadLocal<RefCell<Box<[Slot<V>]>>>,
+    size: usize,
     hasher: foldhash::fast::FixedState,
     /// `V::clone`, taken where `V: Clone` is known, so the typed cache's
     /// read path needs no `Clone` bound of its own.
@@ -33,10 +39,11 @@ pub(crate) struct DecodeMemo<V> {
 }
 
 /// One slot: the bytes last decoded there, and what they decoded to.
-type Slot<V> = Mutex<Option<(Bytes, V)>>;
+type Slot<V> = Option<(Bytes, V)>;
 
-impl<V> DecodeMemo<V> {
-    /// A memo of `entries` slots (rounded up to a power of two); `None` for 0.
+impl<V: Send> DecodeMemo<V> {
+    /// A memo of `entries` slots a thread (rounded up to a power of two);
+    /// `None` for 0.
     pub(crate) fn new(entries: usize) -> Option<Self>
     where
         V: Clone,
@@ -44,27 +51,31 @@ impl<V> DecodeMemo<V> {
         if entries == 0 {
             return None;
         }
-        let size = entries.next_power_of_two();
         Some(Self {
-            slots: (0..size).map(|_| Mutex::new(None)).collect(),
-            mask: size - 1,
+            slots: ThreadLocal::new(),
+            size: entries.next_power_of_two(),
             hasher: foldhash::fast::FixedState::with_seed(fastrand::u64(..)),
             clone: V::clone,
         })
     }
 
-    fn slot(&self, bytes: &[u8]) -> MutexGuard<'_, Option<(Bytes, V)>> {
+    /// This thread's slots, and the index of `bytes`'s.
+    fn slot(&self, bytes: &[u8]) -> (&RefCell<Box<[Slot<V>]>>, usize) {
+        let slots = self
+            .slots
+            .get_or(|| RefCell::new((0..self.size).map(|_| None).collect()));
         // The mask keeps the index in bounds.
         #[allow(clippy::cast_possible_truncation)]
-        let index = (self.hasher.hash_one(bytes) as usize) & self.mask;
-        self.slots[index]
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        let index = (self.hasher.hash_one(bytes) as usize) & (self.size - 1);
+        (slots, index)
     }
 
     /// The value decoded from these very bytes, if remembered.
     pub(crate) fn get(&self, bytes: &[u8]) -> Option<V> {
-        match &*self.slot(bytes) {
+        let (slots, index) = self.slot(bytes);
+        // Borrowed only here and in `remember`, neither of which calls out
+        // while borrowing: it is never borrowed twice.
+        match &slots.borrow()[index] {
             Some((seen, value)) if seen.as_ref() == bytes => Some((self.clone)(value)),
             _ => None,
         }
@@ -76,18 +87,17 @@ impl<V> DecodeMemo<V> {
     /// a larger one (a whole reply), which keeping would hold whole.
     pub(crate) fn remember(&self, bytes: &[u8], value: V) -> V {
         let copy = (self.clone)(&value);
-        let old = self
-            .slot(bytes)
-            .replace((Bytes::copy_from_slice(bytes), copy));
-        // Dropped outside the lock.
+        let (slots, index) = self.slot(bytes);
+        let old = slots.borrow_mut()[index].replace((Bytes::copy_from_slice(bytes), copy));
+        // Dropped once the slots are no longer borrowed.
         drop(old);
         value
     }
 
-    /// How many slots it has.
+    /// How many slots a thread has.
     #[cfg(test)]
     fn capacity(&self) -> usize {
-        self.slots.len()
+        self.size
     }
 }
 
@@ -113,6 +123,20 @@ mod tests {
         memo.remember(b"2", 2);
         assert_eq!(memo.get(b"1"), None);
         assert_eq!(memo.get(b"2"), Some(2));
+    }
+
+    #[test]
+    fn each_thread_remembers_its_own() {
+        let memo = DecodeMemo::<String>::new(8).expect("slots");
+        memo.remember(b"x", "here".into());
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                assert_eq!(memo.get(b"x"), None, "another thread decodes for itself");
+                memo.remember(b"x", "there".into());
+                assert_eq!(memo.get(b"x"), Some("there".into()));
+            });
+        });
+        assert_eq!(memo.get(b"x"), Some("here".into()));
     }
 
     #[test]

@@ -1,10 +1,11 @@
 //! The 200s of users served lately, remembered by the user they render.
 
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::cell::RefCell;
 
 use bytes::Bytes;
 use domain::User;
 use poem::http::HeaderMap;
+use thread_local::ThreadLocal;
 
 /// A user's body and headers (its type, entity tag and caching), as a
 /// `GET /users/{uuid}` answers them. The headers are kept as a whole map: a
@@ -26,47 +27,52 @@ pub(super) struct Rendering {
 /// ([`User::shares_parts_with`]): never for another version, never for an
 /// equal user decoded elsewhere. Each slot holds its user, so that user's
 /// parts cannot be freed and their address reused while remembered. Direct-
-/// mapped by the uuid's low bits (random in a v4 uuid); memory is bounded by
-/// the slots times a user and its body.
+/// mapped by the uuid's low bits (random in a v4 uuid). One set of slots per
+/// thread, as the decode memo's (the users it hands out are per thread too):
+/// a hit then writes no lock word or reference count that another core's
+/// hits write. Memory is bounded by the threads times the slots times a
+/// user and its rendering.
 pub(super) struct Renderings {
-    slots: Box<[Slot]>,
-    mask: usize,
+    slots: ThreadLocal<RefCell<Box<[Slot]>>>,
+    size: usize,
 }
 
 /// One slot: the user last rendered there, and its rendering.
-type Slot = Mutex<Option<(User, Rendering)>>;
+type Slot = Option<(User, Rendering)>;
 
 impl Renderings {
-    /// `entries` slots, rounded up to a power of two (at least one).
+    /// `entries` slots a thread, rounded up to a power of two (at least one).
     pub(super) fn new(entries: usize) -> Self {
-        let size = entries.max(1).next_power_of_two();
         Self {
-            slots: (0..size).map(|_| Mutex::new(None)).collect(),
-            mask: size - 1,
+            slots: ThreadLocal::new(),
+            size: entries.max(1).next_power_of_two(),
         }
     }
 
-    fn slot(&self, user: &User) -> MutexGuard<'_, Option<(User, Rendering)>> {
+    /// This thread's slots, and the index of `user`'s.
+    fn slot(&self, user: &User) -> (&RefCell<Box<[Slot]>>, usize) {
+        let slots = self
+            .slots
+            .get_or(|| RefCell::new((0..self.size).map(|_| None).collect()));
         // The mask keeps the index in bounds.
         #[allow(clippy::cast_possible_truncation)]
-        let index = (user.uuid().get().as_u128() as usize) & self.mask;
-        // A slot is whole between statements: a poisoned one is still good.
-        self.slots[index]
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        let index = (user.uuid().get().as_u128() as usize) & (self.size - 1);
+        (slots, index)
     }
 
     /// The rendering of `user`: remembered, or made by `render` and
     /// remembered (replacing whatever shared its slot).
     pub(super) fn of(&self, user: &User, render: impl FnOnce(&User) -> Rendering) -> Rendering {
-        if let Some((seen, rendering)) = &*self.slot(user)
+        let (slots, index) = self.slot(user);
+        // Borrowed only here, never across a call out: never twice.
+        if let Some((seen, rendering)) = &slots.borrow()[index]
             && seen.shares_parts_with(user)
         {
             return rendering.clone();
         }
         let rendering = render(user);
-        let old = self.slot(user).replace((user.clone(), rendering.clone()));
-        // Dropped outside the lock.
+        let old = slots.borrow_mut()[index].replace((user.clone(), rendering.clone()));
+        // Dropped once the slots are no longer borrowed.
         drop(old);
         rendering
     }
