@@ -43,7 +43,7 @@ use redis::{AsyncConnectionConfig, PushInfo, PushKind, Value};
 
 use super::redis::{Protocol, RedisConfig, RedisMode, RedisSetupError, build_client, node_url};
 use super::status::{NearStatus, StatusSignal};
-use crate::metrics::LatencyHistogram;
+use crate::metrics::{LatencyHistogram, ShardedCounter};
 
 /// Settings of [`NearCache`] (the `[cache.near]` settings).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
@@ -126,7 +126,8 @@ pub struct NearCounts {
 
 #[derive(Default)]
 struct Counters {
-    hits: AtomicU64,
+    /// Bumped by every hit, from every worker: a count per thread.
+    hits: ShardedCounter,
     misses: AtomicU64,
     invalidations: AtomicU64,
     flushes_disconnect: AtomicU64,
@@ -506,7 +507,7 @@ impl Core {
         let c = &self.counters;
         let read = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         NearCounts {
-            hits: read(&c.hits),
+            hits: c.hits.get(),
             misses: read(&c.misses),
             invalidations: read(&c.invalidations),
             flushes_disconnect: read(&c.flushes_disconnect),
@@ -1153,7 +1154,7 @@ impl CacheBackend for NearCache {
     /// A hit in L1; anything else needs Redis.
     fn get_now(&self, key: &str) -> Option<Option<Bytes>> {
         let value = self.core.hit(key)?;
-        bump(&self.core.counters.hits);
+        self.core.counters.hits.inc();
         Some(Some(value))
     }
 
@@ -1187,7 +1188,7 @@ impl CacheBackend for NearCache {
         for (index, key) in keys.iter().enumerate() {
             match self.core.hit(key) {
                 Some(value) => {
-                    bump(&self.core.counters.hits);
+                    self.core.counters.hits.inc();
                     values.push(Some(value));
                 }
                 None => {

@@ -2,11 +2,10 @@
 
 use ports::{CacheEvent, CacheObserver};
 use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::{Registry, Unit};
 
-use super::LatencyHistogram;
+use super::{LatencyHistogram, ShardedCounter};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Namespace {
@@ -25,30 +24,30 @@ type Histograms = Family<Namespace, LatencyHistogram>;
 /// The families, by event.
 #[derive(Clone)]
 struct Families {
-    hits: Family<Namespace, Counter>,
-    misses: Family<Namespace, Counter>,
-    negative_hits: Family<Namespace, Counter>,
-    loads: Family<LoadLabels, Counter>,
-    coalesced: Family<Namespace, Counter>,
-    corrupt: Family<Namespace, Counter>,
-    writes: Family<Namespace, Counter>,
-    backend_errors: Family<Namespace, Counter>,
+    hits: Family<Namespace, ShardedCounter>,
+    misses: Family<Namespace, ShardedCounter>,
+    negative_hits: Family<Namespace, ShardedCounter>,
+    loads: Family<LoadLabels, ShardedCounter>,
+    coalesced: Family<Namespace, ShardedCounter>,
+    corrupt: Family<Namespace, ShardedCounter>,
+    writes: Family<Namespace, ShardedCounter>,
+    backend_errors: Family<Namespace, ShardedCounter>,
     load_duration: Histograms,
 }
 
 /// One namespace's handles, resolved once.
 #[derive(Clone)]
 struct Handles {
-    hits: Counter,
-    misses: Counter,
-    negative_hits: Counter,
-    found: Counter,
-    absent: Counter,
-    failed: Counter,
-    coalesced: Counter,
-    corrupt: Counter,
-    writes: Counter,
-    backend_errors: Counter,
+    hits: ShardedCounter,
+    misses: ShardedCounter,
+    negative_hits: ShardedCounter,
+    found: ShardedCounter,
+    absent: ShardedCounter,
+    failed: ShardedCounter,
+    coalesced: ShardedCounter,
+    corrupt: ShardedCounter,
+    writes: ShardedCounter,
+    backend_errors: ShardedCounter,
     load_duration: LatencyHistogram,
 }
 
@@ -115,7 +114,7 @@ impl CacheMetrics {
             backend_errors: Family::default(),
             load_duration: Family::default(),
         };
-        let counters: [(&str, &str, &Family<Namespace, Counter>); 7] = [
+        let counters: [(&str, &str, &Family<Namespace, ShardedCounter>); 7] = [
             (
                 "cache_hits",
                 "Cache reads that found a value",

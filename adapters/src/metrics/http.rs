@@ -7,10 +7,9 @@ use std::time::Duration;
 use poem::http::Method;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::{Registry, Unit};
 
-use super::LatencyHistogram;
+use super::{LatencyHistogram, ShardedGauge};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -26,7 +25,7 @@ type Durations = Family<RequestLabels, LatencyHistogram>;
 #[derive(Clone)]
 pub struct HttpMetrics {
     durations: Durations,
-    active: Gauge,
+    active: ShardedGauge,
     unmatched: Arc<str>,
     /// Tells this recorder's handles apart in the per-thread cache (never
     /// reused, unlike an address).
@@ -42,7 +41,7 @@ impl std::fmt::Debug for HttpMetrics {
 /// A request in flight: counted until dropped (also when the client goes
 /// away and the request is cancelled).
 #[derive(Debug)]
-pub struct InFlight<'a>(&'a Gauge);
+pub struct InFlight<'a>(&'a ShardedGauge);
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
@@ -93,7 +92,7 @@ static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new
 impl HttpMetrics {
     pub(super) fn register(registry: &mut Registry) -> Self {
         let durations: Durations = Family::default();
-        let active = Gauge::default();
+        let active = ShardedGauge::default();
         registry.register_with_unit(
             "request_duration",
             "HTTP requests, by method, route template and status; the _count is the number \

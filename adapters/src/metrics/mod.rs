@@ -20,6 +20,7 @@ mod cache;
 mod histogram;
 mod http;
 mod near;
+mod sharded;
 mod store;
 
 use std::sync::{Arc, Mutex};
@@ -37,6 +38,7 @@ use crate::backend::{Circuit, StatusSignal};
 use crate::health::{HealthMonitor, HealthStatus};
 
 pub use histogram::LatencyHistogram;
+pub use sharded::{ShardedCounter, ShardedGauge};
 
 /// The media type of the Prometheus text format.
 pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
