@@ -38,6 +38,7 @@ pub use key::{CacheKey, bucketed_key, full_key, key_bucket};
 pub use limiter::LogLimiter;
 pub use load::{CacheEvent, CacheObserver, LoadError, Timer};
 pub use managed::{CacheInfo, ManagedCache};
+pub use memo::MemoTable;
 pub use policy::{
     CachePolicy, DEFAULT_DECODE_MEMO_ENTRIES, DEFAULT_LOAD_TIMEOUT, DEFAULT_MAX_VALUE_BYTES,
     DEFAULT_TTL_JITTER, DEFAULT_WRITE_FENCE, Ttl,

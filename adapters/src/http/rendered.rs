@@ -1,11 +1,9 @@
 //! The 200s of users served lately, remembered by the user they render.
 
-use std::cell::RefCell;
-
 use bytes::Bytes;
 use domain::User;
 use poem::http::HeaderMap;
-use thread_local::ThreadLocal;
+use ports::MemoTable;
 
 /// A user's body and headers (its type, entity tag and caching), as a
 /// `GET /users/{uuid}` answers them. The headers are kept as a whole map: a
@@ -25,55 +23,33 @@ pub(super) struct Rendering {
 ///
 /// A rendering is reused only for the very user it was made from
 /// ([`User::shares_parts_with`]): never for another version, never for an
-/// equal user decoded elsewhere. Each slot holds its user, so that user's
-/// parts cannot be freed and their address reused while remembered. Direct-
-/// mapped by the uuid's low bits (random in a v4 uuid). One set of slots per
-/// thread, as the decode memo's (the users it hands out are per thread too):
-/// a hit then writes no lock word or reference count that another core's
-/// hits write. Memory is bounded by the threads times the slots times a
-/// user and its rendering.
-pub(super) struct Renderings {
-    slots: ThreadLocal<RefCell<Box<[Slot]>>>,
-    size: usize,
-}
-
-/// One slot: the user last rendered there, and its rendering.
-type Slot = Option<(User, Rendering)>;
+/// equal user decoded elsewhere. Each entry holds its user, so that user's
+/// parts cannot be freed and their address reused while remembered. Found
+/// by the uuid's low bits (random in a v4 uuid), in a [`MemoTable`] (per
+/// thread, as the decode memo's, whose users it sees).
+pub(super) struct Renderings(MemoTable<(User, Rendering)>);
 
 impl Renderings {
-    /// `entries` slots a thread, rounded up to a power of two (at least one).
+    /// About `entries` renderings a thread.
     pub(super) fn new(entries: usize) -> Self {
-        Self {
-            slots: ThreadLocal::new(),
-            size: entries.max(1).next_power_of_two(),
-        }
-    }
-
-    /// This thread's slots, and the index of `user`'s.
-    fn slot(&self, user: &User) -> (&RefCell<Box<[Slot]>>, usize) {
-        let slots = self
-            .slots
-            .get_or(|| RefCell::new((0..self.size).map(|_| None).collect()));
-        // The mask keeps the index in bounds.
-        #[allow(clippy::cast_possible_truncation)]
-        let index = (user.uuid().get().as_u128() as usize) & (self.size - 1);
-        (slots, index)
+        Self(MemoTable::new(entries))
     }
 
     /// The rendering of `user`: remembered, or made by `render` and
-    /// remembered (replacing whatever shared its slot).
+    /// remembered.
     pub(super) fn of(&self, user: &User, render: impl FnOnce(&User) -> Rendering) -> Rendering {
-        let (slots, index) = self.slot(user);
-        // Borrowed only here, never across a call out: never twice.
-        if let Some((seen, rendering)) = &slots.borrow()[index]
-            && seen.shares_parts_with(user)
-        {
-            return rendering.clone();
+        // The low half of the uuid: the table masks it.
+        #[allow(clippy::cast_possible_truncation)]
+        let hash = user.uuid().get().as_u128() as u64;
+        if let Some(rendering) = self.0.find(
+            hash,
+            |(seen, _)| seen.shares_parts_with(user),
+            |(_, rendering)| rendering.clone(),
+        ) {
+            return rendering;
         }
         let rendering = render(user);
-        let old = slots.borrow_mut()[index].replace((user.clone(), rendering.clone()));
-        // Dropped once the slots are no longer borrowed.
-        drop(old);
+        self.0.remember(hash, (user.clone(), rendering.clone()));
         rendering
     }
 }
@@ -135,16 +111,19 @@ mod tests {
     }
 
     #[test]
-    fn users_in_one_slot_replace_each_other() {
-        let renderings = Renderings::new(1);
-        let (ada, bob) = (user(1, "Lovelace"), user(2, "Bobson"));
+    fn a_third_user_of_one_set_replaces_the_least_recently_answered() {
+        let renderings = Renderings::new(2);
+        let (ada, bob, cy) = (user(1, "Lovelace"), user(2, "Bobson"), user(3, "Cyson"));
         renderings.of(&ada, render);
-        assert_eq!(renderings.of(&bob, render).body, "Bobson");
+        renderings.of(&bob, render);
+        renderings.of(&ada, |_| panic!("ada and bob share the set"));
+        renderings.of(&cy, render);
+        renderings.of(&ada, |_| panic!("bob was the least recently answered"));
         let mut rendered = false;
-        renderings.of(&ada, |u| {
+        renderings.of(&bob, |u| {
             rendered = true;
             render(u)
         });
-        assert!(rendered, "bob took ada's only slot");
+        assert!(rendered, "cy took bob's place");
     }
 }
