@@ -6,9 +6,10 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use foldhash::quality::RandomState;
 use ports::{BackendError, CacheBackend, Entry};
-use quick_cache::sync::{Cache, EntryAction, EntryResult};
+use quick_cache::sync::{EntryAction, EntryResult};
+
+use super::bounded::{BoundedCache, Weighed, bounded};
 
 /// Settings of [`MemoryBackend`] (the `[memory]` settings).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
@@ -50,28 +51,15 @@ impl Stored {
     }
 }
 
-/// What an entry weighs against `max_bytes`: key, value and a rough
-/// per-entry overhead.
-#[derive(Clone)]
-struct Weight;
-
-impl quick_cache::Weighter<String, Stored> for Weight {
-    fn weight(&self, key: &String, stored: &Stored) -> u64 {
-        (key.len() + stored.value.len() + 64) as u64
+impl Weighed for Stored {
+    fn bytes(&self) -> &Bytes {
+        &self.value
     }
 }
 
-/// quick_cache (S3-FIFO eviction, bounded by weight, one lock per shard)
-/// rather than moka: a read is a shard's read lock and a hash lookup, where
-/// moka's also records the access for its policy (about a quarter of the
-/// instructions; docs/PERFORMANCE.md, "Cutting the shared hit path"). Every
-/// write of a key, and compare-and-delete's read-then-remove, happen under
-/// that key's shard lock, so each is atomic against the others.
-type Store = Cache<String, Stored, Weight, RandomState>;
-
-/// Entries of this weight are expected, to size the tables and the record
-/// of recently evicted keys.
-const TYPICAL_ENTRY_BYTES: u64 = 256;
+/// Every write of a key, and compare-and-delete's read-then-remove, happen
+/// under that key's shard lock, so each is atomic against the others.
+type Store = BoundedCache<Stored>;
 
 /// An in-process cache with the same observable semantics as Redis for every
 /// operation of the port. Needs no server: the default backend. Expiry is
@@ -98,16 +86,7 @@ impl std::fmt::Debug for MemoryBackend {
 impl MemoryBackend {
     /// An empty cache bounded by `config.max_bytes`.
     pub fn new(config: MemoryConfig) -> Self {
-        let typical = usize::try_from(config.max_bytes / TYPICAL_ENTRY_BYTES).unwrap_or(usize::MAX);
-        let store = Store::with(
-            typical.max(1),
-            config.max_bytes,
-            Weight,
-            // foldhash instead of SipHash: a quarter of the cost of hashing a
-            // key, still seeded per process so keys cannot be chosen to collide.
-            RandomState::default(),
-            Default::default(),
-        );
+        let store = bounded(config.max_bytes);
         Self {
             store: Arc::new(store),
             #[cfg(test)]

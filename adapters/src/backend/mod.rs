@@ -1,5 +1,6 @@
 //! Cache backends (implementations of [`ports::CacheBackend`]) and decorators.
 
+mod bounded;
 mod breaker;
 mod memory;
 mod near;

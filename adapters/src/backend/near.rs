@@ -36,11 +36,10 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use foldhash::quality::RandomState;
 use ports::{BackendError, CacheBackend, Entry, Remaining, SharedBackend};
-use quick_cache::sync::Cache;
 use redis::{AsyncConnectionConfig, PushInfo, PushKind, Value};
 
+use super::bounded::{BoundedCache, Weighed, bounded};
 use super::redis::{Protocol, RedisConfig, RedisMode, RedisSetupError, build_client, node_url};
 use super::status::{NearStatus, StatusSignal};
 use crate::metrics::{LatencyHistogram, ShardedCounter};
@@ -156,26 +155,14 @@ impl Local {
     }
 }
 
-/// What an entry weighs against `max_bytes`: its key, its value and a rough
-/// per-entry overhead.
-#[derive(Clone)]
-struct Weight;
-
-impl quick_cache::Weighter<String, Local> for Weight {
-    fn weight(&self, key: &String, local: &Local) -> u64 {
-        (key.len() + local.value.len() + 64) as u64
+impl Weighed for Local {
+    fn bytes(&self) -> &Bytes {
+        &self.value
     }
 }
 
-/// L1: quick_cache (S3-FIFO, bounded by weight) rather than moka, whose read
-/// records every access for its policy: 1,236 instructions a lookup against
-/// 282 (callgrind, a 150-byte value; docs/PERFORMANCE.md, "Cutting the
-/// shared hit path"). Expiry is checked on read (`Local::expires`).
-type L1 = Cache<String, Local, Weight, RandomState>;
-
-/// Entries of this weight are expected, to size L1's tables and its record of
-/// recently evicted keys.
-const TYPICAL_ENTRY_BYTES: u64 = 256;
+/// L1: expiry is checked on read (`Local::expires`).
+type L1 = BoundedCache<Local>;
 
 /// A read of a key in flight: its stamp is changed by any invalidation of the
 /// key meanwhile.
@@ -631,14 +618,7 @@ impl NearCache {
         status: StatusSignal,
         source: Source,
     ) -> Self {
-        let typical = usize::try_from(config.max_bytes / TYPICAL_ENTRY_BYTES).unwrap_or(usize::MAX);
-        let l1 = L1::with(
-            typical.max(1),
-            config.max_bytes,
-            Weight,
-            RandomState::default(),
-            Default::default(),
-        );
+        let l1 = bounded(config.max_bytes);
         let core = Arc::new(Core {
             l1,
             coherence: Mutex::new(Coherence {
