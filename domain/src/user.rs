@@ -192,7 +192,7 @@ impl Email {
 /// Its parts are shared: a clone is a reference count, not three copies of
 /// its text. The record cache hands out clones of what it decoded, and a hit
 /// took three allocations and three frees for them (docs/PERFORMANCE.md,
-/// "Cutting the shared hit path").
+/// "Cutting the hit path again").
 #[derive(Clone, PartialEq, Eq)]
 pub struct User(Arc<UserData>);
 

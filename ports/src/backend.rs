@@ -92,7 +92,7 @@ pub trait CacheBackend: Send + Sync {
     /// `get` (counting, timing), or nothing where it only bounds waiting.
     /// Why it exists: a hit served from memory through the stack's boxed
     /// `get` futures cost more than the lookup itself (docs/PERFORMANCE.md,
-    /// "Cutting the shared hit path").
+    /// "Cutting the hit path again").
     fn get_now(&self, key: &str) -> Option<Option<Bytes>> {
         let _ = key;
         None

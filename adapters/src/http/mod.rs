@@ -169,8 +169,8 @@ pub fn routes<Q: UserQueries, C: UserCommands>(
 /// exact paths. Not a `Route` nesting the API at `/`: a nest matches the
 /// whole path as a wildcard (percent-decoding it) and builds a new URI for
 /// the API's own router (a copy, parsed again), on every request; for a
-/// `GET /users/{uuid}` hit that was about 2,000 instructions
-/// (docs/PERFORMANCE.md, "Cutting the shared hit path").
+/// `GET /users/{uuid}` hit, and for the ceiling, that was about 6,000
+/// instructions (docs/PERFORMANCE.md, "Cutting the hit path again").
 struct Documented {
     api: poem::endpoint::BoxEndpoint<'static>,
     document: poem::endpoint::BoxEndpoint<'static>,
