@@ -15,9 +15,9 @@
 //! - `lookup100/redis`: `POST /users/lookup` with 100 warm uuids;
 //! - `hit/near`: `hit/redis` with the near cache on (`cache.near.enabled`);
 //! - `near lag`: the near cache's invalidation lag between two instances
-//!   (`adapters/examples/near_lag.rs`, see `near_lag`);
+//!   (`benches/src/bin/near_lag.rs`, see `near_lag`);
 //! - `reference: bare GET`: the same requests answered by a bare poem handler
-//!   doing one Redis GET (`adapters/examples/bare_redis_get.rs`), the floor
+//!   doing one Redis GET (`benches/src/bin/bare_redis_get.rs`), the floor
 //!   under what hit/redis can cost; its ratio is to the service's ceiling.
 //! - with `--redis-mode cluster`: `hit/cluster` and `lookup100/cluster`, the
 //!   hit and lookup cases over a Redis Cluster of three masters and three
@@ -43,7 +43,7 @@ use anyhow::{Context, Result, bail};
 use crate::{chart, images};
 
 const MISS_USERS: u32 = 50_000;
-/// The reference case: `adapters/examples/bare_redis_get.rs`, a bare poem
+/// The reference case: `benches/src/bin/bare_redis_get.rs`, a bare poem
 /// handler doing one Redis GET, on the keys hit/redis cached.
 const BARE_CASE: &str = "reference: bare GET";
 /// `hit/memory` with the request log on, as the service runs by default.
@@ -832,30 +832,11 @@ pub fn bench(args: &[String]) -> Result<()> {
         (options.runs.unwrap_or(3), 8)
     };
     ensure_wrk()?;
-    crate::run(
-        "cargo",
-        &["build", "--release", "--locked", "-p", "app"],
-        &[],
-    )?;
-    crate::run(
-        "cargo",
-        &[
-            "build",
-            "--release",
-            "--locked",
-            "-p",
-            "adapters",
-            "--example",
-            "bare_redis_get",
-            "--example",
-            "near_lag",
-        ],
-        &[],
-    )?;
+    crate::release_build()?;
     let target = crate::target_dir();
     let binary = target.join("release/cachemanager");
-    let bare = target.join("release/examples/bare_redis_get");
-    let near_lag_binary = target.join("release/examples/near_lag");
+    let bare = target.join("release/bare_redis_get");
+    let near_lag_binary = target.join("release/near_lag");
     let dir = target.join("bench");
     fs::create_dir_all(&dir)?;
 
@@ -1210,7 +1191,7 @@ fn against_table(results: &[CaseResult], label: &str) -> String {
     table
 }
 
-/// The near cache's invalidation lag (`adapters/examples/near_lag.rs`): two
+/// The near cache's invalidation lag (`benches/src/bin/near_lag.rs`): two
 /// instances under read load, one writing 500 times a second, the other
 /// reading each written key until it sees the new value. One line per run
 /// (p50, p99, max from the write's acknowledgement), and the medians.
@@ -1228,9 +1209,7 @@ fn near_lag(binary: &Path, redis: &BenchRedis, writes: u32, runs: usize) -> Resu
         if let Some(password) = &redis.password {
             command.env("REDIS_PASSWORD", password);
         }
-        let output = command
-            .output()
-            .context("cannot run the near_lag example")?;
+        let output = command.output().context("cannot run near_lag")?;
         if !output.status.success() {
             bail!(
                 "near_lag failed: {}",

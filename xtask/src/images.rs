@@ -475,11 +475,7 @@ fn build_haproxy() -> Result<()> {
 /// `cachemanager/app:local` from a release build of the host's binary.
 pub fn build_app() -> Result<&'static str> {
     require_docker()?;
-    crate::run(
-        "cargo",
-        &["build", "--release", "--locked", "-p", "app"],
-        &[],
-    )?;
+    crate::release_build()?;
     let binary = crate::target_dir().join("release/cachemanager");
     let mut rootfs = Rootfs::new("app")?;
     rootfs.binary(&binary, "/usr/local/bin/cachemanager")?;

@@ -145,11 +145,7 @@ fn seed_db(args: &[String]) -> Result<()> {
         }
     }
     let users = users.context("seed-db needs --users N")?;
-    run(
-        "cargo",
-        &["build", "--release", "--locked", "-p", "app"],
-        &[],
-    )?;
+    release_build()?;
     let binary = target_dir().join("release/cachemanager");
     let root = workspace_root();
     let url =
@@ -210,6 +206,29 @@ pub(crate) fn run(program: &str, args: &[&str], envs: &[(&str, &str)]) -> Result
         bail!("`{program} {}` failed ({status})", args.join(" "));
     }
     Ok(())
+}
+
+/// The release build every command here makes before it runs a binary: the
+/// service and the measurement programs (`benches`) in one cargo invocation,
+/// so one resolution of features. The compose smoke, the bench and the
+/// microbench then share one set of compiled dependencies; a different
+/// package set (`-p app` alone, or a crate's examples with its
+/// dev-dependencies) resolves other features and rebuilds everything above
+/// the crates they touch.
+pub(crate) fn release_build() -> Result<()> {
+    run(
+        "cargo",
+        &[
+            "build",
+            "--release",
+            "--locked",
+            "-p",
+            "app",
+            "-p",
+            "benches",
+        ],
+        &[],
+    )
 }
 
 /// Cargo's target directory: `CARGO_TARGET_DIR` when set, else `target/`.

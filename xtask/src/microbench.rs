@@ -53,10 +53,13 @@ pub fn microbench(args: &[String]) -> Result<()> {
     let mut cargo_args = vec![
         "bench",
         "--locked",
+        // The same package set as `crate::release_build`: the bench
+        // profile's settings are the release profile's, so this reuses its
+        // compiled dependencies.
         "-p",
-        "ports",
+        "app",
         "-p",
-        "adapters",
+        "benches",
         "--bench",
         "codecs",
         "--bench",

@@ -1,5 +1,5 @@
 //! Codec encode and decode, and key building: the CPU work the typed cache adds
-//! to every backend call. `cargo bench -p ports`.
+//! to every backend call. `cargo bench -p benches --bench codecs`.
 
 #![allow(missing_docs)]
 

@@ -1,6 +1,6 @@
 //! The typed cache against the raw store underneath it, so the cost of our
 //! layers (key building, codec, dynamic dispatch, decorators) is measured, not
-//! guessed. `cargo bench -p adapters`; `cargo xtask microbench` also starts a
+//! guessed. `cargo bench -p benches --bench typed_cache`; `cargo xtask microbench` also starts a
 //! Redis for the redis group.
 //!
 //! - memory: `TypedCache` over `MemoryBackend` (bare, and as the service

@@ -1,6 +1,6 @@
 //! A response body of the `GET /users/{uuid}` shape written by poem-openapi's
 //! `Json` (through a `serde_json::Value` tree) and by our `JsonBody` (serde in
-//! one pass). `cargo bench -p adapters --bench json_body`.
+//! one pass). `cargo bench -p benches --bench json_body`.
 
 #![allow(missing_docs)]
 
