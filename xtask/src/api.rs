@@ -38,11 +38,14 @@ impl Drop for Service {
 pub fn check(args: &[String]) -> Result<()> {
     let random = args.iter().any(|a| a == "--random");
     let st = crate::setup::python_tool("schemathesis-venv", SCHEMATHESIS, "st")?;
-    crate::run("cargo", &["build", "--locked", "-p", "app"], &[])?;
+    // The release binary, as users run it; in CI the compose smoke has
+    // built it already (a debug build of `-p app` alone would resolve other
+    // features than the test build and compile tokio and all above it again).
+    crate::release_build()?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
-    let binary = crate::target_dir().join("debug/cachemanager");
+    let binary = crate::target_dir().join("release/cachemanager");
     // A database of its own, made afresh: generated writes must not pile up.
     let database = crate::target_dir().join("xtask/api-check.db");
     crate::remove_sqlite(&database);

@@ -282,32 +282,42 @@ fn ci() -> Result<()> {
                 "warnings",
             ]),
         ),
-        step(
-            "unit tests",
-            cargo(&["test", "--workspace", "--exclude", "tests", "--locked"]),
-        ),
         step("images", || {
             images::ensure_redis(false)?;
             images::ensure_postgres(false)?;
             images::ensure_prometheus(false)?;
             images::ensure_haproxy(false).map(drop)
         }),
+        // The unit tests and the integration suite in one cargo invocation:
+        // one resolution of features, so one build. Apart (`--exclude
+        // tests`, then `-p tests`), each resolved what the other's
+        // dependencies enable (tokio's test-util and the mocks on one side,
+        // testcontainers' and reqwest's features of tokio, hyper and syn on
+        // the other) and rebuilt tokio, the proc macros and all above them.
+        // `outage::` names only the suite's outage module.
         step(
-            "integration tests",
+            "unit+integration",
             cargo(&[
-                "test", "-p", "tests", "--locked", "--", "--skip", "outage::",
+                "test",
+                "--workspace",
+                "--locked",
+                "--",
+                "--skip",
+                "outage::",
             ]),
         ),
-        // Alone and one at a time: their latency bounds must not measure other tests.
+        // Alone and one at a time: their latency bounds must not measure other
+        // tests. `--workspace` again, for the same build.
         step(
             "outage tests",
             cargo(&[
                 "test",
-                "-p",
-                "tests",
+                "--workspace",
                 "--locked",
-                "outage::",
+                "--test",
+                "integration",
                 "--",
+                "outage::",
                 "--test-threads=1",
                 "--show-output",
             ]),
