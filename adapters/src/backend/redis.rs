@@ -547,9 +547,14 @@ impl RedisBackend {
         let (connector, target) = match config.mode {
             RedisMode::Standalone => {
                 let (client, target) = build_client(config, Protocol::Resp2)?;
+                // No per-command timer in the driver: every command is
+                // bounded once, by `run` (the operation bound, never beyond
+                // `response_timeout`) or by `ping`; a second timer per
+                // command cost a hit about 1,000 instructions (callgrind,
+                // docs/PERFORMANCE.md, "One timer per Redis command").
                 let config = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(config.connect_timeout))
-                    .set_response_timeout(Some(config.response_timeout))
+                    .set_response_timeout(None)
                     // Few, short retries: a cache fails fast and heals in the background.
                     .set_number_of_retries(1)
                     .set_min_delay(Duration::from_millis(50))
@@ -569,7 +574,7 @@ impl RedisBackend {
                 compare_and_delete: Script::new(COMPARE_AND_DELETE),
                 target,
                 response_timeout: config.response_timeout,
-                operation_timeout: config.operation_timeout,
+                operation_timeout: config.operation_timeout.min(config.response_timeout),
                 healing: Healing {
                     rebuild_after: config.rebuild_after_failures.max(1),
                     consecutive_failures: AtomicU32::new(0),
@@ -1285,30 +1290,33 @@ impl CacheBackend for RedisBackend {
     }
 
     /// Not cut at the operation bound: the health monitor measures how slow
-    /// Redis is with its own, longer bound. A ping abandoned by its caller's
-    /// bound still counts as a timeout toward a rebuild, so probes heal a
-    /// stuck connection even when no request reaches it.
+    /// Redis is with its own, longer bound; this one's is `response_timeout`.
+    /// A ping abandoned by its caller's bound still counts as a timeout
+    /// toward a rebuild, so probes heal a stuck connection even when no
+    /// request reaches it.
     async fn ping(&self) -> Result<(), BackendError> {
         let mut guard = Abandoned {
             backend: self,
             answered: false,
         };
         let mut connection = self.connection();
-        let result = redis::cmd("PING")
-            .query_async::<String>(&mut connection)
-            .await;
+        let bound = self.shared.response_timeout;
+        let result = crate::deadline::within(
+            bound,
+            redis::cmd("PING").query_async::<String>(&mut connection),
+        )
+        .await;
         guard.answered = true;
-        match result {
-            Ok(_) => {
+        let error = match result {
+            Some(Ok(_)) => {
                 self.succeeded();
-                Ok(())
+                return Ok(());
             }
-            Err(error) => {
-                let error = classify(&error, self.shared.response_timeout);
-                self.failed(&error);
-                Err(error)
-            }
-        }
+            Some(Err(error)) => classify(&error, bound),
+            None => BackendError::Timeout(bound),
+        };
+        self.failed(&error);
+        Err(error)
     }
 }
 

@@ -417,3 +417,46 @@ async fn an_acl_user_that_may_only_read_keeps_hitting_and_health_says_why() {
     app.wait_for_health(200).await;
     refused_writes_keep_reads(&redis, app, "NOPERM", &logs).await;
 }
+
+/// The driver keeps no timer of its own per command (one bound per command
+/// is cheaper): the backend cuts every command at the smaller of the
+/// operation bound and `response_timeout`, so a long operation bound never
+/// lets a command wait past the response timeout.
+#[tokio::test]
+async fn no_command_waits_past_the_response_timeout_under_a_longer_operation_bound() {
+    use ports::{BackendError, CacheBackend};
+
+    let redis = TestRedis::start().await;
+    let proxy = FaultProxy::start(redis.socket_address()).await;
+    let backend = tests::connected_backend(&adapters::backend::RedisConfig {
+        url: proxy.url(),
+        response_timeout: Duration::from_millis(300),
+        operation_timeout: Duration::from_secs(600),
+        ..redis.config()
+    })
+    .await;
+    backend
+        .set("faults:slow", bytes::Bytes::from_static(b"v"), None)
+        .await
+        .expect("a set before the fault");
+    proxy.set_latency(Duration::from_secs(600));
+    let started = Instant::now();
+    let answer = tokio::time::timeout(PATIENCE, backend.get("faults:slow"))
+        .await
+        .expect("the get waited for the 600 s operation bound");
+    let waited = started.elapsed();
+    println!(
+        "a command over a 600 s stall, response timeout 300 ms: {answer:?} after {:.0} ms",
+        waited.as_secs_f64() * 1000.0
+    );
+    assert!(
+        matches!(answer, Err(BackendError::Timeout(bound)) if bound == Duration::from_millis(300)),
+        "{answer:?}"
+    );
+    assert!(waited >= Duration::from_millis(300), "cut before the bound");
+    // The ping (the health check's) has the same bound.
+    let ping = tokio::time::timeout(PATIENCE, backend.ping())
+        .await
+        .expect("the ping waited for the stall");
+    assert!(matches!(ping, Err(BackendError::Timeout(_))), "{ping:?}");
+}
