@@ -549,9 +549,10 @@ impl RedisBackend {
                 let (client, target) = build_client(config, Protocol::Resp2)?;
                 // No per-command timer in the driver: every command is
                 // bounded once, by `run` (the operation bound, never beyond
-                // `response_timeout`) or by `ping`; a second timer per
-                // command cost a hit about 1,000 instructions (callgrind,
-                // docs/PERFORMANCE.md, "One timer per Redis command").
+                // `response_timeout`) or by `ping`. The second timer cost
+                // a hit's typed read about 1,200 instructions, the whole
+                // request 300 to 400 (callgrind, docs/PERFORMANCE.md, "One
+                // timer per Redis command").
                 let config = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(config.connect_timeout))
                     .set_response_timeout(None)
