@@ -236,12 +236,20 @@ impl TestCluster {
 
     /// A raw connection to one node.
     pub async fn node(&self, index: usize) -> redis::aio::MultiplexedConnection {
-        let url = format!("redis://:{}@127.0.0.1:{}", self.password, self.ports[index]);
-        let client = redis::Client::open(url).expect("a valid node URL");
-        client
-            .get_multiplexed_async_connection()
+        self.try_node(index)
             .await
             .expect("a connection to a cluster node")
+    }
+
+    /// A raw connection to one node, or why there is none (a node killed or
+    /// still starting refuses it).
+    pub async fn try_node(
+        &self,
+        index: usize,
+    ) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+        let url = format!("redis://:{}@127.0.0.1:{}", self.password, self.ports[index]);
+        let client = redis::Client::open(url).expect("a valid node URL");
+        client.get_multiplexed_async_connection().await
     }
 }
 

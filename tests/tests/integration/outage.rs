@@ -509,6 +509,33 @@ async fn backend_failures(app: &TestApp) -> (u64, Vec<String>) {
     (count, lines)
 }
 
+/// The failed backend operations counted, every 20 ms from `started` until
+/// `done` is set: when the count rose, and by how much.
+fn watch_failures(
+    app: &Arc<TestApp>,
+    started: Instant,
+) -> (
+    Arc<AtomicBool>,
+    tokio::task::JoinHandle<Vec<(Duration, u64)>>,
+) {
+    let done = Arc::new(AtomicBool::new(false));
+    let (app, stop) = (app.clone(), done.clone());
+    let rises = tokio::spawn(async move {
+        let (mut last, _) = backend_failures(&app).await;
+        let mut rises = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            let (now, _) = backend_failures(&app).await;
+            if now > last {
+                rises.push((started.elapsed(), now - last));
+                last = now;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        rises
+    });
+    (done, rises)
+}
+
 /// Redis Cluster resharding under load: every slot that holds the service's
 /// keys on one master is moved to another, the way `redis-cli --cluster
 /// reshard` moves it (`SETSLOT IMPORTING` on the target, `MIGRATING` on the
@@ -522,21 +549,24 @@ async fn slots_resharded_under_load_fail_no_request_and_no_cache_operation() {
     const STAGE: Duration = Duration::from_millis(1500);
     const RESHARD_RUN: Duration = Duration::from_secs(12);
     let cluster = TestCluster::shared();
-    // A cluster that another test changed (a failover) has settled: every
-    // node that answers says ok.
+    // A cluster that another test changed (a failover, its killed master
+    // started again) has settled: every node answers and says ok.
     tests::eventually(
-        "the cluster is ok on every node that answers",
+        "every cluster node answers and says the cluster is ok",
         Duration::from_secs(30),
         Duration::from_millis(100),
         || async {
             let mut ok = true;
             for index in 0..cluster.ports.len() {
-                let mut node = cluster.node(index).await;
+                // A node restarted by another test may not listen yet.
+                let Ok(mut node) = cluster.try_node(index).await else {
+                    return false;
+                };
                 let info: redis::RedisResult<String> = redis::cmd("CLUSTER")
                     .arg("INFO")
                     .query_async(&mut node)
                     .await;
-                ok &= info.map_or(true, |info| info.contains("cluster_state:ok"));
+                ok &= info.is_ok_and(|info| info.contains("cluster_state:ok"));
             }
             ok
         },
@@ -579,9 +609,19 @@ async fn slots_resharded_under_load_fail_no_request_and_no_cache_operation() {
         migrations.push(cluster.migration(slot, source, target).await);
     }
     let (failures_before, _) = backend_failures(&app).await;
+    let slot_refreshes = || async {
+        cluster
+            .counters("commandstats", "cmdstat_cluster|slots")
+            .await
+            .into_iter()
+            .flatten()
+            .sum::<u64>()
+    };
+    let refreshes_before = slot_refreshes().await;
 
     let started = Instant::now();
     let (clients, samples) = load(&app, started, RESHARD_RUN);
+    let (failures_done, failure_rises) = watch_failures(&app, started);
     tokio::time::sleep(MOVE_AT.saturating_sub(started.elapsed())).await;
     let moving_at = started.elapsed();
     for migration in &migrations {
@@ -589,12 +629,14 @@ async fn slots_resharded_under_load_fail_no_request_and_no_cache_operation() {
     }
     // Migrating, keys still on the source.
     tokio::time::sleep(STAGE).await;
+    let migrating_at = started.elapsed();
     let mut moved_keys = 0;
     for migration in &migrations {
         moved_keys += migration.move_keys().await;
     }
     // Keys on the target, the slots still migrating: reads are asked there.
     tokio::time::sleep(STAGE).await;
+    let finishing_at = started.elapsed();
     for migration in &migrations {
         migration.finish().await;
     }
@@ -607,8 +649,11 @@ async fn slots_resharded_under_load_fail_no_request_and_no_cache_operation() {
         client.await.unwrap();
     }
     let hits_after = target_hits(cluster).await;
+    failures_done.store(true, Ordering::Relaxed);
+    let failure_rises = failure_rises.await.unwrap();
     let (failures_after, failed) = backend_failures(&app).await;
     let failures = failures_after - failures_before;
+    let refreshes = slot_refreshes().await - refreshes_before;
     for &slot in &slots {
         assert_eq!(
             cluster.master_of(slot, source).await,
@@ -624,12 +669,18 @@ async fn slots_resharded_under_load_fail_no_request_and_no_cache_operation() {
         RESHARD_RUN + Duration::from_secs(60),
     );
     let report = format!(
-        "Redis Cluster resharding under {CLIENTS} clients: {} slots ({moved_keys} keys) moved from master {source} to master {target} between {:.1} s and {:.1} s (importing/migrating {:.1} s, keys migrated, then {:.1} s of ASK, then SETSLOT NODE); failed backend operations: {failures} {failed:?}; hits on the new owner after the move: {}\n{}",
+        "Redis Cluster resharding under {CLIENTS} clients: {} slots ({moved_keys} keys) moved from master {source} to master {target} between {:.2} s and {:.2} s (importing/migrating from {:.2} s, keys migrated at {:.2} s, ASK until SETSLOT NODE at {:.2} s); CLUSTER SLOTS served: {refreshes}; failed backend operations: {failures} {failed:?}, counted at {}; hits on the new owner after the move: {}\n{}",
         slots.len(),
         moving_at.as_secs_f64(),
         moved_at.as_secs_f64(),
-        STAGE.as_secs_f64(),
-        STAGE.as_secs_f64(),
+        moving_at.as_secs_f64(),
+        migrating_at.as_secs_f64(),
+        finishing_at.as_secs_f64(),
+        failure_rises
+            .iter()
+            .map(|(at, rise)| format!("{:.2} s (+{rise})", at.as_secs_f64()))
+            .collect::<Vec<_>>()
+            .join(", "),
         hits_after - hits_at_move,
         table(&[("while moving", &during), ("total", &total)]),
     );
