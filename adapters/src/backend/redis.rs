@@ -728,13 +728,21 @@ impl RedisBackend {
                                 Ok(_) | Err(_) => slots.forget(),
                             }
                         }
-                        // Slot by slot, each following its own redirect.
-                        let mut answers = Vec::with_capacity(members.len());
-                        for &member in members {
-                            let answer = connection.query(&mget(&groups[member])).await?;
-                            answers.push((member, answer));
-                        }
-                        Ok::<_, RedisError>(answers)
+                        // Slot by slot, all at once, each following its own
+                        // redirect. One after the other, a lookup of three
+                        // slots moved by a resharding paid three chains of
+                        // `MOVED`, a slot-map refresh by the driver (which
+                        // holds every request back while it runs) and the
+                        // hop to the new owner, and could pass its operation
+                        // bound on a loaded machine.
+                        let sent = members.iter().map(|&member| {
+                            let mut connection = connection.clone();
+                            async move {
+                                let answer = connection.query(&mget(&groups[member])).await?;
+                                Ok::<_, RedisError>((member, answer))
+                            }
+                        });
+                        futures::future::try_join_all(sent).await
                     }
                 });
                 futures::future::try_join_all(sent).await
