@@ -232,6 +232,33 @@ fn load(
     (clients, samples)
 }
 
+/// `probe`'s answer about the service every `every` from `started` until
+/// `done` is set, each with when it was taken.
+fn sample<T, F, Fut>(
+    app: &Arc<TestApp>,
+    started: Instant,
+    every: Duration,
+    probe: F,
+) -> (Arc<AtomicBool>, tokio::task::JoinHandle<Vec<(Duration, T)>>)
+where
+    T: Send + 'static,
+    F: Fn(Arc<TestApp>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = T> + Send,
+{
+    let done = Arc::new(AtomicBool::new(false));
+    let (app, stop) = (app.clone(), done.clone());
+    let samples = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            let value = probe(app.clone()).await;
+            seen.push((started.elapsed(), value));
+            tokio::time::sleep(every).await;
+        }
+        seen
+    });
+    (done, samples)
+}
+
 /// `/health`'s status every 100 ms from `started` until `done` is set.
 fn watch_health(
     app: &Arc<TestApp>,
@@ -240,18 +267,9 @@ fn watch_health(
     Arc<AtomicBool>,
     tokio::task::JoinHandle<Vec<(Duration, u16)>>,
 ) {
-    let done = Arc::new(AtomicBool::new(false));
-    let (app, stop) = (app.clone(), done.clone());
-    let health = tokio::spawn(async move {
-        let mut seen = Vec::new();
-        while !stop.load(Ordering::Relaxed) {
-            let status = app.get("/health").await.status().as_u16();
-            seen.push((started.elapsed(), status));
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        seen
-    });
-    (done, health)
+    sample(app, started, Duration::from_millis(100), |app| async move {
+        app.get("/health").await.status().as_u16()
+    })
 }
 
 async fn run(fault: Fault) {
@@ -509,33 +527,6 @@ async fn backend_failures(app: &TestApp) -> (u64, Vec<String>) {
     (count, lines)
 }
 
-/// The failed backend operations counted, every 20 ms from `started` until
-/// `done` is set: when the count rose, and by how much.
-fn watch_failures(
-    app: &Arc<TestApp>,
-    started: Instant,
-) -> (
-    Arc<AtomicBool>,
-    tokio::task::JoinHandle<Vec<(Duration, u64)>>,
-) {
-    let done = Arc::new(AtomicBool::new(false));
-    let (app, stop) = (app.clone(), done.clone());
-    let rises = tokio::spawn(async move {
-        let (mut last, _) = backend_failures(&app).await;
-        let mut rises = Vec::new();
-        while !stop.load(Ordering::Relaxed) {
-            let (now, _) = backend_failures(&app).await;
-            if now > last {
-                rises.push((started.elapsed(), now - last));
-                last = now;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        rises
-    });
-    (done, rises)
-}
-
 /// Redis Cluster resharding under load: every slot that holds the service's
 /// keys on one master is moved to another, the way `redis-cli --cluster
 /// reshard` moves it (`SETSLOT IMPORTING` on the target, `MIGRATING` on the
@@ -621,7 +612,11 @@ async fn slots_resharded_under_load_fail_no_request_and_no_cache_operation() {
 
     let started = Instant::now();
     let (clients, samples) = load(&app, started, RESHARD_RUN);
-    let (failures_done, failure_rises) = watch_failures(&app, started);
+    // The failed backend operations counted, every 20 ms.
+    let (failures_done, failure_counts) =
+        sample(&app, started, Duration::from_millis(20), |app| async move {
+            backend_failures(&app).await.0
+        });
     tokio::time::sleep(MOVE_AT.saturating_sub(started.elapsed())).await;
     let moving_at = started.elapsed();
     for migration in &migrations {
@@ -650,7 +645,15 @@ async fn slots_resharded_under_load_fail_no_request_and_no_cache_operation() {
     }
     let hits_after = target_hits(cluster).await;
     failures_done.store(true, Ordering::Relaxed);
-    let failure_rises = failure_rises.await.unwrap();
+    // When the count rose, and by how much.
+    let mut failure_rises = Vec::new();
+    let mut last = failures_before;
+    for (at, count) in failure_counts.await.unwrap() {
+        if count > last {
+            failure_rises.push((at, count - last));
+            last = count;
+        }
+    }
     let (failures_after, failed) = backend_failures(&app).await;
     let failures = failures_after - failures_before;
     let refreshes = slot_refreshes().await - refreshes_before;
