@@ -157,7 +157,10 @@ fn main() -> ExitCode {
         };
     }
     // Held to the end of main: dropping it flushes the queued log lines.
-    let _logs = telemetry::init(&settings.log);
+    let _logs = match telemetry::init(&settings.log) {
+        Ok(guard) => guard,
+        Err(error) => return fail(1, &format!("cannot start the log writer: {error}")),
+    };
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
