@@ -226,8 +226,8 @@ pub fn ensure_docker() -> Result<()> {
     bail!("the Docker daemon did not start: start it (service docker start) and run again")
 }
 
-/// rustfmt and clippy, which the first two steps run: added with rustup
-/// where they are missing.
+/// rustfmt and clippy (its driver lints the test build), which the first
+/// steps use: added with rustup where they are missing.
 pub fn ensure_components() -> Result<()> {
     let has = |tool: &str| succeeds("cargo", &[tool, "--version"]);
     let missing: Vec<&str> = [("fmt", "rustfmt"), ("clippy", "clippy")]
