@@ -13,6 +13,7 @@ use domain::{
     Email, Name, NewUser, Page, RepositoryError, User, UserChanges, UserId, UserRepository,
     UserUuid, Version,
 };
+use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
@@ -23,6 +24,10 @@ use uuid::Uuid;
 
 use crate::Secret;
 use crate::backend::redact_url;
+
+mod migrations;
+
+use migrations::Embedded;
 
 /// Settings of the users store (the `[store]` settings).
 #[derive(Clone, serde::Deserialize)]
@@ -358,8 +363,14 @@ impl SqlStore {
     /// [`StoreSetupError::Migrate`], with the database's reason.
     pub async fn migrate(&self) -> Result<(), StoreSetupError> {
         let result = match &self.pool {
-            Pool::Sqlite(pool) => sqlx::migrate!("./migrations/sqlite").run(pool).await,
-            Pool::Postgres(pool) => sqlx::migrate!("./migrations/postgres").run(pool).await,
+            Pool::Sqlite(pool) => match Migrator::new(Embedded(migrations::SQLITE)).await {
+                Ok(migrator) => migrator.run(pool).await,
+                Err(e) => Err(e),
+            },
+            Pool::Postgres(pool) => match Migrator::new(Embedded(migrations::POSTGRES)).await {
+                Ok(migrator) => migrator.run(pool).await,
+                Err(e) => Err(e),
+            },
         };
         result.map_err(|e| StoreSetupError::Migrate {
             url: self.target.clone(),
