@@ -8,6 +8,8 @@ use poem_openapi::types::Example;
 use poem_openapi::{Enum, Object};
 use serde::Serialize;
 
+use super::compress::{Coding, compressed};
+
 /// The stable, machine-readable code of an error: a client switches on this,
 /// never on the message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Enum, Serialize)]
@@ -87,7 +89,11 @@ impl ErrorBody {
 }
 
 /// An error answered as JSON with `status`.
-fn error_response(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Response {
+pub(crate) fn error_response(
+    status: StatusCode,
+    code: ErrorCode,
+    message: impl Into<String>,
+) -> Response {
     Json(ErrorBody::new(code, message))
         .with_status(status)
         .into_response()
@@ -256,7 +262,7 @@ impl Guard {
         );
         let coding = match self.config.compress_from_bytes {
             0 => None,
-            _ => accepted_coding(request.headers()),
+            _ => Coding::accepted_by(request.headers()),
         };
         let limit = self.config.request_timeout;
         // Boxed: the endpoint's future is several kilobytes, and moving it
@@ -359,68 +365,6 @@ pub(crate) fn accepted(header: &str) -> impl Iterator<Item = &str> {
         });
         (!refused).then_some(name)
     })
-}
-
-/// The coding to compress a response with, from `Accept-Encoding`: br when
-/// accepted, else gzip; `None` when the client accepts neither.
-fn accepted_coding(headers: &poem::http::HeaderMap) -> Option<poem::web::CompressionAlgo> {
-    let accepted_header = headers
-        .get(poem::http::header::ACCEPT_ENCODING)?
-        .to_str()
-        .ok()?;
-    let mut best = None;
-    for name in accepted(accepted_header) {
-        match name {
-            "br" => return Some(poem::web::CompressionAlgo::BR),
-            "gzip" => best = Some(poem::web::CompressionAlgo::GZIP),
-            _ => {}
-        }
-    }
-    best
-}
-
-/// `response`, compressed with `coding` when its body is `from_bytes` or
-/// more and not encoded yet; `Vary: Accept-Encoding` on every response that
-/// could have been. A small body (one user, ~150 bytes) is sent as it is:
-/// compressing it costs more than it saves, and keeps its `ETag` strong.
-async fn compressed(
-    mut response: Response,
-    coding: poem::web::CompressionAlgo,
-    from_bytes: usize,
-) -> Response {
-    if response
-        .headers()
-        .contains_key(poem::http::header::CONTENT_ENCODING)
-        || matches!(
-            response.status(),
-            StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED
-        )
-    {
-        return response;
-    }
-    let body = match response.take_body().into_bytes().await {
-        Ok(body) => body,
-        Err(error) => {
-            tracing::error!(%error, "cannot read a response body to compress it");
-            return error_response(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                ErrorCode::Internal,
-                ErrorBody::internal().message,
-            );
-        }
-    };
-    response.headers_mut().append(
-        poem::http::header::VARY,
-        poem::http::HeaderValue::from_static("accept-encoding"),
-    );
-    let large = body.len() >= from_bytes;
-    response.set_body(body);
-    if !large {
-        return response;
-    }
-    poem::web::Compress::new(response, coding)
-        .with_quality(poem::web::CompressionLevel::Precise(4))
-        .into_response()
 }
 
 /// `/users/` is `/users` (the seed's path): trailing slashes are trimmed

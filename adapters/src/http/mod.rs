@@ -4,6 +4,7 @@
 //! Request and response types live here only and convert at the edge; every
 //! error body is `{"error": code, "message": text}` and is in the spec.
 
+mod compress;
 mod errors;
 mod health;
 mod json;
