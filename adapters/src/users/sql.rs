@@ -13,7 +13,7 @@ use domain::{
     Email, Name, NewUser, Page, RepositoryError, User, UserChanges, UserId, UserRepository,
     UserUuid, Version,
 };
-use sqlx::migrate::Migrator;
+use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
@@ -362,16 +362,19 @@ impl SqlStore {
     /// # Errors
     /// [`StoreSetupError::Migrate`], with the database's reason.
     pub async fn migrate(&self) -> Result<(), StoreSetupError> {
-        let result = match &self.pool {
-            Pool::Sqlite(pool) => match Migrator::new(Embedded(migrations::SQLITE)).await {
-                Ok(migrator) => migrator.run(pool).await,
-                Err(e) => Err(e),
-            },
-            Pool::Postgres(pool) => match Migrator::new(Embedded(migrations::POSTGRES)).await {
-                Ok(migrator) => migrator.run(pool).await,
-                Err(e) => Err(e),
-            },
-        };
+        let result: Result<(), MigrateError> = async {
+            match &self.pool {
+                Pool::Sqlite(pool) => {
+                    let migrator = Migrator::new(Embedded(migrations::SQLITE)).await?;
+                    migrator.run(pool).await
+                }
+                Pool::Postgres(pool) => {
+                    let migrator = Migrator::new(Embedded(migrations::POSTGRES)).await?;
+                    migrator.run(pool).await
+                }
+            }
+        }
+        .await;
         result.map_err(|e| StoreSetupError::Migrate {
             url: self.target.clone(),
             reason: e.to_string(),
