@@ -268,13 +268,15 @@ pub fn smoke() -> Result<()> {
     let redis_image = images::ensure_redis(false)?;
     let postgres_image = images::ensure_postgres(false)?;
     let prometheus_image = images::ensure_prometheus(false)?;
+    let haproxy_image = images::ensure_haproxy(false)?;
     let app_image = images::build_app()?;
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
     let password = format!("smoke-{}-{nanos}", std::process::id());
-    let (app_port, redis_port, prometheus_port) = (free_port()?, free_port()?, free_port()?);
+    let (app_port, redis_port, prometheus_port, lb_port) =
+        (free_port()?, free_port()?, free_port()?, free_port()?);
     let admin_token = format!("admin-{password}");
     let env = vec![
         ("REDIS_IMAGE".to_owned(), redis_image.to_owned()),
@@ -286,17 +288,23 @@ pub fn smoke() -> Result<()> {
         ("REDIS_PORT".to_owned(), redis_port.to_string()),
         ("PROMETHEUS_IMAGE".to_owned(), prometheus_image.to_owned()),
         ("PROMETHEUS_PORT".to_owned(), prometheus_port.to_string()),
-        ("COMPOSE_PROFILES".to_owned(), "observability".to_owned()),
+        ("HAPROXY_IMAGE".to_owned(), haproxy_image.to_owned()),
+        ("LB_PORT".to_owned(), lb_port.to_string()),
+        (
+            "COMPOSE_PROFILES".to_owned(),
+            "observability,scale".to_owned(),
+        ),
         ("ADMIN_TOKEN".to_owned(), admin_token.clone()),
     ];
     let compose = Compose::detect(env)?;
     println!(
-        "compose smoke: {redis_image} + {postgres_image} + {app_image} + {prometheus_image}, API on :{app_port}"
+        "compose smoke: {redis_image} + {postgres_image} + {app_image} x 3 + {prometheus_image} + {haproxy_image}, API on :{app_port}, balancer on :{lb_port}"
     );
     let ports = Ports {
         app: app_port,
         redis: redis_port,
         prometheus: prometheus_port,
+        balancer: lb_port,
     };
     let outcome = checks(&compose, &password, &admin_token, &ports);
     if outcome.is_err() {
@@ -336,6 +344,8 @@ struct Ports {
     app: u16,
     redis: u16,
     prometheus: u16,
+    /// HAProxy in front of the three instances (the `scale` profile).
+    balancer: u16,
 }
 
 /// The observability profile: the admin API answers with the token, and
@@ -448,6 +458,120 @@ fn hits_in(body: &str) -> Option<f64> {
         .ok()
 }
 
+/// The instances HAProxy names in `X-Served-By`.
+const INSTANCES: [&str; 3] = ["app-1", "app-2", "app-3"];
+
+/// One request through the balancer: (status, the instance that answered, body).
+fn balanced(
+    port: u16,
+    method: &str,
+    path: &str,
+    json: Option<&str>,
+) -> Result<(u16, String, String)> {
+    let (status, head, body) = http_with(port, method, path, json)?;
+    let served_by = head
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("x-served-by")
+                .then(|| value.trim().to_owned())
+        })
+        .unwrap_or_default();
+    Ok((status, served_by, body))
+}
+
+/// Six `GET`s of `path` through the balancer (two rounds of its round
+/// robin): fails unless every answer is `status` with `needle` in its body,
+/// and all three instances answered.
+fn read_everywhere(lb_port: u16, path: &str, status: u16, needle: &str) -> Result<()> {
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..6 {
+        let (got, served_by, body) = balanced(lb_port, "GET", path, None)?;
+        if got != status || !body.contains(needle) {
+            bail!("GET {path} through {served_by:?} answered {got}: {body}");
+        }
+        seen.insert(served_by);
+    }
+    if !INSTANCES.iter().all(|instance| seen.contains(*instance)) {
+        bail!("GET {path}: answered by {seen:?}, not by all of {INSTANCES:?}");
+    }
+    Ok(())
+}
+
+/// The `scale` profile: three instances behind HAProxy over one Redis and
+/// one PostgreSQL. Requests through the balancer reach all three, and a
+/// write through any instance is read at once through every other (the
+/// shared cache was invalidated, not merely expired).
+fn scale(app_port: u16, lb_port: u16) -> Result<()> {
+    let john = format!("/users/{JOHN}");
+    let mut last = String::new();
+    let took = wait_until(
+        "HAProxy answers through all three instances",
+        Duration::from_secs(60),
+        || match read_everywhere(lb_port, &john, 200, "john.doe@example.com") {
+            Ok(()) => true,
+            Err(error) => {
+                last = error.to_string();
+                false
+            }
+        },
+    )
+    .with_context(|| format!("last attempt: {last}"))?;
+    check(
+        "scale: HAProxy spreads GETs over app-1, app-2 and app-3",
+        true,
+        format!("{took:?}"),
+    )?;
+    // Created through app-1 directly, read through all three.
+    let (status, head, body) = http_with(
+        app_port,
+        "POST",
+        "/users",
+        Some(r#"{"first_name":"Grace","last_name":"Hopper","email":"grace@smoke.example.com"}"#),
+    )?;
+    let location = head
+        .lines()
+        .find_map(|l| l.strip_prefix("location: "))
+        .unwrap_or("")
+        .trim()
+        .to_owned();
+    if status != 201 || !location.starts_with("/users/") {
+        bail!("POST /users through app-1 answered {status} {location:?}: {body}");
+    }
+    read_everywhere(lb_port, &location, 200, "Hopper")?;
+    check(
+        "scale: a user created through app-1 is read through all three",
+        true,
+        "",
+    )?;
+    // Each instance has it cached now; changed through one of them.
+    let (status, served_by, body) = balanced(
+        lb_port,
+        "PATCH",
+        &location,
+        Some(r#"{"last_name":"Murray"}"#),
+    )?;
+    if status != 200 || !body.contains("Murray") {
+        bail!("PATCH {location} through {served_by:?} answered {status}: {body}");
+    }
+    read_everywhere(lb_port, &location, 200, "Murray")?;
+    check(
+        "scale: a change through one instance is read at once through all three",
+        true,
+        format!("changed through {served_by}"),
+    )?;
+    let (status, _) = http(app_port, "DELETE", &location)?;
+    if status != 204 {
+        bail!("DELETE {location} through app-1 answered {status}");
+    }
+    read_everywhere(lb_port, &location, 404, "not_found")?;
+    check(
+        "scale: a user deleted through app-1 is gone through all three (404)",
+        true,
+        "",
+    )
+}
+
 fn checks(compose: &Compose, password: &str, token: &str, ports: &Ports) -> Result<()> {
     let (app_port, redis_port) = (ports.app, ports.redis);
     // A run killed half-way may have left the project behind: start clean.
@@ -455,17 +579,18 @@ fn checks(compose: &Compose, password: &str, token: &str, ports: &Ports) -> Resu
     compose.run(&["up", "-d", "--no-build"])?;
     let (redis, app) = (compose.container("redis")?, compose.container("app")?);
     let postgres = compose.container("postgres")?;
+    let others = [compose.container("app-2")?, compose.container("app-3")?];
     let took = wait_until(
         "every healthcheck healthy",
         Duration::from_secs(120),
         || {
-            [&redis, &postgres, &app]
+            [&redis, &postgres, &app, &others[0], &others[1]]
                 .iter()
                 .all(|c| inspect(c, "{{.State.Health.Status}}") == "healthy")
         },
     )?;
     check(
-        "redis, postgres and app report healthy",
+        "redis, postgres, app, app-2 and app-3 report healthy",
         true,
         format!("{took:?}"),
     )?;
@@ -500,6 +625,7 @@ fn checks(compose: &Compose, password: &str, token: &str, ports: &Ports) -> Resu
     )?;
 
     writes(&get, app_port)?;
+    scale(app_port, ports.balancer)?;
     observability(app_port, ports.prometheus, token)?;
 
     let mut raw = TcpStream::connect(("127.0.0.1", redis_port))?;
