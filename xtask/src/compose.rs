@@ -204,6 +204,15 @@ fn health(app_port: u16) -> u16 {
         .unwrap_or(0)
 }
 
+/// The `Location` header of a response head, or "" without one.
+fn location_of(head: &str) -> String {
+    head.lines()
+        .find_map(|l| l.strip_prefix("location: "))
+        .unwrap_or("")
+        .trim()
+        .to_owned()
+}
+
 /// A user created, read through the cache, changed, and deleted, over
 /// PostgreSQL and Redis.
 fn writes(get: &dyn Fn(&str) -> Result<String>, app_port: u16) -> Result<()> {
@@ -213,12 +222,7 @@ fn writes(get: &dyn Fn(&str) -> Result<String>, app_port: u16) -> Result<()> {
         "/users",
         Some(r#"{"first_name":"Ada","last_name":"Lovelace","email":"ada@smoke.example.com"}"#),
     )?;
-    let location = head
-        .lines()
-        .find_map(|l| l.strip_prefix("location: "))
-        .unwrap_or("")
-        .trim()
-        .to_owned();
+    let location = location_of(&head);
     check(
         "POST /users creates a user: 201 with Location",
         status == 201 && location.starts_with("/users/"),
@@ -529,12 +533,7 @@ fn scale(app_port: u16, lb_port: u16) -> Result<()> {
         "/users",
         Some(r#"{"first_name":"Grace","last_name":"Hopper","email":"grace@smoke.example.com"}"#),
     )?;
-    let location = head
-        .lines()
-        .find_map(|l| l.strip_prefix("location: "))
-        .unwrap_or("")
-        .trim()
-        .to_owned();
+    let location = location_of(&head);
     if status != 201 || !location.starts_with("/users/") {
         bail!("POST /users through app-1 answered {status} {location:?}: {body}");
     }
