@@ -571,6 +571,64 @@ fn scale(app_port: u16, lb_port: u16) -> Result<()> {
     )
 }
 
+/// A restart of `app-2` under a steady client through the balancer: no
+/// request fails (the instance drains with `/health/ready` at 503 before
+/// its listener closes, HAProxy takes it out and retries a refused
+/// connection elsewhere), and `app-2` serves again afterwards.
+fn restart_behind_balancer(compose: &Compose, lb_port: u16) -> Result<()> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let john = format!("/users/{JOHN}");
+    let done = Arc::new(AtomicBool::new(false));
+    let client = {
+        let (done, john) = (Arc::clone(&done), john.clone());
+        std::thread::spawn(move || {
+            let (mut answered, mut failed) = (0_u32, Vec::new());
+            while !done.load(Ordering::Relaxed) {
+                match balanced(lb_port, "GET", &john, None) {
+                    Ok((200, ..)) => answered += 1,
+                    Ok((status, served_by, body)) => {
+                        failed.push(format!("{status} from {served_by:?}: {body}"));
+                    }
+                    Err(error) => failed.push(error.to_string()),
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            (answered, failed)
+        })
+    };
+    let started = Instant::now();
+    let restarted = compose.run(&["restart", "app-2"]);
+    let back = restarted.and_then(|()| {
+        wait_until(
+            "app-2 answers through the balancer again",
+            Duration::from_secs(60),
+            || read_everywhere(lb_port, &john, 200, "john.doe@example.com").is_ok(),
+        )
+    });
+    done.store(true, Ordering::Relaxed);
+    let (answered, failed) = client
+        .join()
+        .map_err(|_| anyhow::anyhow!("the client thread panicked"))?;
+    back?;
+    check(
+        "scale: app-2 restarted under a steady client: no request failed, app-2 serves again",
+        failed.is_empty() && answered > 0,
+        format!(
+            "{} of {} requests failed: {:?}",
+            failed.len(),
+            answered as usize + failed.len(),
+            failed.iter().take(5).collect::<Vec<_>>()
+        ),
+    )?;
+    println!(
+        "      {answered} requests answered in {:.1} s, none failed",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
 fn checks(compose: &Compose, password: &str, token: &str, ports: &Ports) -> Result<()> {
     let (app_port, redis_port) = (ports.app, ports.redis);
     // A run killed half-way may have left the project behind: start clean.
@@ -625,6 +683,7 @@ fn checks(compose: &Compose, password: &str, token: &str, ports: &Ports) -> Resu
 
     writes(&get, app_port)?;
     scale(app_port, ports.balancer)?;
+    restart_behind_balancer(compose, ports.balancer)?;
     observability(app_port, ports.prometheus, token)?;
 
     let mut raw = TcpStream::connect(("127.0.0.1", redis_port))?;
