@@ -181,6 +181,24 @@ fn wait_until(what: &str, limit: Duration, mut check: impl FnMut() -> bool) -> R
     bail!("{what}: not within {limit:?}")
 }
 
+/// [`wait_until`] for a check that says why it fails: the last reason is
+/// in the error when time runs out.
+fn wait_for(
+    what: &str,
+    limit: Duration,
+    mut check: impl FnMut() -> Result<()>,
+) -> Result<Duration> {
+    let mut last = String::new();
+    wait_until(what, limit, || match check() {
+        Ok(()) => true,
+        Err(error) => {
+            last = error.to_string();
+            false
+        }
+    })
+    .with_context(|| format!("last attempt: {last}"))
+}
+
 fn check(label: &str, ok: bool, detail: impl std::fmt::Display) -> Result<()> {
     if !ok {
         bail!("{label}: {detail}");
@@ -508,19 +526,11 @@ fn read_everywhere(lb_port: u16, path: &str, status: u16, needle: &str) -> Resul
 /// shared cache was invalidated, not merely expired).
 fn scale(app_port: u16, lb_port: u16) -> Result<()> {
     let john = format!("/users/{JOHN}");
-    let mut last = String::new();
-    let took = wait_until(
+    let took = wait_for(
         "HAProxy answers through all three instances",
         Duration::from_secs(60),
-        || match read_everywhere(lb_port, &john, 200, "john.doe@example.com") {
-            Ok(()) => true,
-            Err(error) => {
-                last = error.to_string();
-                false
-            }
-        },
-    )
-    .with_context(|| format!("last attempt: {last}"))?;
+        || read_everywhere(lb_port, &john, 200, "john.doe@example.com"),
+    )?;
     check(
         "scale: HAProxy spreads GETs over app-1, app-2 and app-3",
         true,
@@ -601,10 +611,10 @@ fn restart_behind_balancer(compose: &Compose, lb_port: u16) -> Result<()> {
     let started = Instant::now();
     let restarted = compose.run(&["restart", "app-2"]);
     let back = restarted.and_then(|()| {
-        wait_until(
+        wait_for(
             "app-2 answers through the balancer again",
             Duration::from_secs(60),
-            || read_everywhere(lb_port, &john, 200, "john.doe@example.com").is_ok(),
+            || read_everywhere(lb_port, &john, 200, "john.doe@example.com"),
         )
     });
     done.store(true, Ordering::Relaxed);
