@@ -210,6 +210,20 @@ mod properties {
         }
 
         #[test]
+        fn a_bucketed_key_is_the_plain_key_with_its_segments_tag(
+            key in any::<String>(),
+            buckets in 2_u16..,
+        ) {
+            let plain = full_key("user:record", key.as_str());
+            let segment = &plain["user:record:".len()..];
+            let tag = key_bucket(segment, buckets);
+            prop_assert_eq!(
+                bucketed_key("user:record", key.as_str(), buckets),
+                format!("user:record:{{{tag}}}:{segment}")
+            );
+        }
+
+        #[test]
         fn integer_keys_are_their_decimal_form(n in any::<i64>()) {
             prop_assert_eq!(full_key("ns", &n), format!("ns:{n}"));
         }
