@@ -742,8 +742,10 @@ mod tests {
             ("CACHEMANAGER__REDIS__URL", "redis://cache:6380/2"),
             ("CACHEMANAGER__CACHE__OPERATION_TIMEOUT_MS", "40"),
             ("CACHEMANAGER__CACHE__BREAKER__PROBE_INTERVAL_MS", "250"),
+            ("CACHEMANAGER__STORE__PING_IDLE_AFTER_MS", "0"),
         ])
         .unwrap();
+        assert_eq!(settings.store.ping_idle_after, Duration::ZERO);
         assert_eq!(
             settings.cache.breaker.probe_interval,
             Duration::from_millis(250)
@@ -833,7 +835,7 @@ mod tests {
 
     #[test]
     fn bad_values_name_their_key_and_what_is_accepted() {
-        let cases: [(&str, &str, &str); 13] = [
+        let cases: [(&str, &str, &str); 14] = [
             ("CACHEMANAGER__CACHE__TTL_JITTER", "1.5", "cache.ttl_jitter"),
             (
                 "CACHEMANAGER__CACHE__LOAD_TIMEOUT_MS",
@@ -866,6 +868,11 @@ mod tests {
                 "CACHEMANAGER__CACHE__MAX_VALUE_BYTES",
                 "0",
                 "cache.max_value_bytes",
+            ),
+            (
+                "CACHEMANAGER__STORE__PING_IDLE_AFTER_MS",
+                "-1",
+                "store.ping_idle_after_ms",
             ),
         ];
         for (var, value, key) in cases {

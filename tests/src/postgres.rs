@@ -157,6 +157,58 @@ impl TestPostgres {
         self.url_of(&name)
     }
 
+    /// Closes, from the server's side, every connection to the database of
+    /// `url` (what a restart, a failover or `idle_session_timeout` does to a
+    /// pool's idle connections), and waits until they are gone; how many
+    /// there were.
+    ///
+    /// # Panics
+    /// When the server refuses, or the connections outlive 5 s.
+    pub async fn terminate_connections(&self, url: &str) -> usize {
+        let name = url.rsplit('/').next().unwrap_or_default();
+        let admin = format!(
+            "postgres://postgres:{}@127.0.0.1:{}/postgres",
+            self.password, self.port
+        );
+        let mut connection = sqlx::PgConnection::connect(&admin)
+            .await
+            .unwrap_or_else(|e| panic!("cannot reach the test PostgreSQL: {e}"));
+        // The pids first, then each terminated: in one statement the planner
+        // may call pg_terminate_backend before it filters by database.
+        let pids: Vec<i32> =
+            sqlx::query_scalar("SELECT pid FROM pg_stat_activity WHERE datname = $1")
+                .bind(name)
+                .fetch_all(&mut connection)
+                .await
+                .unwrap_or_else(|e| panic!("cannot list the connections: {e}"));
+        for &pid in &pids {
+            sqlx::query("SELECT pg_terminate_backend($1)")
+                .bind(pid)
+                .execute(&mut connection)
+                .await
+                .unwrap_or_else(|e| panic!("cannot terminate connection {pid}: {e}"));
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let left: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE datname = $1")
+                    .bind(name)
+                    .fetch_one(&mut connection)
+                    .await
+                    .unwrap_or_else(|e| panic!("cannot count the connections: {e}"));
+            if left == 0 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{left} connections to {name} outlived their termination"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let _ = connection.close().await;
+        pids.len()
+    }
+
     /// A new, empty database reached through a fault proxy (to stall or
     /// black-hole it): the proxy, and the database's URL through it.
     ///

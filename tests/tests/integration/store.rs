@@ -258,6 +258,52 @@ macro_rules! store_suite {
 store_suite!(sqlite, sqlite_store);
 store_suite!(postgres, postgres_store);
 
+/// A store over a fresh database of the shared PostgreSQL with one pooled
+/// connection, opened by a first query; the store and its URL.
+async fn one_connection_store(ping_idle_after: Duration) -> (SqlStore, String) {
+    let server = TestPostgres::shared();
+    let url = server.fresh_database().await;
+    let config = StoreConfig {
+        url: url.clone(),
+        password: Some(Secret::new(server.password.clone())),
+        max_connections: 1,
+        ping_idle_after,
+        ..StoreConfig::default()
+    };
+    let store = SqlStore::connect(&config).await.unwrap();
+    store.migrate().await.unwrap();
+    assert_eq!(store.by_id(UserId::new(1).unwrap()).await, Ok(None));
+    (store, url)
+}
+
+/// A restart, a failover or `idle_session_timeout` closes the pool's idle
+/// connections: one idle past `store.ping_idle_after_ms` is pinged before
+/// use, found closed and replaced, so the query still answers.
+#[tokio::test]
+async fn a_connection_the_database_closed_while_idle_is_replaced_before_use() {
+    let (store, url) = one_connection_store(Duration::from_millis(50)).await;
+    let closed = TestPostgres::shared().terminate_connections(&url).await;
+    assert_eq!(closed, 1, "the pool's one connection");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(store.by_id(UserId::new(1).unwrap()).await, Ok(None));
+}
+
+/// The other side of not pinging every time: a connection used within the
+/// window is trusted, so if the database closed it meanwhile its next query
+/// fails once, as 503 `store_unavailable` would, and the pool replaces it.
+#[tokio::test]
+async fn a_connection_closed_within_the_ping_window_fails_one_query_and_is_replaced() {
+    let (store, url) = one_connection_store(Duration::from_secs(3600)).await;
+    let closed = TestPostgres::shared().terminate_connections(&url).await;
+    assert_eq!(closed, 1, "the pool's one connection");
+    let first = store.by_id(UserId::new(1).unwrap()).await;
+    assert!(
+        matches!(first, Err(RepositoryError::Unavailable(_))),
+        "{first:?}"
+    );
+    assert_eq!(store.by_id(UserId::new(1).unwrap()).await, Ok(None));
+}
+
 #[tokio::test]
 async fn a_database_that_does_not_answer_is_unavailable_within_the_statement_timeout() {
     let server = TestPostgres::shared();
