@@ -136,19 +136,27 @@ impl TestPostgres {
         format!("postgres://postgres@127.0.0.1:{}/{name}", self.port)
     }
 
+    /// A connection to the server's `postgres` database as its superuser.
+    ///
+    /// # Panics
+    /// When the server refuses.
+    async fn admin(&self) -> sqlx::PgConnection {
+        let admin = format!(
+            "postgres://postgres:{}@127.0.0.1:{}/postgres",
+            self.password, self.port
+        );
+        sqlx::PgConnection::connect(&admin)
+            .await
+            .unwrap_or_else(|e| panic!("cannot reach the test PostgreSQL: {e}"))
+    }
+
     /// A new, empty database of its own; its URL (without the password).
     ///
     /// # Panics
     /// When the server refuses.
     pub async fn fresh_database(&self) -> String {
         let name = format!("t_{}", uuid::Uuid::new_v4().simple());
-        let admin = format!(
-            "postgres://postgres:{}@127.0.0.1:{}/postgres",
-            self.password, self.port
-        );
-        let mut connection = sqlx::PgConnection::connect(&admin)
-            .await
-            .unwrap_or_else(|e| panic!("cannot reach the test PostgreSQL: {e}"));
+        let mut connection = self.admin().await;
         sqlx::query(&format!("CREATE DATABASE \"{name}\""))
             .execute(&mut connection)
             .await
@@ -166,13 +174,7 @@ impl TestPostgres {
     /// When the server refuses, or the connections outlive 5 s.
     pub async fn terminate_connections(&self, url: &str) -> usize {
         let name = url.rsplit('/').next().unwrap_or_default();
-        let admin = format!(
-            "postgres://postgres:{}@127.0.0.1:{}/postgres",
-            self.password, self.port
-        );
-        let mut connection = sqlx::PgConnection::connect(&admin)
-            .await
-            .unwrap_or_else(|e| panic!("cannot reach the test PostgreSQL: {e}"));
+        let mut connection = self.admin().await;
         // The pids first, then each terminated: in one statement the planner
         // may call pg_terminate_backend before it filters by database.
         let pids: Vec<i32> =
