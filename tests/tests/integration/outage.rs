@@ -672,18 +672,22 @@ async fn slots_resharded_under_load_fail_no_request_and_no_cache_operation() {
         RESHARD_RUN + Duration::from_secs(60),
     );
     let report = format!(
-        "Redis Cluster resharding under {CLIENTS} clients: {} slots ({moved_keys} keys) moved from master {source} to master {target} between {:.2} s and {:.2} s (importing/migrating from {:.2} s, keys migrated at {:.2} s, ASK until SETSLOT NODE at {:.2} s); CLUSTER SLOTS served: {refreshes}; failed backend operations: {failures} {failed:?}, counted at {}; hits on the new owner after the move: {}\n{}",
+        "Redis Cluster resharding under {CLIENTS} clients: {} slots ({moved_keys} keys) moved from master {source} to master {target} between {:.2} s and {:.2} s (importing/migrating from {:.2} s, keys migrated at {:.2} s, ASK until SETSLOT NODE at {:.2} s); CLUSTER SLOTS served: {refreshes}; failed backend operations: {failures} {failed:?}, rises seen at {} (sampled every 20 ms); hits on the new owner after the move: {}\n{}",
         slots.len(),
         moving_at.as_secs_f64(),
         moved_at.as_secs_f64(),
         moving_at.as_secs_f64(),
         migrating_at.as_secs_f64(),
         finishing_at.as_secs_f64(),
-        failure_rises
-            .iter()
-            .map(|(at, rise)| format!("{:.2} s (+{rise})", at.as_secs_f64()))
-            .collect::<Vec<_>>()
-            .join(", "),
+        if failure_rises.is_empty() {
+            "none".to_owned()
+        } else {
+            failure_rises
+                .iter()
+                .map(|(at, rise)| format!("{:.2} s (+{rise})", at.as_secs_f64()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        },
         hits_after - hits_at_move,
         table(&[("while moving", &during), ("total", &total)]),
     );
