@@ -79,7 +79,14 @@ struct Options {
     /// `--against REV`: each case also run by the binary of that commit,
     /// turn about with this tree's, in the same run.
     against: Option<String>,
+    /// `--set section.key=value`: a setting of every service the bench
+    /// starts (`CACHEMANAGER__SECTION__KEY`), e.g. to compare one setting's
+    /// two values in two runs.
+    set: Vec<(String, String)>,
 }
+
+/// The `--set` settings, as variables; set once, before any service starts.
+static SETTINGS: std::sync::OnceLock<Vec<(String, String)>> = std::sync::OnceLock::new();
 
 fn options(args: &[String]) -> Result<Options> {
     let mut options = Options {
@@ -89,6 +96,7 @@ fn options(args: &[String]) -> Result<Options> {
         only: None,
         runs: None,
         against: None,
+        set: Vec::new(),
     };
     let mut args = args.iter();
     while let Some(arg) = args.next() {
@@ -126,6 +134,18 @@ fn options(args: &[String]) -> Result<Options> {
                         .map(ToOwned::to_owned)
                         .collect(),
                 )
+            }
+            "--set" => {
+                let pair = args.next().context("--set needs section.key=value")?;
+                let (key, value) = pair
+                    .split_once('=')
+                    .filter(|(key, _)| key.contains('.'))
+                    .with_context(|| format!("--set needs section.key=value, not {pair}"))?;
+                let variable = format!(
+                    "CACHEMANAGER__{}",
+                    key.replace('.', "__").to_ascii_uppercase()
+                );
+                options.set.push((variable, value.to_owned()));
             }
             other => bail!("unknown bench option {other}"),
         }
@@ -547,7 +567,9 @@ impl Service {
         if let Some(file) = users_file {
             command.env("CACHEMANAGER__USERS__FILE", file);
         }
-        // Last: the case's own settings win (a cluster's nodes and password).
+        // Then `--set`; last, the case's own settings win (a cluster's nodes
+        // and password).
+        command.envs(SETTINGS.get().into_iter().flatten().map(|(k, v)| (k, v)));
         command.envs(extra.iter().copied());
         let service = Self {
             child: command.spawn().context("cannot start the service")?,
@@ -826,6 +848,10 @@ fn median(mut values: Vec<f64>) -> (f64, f64, f64) {
 /// Runs `cargo xtask bench`.
 pub fn bench(args: &[String]) -> Result<()> {
     let options = options(args)?;
+    for (variable, value) in &options.set {
+        println!("==> every service started with {variable}={value}");
+    }
+    let _ = SETTINGS.set(options.set.clone());
     let (runs, seconds) = if options.quick {
         (1, 1)
     } else {

@@ -45,11 +45,12 @@ commands:
                         and cachemanager/app:local from a release build of the host's
                         binary (no registry needed)
   bench [--quick] [--redis-url URL] [--redis-mode cluster] [--only PREFIX,...]
-        [--runs N] [--against REV]
+        [--runs N] [--against REV] [--set section.key=value ...]
                         the service under wrk, each case beside the ceiling of the
                         same binary; JSON in target/bench/, a markdown table printed;
                         --against REV also runs each case with the binary of that
-                        commit, turn about (target/bench/against.md)
+                        commit, turn about (target/bench/against.md); --set gives
+                        every service started a setting
   bench-chart [FILE]    redraw the chart of a run from its results.json
   seed-db --users N [--url URL]
                         add N synthetic users to a store (URL, else DATABASE_URL, else
