@@ -63,6 +63,31 @@ fn fail(code: u8, message: &str) -> ExitCode {
     ExitCode::from(code)
 }
 
+/// The multi-threaded runtime, with tokio's LIFO slot as `server.lifo_slot`
+/// says. The slot runs the task a worker last woke before any other: the
+/// Redis connection's writer, woken by the request that queued a command,
+/// then runs before the other requests ready on that worker have queued
+/// theirs, and each write carries one command. Without it, they share writes
+/// (docs/PERFORMANCE.md, "The scheduler's LIFO slot"). Turning it off is an
+/// unstable tokio option, compiled only with `--cfg tokio_unstable`.
+fn runtime(lifo_slot: bool) -> tokio::runtime::Builder {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    #[cfg(tokio_unstable)]
+    if !lifo_slot {
+        builder.disable_lifo_slot();
+        tracing::debug!("tokio's LIFO slot is off (server.lifo_slot = false)");
+    }
+    #[cfg(not(tokio_unstable))]
+    if !lifo_slot {
+        tracing::warn!(
+            "server.lifo_slot = false is not honoured: this build lacks --cfg tokio_unstable \
+             (set by .cargo/config.toml; a RUSTFLAGS variable replaces it), so tokio keeps its LIFO slot"
+        );
+    }
+    builder
+}
+
 /// What the command line asks for.
 struct Command {
     action: Action,
@@ -162,10 +187,7 @@ fn main() -> ExitCode {
         Err(error) => return fail(1, &format!("cannot start the log writer: {error}")),
     };
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime(settings.server.lifo_slot).build() {
         Ok(runtime) => runtime,
         Err(error) => return fail(1, &format!("cannot start the async runtime: {error}")),
     };

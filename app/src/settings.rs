@@ -219,6 +219,14 @@ pub struct ServerSettings {
     /// Response bodies of this many bytes or more are compressed (gzip or
     /// br, as the client accepts); 0: never.
     pub compress_from_bytes: usize,
+    /// Whether tokio's scheduler runs the task a worker last woke before any
+    /// other (its LIFO slot). Off by default: with it, the Redis connection's
+    /// writer runs right after each request that hands it a command and
+    /// sends commands one at a time instead of pipelining them
+    /// (docs/PERFORMANCE.md, "The scheduler's LIFO slot"). Takes effect
+    /// only in a build with `--cfg tokio_unstable` (the workspace's
+    /// `.cargo/config.toml`); other builds keep tokio's default and say so.
+    pub lifo_slot: bool,
 }
 
 impl Default for ServerSettings {
@@ -234,6 +242,7 @@ impl Default for ServerSettings {
             cache_control: http.cache_control,
             cors_origins: String::new(),
             compress_from_bytes: http.compress_from_bytes,
+            lifo_slot: false,
         }
     }
 }

@@ -319,3 +319,53 @@ fn json_logs_carry_the_request_span_and_never_the_admin_token() {
     assert_eq!(statuses, [401, 200], "{stderr}");
     assert!(!stderr.contains(token), "the token was logged");
 }
+
+/// Starts the binary with `vars` and debug logs, waits until it answers,
+/// stops it and returns what it logged.
+#[cfg(unix)]
+fn startup_log(vars: &[(&str, &str)]) -> String {
+    let port = free_port();
+    let mut child = Command::new(BIN)
+        .env_clear()
+        .env("CACHEMANAGER__SERVER__PORT", port.to_string())
+        .env("RUST_LOG", "debug")
+        .envs(vars.iter().copied())
+        .current_dir(std::env::temp_dir())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    get_until(port, "/health/live", "the service answers", |_| true);
+    sigterm(&child);
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    let _ = child.wait();
+    stderr
+}
+
+/// The LIFO slot is off by default where the build can turn it off (the
+/// workspace's `.cargo/config.toml` sets `--cfg tokio_unstable`, which this
+/// test is compiled with too), and a build that cannot says so.
+#[cfg(unix)]
+#[test]
+fn the_lifo_slot_is_off_by_default_or_the_build_says_why_not() {
+    let off = "tokio's LIFO slot is off";
+    let not_honoured = "server.lifo_slot = false is not honoured";
+    let default = startup_log(&[]);
+    if cfg!(tokio_unstable) {
+        assert!(default.contains(off), "{default}");
+        assert!(!default.contains(not_honoured), "{default}");
+    } else {
+        assert!(default.contains(not_honoured), "{default}");
+    }
+    let kept = startup_log(&[("CACHEMANAGER__SERVER__LIFO_SLOT", "true")]);
+    assert!(
+        !kept.contains(off) && !kept.contains(not_honoured),
+        "{kept}"
+    );
+}
