@@ -182,28 +182,6 @@ fn free_port() -> Result<u16> {
         .port())
 }
 
-fn ensure_wrk() -> Result<()> {
-    let present = |_: ()| {
-        Command::new("wrk")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok()
-    };
-    if present(()) {
-        return Ok(());
-    }
-    println!("wrk is missing; installing it from Debian's packages");
-    crate::run(
-        "apt-get",
-        &["install", "-y", "-qq", "wrk"],
-        &[("DEBIAN_FRONTEND", "noninteractive")],
-    )
-    .context("cannot install wrk: run `apt-get install -y wrk`")?;
-    Ok(())
-}
-
 /// A container of the Redis image on the host's network, listening on
 /// 127.0.0.1:`port` with `password`, nothing persisted, `extra` arguments
 /// after; its id. The host's network, not a published port: a published port
@@ -857,7 +835,9 @@ pub fn bench(args: &[String]) -> Result<()> {
     } else {
         (options.runs.unwrap_or(3), 8)
     };
-    ensure_wrk()?;
+    // wrk, and what the local Redis and PostgreSQL images are built from:
+    // on a fresh machine the bench installs what it needs, as `ci` does.
+    crate::setup::ensure_tools()?;
     crate::release_build()?;
     let target = crate::target_dir();
     let binary = target.join("release/cachemanager");
