@@ -102,6 +102,11 @@ fn get(port: u16, path: &str) -> Option<String> {
 
 /// Starts the binary on a free port with `vars`; returns it and the port.
 fn start(vars: &[(&str, &str)]) -> (std::process::Child, u16) {
+    spawn(vars, Stdio::null())
+}
+
+/// Starts the binary on a free port with `vars`, its log to `stderr`.
+fn spawn(vars: &[(&str, &str)], stderr: Stdio) -> (std::process::Child, u16) {
     let port = free_port();
     let child = Command::new(BIN)
         .env_clear()
@@ -109,7 +114,7 @@ fn start(vars: &[(&str, &str)]) -> (std::process::Child, u16) {
         .envs(vars.iter().copied())
         .current_dir(std::env::temp_dir())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .unwrap();
     (child, port)
@@ -255,19 +260,11 @@ fn request(port: u16, head: &str) -> Option<String> {
 #[cfg(unix)]
 #[test]
 fn json_logs_carry_the_request_span_and_never_the_admin_token() {
-    let port = free_port();
     let token = "json-log-test-token-0123456789";
-    let mut child = Command::new(BIN)
-        .env_clear()
-        .env("CACHEMANAGER__SERVER__PORT", port.to_string())
-        .env("CACHEMANAGER__LOG__FORMAT", "json")
-        .env("CACHEMANAGER__ADMIN__TOKEN", token)
-        .current_dir(std::env::temp_dir())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    get_until(port, "/health/live", "the service answers", |_| true);
+    let (child, port) = start_logging(&[
+        ("CACHEMANAGER__LOG__FORMAT", "json"),
+        ("CACHEMANAGER__ADMIN__TOKEN", token),
+    ]);
     let user = "550e8400-e29b-41d4-a716-446655440001";
     let _ = get(port, &format!("/users/{user}"));
     let refused = request(
@@ -284,15 +281,7 @@ fn json_logs_carry_the_request_span_and_never_the_admin_token() {
     )
     .unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    sigterm(&child);
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
-    let _ = child.wait();
+    let stderr = stop_logging(child);
     let removed: serde_json::Value = stderr
         .lines()
         .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
@@ -320,22 +309,18 @@ fn json_logs_carry_the_request_span_and_never_the_admin_token() {
     assert!(!stderr.contains(token), "the token was logged");
 }
 
-/// Starts the binary with `vars` and debug logs, waits until it answers,
-/// stops it and returns what it logged.
+/// Starts the binary on a free port with `vars`, its log piped, and waits
+/// until it answers; returns it and the port.
 #[cfg(unix)]
-fn startup_log(vars: &[(&str, &str)]) -> String {
-    let port = free_port();
-    let mut child = Command::new(BIN)
-        .env_clear()
-        .env("CACHEMANAGER__SERVER__PORT", port.to_string())
-        .env("RUST_LOG", "debug")
-        .envs(vars.iter().copied())
-        .current_dir(std::env::temp_dir())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+fn start_logging(vars: &[(&str, &str)]) -> (std::process::Child, u16) {
+    let (child, port) = spawn(vars, Stdio::piped());
     get_until(port, "/health/live", "the service answers", |_| true);
+    (child, port)
+}
+
+/// Stops a binary started by `start_logging`; returns what it logged.
+#[cfg(unix)]
+fn stop_logging(mut child: std::process::Child) -> String {
     sigterm(&child);
     let mut stderr = String::new();
     child
@@ -346,6 +331,15 @@ fn startup_log(vars: &[(&str, &str)]) -> String {
         .unwrap();
     let _ = child.wait();
     stderr
+}
+
+/// What the binary logs at debug level from its start to its stop.
+#[cfg(unix)]
+fn startup_log(vars: &[(&str, &str)]) -> String {
+    let mut vars = vars.to_vec();
+    vars.push(("RUST_LOG", "debug"));
+    let (child, _) = start_logging(&vars);
+    stop_logging(child)
 }
 
 /// The LIFO slot is off by default where the build can turn it off (the
