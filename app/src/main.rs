@@ -63,16 +63,20 @@ fn fail(code: u8, message: &str) -> ExitCode {
     ExitCode::from(code)
 }
 
-/// The multi-threaded runtime, with tokio's LIFO slot as `server.lifo_slot`
+/// The multi-threaded runtime, with `server.worker_threads` workers (0: one
+/// per core the process may use) and tokio's LIFO slot as `server.lifo_slot`
 /// says. The slot runs the task a worker last woke before any other: the
 /// Redis connection's writer, woken by the request that queued a command,
 /// then runs before the other requests ready on that worker have queued
 /// theirs, and each write carries one command. Without it, they share writes
 /// (docs/PERFORMANCE.md, "The scheduler's LIFO slot"). Turning it off is an
 /// unstable tokio option, compiled only with `--cfg tokio_unstable`.
-fn runtime(lifo_slot: bool) -> tokio::runtime::Builder {
+fn runtime(lifo_slot: bool, worker_threads: usize) -> tokio::runtime::Builder {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
+    if worker_threads > 0 {
+        builder.worker_threads(worker_threads);
+    }
     #[cfg(tokio_unstable)]
     if !lifo_slot {
         builder.disable_lifo_slot();
@@ -187,10 +191,14 @@ fn main() -> ExitCode {
         Err(error) => return fail(1, &format!("cannot start the log writer: {error}")),
     };
 
-    let runtime = match runtime(settings.server.lifo_slot).build() {
+    let runtime = match runtime(settings.server.lifo_slot, settings.server.worker_threads).build() {
         Ok(runtime) => runtime,
         Err(error) => return fail(1, &format!("cannot start the async runtime: {error}")),
     };
+    tracing::debug!(
+        workers = runtime.metrics().num_workers(),
+        "the runtime's worker threads (server.worker_threads)"
+    );
     let maintenance = match command.action {
         Action::Migrate => Some(app::Maintenance::Migrate),
         Action::Import(file) => Some(app::Maintenance::Import(file)),

@@ -227,6 +227,9 @@ pub struct ServerSettings {
     /// only in a build with `--cfg tokio_unstable` (the workspace's
     /// `.cargo/config.toml`); other builds keep tokio's default and say so.
     pub lifo_slot: bool,
+    /// The runtime's worker threads (0: one per core the process may use,
+    /// tokio's default, which honours a container's CPU quota).
+    pub worker_threads: usize,
 }
 
 impl Default for ServerSettings {
@@ -243,9 +246,14 @@ impl Default for ServerSettings {
             cors_origins: String::new(),
             compress_from_bytes: http.compress_from_bytes,
             lifo_slot: false,
+            worker_threads: 0,
         }
     }
 }
+
+/// The most worker threads `server.worker_threads` accepts: far above any
+/// machine's cores, far below what the system would refuse to start.
+const MAX_WORKER_THREADS: usize = 1024;
 
 /// The cache layer.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -643,6 +651,15 @@ impl Settings {
                 "needs cache.backend = \"redis\" (the memory backend is in the process already)",
             ));
         }
+        if self.server.worker_threads > MAX_WORKER_THREADS {
+            return Err(invalid(
+                "server.worker_threads",
+                format!(
+                    "{} is not accepted (accepted: 0 for one per core, or 1 to {MAX_WORKER_THREADS})",
+                    self.server.worker_threads
+                ),
+            ));
+        }
         if self.health.slow_ping > self.health.ping_timeout {
             return Err(invalid(
                 "health.slow_ms",
@@ -752,8 +769,10 @@ mod tests {
             ("CACHEMANAGER__CACHE__OPERATION_TIMEOUT_MS", "40"),
             ("CACHEMANAGER__CACHE__BREAKER__PROBE_INTERVAL_MS", "250"),
             ("CACHEMANAGER__STORE__PING_IDLE_AFTER_MS", "0"),
+            ("CACHEMANAGER__SERVER__WORKER_THREADS", "1"),
         ])
         .unwrap();
+        assert_eq!(settings.server.worker_threads, 1);
         assert_eq!(settings.store.ping_idle_after, Duration::ZERO);
         assert_eq!(
             settings.cache.breaker.probe_interval,
@@ -896,7 +915,7 @@ mod tests {
     #[test]
     fn what_redis_or_the_machine_would_refuse_later_is_refused_at_start() {
         let missing = "/nonexistent/cachemanager-test.pem";
-        let cases: [(&[(&str, &str)], &str); 7] = [
+        let cases: [(&[(&str, &str)], &str); 8] = [
             (
                 &[("CACHE_DEFAULT_TTL", "10000000000000000")],
                 "cache.default_ttl_secs",
@@ -930,6 +949,10 @@ mod tests {
                     ("CACHEMANAGER__HEALTH__TIMEOUT_MS", "2000"),
                 ],
                 "health.slow_ms",
+            ),
+            (
+                &[("CACHEMANAGER__SERVER__WORKER_THREADS", "100000")],
+                "server.worker_threads",
             ),
         ];
         for (vars, key) in cases {

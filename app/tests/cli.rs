@@ -363,3 +363,27 @@ fn the_lifo_slot_is_off_by_default_or_the_build_says_why_not() {
         "{kept}"
     );
 }
+
+/// `server.worker_threads` sizes the runtime, as the runtime itself counts
+/// its workers; 0 (the default) leaves tokio's one per core.
+#[cfg(unix)]
+#[test]
+fn the_runtime_has_as_many_workers_as_server_worker_threads_says() {
+    let workers = |log: &str| -> Option<usize> {
+        let line = log
+            .lines()
+            .find(|line| line.contains("the runtime's worker threads"))?;
+        let (_, rest) = line.split_once("workers=")?;
+        rest.split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()
+    };
+    for n in [1, 3] {
+        let log = startup_log(&[("CACHEMANAGER__SERVER__WORKER_THREADS", &n.to_string())]);
+        assert_eq!(workers(&log), Some(n), "{log}");
+    }
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let log = startup_log(&[]);
+    assert_eq!(workers(&log), Some(cores), "{log}");
+}
