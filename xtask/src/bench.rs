@@ -88,6 +88,22 @@ struct Options {
 /// The `--set` settings, as variables; set once, before any service starts.
 static SETTINGS: std::sync::OnceLock<Vec<(String, String)>> = std::sync::OnceLock::new();
 
+/// What a report says about the `--set` settings its services ran with: a
+/// table measured with a setting changed must say so wherever it is copied.
+fn settings_note() -> String {
+    let set: Vec<String> = SETTINGS
+        .get()
+        .into_iter()
+        .flatten()
+        .map(|(variable, value)| format!("`{variable}={value}`"))
+        .collect();
+    if set.is_empty() {
+        "every service with its default settings".to_owned()
+    } else {
+        format!("every service with {}", set.join(", "))
+    }
+}
+
 fn options(args: &[String]) -> Result<Options> {
     let mut options = Options {
         quick: false,
@@ -1479,8 +1495,9 @@ fn store_targets(results: &[CaseResult], dir: &Path, total: u64, seeding: Durati
     };
     let rps = |r: &CaseResult| median(r.runs.iter().map(|(run, _)| run.rps).collect()).0;
     let mut lines = vec![format!(
-        "PostgreSQL with {total} users (seeded in {:.1} s); medians of this run\n",
-        seeding.as_secs_f64()
+        "PostgreSQL with {total} users (seeded in {:.1} s); {}; medians of this run\n",
+        seeding.as_secs_f64(),
+        settings_note()
     )];
     lines.push("| target | connections | measured | met |".into());
     lines.push("| --- | ---: | ---: | :---: |".into());
@@ -1847,8 +1864,9 @@ fn report(
 ) -> Result<()> {
     let mut json = String::from("[\n");
     let mut table = format!(
-        "{} run(s) of {seconds} s per case, each after a run of the ceiling (GET /health/live); median (min to max)\n\n",
-        runs
+        "{} run(s) of {seconds} s per case, each after a run of the ceiling (GET /health/live); {}; median (min to max)\n\n",
+        runs,
+        settings_note()
     );
     table.push_str("| case | conns | req/s | % of ceiling | p50 ms | p99 ms | p99.9 ms | errors | peak RSS MB |\n");
     table.push_str("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
