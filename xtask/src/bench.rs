@@ -98,9 +98,12 @@ fn settings_note() -> String {
         .map(|(variable, value)| format!("`{variable}={value}`"))
         .collect();
     if set.is_empty() {
-        "every service with its default settings".to_owned()
+        "settings: each case's own, the rest the defaults".to_owned()
     } else {
-        format!("every service with {}", set.join(", "))
+        format!(
+            "settings: each case's own, {} (--set), the rest the defaults",
+            set.join(", ")
+        )
     }
 }
 
