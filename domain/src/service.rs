@@ -604,6 +604,7 @@ mod tests {
         cache.expect_mget().returning(move |_| Err(down()));
         cache.expect_set().returning(move |_, _, _| Err(down()));
         cache.expect_mset().returning(move |_| Err(down()));
+        cache.expect_fill().returning(move |_, _| Err(down()));
         cache.expect_delete().returning(move |_| Err(down()));
         cache.expect_name().return_const("mock");
         let service = UserService::new(

@@ -1,7 +1,7 @@
 //! The byte-level backend port: what a storage technology must offer.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -120,6 +120,26 @@ pub trait CacheBackend: Send + Sync {
     /// key holds no (unexpired) value at that moment, atomically per key.
     /// Not atomic across entries: on error, some entries may have been stored.
     async fn mset(&self, entries: &[Entry]) -> Result<(), BackendError>;
+
+    /// Stores a read-through fill: the entries a load from the store of
+    /// record produced (the value `only_if_absent`, and its companions),
+    /// which must not reach the backend after `not_after` (when a write's
+    /// fence may have expired; see `TypedCache::fence`).
+    ///
+    /// Unlike [`CacheBackend::mset`], `Ok` means *accepted*: a backend or a
+    /// decorator may write the fill after returning, coalesced with other
+    /// fills into fewer round trips, and then drops any not written by
+    /// `not_after` (a fill is a luxury: losing one costs a later miss). A
+    /// read right after `fill` returns may not see it yet.
+    ///
+    /// The provided implementation writes at once with `mset` (the check
+    /// against `not_after` is the caller's, made just before). Only a
+    /// decorator that defers fills overrides it; the others need not forward
+    /// it, so such a decorator goes outermost.
+    async fn fill(&self, entries: Vec<Entry>, not_after: Instant) -> Result<(), BackendError> {
+        let _ = not_after;
+        self.mset(&entries).await
+    }
 
     /// Like [`CacheBackend::mget`], with each found entry's remaining time to
     /// live, read atomically with its value. What a near cache needs, so that

@@ -889,6 +889,34 @@ mod tests {
         assert!(backend.raw("test:roots:9").is_some());
     }
 
+    #[tokio::test]
+    async fn a_fill_may_not_be_written_later_than_a_fence_set_after_its_load_began_lives() {
+        let fence = Duration::from_millis(800);
+        let mut mock = crate::MockCacheBackend::new();
+        mock.expect_get_now().returning(|_| None);
+        mock.expect_get().returning(|_| Ok(None));
+        let deadlines = Arc::new(Mutex::new(Vec::new()));
+        let seen = deadlines.clone();
+        mock.expect_fill().returning(move |_, not_after| {
+            seen.lock().unwrap().push(not_after);
+            Ok(())
+        });
+        mock.expect_name().return_const("mock");
+        let cache = TypedCache::<Squares>::new(Arc::new(mock)).with_write_fence(fence);
+        let before = std::time::Instant::now();
+        let loaded = cache
+            .get_or_load(&3, || async { Ok::<_, StoreDown>(Some(9)) })
+            .await;
+        let after = std::time::Instant::now();
+        assert_eq!(loaded, Ok(Some(9)));
+        let deadlines = deadlines.lock().unwrap();
+        assert_eq!(deadlines.len(), 1, "one fill");
+        assert!(
+            deadlines[0] >= before + fence && deadlines[0] <= after + fence,
+            "the load's start plus the fence"
+        );
+    }
+
     /// Starts `get_or_load(7)` with a gated loader answering `value`, and
     /// returns once the loader has read "the store".
     async fn load_paused_after_reading(

@@ -531,9 +531,19 @@ impl<D: CacheDefinition> TypedCache<D> {
         if let Some(companions) = &self.companions {
             entries.extend(companions(value));
         }
-        if let Err(error) = self.backend.mset(&entries).await {
+        if let Err(error) = self
+            .backend
+            .fill(entries, self.fill_deadline(started))
+            .await
+        {
             self.swallowed("set", key, &error);
         }
+    }
+
+    /// The last moment a fill of a load started at `started` may be written:
+    /// as long as a write fence set after the load began still lives.
+    fn fill_deadline(&self, started: std::time::Instant) -> std::time::Instant {
+        started + self.loading.write_fence
     }
 
     /// Fills values loaded since `started` (by full key), with their
@@ -573,8 +583,12 @@ impl<D: CacheDefinition> TypedCache<D> {
             return;
         }
         self.observe(CacheEvent::Written);
-        if let Err(error) = self.backend.mset(&entries).await {
-            self.swallowed("mset", &entries[0].key, &error);
+        if let Err(error) = self
+            .backend
+            .fill(entries, self.fill_deadline(started))
+            .await
+        {
+            self.swallowed("mset", "(batch)", &error);
         }
     }
 
