@@ -2,6 +2,7 @@
 
 mod bounded;
 mod breaker;
+mod deferred;
 mod memory;
 mod near;
 mod noop;
@@ -12,6 +13,7 @@ pub(crate) mod stub;
 mod timeout;
 
 pub use breaker::{BreakerConfig, CircuitBreaker};
+pub use deferred::{DeferredFills, FILL_QUEUE_CAPACITY, FILLS_PER_WRITE, FillCounts};
 pub use memory::{MemoryBackend, MemoryConfig};
 pub use near::{NearCache, NearConfig, NearCounts};
 pub use noop::NoopBackend;
