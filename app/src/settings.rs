@@ -299,6 +299,11 @@ pub struct CacheSettings {
     /// How many decoded user records are remembered beside their bytes, so
     /// a hit on the same bytes skips the decode (0: none).
     decode_memo_entries: usize,
+    /// Over Redis, how long read-through fills may wait to be written
+    /// together, behind the answer (0: each fill written on its request's
+    /// path). See `adapters::backend::DeferredFills`.
+    #[serde(rename = "fill_linger_ms", deserialize_with = "serde_ms::non_negative")]
+    pub fill_linger: Duration,
     /// On a Redis Cluster (`redis.mode = cluster`), the caches whose keys
     /// are ours alone (the user record, never the seed's two) group them in
     /// this many hash-tag buckets (`user:record:{<b>}:<uuid>`), so a lookup of
@@ -326,6 +331,7 @@ impl Default for CacheSettings {
             load_timeout: DEFAULT_LOAD_TIMEOUT,
             write_fence: DEFAULT_WRITE_FENCE,
             decode_memo_entries: DEFAULT_DECODE_MEMO_ENTRIES,
+            fill_linger: DEFAULT_FILL_LINGER,
             cluster_key_buckets: DEFAULT_CLUSTER_KEY_BUCKETS,
             breaker: BreakerConfig::default(),
             near: NearConfig::default(),
@@ -360,6 +366,11 @@ impl CacheSettings {
         policy
     }
 }
+
+/// How long fills wait to be written together by default: one tick of
+/// tokio's timer, during which a burst of misses gathers its fills into one
+/// round trip (docs/PERFORMANCE.md, "Fills written behind").
+pub const DEFAULT_FILL_LINGER: Duration = Duration::from_millis(1);
 
 /// Hash-tag buckets of the user record's keys on a Redis Cluster: a lookup
 /// of 100 users touches about 16 slots (16 `MGET`s) instead of about 100,

@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use adapters::backend::{
-    CircuitBreaker, MemoryBackend, NearCache, NoopBackend, RedisBackend, RedisSetupError,
-    StatusSignal, TimeoutBackend,
+    CircuitBreaker, DeferredFills, MemoryBackend, NearCache, NoopBackend, RedisBackend,
+    RedisSetupError, StatusSignal, TimeoutBackend,
 };
 use adapters::health::{HealthMonitor, Readiness};
 use adapters::http::{Admin, Operations, routes};
@@ -218,6 +218,8 @@ pub struct Application {
     settings: Settings,
     /// Readiness is set here: ready when serving, stopping on shutdown.
     probes: HealthMonitor,
+    /// Fills written behind the answer, flushed once the server has stopped.
+    fills: Option<DeferredFills>,
 }
 
 impl Application {
@@ -245,6 +247,16 @@ impl Application {
                 }
                 metrics.backend(backend)
             }
+            None => backend,
+        };
+        // Fills written behind the answer, outermost: the layers below see
+        // each batch as one `mset` (counted, timed, refused by the breaker).
+        // Only over Redis: in memory a fill costs no round trip to share.
+        let fills = (settings.cache.backend() == BackendKind::Redis
+            && !settings.cache.fill_linger.is_zero())
+        .then(|| DeferredFills::new(backend.clone(), settings.cache.fill_linger));
+        let backend: SharedBackend = match &fills {
+            Some(fills) => Arc::new(fills.clone()),
             None => backend,
         };
         let users = open_store(&settings).await?;
@@ -307,6 +319,7 @@ impl Application {
             endpoint,
             settings,
             probes,
+            fills,
         })
     }
 
@@ -351,13 +364,24 @@ impl Application {
             }
         };
         self.probes.set_readiness(Readiness::Ready);
-        Server::new_with_acceptor(self.acceptor)
+        let served = Server::new_with_acceptor(self.acceptor)
             .run_with_graceful_shutdown(
                 self.endpoint,
                 draining,
                 Some(self.settings.server.shutdown_grace),
             )
-            .await
+            .await;
+        if let Some(fills) = self.fills {
+            // What the last requests loaded, so the next instance hits it.
+            let bound = self.settings.cache.operation_timeout;
+            if tokio::time::timeout(bound * 2, fills.flush())
+                .await
+                .is_err()
+            {
+                tracing::debug!("fills still queued at exit dropped");
+            }
+        }
+        served
     }
 }
 
