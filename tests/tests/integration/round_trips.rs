@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use adapters::backend::DeferredFills;
 use adapters::users::InMemoryUserRepository;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -197,4 +198,52 @@ async fn a_lookup_of_100_is_one_mget_warm_and_two_round_trips_cold() {
         "a warm lookup"
     );
     assert_eq!(counting.calls.load(Ordering::SeqCst), 1, "one MGET");
+}
+
+#[tokio::test]
+async fn misses_within_a_linger_share_one_pipelined_write() {
+    let redis = TestRedis::start().await;
+    let counting = Arc::new(Counting {
+        inner: redis.shared_backend(Duration::from_secs(1)).await,
+        calls: AtomicU64::new(0),
+    });
+    // As the service stacks it over Redis: fills written behind, outermost;
+    // a linger longer than the test, so that only `flush` writes.
+    let fills = DeferredFills::new(counting.clone(), Duration::from_secs(600));
+    let users: Vec<User> = (1..=10).map(|n| user(200 + n)).collect();
+    let uuids: Vec<UserUuid> = users.iter().map(User::uuid).collect();
+    let service = Arc::new(UserService::new(
+        InMemoryUserRepository::new(users).unwrap(),
+        CacheManager::new(Arc::new(fills.clone()), &CachePolicy::new()),
+    ));
+
+    let before = commandstats(&redis).await;
+    counting.calls.store(0, Ordering::SeqCst);
+    let misses: Vec<_> = uuids
+        .iter()
+        .map(|uuid| {
+            let (service, uuid) = (service.clone(), *uuid);
+            tokio::spawn(async move { service.user_by_uuid(uuid).await })
+        })
+        .collect();
+    for miss in misses {
+        miss.await.unwrap().unwrap();
+    }
+    assert_eq!(
+        counting.calls.load(Ordering::SeqCst),
+        10,
+        "ten answers, ten GETs, no write yet"
+    );
+    fills.flush().await;
+    let after = commandstats(&redis).await;
+    assert_eq!(
+        ran(&before, &after),
+        counts(&[("get", 10), ("set", 30)]),
+        "ten misses"
+    );
+    assert_eq!(
+        counting.calls.load(Ordering::SeqCst),
+        11,
+        "the ten GETs, then one pipelined write of every fill"
+    );
 }
