@@ -256,7 +256,12 @@ impl Application {
             && !settings.cache.fill_linger.is_zero())
         .then(|| DeferredFills::new(backend.clone(), settings.cache.fill_linger));
         let backend: SharedBackend = match &fills {
-            Some(fills) => Arc::new(fills.clone()),
+            Some(fills) => {
+                if let Some(metrics) = &metrics {
+                    metrics.watch_fills(fills);
+                }
+                Arc::new(fills.clone())
+            }
             None => backend,
         };
         let users = open_store(&settings).await?;

@@ -26,7 +26,7 @@
 //! shares the loads that overlap.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -70,6 +70,9 @@ struct Shared {
     /// returns only after every fill queued before it was written or dropped.
     writing: tokio::sync::Mutex<()>,
     closed: std::sync::atomic::AtomicBool,
+    /// Fills accepted and not yet written or dropped: queued, or in a write
+    /// in flight.
+    pending: AtomicUsize,
     written: AtomicU64,
     writes: AtomicU64,
     dropped: AtomicU64,
@@ -82,8 +85,10 @@ impl Shared {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Counts `count` accepted fills as dropped.
     fn drop_fills(&self, count: usize) {
         self.dropped.fetch_add(count as u64, Ordering::Relaxed);
+        self.pending.fetch_sub(count, Ordering::Release);
     }
 
     /// Removes the queued fills holding a key `written` says was written.
@@ -129,6 +134,7 @@ impl Shared {
                 Ok(()) => {
                     self.written
                         .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    self.pending.fetch_sub(batch.len(), Ordering::Release);
                 }
                 Err(error) => {
                     self.drop_fills(batch.len());
@@ -190,6 +196,13 @@ impl DeferredFills {
         }
     }
 
+    /// How many fills were accepted and are not yet written or dropped
+    /// (queued, or in a write in flight). Zero right after a request means
+    /// its fill went out or was dropped.
+    pub fn pending(&self) -> usize {
+        self.shared.pending.load(Ordering::Acquire)
+    }
+
     /// Writes every queued fill now, and returns once each fill queued before
     /// the call has been written or dropped (for shutdown, and for tests that
     /// read the backend right after a miss).
@@ -200,7 +213,8 @@ impl DeferredFills {
 }
 
 /// The writer: waits for a first fill, lets more gather for `linger`, then
-/// writes batches until the queue is empty.
+/// writes what gathered (in `mset`s of at most [`FILLS_PER_WRITE`] fills);
+/// once the decorator is gone, writes what is left and ends.
 async fn write_behind(inner: SharedBackend, shared: Arc<Shared>, linger: Duration) {
     loop {
         let closed = shared.closed.load(Ordering::Acquire);
@@ -274,12 +288,13 @@ impl CacheBackend for DeferredFills {
             let mut queue = self.shared.queue();
             if queue.len() >= FILL_QUEUE_CAPACITY {
                 drop(queue);
-                self.shared.drop_fills(1);
+                self.shared.dropped.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!("fill queue full; fill dropped");
                 return Ok(());
             }
             let was_empty = queue.is_empty();
             queue.push_back(Fill { entries, not_after });
+            self.shared.pending.fetch_add(1, Ordering::Release);
             was_empty
         };
         if was_empty {
@@ -331,8 +346,10 @@ mod tests {
         tokio::time::sleep(LINGER - Duration::from_millis(1)).await;
         assert_eq!(map.msets(), 0, "nothing is written before the linger");
         assert_eq!(map.text("k0"), None);
+        assert_eq!(fills.pending(), 3);
         tokio::time::sleep(Duration::from_millis(2)).await;
         assert_eq!(map.msets(), 1, "three fills, one round trip");
+        assert_eq!(fills.pending(), 0);
         for i in 0..3 {
             assert_eq!(map.text(&format!("k{i}")).as_deref(), Some("v"));
             assert_eq!(map.text(&format!("k{i}:companion")).as_deref(), Some("c"));
@@ -469,6 +486,7 @@ mod tests {
         assert_eq!(map.text("msets").as_deref(), Some("new"));
         assert_eq!(map.text("kept").as_deref(), Some("v"));
         assert_eq!(fills.counts().dropped, 3);
+        assert_eq!(fills.pending(), 0);
     }
 
     #[tokio::test(start_paused = true)]
@@ -493,6 +511,7 @@ mod tests {
         fills.fill(fill("k", "v"), in_time()).await.unwrap();
         tokio::time::sleep(LINGER * 2).await;
         assert_eq!(map.text("lost"), None, "a failed fill is not retried");
+        assert_eq!(fills.pending(), 0);
         assert_eq!(map.text("k").as_deref(), Some("v"));
         assert_eq!(
             fills.counts(),
@@ -515,7 +534,9 @@ mod tests {
                 .unwrap();
         }
         assert_eq!(fills.counts().dropped, 1);
+        assert_eq!(fills.pending(), FILL_QUEUE_CAPACITY);
         fills.flush().await;
+        assert_eq!(fills.pending(), 0);
         assert_eq!(fills.counts().written, FILL_QUEUE_CAPACITY as u64);
         assert_eq!(map.text(&format!("k{FILL_QUEUE_CAPACITY}")), None);
     }

@@ -17,6 +17,7 @@
 
 mod backend;
 mod cache;
+mod fills;
 mod histogram;
 mod http;
 mod near;
@@ -62,6 +63,7 @@ struct Inner {
     store: store::StoreFamilies,
     status: StatusFamilies,
     near: near::NearSlot,
+    fills: fills::FillSlot,
     /// Read just before each exposition (gauges of state kept elsewhere).
     samplers: Mutex<Vec<Sampler>>,
 }
@@ -147,9 +149,12 @@ impl Metrics {
         );
         let near = near::NearSlot::default();
         registry.register_collector(Box::new(near.clone()));
+        let fills = fills::FillSlot::default();
+        registry.register_collector(Box::new(fills.clone()));
         Self {
             inner: Arc::new(Inner {
                 near,
+                fills,
                 registry: root,
                 cache,
                 backend,
@@ -207,6 +212,12 @@ impl Metrics {
     /// (`cachemanager_near_*`), read from it at each scrape.
     pub fn watch_near(&self, near: &crate::backend::NearCache) {
         self.inner.near.set(near.clone());
+    }
+
+    /// The deferred fills' counters and queue (`cachemanager_deferred_fill*`),
+    /// read from them at each scrape.
+    pub fn watch_fills(&self, fills: &crate::backend::DeferredFills) {
+        self.inner.fills.set(fills.clone());
     }
 
     /// Health status gauges (`component` = `cache` or `store`), read from
