@@ -510,6 +510,31 @@ impl TestApp {
         }
     }
 
+    /// Returns once every read-through fill the service accepted so far has
+    /// been written to Redis or dropped (fills are written behind the
+    /// answer: `cachemanager_deferred_fills_pending` falls to 0). At once
+    /// where fills are not deferred (the metric is absent).
+    pub async fn fills_settled(&self) {
+        let started = std::time::Instant::now();
+        loop {
+            let text = self.get("/metrics").await.text().await.unwrap_or_default();
+            let pending = text.lines().find_map(|line| {
+                line.strip_prefix("cachemanager_deferred_fills_pending ")
+                    .and_then(|value| value.trim().parse::<f64>().ok())
+            });
+            match pending {
+                None => return,
+                Some(n) if n < 0.5 => return,
+                Some(_) => {}
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "fills still pending after 5 s"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
     /// Stops the server gracefully and waits for it.
     pub async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {

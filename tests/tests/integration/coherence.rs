@@ -7,14 +7,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use adapters::backend::{MemoryBackend, NoopBackend};
+use adapters::backend::{DeferredFills, MemoryBackend, NoopBackend};
 use adapters::users::SqlStore;
 use async_trait::async_trait;
+use bytes::Bytes;
 use domain::{
     CacheManager, Name, NewUser, Page, RepositoryError, User, UserChanges, UserCommands, UserError,
     UserId, UserQueries, UserRepository, UserService, UserUuid, Version,
 };
-use ports::{CachePolicy, SharedBackend, WRITE_FENCE};
+use ports::{BackendError, CacheBackend, CachePolicy, Entry, SharedBackend, WRITE_FENCE};
 use serde_json::json;
 use tests::{TestPostgres, TestRedis, spawn_app_on_redis};
 
@@ -284,6 +285,64 @@ race_suite!(
     },
     postgres_store
 );
+
+race_suite!(
+    redis_fills_behind_postgres,
+    || async {
+        let redis = TestRedis::start().await;
+        let inner: SharedBackend = Arc::new(redis.backend().await);
+        // A linger longer than the test: a fill is written only when a read
+        // comes, so every read sees what the queued fills did to Redis.
+        let fills = DeferredFills::new(inner, Duration::from_secs(600));
+        (
+            Arc::new(FlushedBeforeReads(fills)) as SharedBackend,
+            Some(redis),
+        )
+    },
+    postgres_store
+);
+
+/// Fills written behind the answer, as the service stacks them over Redis,
+/// whose reads first write every fill queued before them: the race tests
+/// then read the backend as it is once the held reader's fill went out.
+struct FlushedBeforeReads(DeferredFills);
+
+#[async_trait]
+impl CacheBackend for FlushedBeforeReads {
+    fn name(&self) -> &'static str {
+        self.0.name()
+    }
+    async fn get(&self, key: &str) -> Result<Option<Bytes>, BackendError> {
+        self.0.flush().await;
+        self.0.get(key).await
+    }
+    async fn set(&self, k: &str, v: Bytes, t: Option<Duration>) -> Result<(), BackendError> {
+        self.0.set(k, v, t).await
+    }
+    async fn delete(&self, key: &str) -> Result<bool, BackendError> {
+        self.0.delete(key).await
+    }
+    async fn compare_and_delete(&self, key: &str, expected: &[u8]) -> Result<bool, BackendError> {
+        self.0.compare_and_delete(key, expected).await
+    }
+    async fn mget(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>, BackendError> {
+        self.0.flush().await;
+        self.0.mget(keys).await
+    }
+    async fn mset(&self, entries: &[Entry]) -> Result<(), BackendError> {
+        self.0.mset(entries).await
+    }
+    async fn fill(
+        &self,
+        entries: Vec<Entry>,
+        not_after: std::time::Instant,
+    ) -> Result<(), BackendError> {
+        self.0.fill(entries, not_after).await
+    }
+    async fn ping(&self) -> Result<(), BackendError> {
+        self.0.ping().await
+    }
+}
 
 /// Two service instances over one Redis and one PostgreSQL, end to end.
 mod over_http {

@@ -29,6 +29,7 @@ async fn survives(
     assert_eq!(response.status(), 200, "{label}");
     let user: Value = response.json().await.unwrap();
     assert_eq!(user["email"], "john.doe@example.com", "{label}");
+    app.fills_settled().await;
     let kind: String = redis::cmd("TYPE")
         .arg(JOHN_KEY)
         .query_async(&mut raw)

@@ -17,6 +17,7 @@ async fn a_lookup_over_redis_leaves_both_directions_in_the_seeds_format() {
     assert_eq!(response.status(), 200);
     let user: Value = response.json().await.unwrap();
     assert_eq!(user["first_name"], "John");
+    app.fills_settled().await;
 
     let mut raw = redis.raw().await;
     let id: String = raw.get(format!("user:uuid-to-id:{JOHN}")).await.unwrap();
@@ -59,6 +60,7 @@ async fn batch_lookup_over_redis_answers_users_and_missing_and_caches_them() {
         json!(["550e8400-e29b-41d4-a716-446655440099"])
     );
 
+    app.fills_settled().await;
     let mut raw = redis.raw().await;
     let size: i64 = redis::cmd("DBSIZE").query_async(&mut raw).await.unwrap();
     assert_eq!(size, 6, "two users: their records and both directions");

@@ -76,10 +76,40 @@ fn promtool(exposition: &str) -> Result<(), String> {
 async fn three_requests_for_one_user_over_a_cold_cache_count_one_miss_and_two_hits() {
     let redis = TestRedis::start().await;
     let app = spawn_app_on_redis(&redis, &[]).await;
-    for _ in 0..3 {
+    assert_eq!(app.get(&format!("/users/{USER}")).await.status(), 200);
+    // The miss's fill is written behind the answer: the next two are hits
+    // once it is.
+    let written = "cachemanager_deferred_fills_total{outcome=\"written\"}";
+    let started = std::time::Instant::now();
+    while sample(&scrape(&app).await, written) != Some(1.0) {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "the fill was not written within 5 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    for _ in 0..2 {
         assert_eq!(app.get(&format!("/users/{USER}")).await.status(), 200);
     }
     let metrics = scrape(&app).await;
+    assert_eq!(
+        sample(
+            &metrics,
+            "cachemanager_deferred_fills_total{outcome=\"dropped\"}"
+        ),
+        Some(0.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(&metrics, "cachemanager_deferred_fill_writes_total"),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(&metrics, "cachemanager_deferred_fills_pending"),
+        Some(0.0),
+        "{metrics}"
+    );
     let record = |name: &str| sample(&metrics, &format!("{name}{{namespace=\"user:record\"}}"));
     assert_eq!(
         record("cachemanager_cache_misses_total"),
@@ -238,6 +268,7 @@ async fn the_admin_api_refuses_without_its_token_and_works_with_it() {
 
     // Fill the record cache, then list: its settings and counters.
     let _ = app.get(&format!("/users/{USER}")).await;
+    app.fills_settled().await;
     let _ = app.get(&format!("/users/{USER}")).await;
     let (status, body) = admin(&app, get.clone(), "/admin/caches", Some(TOKEN), None).await;
     assert_eq!(status, 200, "{body}");
