@@ -87,6 +87,7 @@ async fn a_lookup_costs_one_mget_per_slot_on_the_owning_master_and_nothing_more(
     // Warm: every user cached.
     let warm = app.post_json("/users/lookup", &body).await;
     assert_eq!(warm.status(), 200);
+    app.fills_settled().await;
     // Which node should serve which keys: the slot of each record key, and
     // the node that owns it.
     let slots = record_slots(cluster, &uuids).await;
@@ -265,10 +266,13 @@ async fn the_service_serves_hits_from_its_near_cache_over_a_cluster() {
         },
     )
     .await;
-    // Filled, then kept in the process.
-    for _ in 0..3 {
+    // Filled (written behind the answers), then kept in the process.
+    for round in 0..3 {
         for uuid in SAMPLE {
             assert_eq!(app.get(&format!("/users/{uuid}")).await.status(), 200);
+        }
+        if round == 0 {
+            app.fills_settled().await;
         }
     }
     // Counted by the service itself (other tests share the cluster's

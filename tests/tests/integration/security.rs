@@ -69,6 +69,7 @@ async fn the_service_runs_as_an_acl_user() {
         .await
         .unwrap();
     assert_eq!(user["first_name"], "Alice");
+    app.fills_settled().await;
     let mut raw = redis.raw().await;
     let id: String = redis::AsyncCommands::get(
         &mut raw,

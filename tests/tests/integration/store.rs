@@ -350,6 +350,7 @@ async fn while_the_database_does_not_answer_warm_hits_serve_and_the_rest_is_503_
     .await;
     let warm = "/users/550e8400-e29b-41d4-a716-446655440001";
     assert_eq!(app.get(warm).await.status(), 200);
+    app.fills_settled().await;
     let health: serde_json::Value = app.get("/health").await.json().await.unwrap();
     assert_eq!(health["store"]["status"], "up", "{health}");
 
