@@ -124,21 +124,24 @@ impl Shared {
                 "fills past their deadline dropped unwritten"
             );
         }
-        for batch in in_time.chunks(FILLS_PER_WRITE) {
-            let entries: Vec<Entry> = batch
-                .iter()
-                .flat_map(|fill| fill.entries.iter().cloned())
-                .collect();
+        let mut in_time = in_time.into_iter();
+        loop {
+            // The fills move into the write: nothing is copied.
+            let batch: Vec<Fill> = in_time.by_ref().take(FILLS_PER_WRITE).collect();
+            if batch.is_empty() {
+                break;
+            }
+            let fills = batch.len();
+            let entries: Vec<Entry> = batch.into_iter().flat_map(|fill| fill.entries).collect();
             self.writes.fetch_add(1, Ordering::Relaxed);
             match inner.mset(&entries).await {
                 Ok(()) => {
-                    self.written
-                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                    self.pending.fetch_sub(batch.len(), Ordering::Release);
+                    self.written.fetch_add(fills as u64, Ordering::Relaxed);
+                    self.pending.fetch_sub(fills, Ordering::Release);
                 }
                 Err(error) => {
-                    self.drop_fills(batch.len());
-                    tracing::debug!(fills = batch.len(), %error, "deferred fills not written");
+                    self.drop_fills(fills);
+                    tracing::debug!(fills, %error, "deferred fills not written");
                 }
             }
         }

@@ -8,8 +8,8 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
-use prometheus_client::metrics::gauge::ConstGauge;
 
+use super::near::{counter, gauge};
 use crate::backend::DeferredFills;
 
 /// Where the collector finds the deferred fills once the application has them.
@@ -48,19 +48,18 @@ impl Collector for FillSlot {
         for (outcome, value) in [("written", counts.written), ("dropped", counts.dropped)] {
             ConstCounter::new(value).encode(family.encode_family(&OutcomeLabel { outcome })?)?;
         }
-        let metric = encoder.encode_descriptor(
+        counter(
+            &mut encoder,
             "deferred_fill_writes",
             "Pipelined writes that carried deferred fills (each one or more)",
-            None,
-            MetricType::Counter,
+            counts.writes,
         )?;
-        ConstCounter::new(counts.writes).encode(metric)?;
-        let metric = encoder.encode_descriptor(
+        gauge(
+            &mut encoder,
             "deferred_fills_pending",
             "Fills accepted and not yet written or dropped (queued, or in a write in flight)",
             None,
-            MetricType::Gauge,
-        )?;
-        ConstGauge::new(i64::try_from(fills.pending()).unwrap_or(i64::MAX)).encode(metric)
+            i64::try_from(fills.pending()).unwrap_or(i64::MAX),
+        )
     }
 }

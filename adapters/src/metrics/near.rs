@@ -28,7 +28,7 @@ struct ReasonLabel {
     reason: &'static str,
 }
 
-fn counter(
+pub(super) fn counter(
     encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,
@@ -38,7 +38,7 @@ fn counter(
     ConstCounter::new(value).encode(metric)
 }
 
-fn gauge(
+pub(super) fn gauge(
     encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,
