@@ -671,6 +671,16 @@ impl Settings {
                 ),
             ));
         }
+        if self.cache.fill_linger >= self.cache.write_fence {
+            return Err(invalid(
+                "cache.fill_linger_ms",
+                format!(
+                    "{} ms is not accepted: not below cache.write_fence_ms ({} ms), every fill would pass its deadline before it is written",
+                    self.cache.fill_linger.as_millis(),
+                    self.cache.write_fence.as_millis()
+                ),
+            ));
+        }
         if self.health.slow_ping > self.health.ping_timeout {
             return Err(invalid(
                 "health.slow_ms",
@@ -926,7 +936,7 @@ mod tests {
     #[test]
     fn what_redis_or_the_machine_would_refuse_later_is_refused_at_start() {
         let missing = "/nonexistent/cachemanager-test.pem";
-        let cases: [(&[(&str, &str)], &str); 8] = [
+        let cases: [(&[(&str, &str)], &str); 9] = [
             (
                 &[("CACHE_DEFAULT_TTL", "10000000000000000")],
                 "cache.default_ttl_secs",
@@ -962,6 +972,10 @@ mod tests {
                 "health.slow_ms",
             ),
             (
+                &[("CACHEMANAGER__CACHE__FILL_LINGER_MS", "6000")],
+                "cache.fill_linger_ms",
+            ),
+            (
                 &[("CACHEMANAGER__SERVER__WORKER_THREADS", "100000")],
                 "server.worker_threads",
             ),
@@ -975,6 +989,14 @@ mod tests {
         // The largest TTL Redis accepts is accepted.
         let max = MAX_TTL_SECS.to_string();
         assert!(load(&[("CACHE_DEFAULT_TTL", max.as_str())]).is_ok());
+        // A linger is judged against the fence it must stay below.
+        assert!(
+            load(&[
+                ("CACHEMANAGER__CACHE__FILL_LINGER_MS", "6000"),
+                ("CACHEMANAGER__CACHE__WRITE_FENCE_MS", "7000"),
+            ])
+            .is_ok()
+        );
     }
 
     #[test]
