@@ -19,11 +19,12 @@
 //! - `reference: bare GET`: the same requests answered by a bare poem handler
 //!   doing one Redis GET (`benches/src/bin/bare_redis_get.rs`), the floor
 //!   under what hit/redis can cost; its ratio is to the service's ceiling.
-//! - with `--redis-mode cluster`: `hit/cluster` and `lookup100/cluster`, the
-//!   hit and lookup cases over a Redis Cluster of three masters and three
-//!   replicas on this host (`BenchCluster`), and their ratio to the same cases
-//!   over one Redis in the same run; `lookup100/cluster-plain-keys` is the
-//!   lookup with the record's keys not in hash-tag buckets (what they save).
+//! - with `--redis-mode cluster`: `hit/cluster`, `miss/cluster` and
+//!   `lookup100/cluster`, the hit, miss and lookup cases over a Redis Cluster
+//!   of three masters and three replicas on this host (`BenchCluster`,
+//!   flushed before each miss run), and their ratio to the same cases over
+//!   one Redis in the same run; `lookup100/cluster-plain-keys` is the lookup
+//!   with the record's keys not in hash-tag buckets (what they save).
 //!
 //! Every hit and lookup run also measures CPU per request: the service's,
 //! its ceiling's, and the Redis containers' (one server or every node).
@@ -59,6 +60,7 @@ const NEAR_LAG_CASE: &str = "near lag";
 /// `hit/redis` and `lookup100/redis` over a Redis Cluster (`--redis-mode cluster`).
 const HIT_CLUSTER_CASE: &str = "hit/cluster";
 const LOOKUP_CLUSTER_CASE: &str = "lookup100/cluster";
+const MISS_CLUSTER_CASE: &str = "miss/cluster";
 /// `lookup100/cluster` with plain record keys (`cache.cluster_key_buckets`
 /// 0): one `MGET` per uuid's slot, what the key buckets save.
 const LOOKUP_CLUSTER_PLAIN_CASE: &str = "lookup100/cluster-plain-keys";
@@ -351,6 +353,7 @@ impl Drop for BenchRedis {
 struct BenchCluster {
     ports: Vec<u16>,
     containers: Vec<String>,
+    password: String,
     env: [(&'static str, String); 3],
 }
 
@@ -360,6 +363,7 @@ impl BenchCluster {
         let mut cluster = Self {
             ports: Vec::new(),
             containers: Vec::new(),
+            password: password.clone(),
             env: Default::default(),
         };
         for _ in 0..6 {
@@ -432,6 +436,23 @@ impl BenchCluster {
     fn env(&self) -> Vec<(&str, &str)> {
         self.env.iter().map(|(k, v)| (*k, v.as_str())).collect()
     }
+
+    /// Empties the cluster: `FLUSHALL` on every master (a replica refuses it
+    /// as read-only, and follows its master).
+    fn flush(&self) -> Result<()> {
+        for &port in &self.ports {
+            let node = BenchRedis {
+                url: format!("redis://127.0.0.1:{port}"),
+                password: Some(self.password.clone()),
+                container: None,
+            };
+            let answer = node.command("FLUSHALL")?;
+            if !answer.starts_with("+OK") && !answer.starts_with("-READONLY") {
+                bail!("FLUSHALL on the cluster node :{port} failed: {answer}");
+            }
+        }
+        Ok(())
+    }
 }
 
 /// `CLUSTER INFO` on a node says `cluster_state:ok` with six nodes known.
@@ -495,6 +516,7 @@ fn cluster_versus_standalone(results: &[CaseResult]) -> String {
     );
     for (standalone, cluster) in [
         ("hit/redis", HIT_CLUSTER_CASE),
+        ("miss/redis", MISS_CLUSTER_CASE),
         ("lookup100/redis", LOOKUP_CLUSTER_CASE),
         ("lookup100/redis", LOOKUP_CLUSTER_PLAIN_CASE),
     ] {
@@ -958,6 +980,7 @@ pub fn bench(args: &[String]) -> Result<()> {
     ];
     if cluster.is_some() {
         cases.push((HIT_CLUSTER_CASE, "redis", &hit, false));
+        cases.push((MISS_CLUSTER_CASE, "redis", &miss, true));
         cases.push((LOOKUP_CLUSTER_CASE, "redis", &lookup, true));
         cases.push((LOOKUP_CLUSTER_PLAIN_CASE, "redis", &lookup, true));
     }
@@ -971,7 +994,9 @@ pub fn bench(args: &[String]) -> Result<()> {
     for (name, backend, case_script, big) in chosen {
         let extra: &[(&str, &str)] = match (name, &cluster_env) {
             (NEAR_CASE, _) => &[NEAR_ON],
-            (HIT_CLUSTER_CASE | LOOKUP_CLUSTER_CASE, Some(env)) => env.as_slice(),
+            (HIT_CLUSTER_CASE | MISS_CLUSTER_CASE | LOOKUP_CLUSTER_CASE, Some(env)) => {
+                env.as_slice()
+            }
             (LOOKUP_CLUSTER_PLAIN_CASE, Some(_)) => plain_keys_env.as_slice(),
             _ => &[],
         };
@@ -1032,7 +1057,10 @@ pub fn bench(args: &[String]) -> Result<()> {
         let containers: Vec<&str> = match (backend, name, &cluster) {
             (
                 "redis",
-                HIT_CLUSTER_CASE | LOOKUP_CLUSTER_CASE | LOOKUP_CLUSTER_PLAIN_CASE,
+                HIT_CLUSTER_CASE
+                | MISS_CLUSTER_CASE
+                | LOOKUP_CLUSTER_CASE
+                | LOOKUP_CLUSTER_PLAIN_CASE,
                 Some(c),
             ) => c.containers.iter().map(String::as_str).collect(),
             ("redis", ..) => redis.container.as_deref().into_iter().collect(),
@@ -1085,11 +1113,15 @@ pub fn bench(args: &[String]) -> Result<()> {
                     let (base, used) = ceiling_meter
                         .measure(|| wrk(ceiling_port(index), &ceiling, connections, seconds))?;
                     ceiling_cpu[index].extend(used.map(|c| c.service));
-                    if name.starts_with("miss") {
-                        let answer = redis.command("FLUSHDB")?;
-                        if !answer.starts_with("+OK") {
-                            bail!("FLUSHDB failed: {answer}");
+                    match (name, &cluster) {
+                        (MISS_CLUSTER_CASE, Some(cluster)) => cluster.flush()?,
+                        _ if name.starts_with("miss") => {
+                            let answer = redis.command("FLUSHDB")?;
+                            if !answer.starts_with("+OK") {
+                                bail!("FLUSHDB failed: {answer}");
+                            }
                         }
+                        _ => {}
                     }
                     let (run, used) =
                         meter.measure(|| wrk(*port, case_script, connections, seconds))?;
