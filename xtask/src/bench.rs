@@ -57,7 +57,8 @@ const NEAR_CASE: &str = "hit/near";
 const NEAR_ON: (&str, &str) = ("CACHEMANAGER__CACHE__NEAR__ENABLED", "true");
 /// The near cache's invalidation lag (`near_lag`).
 const NEAR_LAG_CASE: &str = "near lag";
-/// `hit/redis` and `lookup100/redis` over a Redis Cluster (`--redis-mode cluster`).
+/// `hit/redis`, `lookup100/redis` and `miss/redis` over a Redis Cluster
+/// (`--redis-mode cluster`).
 const HIT_CLUSTER_CASE: &str = "hit/cluster";
 const LOOKUP_CLUSTER_CASE: &str = "lookup100/cluster";
 const MISS_CLUSTER_CASE: &str = "miss/cluster";
