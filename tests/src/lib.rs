@@ -515,24 +515,20 @@ impl TestApp {
     /// answer: `cachemanager_deferred_fills_pending` falls to 0). At once
     /// where fills are not deferred (the metric is absent).
     pub async fn fills_settled(&self) {
-        let started = std::time::Instant::now();
-        loop {
-            let text = self.get("/metrics").await.text().await.unwrap_or_default();
-            let pending = text.lines().find_map(|line| {
-                line.strip_prefix("cachemanager_deferred_fills_pending ")
-                    .and_then(|value| value.trim().parse::<f64>().ok())
-            });
-            match pending {
-                None => return,
-                Some(n) if n < 0.5 => return,
-                Some(_) => {}
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(5),
-                "fills still pending after 5 s"
-            );
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+        eventually(
+            "the fills written or dropped",
+            Duration::from_secs(5),
+            Duration::from_millis(2),
+            || async {
+                let text = self.get("/metrics").await.text().await.unwrap_or_default();
+                let pending = text.lines().find_map(|line| {
+                    line.strip_prefix("cachemanager_deferred_fills_pending ")
+                        .and_then(|value| value.trim().parse::<f64>().ok())
+                });
+                pending.is_none_or(|n| n < 0.5)
+            },
+        )
+        .await;
     }
 
     /// Stops the server gracefully and waits for it.

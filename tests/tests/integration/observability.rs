@@ -80,14 +80,13 @@ async fn three_requests_for_one_user_over_a_cold_cache_count_one_miss_and_two_hi
     // The miss's fill is written behind the answer: the next two are hits
     // once it is.
     let written = "cachemanager_deferred_fills_total{outcome=\"written\"}";
-    let started = std::time::Instant::now();
-    while sample(&scrape(&app).await, written) != Some(1.0) {
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(5),
-            "the fill was not written within 5 s"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
+    tests::eventually(
+        "the fill written",
+        std::time::Duration::from_secs(5),
+        std::time::Duration::from_millis(5),
+        || async { sample(&scrape(&app).await, written) == Some(1.0) },
+    )
+    .await;
     for _ in 0..2 {
         assert_eq!(app.get(&format!("/users/{USER}")).await.status(), 200);
     }
