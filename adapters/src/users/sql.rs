@@ -24,8 +24,10 @@ use crate::Secret;
 use crate::backend::redact_url;
 
 mod migrations;
+mod reuse;
 
 use migrations::Embedded;
+use reuse::Connections;
 
 /// Settings of the users store (the `[store]` settings).
 #[derive(Clone, serde::Deserialize)]
@@ -53,11 +55,10 @@ pub struct StoreConfig {
         deserialize_with = "crate::serde_ms::positive"
     )]
     pub statement_timeout: Duration,
-    /// A pooled connection idle at least this long is pinged before it is
-    /// used (0: before every use). One that was used more recently is not:
-    /// sqlx already pings each connection when it returns to the pool, so a
-    /// ping on taking it out again would be a second extra round trip per
-    /// query for nothing. The window HikariCP bypasses (500 ms) by default.
+    /// A connection idle at least this long is pinged before it is used
+    /// (0: before every use). One used more recently is trusted: a ping on
+    /// every use would be a second round trip per query for nothing. The
+    /// window HikariCP bypasses (500 ms) by default.
     #[serde(
         rename = "ping_idle_after_ms",
         deserialize_with = "crate::serde_ms::non_negative"
@@ -163,8 +164,8 @@ pub enum StoreSetupError {
 
 #[derive(Clone)]
 enum Pool {
-    Sqlite(SqlitePool),
-    Postgres(PgPool),
+    Sqlite(Connections<sqlx::Sqlite>),
+    Postgres(Connections<sqlx::Postgres>),
 }
 
 /// The users store on SQLite or PostgreSQL. Cheap to clone (a pool handle).
@@ -183,14 +184,34 @@ impl std::fmt::Debug for SqlStore {
     }
 }
 
-/// Runs `$body` with `$pool` bound to the store's pool, whichever database
-/// it is: each arm is type-checked for its own driver.
+/// Runs `$body` with `$pool` bound to the store's [`Connections`], whichever
+/// database it is: each arm is type-checked for its own driver.
 macro_rules! on_pool {
     ($store:expr, $pool:ident => $body:expr) => {
         match &$store.pool {
             Pool::Sqlite($pool) => $body,
             Pool::Postgres($pool) => $body,
         }
+    };
+}
+
+/// Runs one statement, `$body`, on a connection `$connection` (a `&mut` to
+/// the driver's connection), bounded by the statement timeout, the wait for
+/// a connection included. A statement that finished keeps its connection
+/// for the next one, without sqlx's release ping (see [`reuse`]); one that
+/// failed or timed out gives it back to the pool, which checks it.
+/// `$pool` is the arm's pool of [`on_pool!`].
+macro_rules! statement {
+    ($store:expr, $pool:ident, $connection:ident => $body:expr) => {
+        $store
+            .bounded(async {
+                let mut checkout = $pool.take().await?;
+                let $connection = &mut *checkout;
+                let value = $body.await?;
+                checkout.done();
+                Ok(value)
+            })
+            .await
     };
 }
 
@@ -279,9 +300,9 @@ pub fn synthetic_uuid(id: i64) -> Uuid {
 
 /// The pool's options on either database: its size, its acquire bound, and
 /// a ping before use only for a connection idle at least
-/// `ping_idle_after`. sqlx's own test before acquire pings every time: with
-/// the ping it always sends when a connection returns to the pool, that
-/// made each query three round trips to the database instead of two.
+/// `ping_idle_after`. sqlx's own test before acquire pings every time. (The
+/// ping sqlx sends when a connection returns to the pool is skipped for
+/// statements that finished: [`reuse`].)
 fn pool_options<DB: Database>(config: &StoreConfig) -> sqlx::pool::PoolOptions<DB> {
     let ping_idle_after = config.ping_idle_after;
     sqlx::pool::PoolOptions::<DB>::new()
@@ -341,7 +362,12 @@ impl SqlStore {
                             url: target.clone(),
                             reason: e.to_string(),
                         })?;
-                Pool::Sqlite(pool)
+                Pool::Sqlite(Connections::new(
+                    pool,
+                    config.max_connections,
+                    config.acquire_timeout,
+                    config.ping_idle_after,
+                ))
             }
             StoreKind::Postgres => {
                 let mut options =
@@ -354,7 +380,12 @@ impl SqlStore {
                     .application_name("cachemanager")
                     .options([("statement_timeout", timeout_ms.as_str())]);
                 let pool: PgPool = pool_options(config).connect_lazy_with(options);
-                Pool::Postgres(pool)
+                Pool::Postgres(Connections::new(
+                    pool,
+                    config.max_connections,
+                    config.acquire_timeout,
+                    config.ping_idle_after,
+                ))
             }
         };
         Ok(Self {
@@ -379,7 +410,7 @@ impl SqlStore {
 
     /// The pool's connections: `(in_use, idle)`, for metrics.
     pub fn pool_connections(&self) -> (u64, u64) {
-        let (size, idle) = on_pool!(self, pool => (pool.size(), pool.num_idle()));
+        let (size, idle) = on_pool!(self, pool => pool.counts());
         let idle = idle as u64;
         (u64::from(size).saturating_sub(idle), idle)
     }
@@ -391,16 +422,19 @@ impl SqlStore {
     /// [`StoreSetupError::Migrate`], with the database's reason.
     pub async fn migrate(&self) -> Result<(), StoreSetupError> {
         let result: Result<(), MigrateError> = async {
-            match &self.pool {
-                Pool::Sqlite(pool) => {
-                    let migrator = Migrator::new(Embedded(migrations::SQLITE)).await?;
-                    migrator.run(pool).await
-                }
-                Pool::Postgres(pool) => {
-                    let migrator = Migrator::new(Embedded(migrations::POSTGRES)).await?;
-                    migrator.run(pool).await
-                }
-            }
+            let sqlite = matches!(self.pool, Pool::Sqlite(_));
+            let source = if sqlite {
+                migrations::SQLITE
+            } else {
+                migrations::POSTGRES
+            };
+            let migrator = Migrator::new(Embedded(source)).await?;
+            on_pool!(self, pool => {
+                let mut checkout = pool.take().await?;
+                migrator.run(&mut *checkout).await?;
+                checkout.done();
+                Ok(())
+            })
         }
         .await;
         result.map_err(|e| StoreSetupError::Migrate {
@@ -414,8 +448,10 @@ impl SqlStore {
     /// # Errors
     /// [`RepositoryError::Unavailable`].
     pub async fn ping(&self) -> Result<(), RepositoryError> {
-        on_pool!(self, pool => self.bounded(sqlx::query("SELECT 1").execute(pool)).await.map(|_| ()))
-            .map_err(RepositoryError::from)
+        on_pool!(self, pool => statement!(self, pool, connection =>
+            sqlx::query("SELECT 1").execute(connection))
+        .map(|_| ()))
+        .map_err(RepositoryError::from)
     }
 
     /// Imports `users` with their ids, uuids and versions, in batches inside
@@ -433,7 +469,8 @@ impl SqlStore {
         const ROWS: usize = 5_000;
         let mut added = 0;
         on_pool!(self, pool => {
-            let mut tx = pool.begin().await.map_err(failed)?;
+            let mut checkout = pool.take().await.map_err(failed)?;
+            let mut tx = sqlx::Connection::begin(&mut *checkout).await.map_err(failed)?;
             for chunk in users.chunks(ROWS) {
                 let mut insert = QueryBuilder::new(
                     "INSERT INTO users (id, uuid, first_name, last_name, email, version) ",
@@ -462,6 +499,7 @@ impl SqlStore {
                 .map_err(failed)?;
             }
             tx.commit().await.map_err(failed)?;
+            checkout.done();
         });
         Ok(added)
     }
@@ -478,10 +516,9 @@ impl SqlStore {
             url: self.target.clone(),
             reason: e.to_string(),
         };
-        let last: Option<i64> = on_pool!(self, pool => sqlx::query_scalar("SELECT MAX(id) FROM users")
-            .fetch_one(pool)
-            .await
-            .map_err(|e| failed(&e))?);
+        let last: Option<i64> = on_pool!(self, pool => statement!(self, pool, connection =>
+            sqlx::query_scalar("SELECT MAX(id) FROM users").fetch_one(connection)))
+        .map_err(|e| failed(&RepositoryError::from(e)))?;
         let first = last.unwrap_or(0) + 1;
         let end = first + i64_of(n);
         let mut next = first;
@@ -528,13 +565,10 @@ impl SqlStore {
     /// After a conditional write touched no row: whether the user is
     /// missing (`Ok(None)`) or at another version.
     async fn missing_or_moved(&self, uuid: UserUuid) -> Result<Option<User>, RepositoryError> {
-        let current: Option<i64> = on_pool!(self, pool => self
-            .bounded(
-                sqlx::query_scalar("SELECT version FROM users WHERE uuid = $1")
-                    .bind(uuid.get())
-                    .fetch_optional(pool),
-            )
-            .await)?;
+        let current: Option<i64> = on_pool!(self, pool => statement!(self, pool, connection =>
+            sqlx::query_scalar("SELECT version FROM users WHERE uuid = $1")
+                .bind(uuid.get())
+                .fetch_optional(connection)))?;
         match current {
             None => Ok(None),
             Some(version) => Err(RepositoryError::VersionMismatch {
@@ -549,7 +583,8 @@ impl UserRepository for SqlStore {
     async fn by_uuid(&self, uuid: UserUuid) -> Result<Option<User>, RepositoryError> {
         on_pool!(self, pool => {
             let sql = format!("{SELECT} WHERE uuid = $1");
-            let row = self.bounded(sqlx::query(&sql).bind(uuid.get()).fetch_optional(pool)).await?;
+            let row = statement!(self, pool, connection =>
+                sqlx::query(&sql).bind(uuid.get()).fetch_optional(connection))?;
             row.as_ref().map(user_from).transpose()
         })
     }
@@ -557,7 +592,8 @@ impl UserRepository for SqlStore {
     async fn by_id(&self, id: UserId) -> Result<Option<User>, RepositoryError> {
         on_pool!(self, pool => {
             let sql = format!("{SELECT} WHERE id = $1");
-            let row = self.bounded(sqlx::query(&sql).bind(id.get()).fetch_optional(pool)).await?;
+            let row = statement!(self, pool, connection =>
+                sqlx::query(&sql).bind(id.get()).fetch_optional(connection))?;
             row.as_ref().map(user_from).transpose()
         })
     }
@@ -565,14 +601,10 @@ impl UserRepository for SqlStore {
     async fn list(&self, page: Page) -> Result<Vec<User>, RepositoryError> {
         on_pool!(self, pool => {
             let sql = format!("{SELECT} ORDER BY id LIMIT $1 OFFSET $2");
-            let rows = self
-                .bounded(
-                    sqlx::query(&sql)
-                        .bind(i64::from(page.limit()))
-                        .bind(i64::from(page.offset()))
-                        .fetch_all(pool),
-                )
-                .await?;
+            let rows = statement!(self, pool, connection => sqlx::query(&sql)
+                .bind(i64::from(page.limit()))
+                .bind(i64::from(page.offset()))
+                .fetch_all(connection))?;
             users_from(&rows)
         })
     }
@@ -583,7 +615,7 @@ impl UserRepository for SqlStore {
         }
         on_pool!(self, pool => {
             let mut query = select_in("uuid", uuids.iter().map(|u| u.get()));
-            let rows = self.bounded(query.build().fetch_all(pool)).await?;
+            let rows = statement!(self, pool, connection => query.build().fetch_all(connection))?;
             users_from(&rows)
         })
     }
@@ -594,7 +626,7 @@ impl UserRepository for SqlStore {
         }
         on_pool!(self, pool => {
             let mut query = select_in("id", ids.iter().map(|id| id.get()));
-            let rows = self.bounded(query.build().fetch_all(pool)).await?;
+            let rows = statement!(self, pool, connection => query.build().fetch_all(connection))?;
             users_from(&rows)
         })
     }
@@ -608,17 +640,15 @@ impl UserRepository for SqlStore {
         on_pool!(self, pool => {
             // The primary key's index: page 10,000 costs what page 1 costs.
             let sql = format!("{SELECT} WHERE id > $1 ORDER BY id LIMIT $2");
-            let rows = self
-                .bounded(sqlx::query(&sql).bind(after).bind(i64::from(limit)).fetch_all(pool))
-                .await?;
+            let rows = statement!(self, pool, connection =>
+                sqlx::query(&sql).bind(after).bind(i64::from(limit)).fetch_all(connection))?;
             users_from(&rows)
         })
     }
 
     async fn count(&self) -> Result<u64, RepositoryError> {
-        let count: i64 = on_pool!(self, pool => self
-            .bounded(sqlx::query_scalar("SELECT COUNT(*) FROM users").fetch_one(pool))
-            .await)?;
+        let count: i64 = on_pool!(self, pool => statement!(self, pool, connection =>
+            sqlx::query_scalar("SELECT COUNT(*) FROM users").fetch_one(connection)))?;
         Ok(u64::try_from(count).unwrap_or(0))
     }
 
@@ -629,15 +659,12 @@ impl UserRepository for SqlStore {
             let sql = format!(
                 "INSERT INTO users (uuid, first_name, last_name, email) VALUES ($1, $2, $3, $4) {RETURNING}"
             );
-            self.bounded(
-                sqlx::query(&sql)
-                    .bind(uuid)
-                    .bind(user.first_name.as_str())
-                    .bind(user.last_name.as_str())
-                    .bind(user.email.as_str())
-                    .fetch_one(pool),
-            )
-            .await
+            statement!(self, pool, connection => sqlx::query(&sql)
+                .bind(uuid)
+                .bind(user.first_name.as_str())
+                .bind(user.last_name.as_str())
+                .bind(user.email.as_str())
+                .fetch_one(connection))
             .map(|row| user_from(&row))
         });
         match result {
@@ -662,16 +689,13 @@ impl UserRepository for SqlStore {
                  version = version + 1, updated_at = CURRENT_TIMESTAMP \
                  WHERE uuid = $1 AND ($5 IS NULL OR version = $5) {RETURNING}"
             );
-            self.bounded(
-                sqlx::query(&sql)
-                    .bind(uuid.get())
-                    .bind(changes.first_name.as_ref().map(|n| n.as_str().to_owned()))
-                    .bind(changes.last_name.as_ref().map(|n| n.as_str().to_owned()))
-                    .bind(email.clone())
-                    .bind(expected)
-                    .fetch_optional(pool),
-            )
-            .await
+            statement!(self, pool, connection => sqlx::query(&sql)
+                .bind(uuid.get())
+                .bind(changes.first_name.as_ref().map(|n| n.as_str().to_owned()))
+                .bind(changes.last_name.as_ref().map(|n| n.as_str().to_owned()))
+                .bind(email.clone())
+                .bind(expected)
+                .fetch_optional(connection))
             .map(|row| row.as_ref().map(user_from).transpose())
         });
         match result {
@@ -693,13 +717,10 @@ impl UserRepository for SqlStore {
             let sql = format!(
                 "DELETE FROM users WHERE uuid = $1 AND ($2 IS NULL OR version = $2) {RETURNING}"
             );
-            self.bounded(
-                sqlx::query(&sql)
-                    .bind(uuid.get())
-                    .bind(expected)
-                    .fetch_optional(pool),
-            )
-            .await?
+            statement!(self, pool, connection => sqlx::query(&sql)
+                .bind(uuid.get())
+                .bind(expected)
+                .fetch_optional(connection))?
             .as_ref()
             .map(user_from)
             .transpose()
