@@ -280,6 +280,16 @@ mod tests {
         found == 1
     }
 
+    /// Creates the temporary table `marker` on a connection, and keeps it.
+    async fn mark_a_connection(connections: &Connections<Sqlite>) {
+        let mut checkout = connections.take().await.unwrap();
+        (&mut *checkout)
+            .execute("CREATE TEMP TABLE marker (x)")
+            .await
+            .unwrap();
+        checkout.done();
+    }
+
     async fn eventually(what: &str, check: impl Fn() -> bool) {
         for _ in 0..500 {
             if check() {
@@ -293,12 +303,7 @@ mod tests {
     #[tokio::test]
     async fn a_statement_that_finished_keeps_its_connection_out_of_the_pool_for_the_next() {
         let connections = connections(2, Duration::from_secs(60)).await;
-        let mut checkout = connections.take().await.unwrap();
-        (&mut *checkout)
-            .execute("CREATE TEMP TABLE marker (x)")
-            .await
-            .unwrap();
-        checkout.done();
+        mark_a_connection(&connections).await;
         assert_eq!(connections.shared.kept().len(), 1, "kept here");
         assert_eq!(connections.pool.num_idle(), 0, "not returned to the pool");
         let mut next = connections.take().await.unwrap();
@@ -350,12 +355,7 @@ mod tests {
     #[tokio::test]
     async fn a_connection_kept_past_the_ping_window_is_pinged_and_used() {
         let connections = connections(1, Duration::ZERO).await;
-        let mut checkout = connections.take().await.unwrap();
-        (&mut *checkout)
-            .execute("CREATE TEMP TABLE marker (x)")
-            .await
-            .unwrap();
-        checkout.done();
+        mark_a_connection(&connections).await;
         let mut next = connections.take().await.unwrap();
         assert!(has_marker(&mut next).await, "pinged, found alive, used");
     }
