@@ -422,11 +422,9 @@ impl SqlStore {
     /// [`StoreSetupError::Migrate`], with the database's reason.
     pub async fn migrate(&self) -> Result<(), StoreSetupError> {
         let result: Result<(), MigrateError> = async {
-            let sqlite = matches!(self.pool, Pool::Sqlite(_));
-            let source = if sqlite {
-                migrations::SQLITE
-            } else {
-                migrations::POSTGRES
+            let source = match self.kind() {
+                StoreKind::Sqlite => migrations::SQLITE,
+                StoreKind::Postgres => migrations::POSTGRES,
             };
             let migrator = Migrator::new(Embedded(source)).await?;
             on_pool!(self, pool => {
