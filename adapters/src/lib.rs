@@ -2,9 +2,12 @@
 //!
 //! - [`backend`]: cache backends ([`backend::RedisBackend`],
 //!   [`backend::MemoryBackend`], [`backend::NoopBackend`]) and the decorators
-//!   that wrap any of them ([`backend::TimeoutBackend`]).
+//!   that wrap any of them ([`backend::TimeoutBackend`],
+//!   [`backend::CircuitBreaker`], [`backend::NearCache`],
+//!   [`backend::DeferredFills`]).
 //! - [`health`]: the health monitor that feeds `/health`.
-//! - [`users`]: the users store ([`users::InMemoryUserRepository`]).
+//! - [`users`]: the users store: [`users::SqlStore`] (SQLite or PostgreSQL,
+//!   on sqlx) and [`users::InMemoryUserRepository`] for unit tests.
 //! - [`http`]: the poem-openapi HTTP API (inbound adapter).
 //! - [`metrics`]: Prometheus metrics (`prometheus-client`) and the decorators
 //!   and observer that feed them.

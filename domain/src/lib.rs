@@ -1,12 +1,15 @@
-//! # domain — users and their cache-aside flows
+//! # domain — users and their read-through flows
 //!
 //! - [`User`] and its validated parts ([`UserId`], [`UserUuid`], [`Name`], [`Email`]).
-//! - The user ports: [`UserRepository`] (outbound: where users live) and
-//!   [`UserQueries`] (inbound: what the HTTP adapter may ask).
-//! - The seed's two caches ([`UuidToId`], [`IdToUuid`]), byte-compatible with
-//!   the Python original's Redis keys and values.
+//! - The user ports: [`UserRepository`] (outbound: where users live),
+//!   [`UserQueries`] and [`UserCommands`] (inbound: what the HTTP adapter may
+//!   ask and change).
+//! - The caches: the user record ([`UserRecords`]), and the seed's two
+//!   mappings ([`UuidToId`], [`IdToUuid`]), byte-compatible with the Python
+//!   original's Redis keys and values.
 //! - [`CacheManager`]: built once at start-up, holds the backend and the caches.
-//! - [`UserService`]: the cache-aside flows, generic over the repository.
+//! - [`UserService`]: the read-through flows and the writes that keep the
+//!   caches coherent, generic over the repository.
 
 mod caches;
 mod error;

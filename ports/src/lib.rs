@@ -4,13 +4,17 @@
 //! specific to users, to a runtime or to a driver:
 //!
 //! - [`CacheBackend`]: the byte-level port every storage adapter implements
-//!   (Redis, in-memory, no-op) and every decorator wraps (timeouts today; a
-//!   circuit breaker, metrics and a near cache tomorrow).
+//!   (Redis, in-memory, no-op) and every decorator wraps (timeout, circuit
+//!   breaker, near cache, fills written behind, metrics), each stacking on the
+//!   port without its callers knowing.
 //! - [`CacheDefinition`]: binds a key type, a value type, a namespace, a default
 //!   TTL and a codec at compile time, so two caches can never be confused.
 //! - [`TypedCache`]: the Rust form of the seed's `AsyncCacheBase[K, V]`, with
 //!   its "cache is a luxury" semantics: backend failures are logged and become
 //!   misses, corrupt entries are removed, only encoding errors reach the caller.
+//! - Read-through loading ([`TypedCache::get_or_load`], [`TypedCache::mget_or_load`]):
+//!   single-flight, the write fence against stale fills, and one seam
+//!   ([`CacheObserver`]) where every outcome can be observed.
 //! - [`WriteBatch`]: writes to several typed caches in one round trip.
 
 mod backend;
