@@ -303,8 +303,10 @@ async fn the_admin_api_refuses_without_its_token_and_works_with_it() {
     let misses = body["caches"][0]["counters"]["misses"].as_u64();
     assert_eq!(misses, Some(2), "{body}");
 
-    // A batch of keys at once.
+    // A batch of keys at once, once the read's fill has reached Redis (a
+    // miss's fill is written after the linger, not before the answer).
     let _ = app.get(&format!("/users/{USER}")).await;
+    app.fills_settled().await;
     let (status, body) = admin(
         &app,
         reqwest::Method::POST,
