@@ -17,8 +17,22 @@ const SCHEMATHESIS: &str = "schemathesis==4.32.5";
 /// What schemathesis may take as an answer to a request the document allows:
 /// its defaults, and 412, what a conditional write (`If-Match`) at another
 /// version must answer (RFC 9110) however well-formed the request.
+///
+/// For the two conditional writes, the warnings that read "the API mostly
+/// refused valid data" as a schema that is too loose are off: a tag
+/// schemathesis invents names no version a user is at, so those writes
+/// rightly answer 412, which the warnings count as a refusal. Its other
+/// warnings stay on. (Per operation, both must be left out: schemathesis asks
+/// whether either is on before it looks at the one that applies.)
 const CONFIG: &str = r#"[checks.positive_data_acceptance]
 expected-statuses = ["2xx", "3xx", "401", "403", "404", "409", "412", "429", "5xx"]
+
+[[operations]]
+include-operation-id = ["updateUser", "deleteUser"]
+warnings = ["missing_auth", "base_url_mismatch", "missing_deserializer", "unused_openapi_auth",
+  "unsupported_regex", "method_not_allowed", "constants_extraction", "unmatched_filter",
+  "unresolvable_reference", "low_valid_rate", "rate_limited", "dictionary_mismatch",
+  "timeout_units"]
 "#;
 const SEED: &str = "20261124";
 /// The admin token of the instance under test (a throwaway).

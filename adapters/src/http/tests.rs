@@ -1112,6 +1112,47 @@ mod writes {
     }
 
     #[tokio::test]
+    async fn a_malformed_if_match_is_400_and_writes_nothing() {
+        let mut commands = MockUserCommands::new();
+        commands.expect_update_user().never();
+        commands.expect_delete_user().never();
+        let client = writer(commands).await;
+        let path = "/users/550e8400-e29b-41d4-a716-446655440001";
+        for malformed in ["3", "\"3", "\"3\" \"4\""] {
+            let patched = client
+                .patch(path)
+                .header("if-match", malformed)
+                .body_json(&json!({"last_name": "King"}))
+                .send()
+                .await;
+            assert_error(patched, StatusCode::BAD_REQUEST, "bad_request").await;
+            let deleted = client
+                .delete(path)
+                .header("if-match", malformed)
+                .send()
+                .await;
+            assert_error(deleted, StatusCode::BAD_REQUEST, "bad_request").await;
+        }
+        // A value that is not ASCII text: poem-openapi's `Header` would drop
+        // it, and the write would go through without its condition.
+        let not_text =
+            poem::http::HeaderValue::from_bytes(b"\xc2\x84").expect("obs-text is a header value");
+        let patched = client
+            .patch(path)
+            .header("if-match", not_text.clone())
+            .body_json(&json!({"last_name": "King"}))
+            .send()
+            .await;
+        assert_error(patched, StatusCode::BAD_REQUEST, "bad_request").await;
+        let deleted = client
+            .delete(path)
+            .header("if-match", not_text)
+            .send()
+            .await;
+        assert_error(deleted, StatusCode::BAD_REQUEST, "bad_request").await;
+    }
+
+    #[tokio::test]
     async fn delete_answers_204_then_404() {
         let mut commands = MockUserCommands::new();
         let mut calls = 0;

@@ -142,9 +142,15 @@ impl ToJSON for UuidList {
 /// answers `invalid_field` naming it.
 macro_rules! text_field {
     ($name:ident, $schema:literal, $min:expr, $max:expr, $pattern:expr, $example:literal) => {
-        text_field!($name, $schema, $min, $max, $pattern, $example, false);
+        text_field!(@ $name, $schema, Some($min), Some($max), $pattern, $example, false);
     };
     ($name:ident, $schema:literal, $min:expr, $max:expr, $pattern:expr, $example:literal, $nullable:expr) => {
+        text_field!(@ $name, $schema, Some($min), Some($max), $pattern, $example, $nullable);
+    };
+    ($name:ident, $schema:literal, $pattern:expr, $example:literal) => {
+        text_field!(@ $name, $schema, None, None, $pattern, $example, false);
+    };
+    (@ $name:ident, $schema:literal, $min:expr, $max:expr, $pattern:expr, $example:literal, $nullable:expr) => {
         #[doc = concat!("A `", $schema, "` as the client wrote it; checked by the domain.")]
         #[derive(Debug, Clone, PartialEq, Eq)]
         pub struct $name(pub String);
@@ -160,8 +166,8 @@ macro_rules! text_field {
 
             fn schema_ref() -> MetaSchemaRef {
                 MetaSchemaRef::Inline(Box::new(MetaSchema {
-                    min_length: Some($min),
-                    max_length: Some($max),
+                    min_length: $min,
+                    max_length: $max,
                     pattern: Some($pattern.into()),
                     example: Some(Value::String($example.into())),
                     nullable: $nullable,
@@ -222,6 +228,16 @@ text_field!(
     16,
     "^u[0-9a-f]{1,15}$",
     "u2a"
+);
+
+// An `If-Match` field: `*`, or a comma-separated list of entity tags
+// (RFC 9110, 13.1.1 and 8.8.3: `"opaque"` or `W/"opaque"`, empty elements
+// allowed); the handler answers `bad_request` to anything else.
+text_field!(
+    EntityTagsText,
+    "string_entity_tags",
+    r#"^[ \t]*(\*|((W/)?"[!#-~]*")?([ \t]*,[ \t]*((W/)?"[!#-~]*")?)*)[ \t]*$"#,
+    "\"3\""
 );
 
 /// What the domain counts as white space (Unicode's White_Space, as

@@ -7,7 +7,7 @@ use domain::{
     Email, MAX_LOOKUP, Name, NewUser, Page, User, UserChanges, UserCommands, UserError, UserId,
     UserQueries, UserUuid, ValidationError, Version,
 };
-use poem::http::header::{CACHE_CONTROL, CONTENT_TYPE, ETAG};
+use poem::http::header::{CACHE_CONTROL, CONTENT_TYPE, ETAG, IF_MATCH};
 use poem::http::{HeaderMap, HeaderValue};
 use poem::{IntoResponse, Response};
 use poem_openapi::param::{Header, Path, Query};
@@ -22,7 +22,9 @@ use uuid::Uuid;
 use super::errors::{ErrorBody, ErrorCode, WithBadRequest, bad_request};
 use super::json::JsonBody;
 use super::rendered::{Rendering, Renderings};
-use super::types::{CursorText, EmailChange, EmailText, NameChange, NameText, UuidList, UuidText};
+use super::types::{
+    CursorText, EmailChange, EmailText, EntityTagsText, NameChange, NameText, UuidList, UuidText,
+};
 
 #[derive(Tags)]
 enum Tag {
@@ -309,31 +311,67 @@ enum Compare {
     Strong,
 }
 
-/// The entity tags of an `If-None-Match` or `If-Match` header: `None` for
-/// `*`, else each tag's version (a tag this service did not make is version
-/// 0, which no user ever has; with [`Compare::Strong`] weak tags are left
-/// out, so a header of only those names no version).
-fn tags(header: &str, compare: Compare) -> Option<Vec<Version>> {
-    if header.trim() == "*" {
-        return None;
+/// An entity tag as a client sent it (RFC 9110, 8.8.3): `"opaque"`, or
+/// `W/"opaque"` when `weak`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct EntityTag<'a> {
+    weak: bool,
+    opaque: &'a str,
+}
+
+/// The entity tags of an `If-Match` or `If-None-Match` field: `Some(None)`
+/// for `*`, `Some(Some(tags))` for a list (empty elements are allowed and
+/// skipped, RFC 9110, 5.6.1.2), `None` when the field is neither. Scanned,
+/// not split on commas: a comma is a valid character inside a tag.
+fn entity_tags(field: &str) -> Option<Option<Vec<EntityTag<'_>>>> {
+    const OWS: [char; 2] = [' ', '\t'];
+    let mut rest = field.trim_matches(OWS);
+    if rest == "*" {
+        return Some(None);
     }
-    Some(
-        header
-            .split(',')
-            .map(str::trim)
-            .filter_map(|tag| match tag.strip_prefix("W/") {
-                Some(_) if compare == Compare::Strong => None,
-                Some(weak) => Some(weak),
-                None => Some(tag),
-            })
+    let mut tags = Vec::new();
+    while !rest.is_empty() {
+        if let Some(after) = rest.strip_prefix(',') {
+            rest = after.trim_start_matches(OWS);
+            continue;
+        }
+        let (weak, quoted) = rest
+            .strip_prefix("W/")
+            .map_or((false, rest), |after| (true, after));
+        let (opaque, after) = quoted.strip_prefix('"')?.split_once('"')?;
+        if !opaque
+            .bytes()
+            .all(|b| b == b'!' || (b'#'..=b'~').contains(&b))
+        {
+            return None;
+        }
+        tags.push(EntityTag { weak, opaque });
+        rest = after.trim_start_matches(OWS);
+        if !rest.is_empty() {
+            rest = rest.strip_prefix(',')?.trim_start_matches(OWS);
+        }
+    }
+    Some(Some(tags))
+}
+
+/// The versions a field's tags name: `None` for `*`; a tag this service did
+/// not make is version 0, which no user ever has; with [`Compare::Strong`]
+/// weak tags are left out, so a field of only those names no version. A
+/// field that is not a list of tags names no version either.
+fn tags(field: &str, compare: Compare) -> Option<Vec<Version>> {
+    let Some(tags) = entity_tags(field) else {
+        return Some(Vec::new());
+    };
+    tags.map(|tags| {
+        tags.into_iter()
+            .filter(|tag| !(tag.weak && compare == Compare::Strong))
             .map(|tag| {
-                tag.strip_prefix('"')
-                    .and_then(|t| t.strip_suffix('"'))
-                    .and_then(|t| t.parse::<u64>().ok())
+                tag.opaque
+                    .parse::<u64>()
                     .map_or(Version::new(0), Version::new)
             })
-            .collect(),
-    )
+            .collect()
+    })
 }
 
 /// A cursor: the position after the last user of a page. Opaque to clients
@@ -464,7 +502,8 @@ enum UpdateResponse {
         String,
     ),
     /// Not a UUID (`invalid_uuid`), a field that breaks a rule
-    /// (`invalid_field`), or a body that is not the documented JSON.
+    /// (`invalid_field`), a body that is not the documented JSON, or an
+    /// `If-Match` that is not `*` or a list of entity tags (`bad_request`).
     #[oai(status = 400)]
     BadRequest(Json<ErrorBody>),
     /// No user has this UUID (`not_found`).
@@ -488,7 +527,8 @@ enum DeleteResponse {
     /// Deleted.
     #[oai(status = 204)]
     Deleted,
-    /// Not a UUID (`invalid_uuid`).
+    /// Not a UUID (`invalid_uuid`), or an `If-Match` that is not `*` or a
+    /// list of entity tags (`bad_request`).
     #[oai(status = 400)]
     BadRequest(Json<ErrorBody>),
     /// No user has this UUID (`not_found`).
@@ -617,9 +657,41 @@ impl<Q, C> UsersApi<Q, C> {
 
 /// The versions an `If-Match` allows a write at: `None` for none or `*`;
 /// else each strong tag's version (a header of only weak or foreign tags
-/// allows no version, and the write answers 412).
-fn if_match(header: Option<&str>) -> Option<Vec<Version>> {
-    header.and_then(|h| tags(h, Compare::Strong))
+/// allows no version, and the write answers 412). Every `If-Match` line
+/// counts, as one list (RFC 9110, 5.3). A field that is not `*` or a list of
+/// entity tags is the client's mistake, not a stale version: it answers 400
+/// (`bad_request`) rather than a 412 that would send the client to fetch the
+/// user again and repeat it. Read from the raw headers because poem-openapi's
+/// `Header` drops a value that is not ASCII text, which would turn a
+/// conditional write into a blind one.
+fn if_match(headers: &HeaderMap) -> Result<Option<Vec<Version>>, ErrorBody> {
+    let mut lines = headers.get_all(IF_MATCH).iter().peekable();
+    if lines.peek().is_none() {
+        return Ok(None);
+    }
+    let malformed = |shown: &str| {
+        ErrorBody::new(
+            ErrorCode::BadRequest,
+            format!(
+                "If-Match must be * or a comma-separated list of entity tags such as \"3\" \
+                 (the ETag of a read), not {shown}"
+            ),
+        )
+    };
+    let mut field = String::new();
+    for line in lines {
+        let text = line
+            .to_str()
+            .map_err(|_| malformed("a value that is not ASCII text"))?;
+        if !field.is_empty() {
+            field.push_str(", ");
+        }
+        field.push_str(text);
+    }
+    if entity_tags(&field).is_none() {
+        return Err(malformed(&format!("{field:?}")));
+    }
+    Ok(tags(&field, Compare::Strong))
 }
 
 /// Runs `write` once without a condition, or once per version `allowed`
@@ -821,14 +893,20 @@ impl<Q: UserQueries, C: UserCommands> UsersApi<Q, C> {
         uuid: Path<UuidText>,
         /// The `ETag` of the version the change is based on.
         #[oai(name = "If-Match")]
-        if_match_header: Header<Option<String>>,
+        _if_match: Header<Option<EntityTagsText>>,
+        // What `If-Match` is read from (see [`if_match`]); the parameter
+        // above documents it.
+        headers: &HeaderMap,
         body: Json<UpdateUser>,
     ) -> UpdateResponse {
         let uuid = match UserUuid::parse(&uuid.0.0) {
             Ok(uuid) => uuid,
             Err(invalid) => return UpdateResponse::BadRequest(Json(invalid_uuid(invalid))),
         };
-        let allowed = if_match(if_match_header.0.as_deref());
+        let allowed = match if_match(headers) {
+            Ok(allowed) => allowed,
+            Err(malformed) => return UpdateResponse::BadRequest(Json(malformed)),
+        };
         let changes = match changes(&body.0) {
             Ok(changes) => changes,
             Err(invalid) => return UpdateResponse::BadRequest(Json(invalid_field(invalid))),
@@ -866,13 +944,18 @@ impl<Q: UserQueries, C: UserCommands> UsersApi<Q, C> {
         uuid: Path<UuidText>,
         /// The `ETag` of the version to delete.
         #[oai(name = "If-Match")]
-        if_match_header: Header<Option<String>>,
+        _if_match: Header<Option<EntityTagsText>>,
+        // What `If-Match` is read from (see [`if_match`]).
+        headers: &HeaderMap,
     ) -> DeleteResponse {
         let uuid = match UserUuid::parse(&uuid.0.0) {
             Ok(uuid) => uuid,
             Err(invalid) => return DeleteResponse::BadRequest(Json(invalid_uuid(invalid))),
         };
-        let allowed = if_match(if_match_header.0.as_deref());
+        let allowed = match if_match(headers) {
+            Ok(allowed) => allowed,
+            Err(malformed) => return DeleteResponse::BadRequest(Json(malformed)),
+        };
         let deleted = conditionally(allowed, |expected| {
             self.commands.delete_user(uuid, expected)
         })
@@ -982,6 +1065,67 @@ fn changes(body: &UpdateUser) -> Result<UserChanges, ValidationError> {
 mod unit {
     use super::*;
 
+    /// Headers holding one `If-Match` line.
+    fn field(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(IF_MATCH, HeaderValue::from_str(value).expect("test value"));
+        headers
+    }
+
+    #[test]
+    fn if_match_takes_star_and_lists_of_tags_and_refuses_anything_else() {
+        for valid in [
+            "*",
+            " * ",
+            "\"3\"",
+            "W/\"3\"",
+            "\"3\", W/\"4\",\t\"x!#~\"",
+            "\"\"",
+            "",
+            " , ,\"3\",",
+        ] {
+            assert!(if_match(&field(valid)).is_ok(), "{valid:?} is valid");
+        }
+        for malformed in [
+            "3",
+            "\"3",
+            "\"3\" \"4\"",
+            "W/3",
+            "w/\"3\"",
+            "\"a b\"",
+            "*, \"3\"",
+            "\"3\"x",
+        ] {
+            let refused = if_match(&field(malformed)).expect_err(malformed);
+            assert_eq!(refused.error, ErrorCode::BadRequest, "{malformed:?}");
+        }
+        assert_eq!(
+            if_match(&field(" , ")),
+            Ok(Some(vec![])),
+            "an empty list names no version: the write answers 412 (RFC 9110, 13.1.1)"
+        );
+    }
+
+    #[test]
+    fn if_match_reads_every_line_and_refuses_a_value_that_is_not_text() {
+        let mut lines = field("\"3\"");
+        lines.append(IF_MATCH, HeaderValue::from_static("W/\"4\", \"5\""));
+        assert_eq!(
+            if_match(&lines),
+            Ok(Some(vec![Version::new(3), Version::new(5)]))
+        );
+        let mut star_and_tag = field("*");
+        star_and_tag.append(IF_MATCH, HeaderValue::from_static("\"3\""));
+        assert!(if_match(&star_and_tag).is_err(), "* stands alone");
+        let mut not_text = HeaderMap::new();
+        not_text.insert(
+            IF_MATCH,
+            HeaderValue::from_bytes(b"\xc2\x84").expect("obs-text is a valid header value"),
+        );
+        let refused = if_match(&not_text).expect_err("not ASCII");
+        assert_eq!(refused.error, ErrorCode::BadRequest);
+    }
+
     #[test]
     fn entity_tags_parse_strong_weak_lists_and_star() {
         let weak = Compare::Weak;
@@ -1001,9 +1145,14 @@ mod unit {
             Some(vec![Version::new(4)]),
             "If-Match compares strongly"
         );
-        assert_eq!(if_match(Some("W/\"3\"")), Some(vec![]));
-        assert_eq!(if_match(Some("*")), None);
-        assert_eq!(if_match(None), None);
+        assert_eq!(if_match(&field("W/\"3\"")), Ok(Some(vec![])));
+        assert_eq!(if_match(&field("*")), Ok(None));
+        assert_eq!(if_match(&HeaderMap::new()), Ok(None));
+        assert_eq!(
+            tags("\"a,b\", \"5\"", weak),
+            Some(vec![Version::new(0), Version::new(5)]),
+            "a comma inside a tag does not split it"
+        );
         assert_eq!(etag(Version::new(7)), "\"7\"");
         assert_eq!(etag_value(Version::new(1234)), "\"1234\"");
     }
