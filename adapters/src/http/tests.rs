@@ -1118,38 +1118,21 @@ mod writes {
         commands.expect_delete_user().never();
         let client = writer(commands).await;
         let path = "/users/550e8400-e29b-41d4-a716-446655440001";
-        for malformed in ["3", "\"3", "\"3\" \"4\""] {
+        // The last is not ASCII text: poem-openapi's `Header` would drop
+        // it, and the write would go through without its condition.
+        let malformed = [&b"3"[..], b"\"3", b"\"3\" \"4\"", b"\xc2\x84"]
+            .map(|bytes| poem::http::HeaderValue::from_bytes(bytes).expect("a header value"));
+        for value in malformed {
             let patched = client
                 .patch(path)
-                .header("if-match", malformed)
+                .header("if-match", value.clone())
                 .body_json(&json!({"last_name": "King"}))
                 .send()
                 .await;
             assert_error(patched, StatusCode::BAD_REQUEST, "bad_request").await;
-            let deleted = client
-                .delete(path)
-                .header("if-match", malformed)
-                .send()
-                .await;
+            let deleted = client.delete(path).header("if-match", value).send().await;
             assert_error(deleted, StatusCode::BAD_REQUEST, "bad_request").await;
         }
-        // A value that is not ASCII text: poem-openapi's `Header` would drop
-        // it, and the write would go through without its condition.
-        let not_text =
-            poem::http::HeaderValue::from_bytes(b"\xc2\x84").expect("obs-text is a header value");
-        let patched = client
-            .patch(path)
-            .header("if-match", not_text.clone())
-            .body_json(&json!({"last_name": "King"}))
-            .send()
-            .await;
-        assert_error(patched, StatusCode::BAD_REQUEST, "bad_request").await;
-        let deleted = client
-            .delete(path)
-            .header("if-match", not_text)
-            .send()
-            .await;
-        assert_error(deleted, StatusCode::BAD_REQUEST, "bad_request").await;
     }
 
     #[tokio::test]
