@@ -151,7 +151,7 @@ macro_rules! text_field {
         text_field!(@ $name, $schema, None, None, $pattern, $example, false);
     };
     (@ $name:ident, $schema:literal, $min:expr, $max:expr, $pattern:expr, $example:literal, $nullable:expr) => {
-        #[doc = concat!("A `", $schema, "` as the client wrote it; checked by the domain.")]
+        #[doc = concat!("A `", $schema, "` as the client wrote it; checked by the domain or the handler.")]
         #[derive(Debug, Clone, PartialEq, Eq)]
         pub struct $name(pub String);
 
