@@ -282,7 +282,8 @@ async fn the_service_serves_hits_from_its_near_cache_over_a_cluster() {
         }
     }
     // Counted by the service itself (other tests share the cluster's
-    // counters): near-cache misses (reads that went to the cluster), hits.
+    // counters): near-cache misses (reads that went to the cluster), hits,
+    // keys Redis said changed, and times the near cache was emptied whole.
     let counts = || async {
         let text = app.get("/metrics").await.text().await.unwrap();
         let sum = |prefix: &str| -> f64 {
@@ -291,24 +292,32 @@ async fn the_service_serves_hits_from_its_near_cache_over_a_cluster() {
                 .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
                 .sum()
         };
-        (
+        [
             sum("cachemanager_near_misses_total"),
             sum("cachemanager_near_hits_total"),
-        )
+            sum("cachemanager_near_invalidations_total"),
+            sum("cachemanager_near_flushes_total"),
+        ]
     };
-    let (reads_before, hits_before) = counts().await;
+    let before = counts().await;
     for _ in 0..10 {
         for uuid in SAMPLE {
             assert_eq!(app.get(&format!("/users/{uuid}")).await.status(), 200);
         }
     }
-    let (reads_after, hits_after) = counts().await;
-    assert_eq!(
-        reads_after, reads_before,
-        "30 reads answered without asking the cluster"
-    );
+    let after = counts().await;
+    let [misses, hits, invalidated, flushed] =
+        std::array::from_fn::<f64, 4, _>(|i| after[i] - before[i]);
+    // A read may go to the cluster only for a key Redis said changed: the
+    // fills of the first round created the keys, and a fill does not wait
+    // for its invalidation to come back (`NearCache::mset`), so on a loaded
+    // machine one can reach the tracking connection after the warm-up and
+    // rightly drop that key once (CI saw one such read in 30).
     assert!(
-        hits_after >= hits_before + 30.0,
-        "near hits {hits_before} -> {hits_after}"
+        misses <= invalidated && flushed == 0.0,
+        "30 reads answered without asking the cluster, but for keys Redis said \
+         changed: {misses} went to the cluster ({invalidated} invalidations, \
+         {flushed} flushes in the window)"
     );
+    assert!(hits + misses >= 30.0, "near hits: {hits} of 30 reads");
 }
