@@ -359,9 +359,11 @@ fn entity_tags(field: &str) -> Option<Option<Vec<EntityTag<'_>>>> {
 /// weak tags are left out, so a field of only those names no version. A
 /// field that is not a list of tags names no version either.
 fn tags(field: &str, compare: Compare) -> Option<Vec<Version>> {
-    let Some(tags) = entity_tags(field) else {
-        return Some(Vec::new());
-    };
+    entity_tags(field).map_or(Some(Vec::new()), |tags| versions(tags, compare))
+}
+
+/// The versions parsed tags name (see [`tags`]).
+fn versions(tags: Option<Vec<EntityTag<'_>>>, compare: Compare) -> Option<Vec<Version>> {
     tags.map(|tags| {
         tags.into_iter()
             .filter(|tag| !(tag.weak && compare == Compare::Strong))
@@ -688,10 +690,10 @@ fn if_match(headers: &HeaderMap) -> Result<Option<Vec<Version>>, ErrorBody> {
         }
         field.push_str(text);
     }
-    if entity_tags(&field).is_none() {
-        return Err(malformed(&format!("{field:?}")));
+    match entity_tags(&field) {
+        Some(tags) => Ok(versions(tags, Compare::Strong)),
+        None => Err(malformed(&format!("{field:?}"))),
     }
-    Ok(tags(&field, Compare::Strong))
 }
 
 /// Runs `write` once without a condition, or once per version `allowed`
