@@ -13,8 +13,9 @@ pub enum ValidationError {
     /// Not a UUID.
     #[error("'{0}' is not a valid UUID")]
     MalformedUuid(String),
-    /// A name must be 1 to 100 characters, not blank.
-    #[error("{field} must be 1 to 100 characters and not blank")]
+    /// A name must be 1 to 100 characters, not blank, with no control
+    /// characters (inside its trimmed text).
+    #[error("{field} must be 1 to 100 characters, not blank, with no control characters")]
     BadName {
         /// Which name field.
         field: &'static str,

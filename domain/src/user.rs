@@ -110,7 +110,8 @@ impl CacheKey for UserUuid {
     }
 }
 
-/// A first or last name: trimmed, 1 to 100 characters.
+/// A first or last name: at most 100 characters as sent, trimmed, not
+/// blank, no control characters.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 #[serde(transparent)]
 pub struct Name(String);
@@ -118,11 +119,33 @@ pub struct Name(String);
 impl Name {
     const MAX: usize = 100;
 
-    /// A name; `field` names it in the error.
+    /// A name from input; `field` names it in the error.
+    ///
+    /// # Errors
+    /// [`ValidationError::BadName`] for a blank name, one over 100
+    /// characters before it is trimmed (the API document's `maxLength`), or
+    /// one that holds a control character once trimmed (`char::is_control`:
+    /// a NUL, a tab or a line break inside a name is never meant, and
+    /// PostgreSQL cannot store a NUL at all).
+    pub fn new(field: &'static str, text: &str) -> Result<Self, ValidationError> {
+        if text.chars().count() > Self::MAX {
+            return Err(ValidationError::BadName { field });
+        }
+        let name = Self::from_store(field, text)?;
+        if name.0.chars().any(char::is_control) {
+            return Err(ValidationError::BadName { field });
+        }
+        Ok(name)
+    }
+
+    /// A name as a store of record or a cache holds it: trimmed, not blank,
+    /// at most 100 characters; the rules of [`Name::new`] but the one on
+    /// control characters, so that a row an earlier release accepted stays
+    /// readable.
     ///
     /// # Errors
     /// [`ValidationError::BadName`] for a blank or over-long name.
-    pub fn new(field: &'static str, text: &str) -> Result<Self, ValidationError> {
+    pub fn from_store(field: &'static str, text: &str) -> Result<Self, ValidationError> {
         let text = text.trim();
         if text.is_empty() || text.chars().count() > Self::MAX {
             return Err(ValidationError::BadName { field });
@@ -141,7 +164,8 @@ impl Name {
     }
 }
 
-/// An e-mail address: `local@domain`, at most 254 characters, no spaces.
+/// An e-mail address: `local@domain`, at most 254 characters, no white
+/// space and no control characters.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 #[serde(transparent)]
 pub struct Email(String);
@@ -149,15 +173,28 @@ pub struct Email(String);
 impl Email {
     const MAX: usize = 254;
 
-    /// An e-mail address.
+    /// An e-mail address from input.
     ///
     /// # Errors
     /// [`ValidationError::BadEmail`] unless it has one `@` with text on both
-    /// sides, a dot in the domain, no white space, and at most 254 characters.
+    /// sides, a dot in the domain, no white space, no control character,
+    /// and at most 254 characters.
     pub fn new(text: &str) -> Result<Self, ValidationError> {
-        let bad = || ValidationError::BadEmail(text.chars().take(64).collect());
+        if text.chars().any(char::is_control) {
+            return Err(Self::bad(text));
+        }
+        Self::from_store(text)
+    }
+
+    /// An e-mail address as a store of record or a cache holds it: the
+    /// rules of [`Email::new`] but the one on control characters (see
+    /// [`Name::from_store`]).
+    ///
+    /// # Errors
+    /// [`ValidationError::BadEmail`] as [`Email::new`] does.
+    pub fn from_store(text: &str) -> Result<Self, ValidationError> {
         if text.chars().count() > Self::MAX || text.chars().any(char::is_whitespace) {
-            return Err(bad());
+            return Err(Self::bad(text));
         }
         match text.split_once('@') {
             Some((local, domain))
@@ -169,8 +206,13 @@ impl Email {
             {
                 Ok(Self(text.to_owned()))
             }
-            _ => Err(bad()),
+            _ => Err(Self::bad(text)),
         }
+    }
+
+    /// The error for `text`, quoting its first 64 characters.
+    fn bad(text: &str) -> ValidationError {
+        ValidationError::BadEmail(text.chars().take(64).collect())
     }
 
     /// The address.
@@ -384,9 +426,9 @@ impl TryFrom<UserParts<'_>> for User {
         Ok(User::new(
             UserId::new(parts.id)?,
             UserUuid::parse(&parts.uuid)?,
-            Name::new("first_name", &parts.first_name)?,
-            Name::new("last_name", &parts.last_name)?,
-            Email::new(&parts.email)?,
+            Name::from_store("first_name", &parts.first_name)?,
+            Name::from_store("last_name", &parts.last_name)?,
+            Email::from_store(&parts.email)?,
         )
         .with_version(Version::new(parts.version)))
     }
@@ -482,6 +524,41 @@ mod tests {
         assert_eq!(Name::new("first_name", "  Ada ").unwrap().as_str(), "Ada");
         assert!(Name::new("first_name", "   ").is_err());
         assert!(Name::new("first_name", &"a".repeat(101)).is_err());
+        let padded = format!("{}Ada", " ".repeat(98));
+        assert!(
+            Name::new("first_name", &padded).is_err(),
+            "101 characters as sent, as the document counts them"
+        );
+        assert!(
+            Name::from_store("first_name", &padded).is_ok(),
+            "three once trimmed"
+        );
+    }
+
+    #[test]
+    fn control_characters_inside_a_name_are_refused_on_input_and_read_from_a_store() {
+        assert_eq!(
+            Name::new("first_name", "\tAda\r\n").unwrap().as_str(),
+            "Ada",
+            "trimmed away first"
+        );
+        for bad in [
+            "A\0da",
+            "Ada\tLovelace",
+            "Ada\nLovelace",
+            "Ada\u{7f}",
+            "Ada\u{85}x",
+        ] {
+            assert_eq!(
+                Name::new("last_name", bad),
+                Err(ValidationError::BadName { field: "last_name" }),
+                "{bad:?} accepted"
+            );
+            assert!(
+                Name::from_store("last_name", bad).is_ok(),
+                "{bad:?}: a stored row must stay readable"
+            );
+        }
     }
 
     #[test]
@@ -496,9 +573,15 @@ mod tests {
             "a b@c.d",
             "a@b@c.d",
             "a@.com",
+            "a\0b@c.d",
+            "ab@c.d\u{7f}",
         ] {
             assert!(Email::new(bad).is_err(), "{bad:?} accepted");
         }
+        assert!(
+            Email::from_store("a\0b@c.d").is_ok(),
+            "a stored address stays readable"
+        );
     }
 
     #[test]
@@ -521,6 +604,13 @@ mod tests {
         );
         let blank = plain.replace("\"Jo\"", "\"  \"");
         assert!(serde_json::from_str::<User>(&blank).is_err());
+        let control = plain.replace("\"Jo\"", "\"J\\u0000o\"");
+        let user: User = serde_json::from_str(&control).unwrap();
+        assert_eq!(
+            user.first_name().as_str(),
+            "J\0o",
+            "what a store held is read as it is"
+        );
     }
 
     #[test]

@@ -249,41 +249,70 @@ macro_rules! white_space {
     };
 }
 
+/// What the domain counts as a control character (Unicode's Cc, as
+/// `char::is_control`), for the same patterns.
+macro_rules! control {
+    () => {
+        r"\u0000-\u001f\u007f-\u009f"
+    };
+}
+
+/// The document's pattern for a name: white space around (trimmed), and
+/// between the first and the last character that is not, no control
+/// character.
+macro_rules! name_pattern {
+    () => {
+        concat!(
+            "^[",
+            white_space!(),
+            "]*[^",
+            white_space!(),
+            control!(),
+            "]([^",
+            control!(),
+            "]*[^",
+            white_space!(),
+            control!(),
+            "])?[",
+            white_space!(),
+            "]*$"
+        )
+    };
+}
+
 // A name: 1 to 100 characters, at least one not white space.
-text_field!(
-    NameText,
-    "string_name",
-    1,
-    100,
-    concat!("[^", white_space!(), "]"),
-    "Ada"
-);
+text_field!(NameText, "string_name", 1, 100, name_pattern!(), "Ada");
 // The same in a change, where `null` keeps the name.
 text_field!(
     NameChange,
     "string_name_or_null",
     1,
     100,
-    concat!("[^", white_space!(), "]"),
+    name_pattern!(),
     "Ada",
     true
 );
 /// The document's pattern for an e-mail address: one `@`, text before it, a
 /// dotted domain after it that neither starts nor ends with a dot, no white
-/// space (the domain's `Email` rule).
+/// space and no control character (the domain's `Email` rule).
 macro_rules! email_pattern {
     () => {
         concat!(
             "^[^@",
             white_space!(),
+            control!(),
             "]+@[^@.",
             white_space!(),
+            control!(),
             "][^@",
             white_space!(),
+            control!(),
             "]*\\.[^@",
             white_space!(),
+            control!(),
             "]*[^@.",
             white_space!(),
+            control!(),
             "]$"
         )
     };
@@ -308,3 +337,93 @@ text_field!(
     "ada.lovelace@example.com",
     true
 );
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use domain::{Email, Name};
+    use poem_openapi::types::Type;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Whether the document's schema of `T` (pattern, and lengths in
+    /// characters) admits `text`.
+    fn documented<T: Type>(text: &str) -> bool {
+        let MetaSchemaRef::Inline(schema) = T::schema_ref() else {
+            unreachable!("text fields are inline");
+        };
+        let length = text.chars().count();
+        regex::Regex::new(&schema.pattern.unwrap())
+            .unwrap()
+            .is_match(text)
+            && schema.min_length.is_none_or(|min| length >= min)
+            && schema.max_length.is_none_or(|max| length <= max)
+    }
+
+    /// Texts made of what the rules turn on: letters, `@`, dots, white
+    /// space that is and is not a control character, control characters
+    /// that are not white space, and text beyond ASCII.
+    fn texts(longest: usize) -> impl Strategy<Value = String> {
+        let alphabet = vec![
+            "a", "Z", "é", "@", ".", " ", "\t", "\n", "\r", "\u{b}", "\u{85}", "\u{a0}",
+            "\u{3000}", "\0", "\u{1}", "\u{1b}", "\u{7f}", "\u{9f}",
+        ];
+        // Mostly a plain letter, so that texts near the rules' edges (one
+        // odd character in an otherwise good name) are common.
+        let character = prop_oneof![2 => Just("a"), 1 => proptest::sample::select(alphabet)];
+        proptest::collection::vec(character, 0..longest).prop_map(|parts| parts.concat())
+    }
+
+    /// Texts near 100 characters: a short text padded with white space on
+    /// either side, or a letter repeated.
+    fn long_texts() -> impl Strategy<Value = String> {
+        let padding = proptest::sample::select(vec![" ", "\u{85}", "\t", "\u{3000}"]);
+        (texts(4), 95..106usize, padding, 0..3u8).prop_map(|(text, length, pad, side)| {
+            let fill = length.saturating_sub(text.chars().count());
+            match side {
+                0 => format!("{}{text}", pad.repeat(fill)),
+                1 => format!("{text}{}", pad.repeat(fill)),
+                _ => format!("{text}{}", "a".repeat(fill)),
+            }
+        })
+    }
+
+    /// Texts of the shape `local@domain.tld`, each part one of [`texts`],
+    /// the same near 254 characters, and any text: most are not addresses,
+    /// many nearly are.
+    fn addresses() -> impl Strategy<Value = String> {
+        prop_oneof![
+            texts(12),
+            (texts(4), texts(4), texts(4))
+                .prop_map(|(local, domain, tld)| format!("{local}@{domain}.{tld}")),
+            (texts(4), 250..258usize).prop_map(|(local, length)| {
+                let domain = "example.com";
+                let fill = length.saturating_sub(local.chars().count() + 1 + domain.len());
+                format!("{}{local}@{domain}", "a".repeat(fill))
+            }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// A client that validates against the document (its pattern and
+        /// lengths) and the service agree on every name.
+        #[test]
+        fn the_documents_name_schema_is_the_domains_rule(text in prop_oneof![texts(12), long_texts()]) {
+            let admitted = documented::<NameText>(&text);
+            prop_assert_eq!(admitted, documented::<NameChange>(&text));
+            prop_assert_eq!(admitted, Name::new("first_name", &text).is_ok(), "{:?}", text);
+        }
+
+        /// The same for e-mail addresses.
+        #[test]
+        fn the_documents_email_schema_is_the_domains_rule(text in addresses()) {
+            let admitted = documented::<EmailText>(&text);
+            prop_assert_eq!(admitted, documented::<EmailChange>(&text));
+            prop_assert_eq!(admitted, Email::new(&text).is_ok(), "{:?}", text);
+        }
+    }
+}

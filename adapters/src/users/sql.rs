@@ -218,8 +218,9 @@ macro_rules! statement {
 const SELECT: &str = "SELECT id, uuid, first_name, last_name, email, version FROM users";
 const RETURNING: &str = "RETURNING id, uuid, first_name, last_name, email, version";
 
-/// A user from a row of `SELECT`/`RETURNING`'s columns, validated like any
-/// input: a row that breaks a rule is a store failure, not a bad user.
+/// A user from a row of `SELECT`/`RETURNING`'s columns, validated as a
+/// stored user (`Name::from_store`): a row that breaks a rule is a store
+/// failure, not a bad user.
 fn user_from<'r, R>(row: &'r R) -> Result<User, RepositoryError>
 where
     R: Row,
@@ -239,9 +240,9 @@ where
     Ok(User::new(
         UserId::new(id).map_err(|e| bad(&e))?,
         UserUuid::new(uuid),
-        Name::new("first_name", &first).map_err(|e| bad(&e))?,
-        Name::new("last_name", &last).map_err(|e| bad(&e))?,
-        Email::new(&email).map_err(|e| bad(&e))?,
+        Name::from_store("first_name", &first).map_err(|e| bad(&e))?,
+        Name::from_store("last_name", &last).map_err(|e| bad(&e))?,
+        Email::from_store(&email).map_err(|e| bad(&e))?,
     )
     .with_version(Version::new(u64::try_from(version).unwrap_or(0))))
 }

@@ -420,6 +420,46 @@ async fn while_the_database_does_not_answer_warm_hits_serve_and_the_rest_is_503_
     );
 }
 
+/// PostgreSQL cannot store a NUL in text, where SQLite can: such a name is
+/// the client's mistake, answered 400 on every store, and never reaches the
+/// database to come back as a 503 that reads as an outage.
+#[tokio::test]
+async fn a_control_character_in_a_field_is_400_over_postgres_and_writes_nothing() {
+    let server = TestPostgres::shared();
+    let url = server.fresh_database().await;
+    let app = tests::spawn_app(&[
+        ("CACHEMANAGER__STORE__URL", url.as_str()),
+        ("CACHEMANAGER__STORE__PASSWORD", server.password.as_str()),
+    ])
+    .await;
+    let john = "/users/550e8400-e29b-41d4-a716-446655440001";
+    let before: serde_json::Value = app.get(john).await.json().await.unwrap();
+    for body in [
+        serde_json::json!({"first_name": "A\0da", "last_name": "L", "email": "ada@example.com"}),
+        serde_json::json!({"first_name": "Ada", "last_name": "L\u{7}", "email": "ada@example.com"}),
+        serde_json::json!({"first_name": "Ada", "last_name": "L", "email": "a\0da@example.com"}),
+    ] {
+        let created = app.post_json("/users", &body).await;
+        assert_eq!(created.status(), 400, "{body}");
+        let error: serde_json::Value = created.json().await.unwrap();
+        assert_eq!(error["error"], "invalid_field", "{body}: {error}");
+        let patched = app
+            .client
+            .patch(format!("{}{john}", app.address))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(patched.status(), 400, "{body}");
+    }
+    let list: serde_json::Value = app.get("/users?count=true").await.json().await.unwrap();
+    assert_eq!(list["total"], 10, "nothing created: {list}");
+    let after: serde_json::Value = app.get(john).await.json().await.unwrap();
+    assert_eq!(after, before, "nothing changed");
+    let health: serde_json::Value = app.get("/health").await.json().await.unwrap();
+    assert_eq!(health["store"]["status"], "up", "{health}");
+}
+
 /// With migrations left to a deploy step, the service starts while its
 /// database does not answer, and says so per request (503), not by dying.
 #[tokio::test]
