@@ -4,8 +4,10 @@
 //!
 //! It generates requests from the document and checks every answer: a
 //! request the document allows is never refused, every status and body is
-//! documented, a 405 carries `Allow`, nothing answers 500. The seed is fixed
-//! so CI is repeatable; `--random` explores with a new one.
+//! documented, a 405 carries `Allow`, nothing answers 500. It does so twice:
+//! over SQLite with the in-memory cache, and over PostgreSQL with Redis and
+//! the near cache (containers of the local images, removed after). The seed
+//! is fixed so CI is repeatable; `--random` explores with a new one.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -49,7 +51,28 @@ impl Drop for Service {
     }
 }
 
-/// Runs schemathesis against a fresh instance of the service.
+/// The shape of the service a pass checks.
+#[derive(Clone, Copy)]
+enum Shape {
+    /// The default: SQLite, the in-memory cache.
+    Embedded,
+    /// Production's: PostgreSQL, Redis with the near cache.
+    Production,
+}
+
+impl Shape {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Embedded => "SQLite, in-memory cache",
+            Self::Production => "PostgreSQL, Redis and the near cache",
+        }
+    }
+}
+
+/// Runs schemathesis against a fresh instance of the service in each shape:
+/// the embedded default, and PostgreSQL with Redis, whose answers to the same
+/// requests can differ (PostgreSQL refuses text SQLite stores, Redis is a
+/// second process to time out).
 pub fn check(args: &[String]) -> Result<()> {
     let random = args.iter().any(|a| a == "--random");
     let st = crate::setup::python_tool("schemathesis-venv", SCHEMATHESIS, "st")?;
@@ -57,21 +80,55 @@ pub fn check(args: &[String]) -> Result<()> {
     // built it already (a debug build of `-p app` alone would resolve other
     // features than the test build and compile tokio and all above it again).
     crate::release_build()?;
+    for shape in [Shape::Embedded, Shape::Production] {
+        check_shape(&st, shape, random)?;
+    }
+    Ok(())
+}
+
+fn check_shape(st: &std::path::Path, shape: Shape, random: bool) -> Result<()> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
     let binary = crate::target_dir().join("release/cachemanager");
-    // A database of its own, made afresh: generated writes must not pile up.
-    let database = crate::target_dir().join("xtask/api-check.db");
-    crate::remove_sqlite(&database);
+    let mut env: Vec<(String, String)> = Vec::new();
+    // Each pass on a database of its own, made afresh (generated writes must
+    // not pile up); the containers are removed when the pass ends.
+    let (_postgres, _redis) = match shape {
+        Shape::Embedded => {
+            let database = crate::target_dir().join("xtask/api-check.db");
+            crate::remove_sqlite(&database);
+            env.push((
+                "CACHEMANAGER__STORE__URL".into(),
+                format!("sqlite://{}", database.display()),
+            ));
+            (None, None)
+        }
+        Shape::Production => {
+            let postgres = crate::bench::BenchPostgres::start()?;
+            let redis = crate::bench::BenchRedis::start(None)?;
+            env.extend(
+                postgres
+                    .env()
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+            );
+            env.push(("CACHEMANAGER__CACHE__BACKEND".into(), "redis".into()));
+            env.push(("REDIS_URL".into(), redis.url.clone()));
+            if let Some(password) = &redis.password {
+                env.push(("REDIS_PASSWORD".into(), password.clone()));
+            }
+            env.push(("CACHEMANAGER__CACHE__NEAR__ENABLED".into(), "true".into()));
+            (Some(postgres), Some(redis))
+        }
+    };
+    let name = shape.name();
+    println!("==> api-check: the service over {name}");
     let _service = Service(
         Command::new(&binary)
             .env_clear()
+            .envs(env)
             .env("CACHEMANAGER__SERVER__PORT", port.to_string())
-            .env(
-                "CACHEMANAGER__STORE__URL",
-                format!("sqlite://{}", database.display()),
-            )
             .env("CACHEMANAGER__LOG__REQUESTS", "false")
             // The admin API on, and its token given to schemathesis: its
             // operations are checked too (with and without the token).
@@ -109,6 +166,21 @@ pub fn check(args: &[String]) -> Result<()> {
     if !random {
         st_args.extend(["--seed", SEED]);
     }
-    crate::run(&st.display().to_string(), &st_args, &[("NO_COLOR", "1")])
-        .context("schemathesis found the service answering against its document")
+    // Run from the target directory: schemathesis keeps a cache of what it
+    // found (`.schemathesis/`) in its working directory.
+    let status = Command::new(st)
+        .args(&st_args)
+        .env("NO_COLOR", "1")
+        .current_dir(crate::target_dir().join("xtask"))
+        .status()
+        .with_context(|| format!("cannot run {}", st.display()))?;
+    if !status.success() {
+        bail!(
+            "schemathesis found the service over {name} answering against its document: \
+             `{} {}` ({status})",
+            st.display(),
+            st_args.join(" ")
+        );
+    }
+    Ok(())
 }

@@ -1367,7 +1367,7 @@ impl BenchPostgres {
         }
     }
 
-    fn env(&self) -> [(&str, &str); 2] {
+    pub(crate) fn env(&self) -> [(&str, &str); 2] {
         [
             ("DATABASE_URL", self.url.as_str()),
             ("CACHEMANAGER__STORE__PASSWORD", self.password.as_str()),

@@ -62,7 +62,8 @@ commands:
   coverage              line coverage per crate of the unit and integration suites
                         (cargo-llvm-cov, installed if missing; not in ci)
   api-check [--random]  the service against its OpenAPI document (schemathesis
-                        from PyPI: allowed requests accepted, answers documented)
+                        from PyPI: allowed requests accepted, answers documented),
+                        over SQLite, then over PostgreSQL and Redis (Docker)
   k8s-check             validate docs/kubernetes/*.yaml against the Kubernetes
                         schemas (kubernetes-validate from PyPI, strict)
   compose-smoke         bring docker-compose.yml up with those images and check it
