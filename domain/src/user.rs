@@ -139,9 +139,9 @@ impl Name {
     }
 
     /// A name as a store of record or a cache holds it: trimmed, not blank,
-    /// at most 100 characters; the rules of [`Name::new`] but the one on
-    /// control characters, so that a row an earlier release accepted stays
-    /// readable.
+    /// at most 100 characters. The rules of [`Name::new`] less the two it
+    /// gained later (control characters, the length before trimming), so
+    /// that a row an earlier release accepted stays readable.
     ///
     /// # Errors
     /// [`ValidationError::BadName`] for a blank or over-long name.
