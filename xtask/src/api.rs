@@ -80,13 +80,20 @@ pub fn check(args: &[String]) -> Result<()> {
     // built it already (a debug build of `-p app` alone would resolve other
     // features than the test build and compile tokio and all above it again).
     crate::release_build()?;
+    let config = crate::target_dir().join("xtask/schemathesis.toml");
+    std::fs::write(&config, CONFIG)?;
     for shape in [Shape::Embedded, Shape::Production] {
-        check_shape(&st, shape, random)?;
+        check_shape(&st, &config, shape, random)?;
     }
     Ok(())
 }
 
-fn check_shape(st: &std::path::Path, shape: Shape, random: bool) -> Result<()> {
+fn check_shape(
+    st: &std::path::Path,
+    config: &std::path::Path,
+    shape: Shape,
+    random: bool,
+) -> Result<()> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
@@ -147,8 +154,6 @@ fn check_shape(st: &std::path::Path, shape: Shape, random: bool) -> Result<()> {
         std::thread::sleep(Duration::from_millis(50));
     }
     let url = format!("http://127.0.0.1:{port}/openapi.json");
-    let config = crate::target_dir().join("xtask/schemathesis.toml");
-    std::fs::write(&config, CONFIG)?;
     let config = config.display().to_string();
     let authorization = format!("Authorization: Bearer {ADMIN_TOKEN}");
     let mut st_args = vec![
@@ -168,19 +173,13 @@ fn check_shape(st: &std::path::Path, shape: Shape, random: bool) -> Result<()> {
     }
     // Run from the target directory: schemathesis keeps a cache of what it
     // found (`.schemathesis/`) in its working directory.
-    let status = Command::new(st)
-        .args(&st_args)
-        .env("NO_COLOR", "1")
-        .current_dir(crate::target_dir().join("xtask"))
-        .status()
-        .with_context(|| format!("cannot run {}", st.display()))?;
-    if !status.success() {
-        bail!(
-            "schemathesis found the service over {name} answering against its document: \
-             `{} {}` ({status})",
-            st.display(),
-            st_args.join(" ")
-        );
-    }
-    Ok(())
+    crate::run_in(
+        &crate::target_dir().join("xtask"),
+        &st.display().to_string(),
+        &st_args,
+        &[("NO_COLOR", "1")],
+    )
+    .with_context(|| {
+        format!("schemathesis found the service over {name} answering against its document")
+    })
 }

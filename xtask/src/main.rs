@@ -198,10 +198,20 @@ pub(crate) fn remove_sqlite(file: &std::path::Path) {
 
 /// Runs `program args...` from the workspace root with `envs`, streaming its output.
 pub(crate) fn run(program: &str, args: &[&str], envs: &[(&str, &str)]) -> Result<()> {
+    run_in(&workspace_root(), program, args, envs)
+}
+
+/// [`run`] from the directory `dir`.
+pub(crate) fn run_in(
+    dir: &std::path::Path,
+    program: &str,
+    args: &[&str],
+    envs: &[(&str, &str)],
+) -> Result<()> {
     let status = Command::new(program)
         .args(args)
         .envs(envs.iter().copied())
-        .current_dir(workspace_root())
+        .current_dir(dir)
         .status()
         .with_context(|| format!("cannot run {program}"))?;
     if !status.success() {
