@@ -29,16 +29,22 @@ pub(crate) enum Coding {
 const LEVEL: u32 = 4;
 
 impl Coding {
-    /// The coding to compress a response with, from `Accept-Encoding`: br
-    /// when accepted, else gzip; `None` when the client accepts neither.
+    /// The coding to compress a response with, from `Accept-Encoding` (every
+    /// line of it, as one list): br when accepted, else gzip; `None` when the
+    /// client accepts neither.
     pub(crate) fn accepted_by(headers: &poem::http::HeaderMap) -> Option<Self> {
-        let accepted_header = headers.get(header::ACCEPT_ENCODING)?.to_str().ok()?;
+        let lines = headers.get_all(header::ACCEPT_ENCODING).into_iter();
         let mut best = None;
-        for name in accepted(accepted_header) {
-            match name {
-                "br" => return Some(Self::Br),
-                "gzip" => best = Some(Self::Gzip),
-                _ => {}
+        for name in lines
+            .filter_map(|line| line.to_str().ok())
+            .flat_map(accepted)
+        {
+            // Codings are case-insensitive; x-gzip is gzip (RFC 9110 8.4.1).
+            if name.eq_ignore_ascii_case("br") {
+                return Some(Self::Br);
+            }
+            if name.eq_ignore_ascii_case("gzip") || name.eq_ignore_ascii_case("x-gzip") {
+                best = Some(Self::Gzip);
             }
         }
         best
@@ -178,6 +184,22 @@ mod tests {
             Some(Coding::Gzip)
         );
         assert_eq!(Coding::accepted_by(&headers("deflate, identity")), None);
+        // Names and the weight's name are case-insensitive; x-gzip is gzip.
+        assert_eq!(
+            Coding::accepted_by(&headers("br;Q=0, gzip")),
+            Some(Coding::Gzip)
+        );
+        assert_eq!(
+            Coding::accepted_by(&headers("GZIP, Br ; q=0.0")),
+            Some(Coding::Gzip)
+        );
+        assert_eq!(Coding::accepted_by(&headers("BR")), Some(Coding::Br));
+        assert_eq!(Coding::accepted_by(&headers("x-gzip")), Some(Coding::Gzip));
+        assert_eq!(Coding::accepted_by(&headers("x-gzip;Q=0")), None);
+        // Two lines are one list.
+        let mut two = headers("gzip");
+        two.append(header::ACCEPT_ENCODING, HeaderValue::from_static("br"));
+        assert_eq!(Coding::accepted_by(&two), Some(Coding::Br));
         assert_eq!(Coding::accepted_by(&poem::http::HeaderMap::new()), None);
     }
 

@@ -352,14 +352,18 @@ impl Guard {
 }
 
 /// The names an `Accept`-style header (`Accept`, `Accept-Encoding`) lists,
-/// trimmed, without their parameters, leaving out those refused with `q=0`.
+/// trimmed, without their parameters, leaving out those refused with `q=0`
+/// (`Q=0` too: the weight's name is case-insensitive, RFC 9110 12.4.2).
+/// Names keep their case; callers compare them case-insensitively.
 pub(crate) fn accepted(header: &str) -> impl Iterator<Item = &str> {
     header.split(',').filter_map(|item| {
         let mut parts = item.split(';');
         let name = parts.next().unwrap_or("").trim();
         let refused = parts.any(|p| {
-            p.trim()
-                .strip_prefix("q=")
+            let p = p.trim();
+            p.get(..2)
+                .filter(|name| name.eq_ignore_ascii_case("q="))
+                .and_then(|_| p.get(2..))
                 .and_then(|q| q.trim().parse::<f32>().ok())
                 .is_some_and(|q| q <= 0.0)
         });
