@@ -93,7 +93,7 @@ fn window_bits(len: usize) -> i32 {
 
 /// `response`, compressed with `coding` when its body is `from_bytes` or
 /// more and not encoded yet; `Vary: Accept-Encoding` on every response that
-/// could have been. A small body (one user, ~150 bytes) is sent as it is:
+/// could have been, and on a 304, as on its 200. A small body (one user, ~150 bytes) is sent as it is:
 /// compressing it costs more than it saves, and keeps its `ETag` strong.
 /// A body that encoding would not make smaller is sent as it is too.
 pub(crate) async fn compressed(
@@ -102,11 +102,16 @@ pub(crate) async fn compressed(
     from_bytes: usize,
 ) -> Response {
     if response.headers().contains_key(header::CONTENT_ENCODING)
-        || matches!(
-            response.status(),
-            StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED
-        )
+        || response.status() == StatusCode::NO_CONTENT
     {
+        return response;
+    }
+    if response.status() == StatusCode::NOT_MODIFIED {
+        // No body, but the `Vary` its 200 would carry (RFC 9110, 15.4.5), so
+        // a shared cache keeps matching the copy it revalidates.
+        response
+            .headers_mut()
+            .append(header::VARY, HeaderValue::from_static("accept-encoding"));
         return response;
     }
     let body = match response.take_body().into_bytes().await {
@@ -270,7 +275,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_encoded_or_empty_answer_is_left_alone() {
+    async fn an_encoded_or_empty_answer_is_not_encoded_and_a_304_keeps_its_vary() {
         let encoded = Response::builder()
             .header(header::CONTENT_ENCODING, "gzip")
             .body(vec![b'a'; 4096]);
@@ -284,6 +289,19 @@ mod tests {
             .status(StatusCode::NOT_MODIFIED)
             .finish();
         let not_modified = compressed(not_modified, Coding::Gzip, 0).await;
-        assert!(not_modified.headers().get(header::VARY).is_none());
+        assert!(
+            not_modified
+                .headers()
+                .get(header::CONTENT_ENCODING)
+                .is_none()
+        );
+        assert_eq!(
+            not_modified.headers().get(header::VARY).unwrap(),
+            "accept-encoding",
+            "a 304 names what its 200 varies on"
+        );
+        let no_content = Response::builder().status(StatusCode::NO_CONTENT).finish();
+        let no_content = compressed(no_content, Coding::Gzip, 0).await;
+        assert!(no_content.headers().get(header::VARY).is_none());
     }
 }

@@ -1189,6 +1189,21 @@ mod writes {
             .await;
         old.assert_status_is_ok();
         assert_eq!(header(&old, "etag").as_deref(), Some("\"3\""));
+        // A client that accepts a coding: the 304 names the `Vary` its 200
+        // carries (RFC 9110, 15.4.5).
+        for if_none_match in ["\"2\"", "\"3\""] {
+            let answer = client
+                .get(path)
+                .header("accept-encoding", "gzip")
+                .header("if-none-match", if_none_match)
+                .send()
+                .await;
+            assert_eq!(
+                header(&answer, "vary").as_deref(),
+                Some("accept-encoding"),
+                "If-None-Match: {if_none_match}"
+            );
+        }
     }
 
     #[tokio::test]
