@@ -648,11 +648,13 @@ impl Settings {
             ));
         }
         for origin in self.server.cors_origins.split(',').map(str::trim) {
-            let web = origin.starts_with("http://") || origin.starts_with("https://");
-            if !origin.is_empty() && !web {
+            if !origin.is_empty() && !is_origin(origin) {
                 return Err(invalid(
                     "server.cors_origins",
-                    format!("'{origin}' is not an origin (https://host[:port], comma-separated)"),
+                    format!(
+                        "'{origin}' is not an origin (https://host[:port] as a browser sends it: \
+                         no path, not even a trailing /; comma-separated)"
+                    ),
                 ));
             }
         }
@@ -732,6 +734,21 @@ fn scrub(message: &str, env: &HashMap<String, String>) -> String {
 /// An error message on one line (a TOML parse error spans several).
 fn one_line(message: &str) -> String {
     message.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Whether `text` is a web origin as a browser sends it in `Origin`:
+/// `http://` or `https://`, then a host and perhaps a port, and nothing
+/// after them (a path, even `/`, would never match a request's `Origin`).
+fn is_origin(text: &str) -> bool {
+    let authority = text
+        .strip_prefix("https://")
+        .or_else(|| text.strip_prefix("http://"));
+    authority.is_some_and(|authority| {
+        !authority.is_empty()
+            && authority
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && !b"/?#@".contains(&b))
+    })
 }
 
 #[cfg(test)]
@@ -936,7 +953,7 @@ mod tests {
     #[test]
     fn what_redis_or_the_machine_would_refuse_later_is_refused_at_start() {
         let missing = "/nonexistent/cachemanager-test.pem";
-        let cases: [(&[(&str, &str)], &str); 9] = [
+        let cases: [(&[(&str, &str)], &str); 10] = [
             (
                 &[("CACHE_DEFAULT_TTL", "10000000000000000")],
                 "cache.default_ttl_secs",
@@ -979,12 +996,37 @@ mod tests {
                 &[("CACHEMANAGER__SERVER__WORKER_THREADS", "100000")],
                 "server.worker_threads",
             ),
+            (
+                // A browser's Origin never ends in a path, so this would
+                // never match one.
+                &[(
+                    "CACHEMANAGER__SERVER__CORS_ORIGINS",
+                    "https://a.example, https://app.example.com/",
+                )],
+                "server.cors_origins",
+            ),
         ];
         for (vars, key) in cases {
             let error = load(vars).unwrap_err();
             let line = error.to_string();
             assert!(!line.contains('\n'), "{line}");
             assert_eq!(key_of(error), key, "{vars:?}: {line}");
+        }
+        for origin in [
+            "https://app.example.com",
+            "http://localhost:3000",
+            "https://[::1]:8443",
+        ] {
+            assert!(is_origin(origin), "{origin}");
+        }
+        for not in [
+            "app.example.com",
+            "https://",
+            "https://a.example/x",
+            "https://u@a.example",
+            "https://a b",
+        ] {
+            assert!(!is_origin(not), "{not}");
         }
         // The largest TTL Redis accepts is accepted.
         let max = MAX_TTL_SECS.to_string();

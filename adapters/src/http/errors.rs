@@ -155,6 +155,8 @@ pub struct Guard {
     metrics: Option<crate::metrics::HttpMetrics>,
     /// Whether `/admin/...` is served; off, it answers 404.
     admin: bool,
+    /// CORS, when `cors_origins` names any origin.
+    cors: Option<super::cors::Cors>,
 }
 
 /// The request id header, taken from the request or made, and echoed.
@@ -194,6 +196,7 @@ impl Guard {
     /// A guard with these settings over these routes.
     pub fn new(config: super::HttpConfig, routes: super::spec::RouteTable) -> Self {
         Self {
+            cors: super::cors::Cors::new(&config.cors_origins),
             config,
             routes,
             ids: RequestIds::new(),
@@ -264,6 +267,14 @@ impl Guard {
             0 => None,
             _ => Coding::accepted_by(request.headers()),
         };
+        // A preflight is answered here; any other request from a listed
+        // origin is told so on its answer.
+        let preflight = self.cors.as_ref().and_then(|cors| cors.preflight(&request));
+        let cors_origin = self
+            .cors
+            .as_ref()
+            .and_then(|cors| cors.allowed(request.headers()).cloned());
+        let is_preflight = preflight.is_some();
         let limit = self.config.request_timeout;
         // Boxed: the endpoint's future is several kilobytes, and moving it
         // through each layer's state was a memcpy of that size per request
@@ -271,6 +282,9 @@ impl Guard {
         let guarded = Box::pin(guarded(endpoint, request, self.config.max_body_bytes));
         let admin_off = !self.admin && route.is_some_and(|r| r.starts_with("/admin/"));
         let answer = async {
+            if let Some(preflight) = preflight {
+                return Some(Ok(preflight));
+            }
             if admin_off {
                 return Some(Ok(error_response(
                     StatusCode::NOT_FOUND,
@@ -302,6 +316,11 @@ impl Guard {
         }
         if let Some(coding) = coding {
             response = compressed(response, coding, self.config.compress_from_bytes).await;
+        }
+        if let Some(cors) = &self.cors
+            && !is_preflight
+        {
+            cors.decorate(cors_origin, &mut response);
         }
         if method == poem::http::Method::HEAD {
             let length = response

@@ -5,6 +5,7 @@
 //! error body is `{"error": code, "message": text}` and is in the spec.
 
 mod compress;
+mod cors;
 mod errors;
 mod health;
 mod json;
@@ -19,7 +20,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use domain::{UserCommands, UserQueries};
-use poem::middleware::Cors;
 use poem::{EndpointExt, IntoEndpoint};
 use poem_openapi::OpenApiService;
 
@@ -135,7 +135,6 @@ pub fn routes<Q: UserQueries, C: UserCommands>(
         }
     };
     let swagger = spec::swagger_with(&api.swagger_ui_html(), &document);
-    let cors = cors(&config.cors_origins);
     let guard = Arc::new(
         errors::Guard::new(config, table)
             .with_metrics(http_metrics)
@@ -160,10 +159,7 @@ pub fn routes<Q: UserQueries, C: UserCommands>(
     })
     .catch_all_error(errors::json_error)
     .map_to_response();
-    match cors {
-        Some(cors) => endpoint.with(cors).map_to_response().boxed(),
-        None => endpoint.boxed(),
-    }
+    endpoint.boxed()
 }
 
 /// The API, and beside it the OpenAPI document and Swagger UI at their two
@@ -188,21 +184,6 @@ impl poem::Endpoint for Documented {
             _ => self.api.call(request).await,
         }
     }
-}
-
-/// CORS for `origins` (`None` when there are none: no CORS headers at all).
-fn cors(origins: &[String]) -> Option<Cors> {
-    if origins.is_empty() {
-        return None;
-    }
-    Some(
-        Cors::new()
-            .allow_origins(origins.iter().map(String::as_str))
-            .allow_methods(["GET", "HEAD", "POST", "PATCH", "DELETE"])
-            .allow_headers(["content-type", "if-match", "if-none-match", "x-request-id"])
-            .expose_headers(["etag", "location", "x-request-id"])
-            .max_age(600),
-    )
 }
 
 #[cfg(test)]

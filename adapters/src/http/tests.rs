@@ -1293,10 +1293,17 @@ mod writes {
             .header("access-control-request-headers", "if-match, content-type")
             .send()
             .await;
-        preflight.assert_status_is_ok();
+        assert!(preflight.0.status().is_success(), "a preflight is ok");
         assert_eq!(
             header(&preflight, "access-control-allow-origin").as_deref(),
             Some("https://app.example.com")
+        );
+        let allowed = header(&preflight, "access-control-allow-headers").unwrap_or_default();
+        assert!(
+            ["if-match", "content-type"]
+                .iter()
+                .all(|asked| allowed.split(", ").any(|h| h == *asked)),
+            "{allowed}"
         );
         let stranger = client
             .options("/users")
@@ -1305,6 +1312,36 @@ mod writes {
             .send()
             .await;
         assert_eq!(header(&stranger, "access-control-allow-origin"), None);
+        stranger.assert_status(StatusCode::NO_CONTENT);
+        // A listed origin's answers say so; every answer varies on Origin.
+        let read = client
+            .get("/")
+            .header("origin", "https://app.example.com")
+            .header("accept-encoding", "gzip")
+            .send()
+            .await;
+        read.assert_status_is_ok();
+        assert_eq!(
+            header(&read, "access-control-allow-origin").as_deref(),
+            Some("https://app.example.com")
+        );
+        assert_eq!(
+            header(&read, "access-control-expose-headers").as_deref(),
+            Some("etag, location, x-request-id")
+        );
+        let vary: Vec<_> = read.0.headers().get_all("vary").iter().collect();
+        assert_eq!(vary, ["accept-encoding", "origin"]);
+        // Another origin is served without CORS headers, as a same-origin
+        // request is (a browser sends Origin on a same-origin POST, e.g.
+        // from /docs): the browser, not a 403, keeps it from a foreign page.
+        let other = client
+            .post("/users/lookup")
+            .header("origin", "http://127.0.0.1:8000")
+            .body_json(&json!({"uuids": ["not-a-uuid"]}))
+            .send()
+            .await;
+        assert_eq!(header(&other, "access-control-allow-origin"), None);
+        assert_error(other, StatusCode::BAD_REQUEST, "invalid_uuid").await;
         let off = client_with(MockUserQueries::new()).await;
         let response = off
             .get("/")
