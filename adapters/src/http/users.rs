@@ -400,8 +400,8 @@ enum ListResponse {
     /// A page of users.
     #[oai(status = 200)]
     Ok(JsonBody<UserList>),
-    /// A bad `limit`, `offset` or `cursor` (`invalid_cursor`), or both an
-    /// offset and a cursor.
+    /// A bad `limit`, `offset` or `cursor` (`invalid_cursor`). With a
+    /// cursor, `offset` is ignored.
     #[oai(status = 400)]
     BadRequest(Json<ErrorBody>),
     /// The user store is down or too slow (`store_unavailable`).
