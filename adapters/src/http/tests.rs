@@ -1275,7 +1275,8 @@ mod writes {
 
     #[tokio::test]
     async fn a_user_is_never_compressed_even_when_large_so_its_strong_etag_names_one_body() {
-        // The largest a user can be: 100 four-byte characters in each name.
+        // About the largest a user can be: 100 four-byte characters in each
+        // name, an address of 251 characters (254 at most).
         let wide = "\u{1D54F}".repeat(100);
         let large = User::new(
             UserId::new(1).unwrap(),
@@ -1317,7 +1318,7 @@ mod writes {
     }
 
     #[tokio::test]
-    async fn cors_answers_preflights_only_for_the_configured_origins() {
+    async fn cors_speaks_only_to_listed_origins_and_serves_every_origin_varying_on_it() {
         let config = HttpConfig {
             cors_origins: vec!["https://app.example.com".into()],
             ..HttpConfig::default()
