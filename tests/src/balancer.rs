@@ -1,6 +1,6 @@
 //! HAProxy in front of several service instances: a container of the
 //! official `haproxy:2.8-alpine` when present, else `cachemanager/haproxy:local`
-//! (`cargo xtask images`, built from Debian's haproxy), on the host's network
+//! (`cargo xtask test-images`, built from Debian's haproxy), on the host's network
 //! so that it reaches instances served by the test process on 127.0.0.1.
 //!
 //! Its configuration is what a rolling restart without lost requests needs:
@@ -19,7 +19,7 @@ use crate::{PID_LABEL, free_port};
 
 /// The official image, used when present.
 pub const OFFICIAL_HAPROXY: (&str, &str) = ("haproxy", "2.8-alpine");
-/// The image `cargo xtask images` builds from Debian's haproxy.
+/// The image `cargo xtask test-images` builds from Debian's haproxy.
 pub const LOCAL_HAPROXY: (&str, &str) = ("cachemanager/haproxy", "local");
 
 /// A load balancer over instances on 127.0.0.1, removed when dropped.
@@ -145,7 +145,8 @@ fn image() -> (String, String) {
         }
     }
     panic!(
-        "no HAProxy image: run `cargo xtask images` (pulls haproxy:2.8-alpine, or builds \
-         cachemanager/haproxy:local from Debian's haproxy) and run the suite again"
+        "no HAProxy image: run `cargo xtask test-images` (every image the suite runs: \
+         haproxy:2.8-alpine, or cachemanager/haproxy:local built from Debian's haproxy; \
+         Redis and PostgreSQL the same way) and run the suite again"
     )
 }

@@ -3,8 +3,9 @@
 //!
 //! - [`TestRedis`]: a password-protected Redis container, removed on drop.
 //!   The image is the official `redis:7-alpine` when present, else
-//!   `cachemanager/redis:local` (`cargo xtask redis-image`). Without Docker or
-//!   an image the suite fails with one line that says how to fix it.
+//!   `cachemanager/redis:local` (`cargo xtask test-images` makes it, with the
+//!   PostgreSQL and HAProxy images). Without Docker or an image the suite
+//!   fails with one line that says how to fix it.
 //! - [`spawn_app`]: the service on a free port, over the backend asked for.
 //!
 //! Each test starts its own container: tests share no connection and no keys.
@@ -75,8 +76,9 @@ pub fn redis_image() -> (String, String) {
                 return Ok((name.to_owned(), tag.to_owned()));
             }
         }
-        Err("no Redis image: run `cargo xtask redis-image` (pulls redis:7-alpine, or builds \
-             cachemanager/redis:local from Debian's redis-server) and run the suite again"
+        Err("no Redis image: run `cargo xtask test-images` (every image the suite runs: \
+             redis:7-alpine, or cachemanager/redis:local built from Debian's redis-server; \
+             PostgreSQL and HAProxy the same way) and run the suite again"
             .into())
     });
     match choice {

@@ -52,8 +52,9 @@ fn postgres_image() -> Result<(String, String), String> {
         }
     }
     Err(
-        "no PostgreSQL image: run `cargo xtask postgres-image` (pulls postgres:16-alpine, or \
-         builds cachemanager/postgres:local from Debian's PostgreSQL 15) and run the suite again"
+        "no PostgreSQL image: run `cargo xtask test-images` (every image the suite runs: \
+         postgres:16-alpine, or cachemanager/postgres:local built from Debian's PostgreSQL 15; \
+         Redis and HAProxy the same way) and run the suite again"
             .into(),
     )
 }

@@ -1,6 +1,8 @@
 //! `cargo xtask coverage`: line coverage of the unit and integration suites
 //! (the outage tests aside: they measure latency and run alone in CI), per
 //! crate, with cargo-llvm-cov (source-based coverage from rustc itself).
+//! It prepares the machine as `cargo xtask ci` does (tools, Docker, the
+//! integration suite's images) before the instrumented run.
 //!
 //! Installs what it lacks: the `llvm-tools` rustup component and
 //! `cargo-llvm-cov` from crates.io. Not part of `cargo xtask ci`: an
@@ -25,8 +27,11 @@ fn ensure_tools() -> Result<()> {
 /// Runs the suites under coverage and prints lines covered per crate.
 pub fn coverage() -> Result<()> {
     ensure_tools()?;
+    // What the suites need, as `cargo xtask ci` prepares it: promtool and
+    // the other tools, Docker, and every image the integration suite runs.
     crate::setup::ensure_docker()?;
-    crate::images::ensure_redis(false)?;
+    crate::setup::ensure_tools()?;
+    crate::images::ensure_test_images(false)?;
     let report = crate::target_dir().join("coverage.json");
     let report_text = report.display().to_string();
     crate::run(

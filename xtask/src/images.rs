@@ -437,6 +437,17 @@ fn build_prometheus() -> Result<()> {
     )
 }
 
+/// Makes sure every image the integration suite runs exists (Redis,
+/// PostgreSQL, HAProxy for the load-balanced instances), and returns their
+/// names in that order.
+pub fn ensure_test_images(force: bool) -> Result<Vec<&'static str>> {
+    Ok(vec![
+        ensure_redis(force)?,
+        ensure_postgres(force)?,
+        ensure_haproxy(force)?,
+    ])
+}
+
 /// Makes sure an HAProxy image exists and returns its name: the official
 /// image if present or pullable, else the local one (built if missing or
 /// stale, or rebuilt with `force`).

@@ -2,10 +2,12 @@
 //!
 //! - `ci`: exactly what CI runs: installs what the machine lacks (or names
 //!   it in one line), then fmt, clippy, unit tests, the integration suite
-//!   against a real Redis container, docs. One summary line per step.
-//! - `redis-image`: makes sure a Redis image exists for the integration suite:
-//!   the official `redis:7-alpine` if present or pullable, otherwise
-//!   `cachemanager/redis:local` built from the host's Debian `redis-server`.
+//!   against real containers, and the rest `cargo xtask help` lists. One
+//!   summary line per step.
+//! - `test-images`: makes sure every image the integration suite runs exists
+//!   (Redis, PostgreSQL, HAProxy): each official image if present or
+//!   pullable, otherwise a local one built from the host's Debian packages
+//!   (`redis-image` and `postgres-image` do one each).
 
 // xtask talks to a person at a terminal: printing is its job.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
@@ -30,8 +32,10 @@ const HELP: &str = "\
 cargo xtask <command>
 
 commands:
-  ci                    fmt, clippy, unit tests, integration tests (real Redis),
-                        outage tests (alone), compose smoke, bench --quick (with a cluster),
+  ci                    setup, test-images and Prometheus's image, then fmt, clippy,
+                        unit tests, integration tests (real Redis, Redis Cluster,
+                        PostgreSQL, HAProxy), outage tests (alone), compose smoke,
+                        k8s-check, api-check, bench --quick (with a cluster),
                         microbench --quick, docs
   setup                 install what the test command needs and the machine lacks
                         (apt-get), or name it in one line
@@ -40,9 +44,13 @@ commands:
   postgres-image [--force]
                         make sure a PostgreSQL image exists (official postgres:16-alpine,
                         else build cachemanager/postgres:local from Debian's PostgreSQL 15)
-  images [--force]      the Redis and PostgreSQL images above, Prometheus (official
-                        prom/prometheus, else cachemanager/prometheus:local from Debian's),
-                        and cachemanager/app:local from a release build of the host's
+  test-images [--force] every image the integration suite runs: the Redis and PostgreSQL
+                        images above and HAProxy (official haproxy:2.8-alpine, else
+                        cachemanager/haproxy:local from Debian's); after `setup`, all
+                        `cargo test --workspace` needs
+  images [--force]      the test images, Prometheus (official prom/prometheus, else
+                        cachemanager/prometheus:local from Debian's), and
+                        cachemanager/app:local from a release build of the host's
                         binary (no registry needed)
   bench [--quick] [--redis-url URL] [--redis-mode cluster] [--only PREFIX,...]
         [--runs N] [--against REV] [--set section.key=value ...]
@@ -85,14 +93,14 @@ fn main() -> ExitCode {
                 println!("postgres image for the integration suite: {image}");
             })
         }
+        Some("test-images") => images::ensure_test_images(args.iter().any(|a| a == "--force"))
+            .map(|names| println!("images for the integration suite: {}", names.join(", "))),
         Some("images") => {
             let force = args.iter().any(|a| a == "--force");
-            images::ensure_redis(force).and_then(|redis| {
-                let postgres = images::ensure_postgres(force)?;
+            images::ensure_test_images(force).and_then(|test| {
                 let prometheus = images::ensure_prometheus(force)?;
-                let haproxy = images::ensure_haproxy(force)?;
                 let app = images::build_app()?;
-                println!("images: {redis}, {postgres}, {prometheus}, {haproxy} and {app}");
+                println!("images: {}, {prometheus} and {app}", test.join(", "));
                 Ok(())
             })
         }
@@ -326,10 +334,8 @@ fn ci() -> Result<()> {
     let steps = [
         step("fmt", cargo(&["fmt", "--all", "--", "--check"])),
         step("images", || {
-            images::ensure_redis(false)?;
-            images::ensure_postgres(false)?;
-            images::ensure_prometheus(false)?;
-            images::ensure_haproxy(false).map(drop)
+            images::ensure_test_images(false)?;
+            images::ensure_prometheus(false).map(drop)
         }),
         // Clippy's lints run inside the test build (see `linted`): every
         // target clippy would check is compiled once, linted and built.

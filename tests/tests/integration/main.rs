@@ -1,7 +1,9 @@
-//! The integration suite: one binary, real Redis in containers.
+//! The integration suite: one binary, real Redis, PostgreSQL and HAProxy in
+//! containers.
 //!
-//! Needs Docker and a Redis image (`cargo xtask redis-image`); fails with one
-//! line saying so otherwise. `TEST_LOG=1` shows the service's logs.
+//! Needs Docker, their images (`cargo xtask test-images`) and `promtool`
+//! (`cargo xtask setup`); fails with one line saying so otherwise.
+//! `TEST_LOG=1` shows the service's logs.
 
 // A failed unwrap in a test helper is a failed test, with its cause.
 #![allow(clippy::unwrap_used)]
