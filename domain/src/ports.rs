@@ -19,6 +19,9 @@ use crate::user::{NewUser, Page, User, UserChanges, UserId, UserUuid, Version};
 ///   its [`Version`] by one, and `expected` makes it conditional on the
 ///   version the store holds ([`RepositoryError::VersionMismatch`] if not).
 /// - E-mail addresses are unique: [`RepositoryError::DuplicateEmail`].
+/// - Ids are never reused: a deleted user's id is never given to another,
+///   so a seed id mapping a racing fill put back after a delete points at
+///   that user or at nothing, never at someone else.
 /// - [`RepositoryError::Unavailable`] means the store itself failed or did
 ///   not answer within its bound; nothing is known to have been written.
 #[cfg_attr(any(test, feature = "mocks"), mockall::automock)]

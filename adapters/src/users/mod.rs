@@ -99,6 +99,9 @@ pub struct InMemoryUserRepository {
 struct Users {
     by_id: BTreeMap<UserId, User>,
     id_of: HashMap<UserUuid, UserId>,
+    /// Above every id this store ever held: a deleted user's id is never
+    /// given to another (as the SQL stores' sequences do).
+    next_id: i64,
 }
 
 impl Users {
@@ -134,9 +137,14 @@ impl InMemoryUserRepository {
     /// A store holding `users`.
     ///
     /// # Errors
-    /// A message naming the first duplicate id or UUID.
+    /// A message naming the first duplicate id, UUID or e-mail address (each
+    /// is unique in a store, so a file with two would lose a user on import).
     pub fn new(users: impl IntoIterator<Item = User>) -> Result<Self, String> {
-        let mut store = Users::default();
+        let mut store = Users {
+            next_id: 1,
+            ..Users::default()
+        };
+        let mut emails = std::collections::HashSet::new();
         for user in users {
             if store.by_id.contains_key(&user.id()) {
                 return Err(format!("duplicate id {}", user.id()));
@@ -144,6 +152,13 @@ impl InMemoryUserRepository {
             if store.id_of.insert(user.uuid(), user.id()).is_some() {
                 return Err(format!("duplicate uuid {}", user.uuid()));
             }
+            if !emails.insert(user.email().as_str().to_owned()) {
+                return Err(format!(
+                    "duplicate e-mail address {}",
+                    user.email().as_str()
+                ));
+            }
+            store.next_id = store.next_id.max(user.id().get().saturating_add(1));
             store.by_id.insert(user.id(), user);
         }
         Ok(Self {
@@ -297,8 +312,10 @@ impl UserRepository for InMemoryUserRepository {
         if users.email_taken(&user.email, None) {
             return Err(RepositoryError::DuplicateEmail(user.email.into_string()));
         }
-        let next = users.by_id.keys().next_back().map_or(1, |id| id.get() + 1);
+        // `Default` starts at 0, which no id is.
+        let next = users.next_id.max(1);
         let id = UserId::new(next).map_err(|e| RepositoryError::Unavailable(e.to_string()))?;
+        users.next_id = next.saturating_add(1);
         let uuid = UserUuid::new(uuid::Uuid::new_v4());
         let created = User::new(id, uuid, user.first_name, user.last_name, user.email);
         users.id_of.insert(uuid, id);
@@ -440,6 +457,19 @@ mod tests {
         );
         let error = InMemoryUserRepository::from_json_file(duplicate.path()).unwrap_err();
         assert!(error.to_string().contains("duplicate id 1"), "{error}");
+
+        // Imported as it was, the second would be skipped as "there already".
+        let same_email = file_with(
+            r#"[{"id": 1, "uuid": "00000000-0000-4000-8000-000000000001", "first_name": "A", "last_name": "B", "email": "a@b.co"},
+                {"id": 2, "uuid": "00000000-0000-4000-8000-000000000002", "first_name": "C", "last_name": "D", "email": "a@b.co"}]"#,
+        );
+        let error = InMemoryUserRepository::from_json_file(same_email.path()).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("duplicate e-mail address a@b.co"),
+            "{error}"
+        );
     }
 
     /// A file in the temp dir, removed on drop (no extra dependency needed).
