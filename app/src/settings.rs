@@ -953,7 +953,7 @@ mod tests {
     #[test]
     fn what_redis_or_the_machine_would_refuse_later_is_refused_at_start() {
         let missing = "/nonexistent/cachemanager-test.pem";
-        let cases: [(&[(&str, &str)], &str); 10] = [
+        let cases: [(&[(&str, &str)], &str); 17] = [
             (
                 &[("CACHE_DEFAULT_TTL", "10000000000000000")],
                 "cache.default_ttl_secs",
@@ -1004,6 +1004,29 @@ mod tests {
                     "https://a.example, https://app.example.com/",
                 )],
                 "server.cors_origins",
+            ),
+            (&[("CACHEMANAGER__REDIS__MODE", "cluster")], "redis.nodes"),
+            (
+                &[
+                    ("CACHEMANAGER__REDIS__MODE", "cluster"),
+                    ("CACHEMANAGER__REDIS__NODES", "node-a:7000,node-b:x"),
+                ],
+                "redis.nodes",
+            ),
+            (
+                &[
+                    ("CACHEMANAGER__REDIS__MODE", "cluster"),
+                    ("CACHEMANAGER__REDIS__NODES", "node-a:7000"),
+                    ("CACHEMANAGER__REDIS__DB", "1"),
+                ],
+                "redis.db",
+            ),
+            (&[("CACHEMANAGER__REDIS__DB", "-1")], "redis.db"),
+            (&[("DATABASE_URL", "mysql://db/users")], "store.url"),
+            (&[("CACHEMANAGER__ADMIN__TOKEN", "short")], "admin.token"),
+            (
+                &[("CACHEMANAGER__SERVER__CACHE_CONTROL", "no-cache\tx")],
+                "server.cache_control",
             ),
         ];
         for (vars, key) in cases {
