@@ -34,7 +34,7 @@ pub fn coverage() -> Result<()> {
     crate::images::ensure_test_images(false)?;
     let report = crate::target_dir().join("coverage.json");
     let report_text = report.display().to_string();
-    crate::run(
+    let ran = crate::run(
         "cargo",
         &[
             "llvm-cov",
@@ -51,7 +51,11 @@ pub fn coverage() -> Result<()> {
             "outage::",
         ],
         &[],
-    )?;
+    );
+    // The containers a test binary shares (its PostgreSQL and Redis
+    // Cluster) outlive it, as after `cargo test`: removed as `ci` does.
+    crate::remove_test_containers()?;
+    ran?;
     let json: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(&report).with_context(|| format!("cannot read {report_text}"))?,
     )?;

@@ -175,8 +175,9 @@ fn seed_db(args: &[String]) -> Result<()> {
 }
 
 /// Removes the containers the integration suite keeps for a whole test
-/// binary (its PostgreSQL): labelled with the test process's pid.
-fn remove_test_containers() -> Result<()> {
+/// binary (its PostgreSQL, its Redis Cluster): labelled with the test
+/// process's pid.
+pub(crate) fn remove_test_containers() -> Result<()> {
     let output = Command::new("docker")
         .args(["ps", "-aq", "--filter", "label=cachemanager.test.pid"])
         .output()
