@@ -204,6 +204,81 @@ async fn a_store_failure_answers_503_store_unavailable_without_its_cause() {
     assert!(!body.to_string().contains("10.0.0.5"));
 }
 
+/// Every operation that reaches the store answers its failure the same way:
+/// 503 `store_unavailable`, documented for each, and never the cause.
+#[tokio::test]
+async fn every_operation_answers_a_store_failure_with_503_store_unavailable() {
+    let down = || UserError::StoreUnavailable("db at 10.0.0.5 down".into());
+    let mut queries = MockUserQueries::new();
+    queries
+        .expect_user_by_uuid()
+        .returning(move |_| Err(down()));
+    queries.expect_list_users().returning(move |_| Err(down()));
+    queries
+        .expect_list_users_after()
+        .returning(move |_, _| Err(down()));
+    queries.expect_lookup().returning(move |_| Err(down()));
+    let mut commands = MockUserCommands::new();
+    commands
+        .expect_create_user()
+        .returning(move |_| Err(down()));
+    commands
+        .expect_update_user()
+        .returning(move |_, _, _| Err(down()));
+    commands
+        .expect_delete_user()
+        .returning(move |_, _| Err(down()));
+    let (client, _monitor) =
+        client_of(queries, commands, healthy_backend(), HttpConfig::default()).await;
+    let one = "/users/550e8400-e29b-41d4-a716-446655440001";
+    let answers = [
+        ("GET one", client.get(one).send().await),
+        ("GET list", client.get("/users").send().await),
+        (
+            "GET list by cursor",
+            client.get("/users?cursor=u1").send().await,
+        ),
+        (
+            "POST lookup",
+            client
+                .post("/users/lookup")
+                .body_json(&json!({"uuids": ["550e8400-e29b-41d4-a716-446655440001"]}))
+                .send()
+                .await,
+        ),
+        (
+            "POST",
+            client
+                .post("/users")
+                .body_json(&json!({"first_name": "A", "last_name": "B", "email": "a@b.co"}))
+                .send()
+                .await,
+        ),
+        (
+            "PATCH",
+            client
+                .patch(one)
+                .body_json(&json!({"last_name": "C"}))
+                .send()
+                .await,
+        ),
+        ("DELETE", client.delete(one).send().await),
+    ];
+    for (operation, response) in answers {
+        assert_eq!(
+            response.0.status(),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{operation}"
+        );
+        let body = json_of(response).await;
+        assert_eq!(body["error"], "store_unavailable", "{operation}: {body}");
+        assert!(
+            !body.to_string().contains("10.0.0.5"),
+            "{operation}: {body}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn list_users_applies_limit_and_offset() {
     let mut queries = MockUserQueries::new();
