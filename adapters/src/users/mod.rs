@@ -140,22 +140,28 @@ impl InMemoryUserRepository {
     /// A message naming the first duplicate id, UUID or e-mail address (each
     /// is unique in a store, so a file with two would lose a user on import).
     pub fn new(users: impl IntoIterator<Item = User>) -> Result<Self, String> {
+        Self::indexed(users).map_err(|(index, reason)| format!("user {index}: {reason}"))
+    }
+
+    /// [`Self::new`], its error with the 0-based index of the user that
+    /// repeats an earlier one.
+    fn indexed(users: impl IntoIterator<Item = User>) -> Result<Self, (usize, String)> {
         let mut store = Users {
             next_id: 1,
             ..Users::default()
         };
         let mut emails = std::collections::HashSet::new();
-        for user in users {
+        for (index, user) in users.into_iter().enumerate() {
             if store.by_id.contains_key(&user.id()) {
-                return Err(format!("duplicate id {}", user.id()));
+                return Err((index, format!("duplicate id {}", user.id())));
             }
             if store.id_of.insert(user.uuid(), user.id()).is_some() {
-                return Err(format!("duplicate uuid {}", user.uuid()));
+                return Err((index, format!("duplicate uuid {}", user.uuid())));
             }
             if !emails.insert(user.email().as_str().to_owned()) {
-                return Err(format!(
-                    "duplicate e-mail address {}",
-                    user.email().as_str()
+                return Err((
+                    index,
+                    format!("duplicate e-mail address {}", user.email().as_str()),
                 ));
             }
             store.next_id = store.next_id.max(user.id().get().saturating_add(1));
@@ -229,9 +235,9 @@ impl InMemoryUserRepository {
                 })?;
             users.push(user);
         }
-        Self::new(users).map_err(|reason| UserStoreError::Invalid {
+        Self::indexed(users).map_err(|(index, reason)| UserStoreError::Invalid {
             path: shown,
-            index: 0,
+            index,
             reason,
         })
     }
@@ -456,7 +462,10 @@ mod tests {
                 {"id": 1, "uuid": "00000000-0000-4000-8000-000000000002", "first_name": "A", "last_name": "B", "email": "a@b.co"}]"#,
         );
         let error = InMemoryUserRepository::from_json_file(duplicate.path()).unwrap_err();
-        assert!(error.to_string().contains("duplicate id 1"), "{error}");
+        assert!(
+            error.to_string().contains("record 1: duplicate id 1"),
+            "the second record repeats the first: {error}"
+        );
 
         // Imported as it was, the second would be skipped as "there already".
         let same_email = file_with(
@@ -467,7 +476,7 @@ mod tests {
         assert!(
             error
                 .to_string()
-                .contains("duplicate e-mail address a@b.co"),
+                .contains("record 1: duplicate e-mail address a@b.co"),
             "{error}"
         );
     }
