@@ -457,28 +457,24 @@ mod tests {
             "{text}"
         );
 
-        let duplicate = file_with(
-            r#"[{"id": 1, "uuid": "00000000-0000-4000-8000-000000000001", "first_name": "A", "last_name": "B", "email": "a@b.co"},
-                {"id": 1, "uuid": "00000000-0000-4000-8000-000000000002", "first_name": "A", "last_name": "B", "email": "a@b.co"}]"#,
-        );
-        let error = InMemoryUserRepository::from_json_file(duplicate.path()).unwrap_err();
-        assert!(
-            error.to_string().contains("record 1: duplicate id 1"),
-            "the second record repeats the first: {error}"
-        );
-
-        // Imported as it was, the second would be skipped as "there already".
-        let same_email = file_with(
-            r#"[{"id": 1, "uuid": "00000000-0000-4000-8000-000000000001", "first_name": "A", "last_name": "B", "email": "a@b.co"},
-                {"id": 2, "uuid": "00000000-0000-4000-8000-000000000002", "first_name": "C", "last_name": "D", "email": "a@b.co"}]"#,
-        );
-        let error = InMemoryUserRepository::from_json_file(same_email.path()).unwrap_err();
-        assert!(
-            error
-                .to_string()
-                .contains("record 1: duplicate e-mail address a@b.co"),
-            "{error}"
-        );
+        // A record that repeats an earlier one is named by its own index.
+        // A second address, imported as it was, would be skipped as "there
+        // already".
+        let first = r#"{"id": 1, "uuid": "00000000-0000-4000-8000-000000000001", "first_name": "A", "last_name": "B", "email": "a@b.co"}"#;
+        for (second, expected) in [
+            (
+                r#"{"id": 1, "uuid": "00000000-0000-4000-8000-000000000002", "first_name": "C", "last_name": "D", "email": "c@d.co"}"#,
+                "record 1: duplicate id 1",
+            ),
+            (
+                r#"{"id": 2, "uuid": "00000000-0000-4000-8000-000000000002", "first_name": "C", "last_name": "D", "email": "a@b.co"}"#,
+                "record 1: duplicate e-mail address a@b.co",
+            ),
+        ] {
+            let file = file_with(&format!("[{first}, {second}]"));
+            let error = InMemoryUserRepository::from_json_file(file.path()).unwrap_err();
+            assert!(error.to_string().contains(expected), "{expected}: {error}");
+        }
     }
 
     /// A file in the temp dir, removed on drop (no extra dependency needed).
