@@ -95,13 +95,23 @@ pub struct InMemoryUserRepository {
     state: Arc<RwLock<Users>>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Users {
     by_id: BTreeMap<UserId, User>,
     id_of: HashMap<UserUuid, UserId>,
     /// Above every id this store ever held: a deleted user's id is never
     /// given to another (as the SQL stores' sequences do).
     next_id: i64,
+}
+
+impl Default for Users {
+    fn default() -> Self {
+        Self {
+            by_id: BTreeMap::new(),
+            id_of: HashMap::new(),
+            next_id: 1,
+        }
+    }
 }
 
 impl Users {
@@ -146,10 +156,7 @@ impl InMemoryUserRepository {
     /// [`Self::new`], its error with the 0-based index of the user that
     /// repeats an earlier one.
     fn indexed(users: impl IntoIterator<Item = User>) -> Result<Self, (usize, String)> {
-        let mut store = Users {
-            next_id: 1,
-            ..Users::default()
-        };
+        let mut store = Users::default();
         let mut emails = std::collections::HashSet::new();
         for (index, user) in users.into_iter().enumerate() {
             if store.by_id.contains_key(&user.id()) {
@@ -318,8 +325,7 @@ impl UserRepository for InMemoryUserRepository {
         if users.email_taken(&user.email, None) {
             return Err(RepositoryError::DuplicateEmail(user.email.into_string()));
         }
-        // `Default` starts at 0, which no id is.
-        let next = users.next_id.max(1);
+        let next = users.next_id;
         let id = UserId::new(next).map_err(|e| RepositoryError::Unavailable(e.to_string()))?;
         users.next_id = next.saturating_add(1);
         let uuid = UserUuid::new(uuid::Uuid::new_v4());
