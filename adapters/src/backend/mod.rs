@@ -21,5 +21,5 @@ pub use redis::{
     RedisBackend, RedisConfig, RedisMode, RedisSetupError, check_redis_node, check_redis_url,
     redact_url,
 };
-pub use status::{Circuit, NearStatus, Refusal, StackStatus, StatusSignal};
+pub use status::{Circuit, CircuitEntries, NearStatus, Refusal, StackStatus, StatusSignal};
 pub use timeout::TimeoutBackend;

@@ -47,11 +47,47 @@ pub struct NearStatus {
     pub cause: Option<String>,
 }
 
+/// How often the circuit entered each state since the stack was built.
+/// Counted where the state changes, so a trial that fails before anyone
+/// reads the signal (half-open, then open again, within a round trip) is
+/// still two entries: a reader that compared states would see none.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CircuitEntries {
+    /// Times it closed.
+    pub closed: u64,
+    /// Times it opened (again after a failed trial included).
+    pub open: u64,
+    /// Times it went half-open.
+    pub half_open: u64,
+}
+
+impl CircuitEntries {
+    /// Times the circuit entered `circuit`.
+    pub fn of(&self, circuit: Circuit) -> u64 {
+        match circuit {
+            Circuit::Closed => self.closed,
+            Circuit::Open => self.open,
+            Circuit::HalfOpen => self.half_open,
+        }
+    }
+
+    fn count(&mut self, circuit: Circuit) {
+        let entries = match circuit {
+            Circuit::Closed => &mut self.closed,
+            Circuit::Open => &mut self.open,
+            Circuit::HalfOpen => &mut self.half_open,
+        };
+        *entries = entries.saturating_add(1);
+    }
+}
+
 /// What a backend stack reports about itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StackStatus {
     /// The circuit's state.
     pub circuit: Circuit,
+    /// How often it entered each state.
+    pub entered: CircuitEntries,
     /// While the circuit is not closed: the last failure that kept it open
     /// (never a secret), so `/health` can say why.
     pub cause: Option<String>,
@@ -67,6 +103,7 @@ impl Default for StackStatus {
     fn default() -> Self {
         Self {
             circuit: Circuit::Closed,
+            entered: CircuitEntries::default(),
             cause: None,
             refusal: None,
             rebuilds: 0,
@@ -113,10 +150,14 @@ impl StatusSignal {
         self.sender.send_if_modified(change);
     }
 
-    /// Publishes the circuit's state; a closed circuit forgets its cause.
+    /// Publishes the circuit's state, counting the entry when it changes; a
+    /// closed circuit forgets its cause.
     pub fn set_circuit(&self, circuit: Circuit) {
         self.update(|status| {
             let changed = status.circuit != circuit;
+            if changed {
+                status.entered.count(circuit);
+            }
             status.circuit = circuit;
             if circuit == Circuit::Closed {
                 status.cause = None;

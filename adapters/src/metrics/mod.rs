@@ -35,7 +35,7 @@ pub use cache::{CacheCounts, CacheMetrics};
 pub use http::{HttpMetrics, InFlight};
 pub use store::MeteredStore;
 
-use crate::backend::{Circuit, StatusSignal};
+use crate::backend::{Circuit, CircuitEntries, StatusSignal};
 use crate::health::{HealthMonitor, HealthStatus};
 
 pub use histogram::LatencyHistogram;
@@ -250,19 +250,22 @@ impl Metrics {
             );
         }
         families.rebuilds.inc_by(first.rebuilds);
-        let (mut circuit, mut rebuilds) = (first.circuit, first.rebuilds);
+        count_entries(&families, &CircuitEntries::default(), &first.entered);
+        let (mut circuit, mut entered, mut rebuilds) =
+            (first.circuit, first.entered, first.rebuilds);
         tokio::spawn(async move {
             while receiver.changed().await.is_ok() {
                 let now = receiver.borrow_and_update().clone();
                 if now.circuit != circuit {
                     circuit = now.circuit;
                     set_circuit(&families, circuit);
-                    families
-                        .transitions
-                        .get_or_create(&StateLabel {
-                            state: circuit_name(circuit),
-                        })
-                        .inc();
+                }
+                // Entries as the signal counted them: a flip and back
+                // between two wake-ups of this task (a failed trial) still
+                // counts twice.
+                if now.entered != entered {
+                    count_entries(&families, &entered, &now.entered);
+                    entered = now.entered;
                 }
                 if now.rebuilds > rebuilds {
                     families.rebuilds.inc_by(now.rebuilds - rebuilds);
@@ -299,11 +302,17 @@ impl Metrics {
     }
 }
 
-fn circuit_name(circuit: Circuit) -> &'static str {
-    CIRCUITS
-        .iter()
-        .find(|(c, _)| *c == circuit)
-        .map_or("closed", |(_, name)| name)
+/// Adds to the transitions counters the entries `to` counts beyond `from`.
+fn count_entries(families: &StatusFamilies, from: &CircuitEntries, to: &CircuitEntries) {
+    for (circuit, state) in CIRCUITS {
+        let entered = to.of(circuit).saturating_sub(from.of(circuit));
+        if entered > 0 {
+            families
+                .transitions
+                .get_or_create(&StateLabel { state })
+                .inc_by(entered);
+        }
+    }
 }
 
 fn set_circuit(families: &StatusFamilies, circuit: Circuit) {

@@ -143,6 +143,37 @@ async fn the_breaker_gauge_transitions_and_rebuilds_follow_the_status_signal() {
     );
 }
 
+#[tokio::test]
+async fn breaker_flips_between_two_reads_of_the_signal_are_all_counted() {
+    let signal = StatusSignal::new();
+    let metrics = Metrics::new(&[]);
+    metrics.watch_status(&signal);
+    // Open, then a trial that fails, then one that succeeds, faster than the
+    // watcher wakes (no yield in between).
+    for circuit in [
+        Circuit::Open,
+        Circuit::HalfOpen,
+        Circuit::Open,
+        Circuit::HalfOpen,
+        Circuit::Closed,
+    ] {
+        signal.set_circuit(circuit);
+    }
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    let text = metrics.encode(false);
+    let transitions = |state: &str| {
+        sample(
+            &text,
+            &format!("cachemanager_breaker_transitions_total{{state=\"{state}\"}}"),
+        )
+    };
+    assert_eq!(transitions("open"), Some(2.0), "{text}");
+    assert_eq!(transitions("half_open"), Some(2.0), "{text}");
+    assert_eq!(transitions("closed"), Some(1.0), "{text}");
+}
+
 #[test]
 fn the_two_formats_differ_as_their_specifications_say() {
     let metrics = Metrics::new(&["a"]);
