@@ -449,6 +449,20 @@ async fn next_hop(error: &RedisError) -> Option<Hop> {
     }
 }
 
+/// The slot map, as a random node's `CLUSTER SLOTS` says.
+async fn load_slot_map(connection: &mut ClusterConnection) -> redis::RedisResult<SlotMap> {
+    let mut command = redis::cmd("CLUSTER");
+    command.arg("SLOTS");
+    let answer = connection
+        .route_command(
+            command,
+            RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
+        )
+        .await?;
+    SlotMap::parse(answer)
+        .ok_or_else(|| RedisError::from((ErrorKind::Client, "CLUSTER SLOTS not understood")))
+}
+
 /// `host:port` (the address in a `MOVED` or `ASK`), split.
 fn split_node(node: &str) -> Option<(String, u16)> {
     let (host, port) = node.rsplit_once(':')?;
@@ -656,16 +670,55 @@ impl RedisBackend {
         if !self.shared.slots.may_load() {
             return None;
         }
-        let mut command = redis::cmd("CLUSTER");
-        command.arg("SLOTS");
-        let asked = connection.route_command(
-            command,
-            RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
-        );
-        let answer = crate::deadline::within(self.shared.operation_timeout, asked).await?;
-        let map = SlotMap::parse(answer.ok()?)?;
+        let asked = load_slot_map(&mut connection);
+        let map = crate::deadline::within(self.shared.operation_timeout, asked)
+            .await?
+            .ok()?;
         self.shared.slots.store(map);
         self.shared.slots.current()
+    }
+
+    /// Cluster: `PING` to every master the slot map names, all at once; the
+    /// map is loaded first if none is held, and dropped when a master does
+    /// not answer (the next ping asks `CLUSTER SLOTS` again, which names the
+    /// replica once it is promoted).
+    ///
+    /// Not the driver's `PING`: it goes to the masters it holds a
+    /// connection to and leaves out one it could not reconnect, so with a
+    /// master down it answered `PONG`. The breaker's probe then let trial
+    /// requests in, those for the lost master's slots failed, and each
+    /// failed trial doubled the probe interval: the whole cache stayed off
+    /// for up to `max_probe_interval` after the replica was promoted.
+    async fn ping_masters(&self, connection: &mut ClusterConnection) -> redis::RedisResult<()> {
+        let map = match self.shared.slots.current() {
+            Some(map) => map,
+            None => {
+                let map = load_slot_map(connection).await?;
+                self.shared.slots.store(map);
+                self.shared
+                    .slots
+                    .current()
+                    .ok_or_else(|| RedisError::from((ErrorKind::Client, "no slot map")))?
+            }
+        };
+        let pings = map.masters().map(|(host, port)| {
+            let mut connection = connection.clone();
+            let route = SingleNodeRoutingInfo::ByAddress {
+                host: host.clone(),
+                port: *port,
+            };
+            async move {
+                connection
+                    .route_command(redis::cmd("PING"), RoutingInfo::SingleNode(route))
+                    .await
+                    .and_then(redis::Value::extract_error)
+            }
+        });
+        if let Err(error) = futures::future::try_join_all(pings).await {
+            self.shared.slots.forget();
+            return Err(error);
+        }
+        Ok(())
     }
 
     /// A cluster `mget` of keys in several slots: to each node, one pipeline
@@ -1308,13 +1361,18 @@ impl CacheBackend for RedisBackend {
             backend: self,
             answered: false,
         };
-        let mut connection = self.connection();
+        let connection = self.connection();
         let bound = self.shared.response_timeout;
-        let result = crate::deadline::within(
-            bound,
-            redis::cmd("PING").query_async::<String>(&mut connection),
-        )
-        .await;
+        let pinged = async move {
+            match connection {
+                Link::Single(mut connection) => redis::cmd("PING")
+                    .query_async::<String>(&mut connection)
+                    .await
+                    .map(drop),
+                Link::Cluster(mut connection) => self.ping_masters(&mut connection).await,
+            }
+        };
+        let result = crate::deadline::within(bound, pinged).await;
         guard.answered = true;
         let error = match result {
             Some(Ok(_)) => {

@@ -81,6 +81,11 @@ impl SlotMap {
         }
     }
 
+    /// `(host, port)` of every master the map names.
+    pub(super) fn masters(&self) -> impl Iterator<Item = &(String, u16)> {
+        self.nodes.iter()
+    }
+
     /// `(host, port)` of node `node`.
     pub(super) fn address(&self, node: usize) -> Option<&(String, u16)> {
         self.nodes.get(node)
