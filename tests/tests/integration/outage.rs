@@ -443,6 +443,7 @@ async fn a_cluster_master_killed_under_load_fails_no_request() {
     let (clients, samples) = load(&app, started, CLUSTER_RUN);
     let (done, health) = watch_health(&app, started);
     tokio::time::sleep(KILL_AT.saturating_sub(started.elapsed())).await;
+    let opened_before = breaker_entries(&app, "open").await;
     let killed_at = started.elapsed();
     let killed = std::process::Command::new("docker")
         .args(["kill", &cluster.containers[victim]])
@@ -469,6 +470,7 @@ async fn a_cluster_master_killed_under_load_fails_no_request() {
             .unwrap_or_default();
         panic!("no replica was promoted; CLUSTER NODES from node {ask}:\n{nodes}");
     };
+    let opened_until_promoted = breaker_entries(&app, "open").await - opened_before;
     // Hits resume: the live nodes count new hits.
     let baseline = cluster_hits(cluster).await;
     let mut hits_at = None;
@@ -506,17 +508,30 @@ async fn a_cluster_master_killed_under_load_fails_no_request() {
         CLUSTER_RUN + Duration::from_secs(60),
     );
     let during = phase(&samples, killed_at, promoted_at);
-    let hits_at = hits_at.expect("cache hits never resumed after the promotion");
+    let hits_again = match hits_at {
+        Some(at) => format!("{:.2} s after the kill", (at - killed_at).as_secs_f64()),
+        None => "never".to_owned(),
+    };
     let report = format!(
-        "Redis Cluster: master {victim} killed at {:.1} s under {CLIENTS} clients; a replica serves its slots {:.2} s later (cluster-node-timeout 2 s); cache hits counted again {:.2} s after the kill; /health 503 in {unhealthy_until_promoted} samples until the promotion, {unhealthy_after_promoted} after (every 100 ms), 200 again {:.2} s after the load ended\n{}",
+        "Redis Cluster: master {victim} killed at {:.1} s under {CLIENTS} clients for {:.0} s; a replica serves its slots {:.2} s later (cluster-node-timeout 2 s); cache hits counted again: {hits_again}; circuit openings until the promotion: {opened_until_promoted}; /health 503 in {unhealthy_until_promoted} samples until the promotion, {unhealthy_after_promoted} after (every 100 ms), 200 again {:.2} s after the load ended\n{}",
         killed_at.as_secs_f64(),
+        CLUSTER_RUN.as_secs_f64(),
         (promoted_at - killed_at).as_secs_f64(),
-        (hits_at - killed_at).as_secs_f64(),
         healthy_after.as_secs_f64(),
         table(&[("until promoted", &during), ("total", &total)]),
     );
     publish("cluster-failover", &report);
     assert_eq!(total.errors, 0, "failed or wrong answers\n{report}");
+    // Open once, and kept open while a master is down: a probe that said
+    // the cluster answers let trial requests in, those for the lost
+    // master's slots failed, and each failure doubled the probe interval,
+    // so the cache stayed off for seconds after the promotion.
+    assert!(
+        opened_until_promoted <= 1,
+        "the circuit opened again while the master was down (failed trials)\n{report}"
+    );
+    let hits_at =
+        hits_at.unwrap_or_else(|| panic!("cache hits never resumed after the promotion\n{report}"));
     assert!(
         hits_at.saturating_sub(promoted_at) < Duration::from_secs(6),
         "hits took more than 6 s after the promotion to resume\n{report}"
@@ -527,6 +542,17 @@ async fn a_cluster_master_killed_under_load_fails_no_request() {
         unhealthy_until_promoted > 0,
         "/health never said 503 while a master was down\n{report}"
     );
+}
+
+/// How often the service's circuit breaker entered `state` (its
+/// `cachemanager_breaker_transitions_total`).
+async fn breaker_entries(app: &TestApp, state: &str) -> u64 {
+    let text = app.get("/metrics").await.text().await.unwrap_or_default();
+    let series = format!("cachemanager_breaker_transitions_total{{state=\"{state}\"}} ");
+    text.lines()
+        .find_map(|line| line.strip_prefix(series.as_str()))
+        .and_then(|value| value.trim().parse::<f64>().ok())
+        .map_or(0, |value| value as u64)
 }
 
 /// The failed backend operations the service counted (every outcome of
@@ -585,7 +611,19 @@ async fn slots_resharded_under_load_fail_no_request_and_no_cache_operation() {
         },
     )
     .await;
-    let app = Arc::new(tests::spawn_app_on_cluster(cluster, &[]).await);
+    // Operations bounded at 1 s, not the default 100 ms: what is counted is
+    // then what the move does (a redirect not followed, a refused command,
+    // requests held back for a second), not how a 2-core machine running six
+    // nodes, the service and 32 clients schedules them. At 100 ms, slower
+    // machines counted 1 to 10 timeouts a run, as many before and after the
+    // move as during it; the table still shows the latency while moving.
+    let app = Arc::new(
+        tests::spawn_app_on_cluster(
+            cluster,
+            &[("CACHEMANAGER__CACHE__OPERATION_TIMEOUT_MS", "1000")],
+        )
+        .await,
+    );
     app.wait_for_health(200).await;
     for n in 0..20 {
         assert!(one_request(&app, n).await, "warm-up request {n} failed");
