@@ -54,6 +54,11 @@ pub struct BuiltBackend {
     pub status: StatusSignal,
     /// The near cache, when it is on (for its metrics).
     pub near: Option<NearCache>,
+    /// The metrics the stack reports into, when `metrics.enabled`.
+    pub metrics: Option<Metrics>,
+    /// The fills written behind the answer, when they are (Redis with a
+    /// `cache.fill_linger`): flushed at shutdown.
+    pub fills: Option<DeferredFills>,
 }
 
 /// Builds the configured backend with its decorators, all publishing into one
@@ -67,6 +72,12 @@ pub struct BuiltBackend {
 ///   Redis is down.
 /// - Memory: `TimeoutBackend(MemoryBackend)`.
 /// - No-op: the bare `NoopBackend`.
+///
+/// Over that, when `metrics.enabled`, `Metered` (it sees what callers see,
+/// breaker refusals too), and outermost, over Redis with a non-zero
+/// `cache.fill_linger`, `DeferredFills` (the layers below see each batch of
+/// fills as one `mset`: counted, timed, refused by the breaker). This is the
+/// stack the service runs; the backend contract suite runs on it too.
 ///
 /// # Errors
 /// [`StartupError::Redis`] when the Redis settings cannot be used.
@@ -117,10 +128,39 @@ pub fn build_backend(settings: &Settings) -> Result<BuiltBackend, StartupError> 
             }
         }
     };
+    let metrics = settings
+        .metrics
+        .enabled
+        .then(|| Metrics::new(&CacheManager::NAMESPACES));
+    let backend = match &metrics {
+        Some(metrics) => {
+            metrics.watch_status(&status);
+            if let Some(near) = &near_cache {
+                metrics.watch_near(near);
+            }
+            metrics.backend(backend)
+        }
+        None => backend,
+    };
+    // In memory a fill costs no round trip to share.
+    let fills = (settings.cache.backend() == BackendKind::Redis
+        && !settings.cache.fill_linger.is_zero())
+    .then(|| DeferredFills::new(backend.clone(), settings.cache.fill_linger));
+    let backend: SharedBackend = match &fills {
+        Some(fills) => {
+            if let Some(metrics) = &metrics {
+                metrics.watch_fills(fills);
+            }
+            Arc::new(fills.clone())
+        }
+        None => backend,
+    };
     Ok(BuiltBackend {
         backend,
         status,
         near: near_cache,
+        metrics,
+        fills,
     })
 }
 
@@ -232,38 +272,10 @@ impl Application {
         let BuiltBackend {
             backend,
             status,
-            near,
+            near: _,
+            metrics,
+            fills,
         } = build_backend(&settings)?;
-        let metrics = settings
-            .metrics
-            .enabled
-            .then(|| Metrics::new(&CacheManager::NAMESPACES));
-        // Metered outermost: it sees what callers see (breaker refusals too).
-        let backend = match &metrics {
-            Some(metrics) => {
-                metrics.watch_status(&status);
-                if let Some(near) = &near {
-                    metrics.watch_near(near);
-                }
-                metrics.backend(backend)
-            }
-            None => backend,
-        };
-        // Fills written behind the answer, outermost: the layers below see
-        // each batch as one `mset` (counted, timed, refused by the breaker).
-        // Only over Redis: in memory a fill costs no round trip to share.
-        let fills = (settings.cache.backend() == BackendKind::Redis
-            && !settings.cache.fill_linger.is_zero())
-        .then(|| DeferredFills::new(backend.clone(), settings.cache.fill_linger));
-        let backend: SharedBackend = match &fills {
-            Some(fills) => {
-                if let Some(metrics) = &metrics {
-                    metrics.watch_fills(fills);
-                }
-                Arc::new(fills.clone())
-            }
-            None => backend,
-        };
         let users = open_store(&settings).await?;
         let monitor = HealthMonitor::spawn(backend.clone(), status.clone(), settings.health)
             .with_store(Arc::new(users.clone()), settings.health);

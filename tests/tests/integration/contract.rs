@@ -385,6 +385,69 @@ contract_suite!(near_cluster, || async {
     (Arc::new(namespaced) as SharedBackend, ())
 });
 
+/// The stack the service runs, as `app::build_backend` composes it from
+/// settings `vars`: each decorator must keep the contract, and so must they
+/// all together. Its keys go under the users' record namespace, which the
+/// near cache (when on) tracks; tracking is armed before the body runs.
+async fn service_stack(vars: &[(&str, &str)]) -> SharedBackend {
+    let env: std::collections::HashMap<String, String> = vars
+        .iter()
+        .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
+        .collect();
+    let settings = app::Settings::load(None, &env)
+        .unwrap_or_else(|error| panic!("test settings rejected: {error}"));
+    let built = app::build_backend(&settings)
+        .unwrap_or_else(|error| panic!("the stack was not built: {error}"));
+    if let Some(near) = built.near.clone() {
+        tests::eventually(
+            "near cache tracking armed",
+            Duration::from_secs(5),
+            Duration::from_millis(5),
+            move || {
+                let near = near.clone();
+                async move { near.tracking() }
+            },
+        )
+        .await;
+    }
+    let prefix = format!(
+        "{}:t{}:",
+        domain::CacheManager::NAMESPACES[0],
+        uuid::Uuid::new_v4().simple()
+    );
+    Arc::new(Namespaced {
+        inner: built.backend,
+        prefix,
+    })
+}
+
+// Over Redis: fills written behind, metered, the near cache armed, the
+// breaker, Redis.
+contract_suite!(service_stack_redis, || async {
+    let redis = TestRedis::start().await;
+    let url = redis.url();
+    let backend = service_stack(&[
+        ("CACHEMANAGER__CACHE__BACKEND", "redis"),
+        ("CACHEMANAGER__CACHE__NEAR__ENABLED", "true"),
+        ("CACHEMANAGER__METRICS__ENABLED", "true"),
+        ("CACHEMANAGER__CACHE__FILL_LINGER_MS", "1"),
+        ("REDIS_URL", url.as_str()),
+        ("REDIS_PASSWORD", redis.password.as_str()),
+    ])
+    .await;
+    (backend, redis)
+});
+
+// In memory: metered, the timeout, the memory backend.
+contract_suite!(service_stack_memory, || async {
+    let backend = service_stack(&[
+        ("CACHEMANAGER__CACHE__BACKEND", "memory"),
+        ("CACHEMANAGER__METRICS__ENABLED", "true"),
+    ])
+    .await;
+    (backend, ())
+});
+
 /// The no-op backend: the parts of the contract that apply to a backend that
 /// stores nothing.
 mod noop {
