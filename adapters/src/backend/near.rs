@@ -40,7 +40,9 @@ use ports::{BackendError, CacheBackend, Entry, Remaining, SharedBackend};
 use redis::{AsyncConnectionConfig, PushInfo, PushKind, Value};
 
 use super::bounded::{BoundedCache, Weighed, bounded};
-use super::redis::{Protocol, RedisConfig, RedisMode, RedisSetupError, build_client, node_url};
+use super::redis::{
+    Protocol, RedisConfig, RedisMode, RedisSetupError, build_client, cluster_node_client, node_url,
+};
 use super::status::{NearStatus, StatusSignal};
 use crate::metrics::{LatencyHistogram, ShardedCounter};
 
@@ -595,7 +597,7 @@ impl NearCache {
                 let seeds = redis
                     .nodes
                     .iter()
-                    .map(|node| cluster_node_client(redis, &node_url(node)))
+                    .map(|node| cluster_node_client(redis, &node_url(node), Protocol::Resp3))
                     .collect::<Result<Vec<_>, _>>()?;
                 tracing::info!(seeds = seeds.len(), prefixes = ?prefixes, "near cache configured over a cluster (tracking on every node, connects in the background)");
                 Tracking::Cluster {
@@ -812,19 +814,6 @@ enum Tracking {
     },
 }
 
-/// A RESP3 client for one cluster node (`redis://host:port`), with the
-/// cluster's credentials and TLS.
-fn cluster_node_client(redis: &RedisConfig, url: &str) -> Result<redis::Client, RedisSetupError> {
-    let node = RedisConfig {
-        mode: RedisMode::Standalone,
-        url: url.to_owned(),
-        nodes: Vec::new(),
-        db: None,
-        ..redis.clone()
-    };
-    build_client(&node, Protocol::Resp3).map(|(client, _)| client)
-}
-
 /// Tracking connections armed together, watched together: one to a server,
 /// or one to each node of a cluster (with the topology they were armed on).
 struct Armed {
@@ -899,8 +888,9 @@ async fn arm(
             };
             let mut connections = Vec::with_capacity(nodes.len());
             for node in &nodes {
-                let client = cluster_node_client(template, &format!("{scheme}://{node}"))
-                    .map_err(|e| format!("cluster node {node}: {e}"))?;
+                let client =
+                    cluster_node_client(template, &format!("{scheme}://{node}"), Protocol::Resp3)
+                        .map_err(|e| format!("cluster node {node}: {e}"))?;
                 let connection =
                     connect_tracking(core, &client, &closed_tx, connect_timeout, config, prefixes)
                         .await

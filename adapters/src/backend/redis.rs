@@ -245,7 +245,13 @@ enum Connector {
         client: redis::Client,
         config: ConnectionManagerConfig,
     },
-    Cluster(ClusterClient),
+    Cluster {
+        client: ClusterClient,
+        /// A client for each seed node on its own, with the cluster's
+        /// credentials: asked why when no node can be reached through the
+        /// cluster client (its error says only that it has no connection).
+        seeds: Vec<redis::Client>,
+    },
 }
 
 impl Connector {
@@ -256,7 +262,7 @@ impl Connector {
                 ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
                     .map(Link::Single)
             }
-            Self::Cluster(client) => Ok(Link::Cluster(
+            Self::Cluster { client, .. } => Ok(Link::Cluster(
                 client.get_pending_async_connection_with_config(ClusterConfig::new()),
             )),
         }
@@ -643,7 +649,7 @@ impl RedisBackend {
     /// pipeline: all of them at once on one server, by hash slot on a
     /// cluster (in order of first appearance).
     fn by_slot<'a>(&self, keys: impl Iterator<Item = &'a str>) -> Vec<Vec<usize>> {
-        if !matches!(self.shared.connector, Connector::Cluster(_)) {
+        if !matches!(self.shared.connector, Connector::Cluster { .. }) {
             return vec![keys.enumerate().map(|(i, _)| i).collect()];
         }
         let mut groups: Vec<(u16, Vec<usize>)> = Vec::new();
@@ -693,7 +699,10 @@ impl RedisBackend {
         let map = match self.shared.slots.current() {
             Some(map) => map,
             None => {
-                let map = load_slot_map(connection).await?;
+                let map = match load_slot_map(connection).await {
+                    Ok(map) => map,
+                    Err(error) => return Err(self.why_no_node_answers(error).await),
+                };
                 self.shared.slots.store(map);
                 self.shared
                     .slots
@@ -719,6 +728,34 @@ impl RedisBackend {
             return Err(error);
         }
         Ok(())
+    }
+
+    /// No node answered `CLUSTER SLOTS` through the cluster client, whose
+    /// `error` then says only that it holds no connection, also when the
+    /// reason is a refused login. The seeds are asked on their own, all at
+    /// once: a refused login is returned instead, so that it reads as one,
+    /// as on one server (and heals by a rebuild); otherwise `error`.
+    async fn why_no_node_answers(&self, error: RedisError) -> RedisError {
+        let Connector::Cluster { seeds, .. } = &self.shared.connector else {
+            return error;
+        };
+        let asked = seeds.iter().map(|seed| async move {
+            let mut connection = seed.get_multiplexed_async_connection().await?;
+            redis::cmd("PING")
+                .query_async::<String>(&mut connection)
+                .await
+        });
+        futures::future::join_all(asked)
+            .await
+            .into_iter()
+            .filter_map(Result::err)
+            .find(|refused| {
+                matches!(
+                    classify(refused, Duration::ZERO),
+                    BackendError::Unauthorized(_)
+                )
+            })
+            .unwrap_or(error)
     }
 
     /// A cluster `mget` of keys in several slots: to each node, one pipeline
@@ -1008,6 +1045,23 @@ pub(crate) fn build_client(
     Ok((client, target))
 }
 
+/// A client for one node of the cluster `config` (`redis://host:port`) on
+/// its own, with the cluster's credentials and TLS, without I/O.
+pub(crate) fn cluster_node_client(
+    config: &RedisConfig,
+    url: &str,
+    protocol: Protocol,
+) -> Result<redis::Client, RedisSetupError> {
+    let node = RedisConfig {
+        mode: RedisMode::Standalone,
+        url: url.to_owned(),
+        nodes: Vec::new(),
+        db: None,
+        ..config.clone()
+    };
+    build_client(&node, protocol).map(|(client, _)| client)
+}
+
 /// A cluster client for `config.nodes` (credentials, timeouts, TCP settings,
 /// TLS from `rediss://` nodes and `ca_file`) and a name for logs, without I/O.
 fn build_cluster_client(config: &RedisConfig) -> Result<(Connector, String), RedisSetupError> {
@@ -1054,7 +1108,11 @@ fn build_cluster_client(config: &RedisConfig) -> Result<(Connector, String), Red
             .collect::<Vec<_>>()
             .join(",")
     );
-    Ok((Connector::Cluster(client), target))
+    let seeds = urls
+        .iter()
+        .map(|url| cluster_node_client(config, url, Protocol::Resp2))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((Connector::Cluster { client, seeds }, target))
 }
 
 /// Nodelay (a cache answers small requests; Nagle would hold them back),
@@ -1310,7 +1368,7 @@ impl CacheBackend for RedisBackend {
         if entries.is_empty() {
             return Ok(());
         }
-        if matches!(self.shared.connector, Connector::Cluster(_)) {
+        if matches!(self.shared.connector, Connector::Cluster { .. }) {
             // One `SET` per entry, all sent at once (the driver writes a
             // node's together on its connection): each follows its own
             // redirect while its slot migrates. A pipeline would not: the

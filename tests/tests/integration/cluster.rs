@@ -321,3 +321,23 @@ async fn the_service_serves_hits_from_its_near_cache_over_a_cluster() {
     );
     assert!(hits + misses >= 30.0, "near hits: {hits} of 30 reads");
 }
+
+/// What the service says at start about a cluster it cannot log in to, and
+/// about one it can: the check is the breaker's probe (a `PING` to every
+/// master), so both must read as they do on one server.
+#[tokio::test]
+async fn a_wrong_password_on_a_cluster_is_a_refused_login_and_the_right_one_answers() {
+    use adapters::backend::{RedisBackend, RedisSetupError};
+    use ports::CacheBackend;
+    let cluster = TestCluster::shared();
+    let backend = RedisBackend::new(&cluster.config()).expect("a cluster backend");
+    backend.check().await.expect("the cluster answers");
+    backend.ping().await.expect("every master answers a ping");
+    let mut wrong = cluster.config();
+    wrong.password = Some(adapters::Secret::new("not-the-password".to_owned()));
+    let backend = RedisBackend::new(&wrong).expect("a cluster backend");
+    match backend.check().await {
+        Err(RedisSetupError::Unauthorized { .. }) => {}
+        other => panic!("expected a refused login, got {other:?}"),
+    }
+}
