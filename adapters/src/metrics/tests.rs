@@ -115,20 +115,10 @@ async fn the_breaker_gauge_transitions_and_rebuilds_follow_the_status_signal() {
         status.rebuilds = 2;
         true
     });
-    // The watcher runs on this runtime: let it see every change.
-    for _ in 0..10 {
-        tokio::task::yield_now().await;
-    }
-    let text = metrics.encode(false);
-    let transitions = |state: &str| {
-        sample(
-            &text,
-            &format!("cachemanager_breaker_transitions_total{{state=\"{state}\"}}"),
-        )
-    };
-    assert_eq!(transitions("open"), Some(1.0), "{text}");
-    assert_eq!(transitions("half_open"), Some(1.0), "{text}");
-    assert_eq!(transitions("closed"), Some(1.0), "{text}");
+    let text = after_the_watcher_ran(&metrics).await;
+    assert_eq!(transitions(&text, "open"), Some(1.0), "{text}");
+    assert_eq!(transitions(&text, "half_open"), Some(1.0), "{text}");
+    assert_eq!(transitions(&text, "closed"), Some(1.0), "{text}");
     assert_eq!(
         sample(&text, "cachemanager_breaker_state{state=\"closed\"}"),
         Some(1.0)
@@ -159,19 +149,27 @@ async fn breaker_flips_between_two_reads_of_the_signal_are_all_counted() {
     ] {
         signal.set_circuit(circuit);
     }
+    let text = after_the_watcher_ran(&metrics).await;
+    assert_eq!(transitions(&text, "open"), Some(2.0), "{text}");
+    assert_eq!(transitions(&text, "half_open"), Some(2.0), "{text}");
+    assert_eq!(transitions(&text, "closed"), Some(1.0), "{text}");
+}
+
+/// The exposition once the status watcher, which runs on this runtime, has
+/// seen every change.
+async fn after_the_watcher_ran(metrics: &Metrics) -> String {
     for _ in 0..10 {
         tokio::task::yield_now().await;
     }
-    let text = metrics.encode(false);
-    let transitions = |state: &str| {
-        sample(
-            &text,
-            &format!("cachemanager_breaker_transitions_total{{state=\"{state}\"}}"),
-        )
-    };
-    assert_eq!(transitions("open"), Some(2.0), "{text}");
-    assert_eq!(transitions("half_open"), Some(2.0), "{text}");
-    assert_eq!(transitions("closed"), Some(1.0), "{text}");
+    metrics.encode(false)
+}
+
+/// `cachemanager_breaker_transitions_total` for `state`, in `text`.
+fn transitions(text: &str, state: &str) -> Option<f64> {
+    sample(
+        text,
+        &format!("cachemanager_breaker_transitions_total{{state=\"{state}\"}}"),
+    )
 }
 
 #[test]
