@@ -78,6 +78,8 @@ pub struct BuiltBackend {
 /// `cache.fill_linger`, `DeferredFills` (the layers below see each batch of
 /// fills as one `mset`: counted, timed, refused by the breaker). This is the
 /// stack the service runs; the backend contract suite runs on it too.
+/// Spawns its background tasks (probes, watchers, the fill writer): call
+/// within a tokio runtime.
 ///
 /// # Errors
 /// [`StartupError::Redis`] when the Redis settings cannot be used.
