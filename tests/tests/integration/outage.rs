@@ -470,7 +470,9 @@ async fn a_cluster_master_killed_under_load_fails_no_request() {
             .unwrap_or_default();
         panic!("no replica was promoted; CLUSTER NODES from node {ask}:\n{nodes}");
     };
-    let opened_until_promoted = breaker_entries(&app, "open").await - opened_before;
+    let opened_until_promoted = breaker_entries(&app, "open")
+        .await
+        .saturating_sub(opened_before);
     // Hits resume: the live nodes count new hits.
     let baseline = cluster_hits(cluster).await;
     let mut hits_at = None;
@@ -545,14 +547,18 @@ async fn a_cluster_master_killed_under_load_fails_no_request() {
 }
 
 /// How often the service's circuit breaker entered `state` (its
-/// `cachemanager_breaker_transitions_total`).
+/// `cachemanager_breaker_transitions_total`, which must be exposed).
 async fn breaker_entries(app: &TestApp, state: &str) -> u64 {
     let text = app.get("/metrics").await.text().await.unwrap_or_default();
     let series = format!("cachemanager_breaker_transitions_total{{state=\"{state}\"}} ");
-    text.lines()
+    let value = text
+        .lines()
         .find_map(|line| line.strip_prefix(series.as_str()))
-        .and_then(|value| value.trim().parse::<f64>().ok())
-        .map_or(0, |value| value as u64)
+        .and_then(|value| value.trim().parse::<f64>().ok());
+    match value {
+        Some(value) => value as u64,
+        None => panic!("no {series}in /metrics:\n{text}"),
+    }
 }
 
 /// The failed backend operations the service counted (every outcome of
