@@ -191,6 +191,12 @@ pub async fn armed_near_cache(
         adapters::backend::StatusSignal::new(),
     )
     .unwrap_or_else(|e| panic!("near cache refused: {e}"));
+    until_armed(&near).await;
+    near
+}
+
+/// Waits (at most 5 s) until `near` tracks its keys on every node.
+pub async fn until_armed(near: &adapters::backend::NearCache) {
     let armed = || {
         let near = near.clone();
         async move { near.tracking() }
@@ -202,7 +208,6 @@ pub async fn armed_near_cache(
         armed,
     )
     .await;
-    near
 }
 
 /// A free TCP port on the host (for a container that must keep its address
@@ -552,6 +557,15 @@ impl Drop for TestApp {
     }
 }
 
+/// The settings these variables give (as if they were the environment), or
+/// a panic naming what was rejected.
+pub fn settings(env: &HashMap<String, String>) -> Settings {
+    match Settings::load(None, env) {
+        Ok(settings) => settings,
+        Err(error) => panic!("test settings rejected: {error}"),
+    }
+}
+
 /// Starts the service on a free port with these settings variables (on top of
 /// `CACHEMANAGER__SERVER__PORT=0`), e.g. `[("CACHEMANAGER__CACHE__BACKEND", "redis")]`.
 /// Unless the variables name a store, it gets a fresh SQLite file of its own.
@@ -569,10 +583,7 @@ pub async fn spawn_app(vars: &[(&str, &str)]) -> TestApp {
         env.insert("CACHEMANAGER__STORE__URL".into(), file.url());
         database = Some(file);
     }
-    let settings = match Settings::load(None, &env) {
-        Ok(settings) => settings,
-        Err(error) => panic!("test settings rejected: {error}"),
-    };
+    let settings = settings(&env);
     let application = match Application::build(settings).await {
         Ok(application) => application,
         Err(error) => panic!("the service did not start: {error}"),

@@ -394,21 +394,10 @@ async fn service_stack(vars: &[(&str, &str)]) -> SharedBackend {
         .iter()
         .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
         .collect();
-    let settings = app::Settings::load(None, &env)
-        .unwrap_or_else(|error| panic!("test settings rejected: {error}"));
-    let built = app::build_backend(&settings)
+    let built = app::build_backend(&tests::settings(&env))
         .unwrap_or_else(|error| panic!("the stack was not built: {error}"));
-    if let Some(near) = built.near.clone() {
-        tests::eventually(
-            "near cache tracking armed",
-            Duration::from_secs(5),
-            Duration::from_millis(5),
-            move || {
-                let near = near.clone();
-                async move { near.tracking() }
-            },
-        )
-        .await;
+    if let Some(near) = &built.near {
+        tests::until_armed(near).await;
     }
     let prefix = format!(
         "{}:t{}:",
