@@ -680,8 +680,7 @@ impl RedisBackend {
         let map = crate::deadline::within(self.shared.operation_timeout, asked)
             .await?
             .ok()?;
-        self.shared.slots.store(map);
-        self.shared.slots.current()
+        Some(self.shared.slots.store(map))
     }
 
     /// Cluster: `PING` to every master the slot map names, all at once; the
@@ -698,18 +697,19 @@ impl RedisBackend {
     async fn ping_masters(&self, connection: &mut ClusterConnection) -> redis::RedisResult<()> {
         let map = match self.shared.slots.current() {
             Some(map) => map,
-            None => {
-                let map = match load_slot_map(connection).await {
-                    Ok(map) => map,
-                    Err(error) => return Err(self.why_no_node_answers(error).await),
-                };
-                self.shared.slots.store(map);
-                self.shared
-                    .slots
-                    .current()
-                    .ok_or_else(|| RedisError::from((ErrorKind::Client, "no slot map")))?
-            }
+            None => match load_slot_map(connection).await {
+                Ok(map) => self.shared.slots.store(map),
+                Err(error) => return Err(self.why_no_node_answers(error).await),
+            },
         };
+        // A cluster that serves no slot answers no key (`CLUSTERDOWN`).
+        if map.masters().next().is_none() {
+            self.shared.slots.forget();
+            return Err(RedisError::from((
+                ErrorKind::Server(redis::ServerErrorKind::ClusterDown),
+                "no master serves a slot",
+            )));
+        }
         let pings = map.masters().map(|(host, port)| {
             let mut connection = connection.clone();
             let route = SingleNodeRoutingInfo::ByAddress {

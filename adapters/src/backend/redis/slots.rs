@@ -135,12 +135,15 @@ impl Slots {
             .is_ok()
     }
 
-    pub(super) fn store(&self, map: SlotMap) {
-        let map = Some(Arc::new(map));
+    /// Holds `map` from now on, and returns it.
+    pub(super) fn store(&self, map: SlotMap) -> Arc<SlotMap> {
+        let map = Arc::new(map);
+        let held = Some(map.clone());
         match self.map.write() {
-            Ok(mut held) => *held = map,
-            Err(poisoned) => *poisoned.into_inner() = map,
+            Ok(mut slot) => *slot = held,
+            Err(poisoned) => *poisoned.into_inner() = held,
         }
+        map
     }
 
     /// A node answered `MOVED`: the map is out of date.
